@@ -1,0 +1,74 @@
+"""The interface the route maths and the views see: a model that can run a prompt and expose
+the few weights needed to decompose what it computed."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.models.run import Run
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the app's model panel shows and what the maths needs to know about shapes."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_params: int
+    n_ctx: int
+    parallel_blocks: bool
+    device: str
+    dtype: str
+
+
+class TransparentLlm(ABC):
+    """A language model whose forward pass can be decomposed into attention-head and FFN parts."""
+
+    info: ModelInfo
+    max_prompt_tokens: int | None
+
+    @abstractmethod
+    def run(self, prompt: str) -> Run:
+        """Run `prompt` once and keep what the route maths needs."""
+
+    @abstractmethod
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids as they will be fed to the model (BOS per this model's setting)."""
+
+    @abstractmethod
+    def decode_tokens(self, token_ids: list[int] | torch.Tensor) -> list[str]:
+        """Each token id decoded on its own, for labels."""
+
+    @abstractmethod
+    def attention_output_weight(self, layer: int) -> torch.Tensor:
+        """W_O of `layer`: [n_heads, d_head, d_model]."""
+
+    @abstractmethod
+    def attention_output_bias(self, layer: int) -> torch.Tensor | None:
+        """b_O of `layer` [d_model], or None when the model has no such bias."""
+
+    @abstractmethod
+    def neuron_output_weight(self, layer: int) -> torch.Tensor:
+        """W_out of the FFN of `layer`: [d_mlp, d_model]."""
+
+    @abstractmethod
+    def neuron_output_bias(self, layer: int) -> torch.Tensor | None:
+        """b_out of the FFN of `layer` [d_model], or None."""
+
+    @abstractmethod
+    def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Logits of residual vectors [..., d_model] -> [..., vocab], optionally through the final norm."""
+
+    @property
+    def name(self) -> str:
+        return self.info.name

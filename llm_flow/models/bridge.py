@@ -1,0 +1,211 @@
+"""`TransparentLlm` over TransformerLens's `TransformerBridge`, with raw (unfolded) weights.
+
+The bridge gives uniform hook names for every architecture it supports; we hook only what the
+route maths needs and store it compactly while the forward pass runs (the attention pattern is
+packed to its causal triangle in the hook, so a full [H, T, T] copy per layer never accumulates).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import PreTrainedTokenizerBase
+
+from llm_flow.errors import PromptError, UnsupportedModelError
+from llm_flow.models.base import ModelInfo, TransparentLlm
+from llm_flow.models.run import CausalPattern, LayerActivations, Run
+
+
+class BridgeLlm(TransparentLlm):
+    """A loaded model. One forward pass at a time (hooks live on the shared module)."""
+
+    def __init__(
+        self,
+        bridge: TransformerBridge,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        prepend_bos: bool | None = None,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
+        self._bridge = bridge.eval()
+        self._tokenizer = tokenizer
+        self._prepend_bos = prepend_bos
+        self.max_prompt_tokens = max_prompt_tokens
+        self._lock = threading.Lock()
+        cfg = bridge.cfg
+        self._parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+        self._post_norms = hasattr(bridge.blocks[0], "ln1_post")
+        self._check_supported(name)
+        first_param = next(bridge.parameters())
+        self.info = ModelInfo(
+            name=name,
+            architecture=type(bridge.original_model).__name__,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+            d_model=cfg.d_model,
+            d_head=cfg.d_head,
+            d_mlp=int(self.neuron_output_weight(0).shape[0]),
+            vocab_size=cfg.d_vocab,
+            n_params=sum(p.numel() for p in bridge.original_model.parameters()),
+            n_ctx=cfg.n_ctx,
+            parallel_blocks=self._parallel,
+            device=str(first_param.device),
+            dtype=str(first_param.dtype).removeprefix("torch."),
+        )
+
+    # --- tokens -------------------------------------------------------------------------------
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        bos = self._tokenizer.bos_token_id
+        if bos is None:
+            return ids
+        if self._prepend_bos is True and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        elif self._prepend_bos is False and ids and ids[0] == bos:
+            ids.pop(0)
+        return ids
+
+    def decode_tokens(self, token_ids: list[int] | torch.Tensor) -> list[str]:
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+        return self._tokenizer.batch_decode(
+            [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def _validated_ids(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the prompt is empty: type some text to analyse")
+        ids = self.encode(prompt)
+        limits = [(self.info.n_ctx, "the model's context length")]
+        if self.max_prompt_tokens is not None:
+            limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
+        limit, reason = min(limits)
+        if len(ids) > limit:
+            raise PromptError(
+                f"the prompt is {len(ids)} tokens long, over {reason} of {limit} tokens: "
+                "shorten it"
+            )
+        if not ids:
+            raise PromptError("the prompt produced no tokens")
+        return ids
+
+    # --- the forward pass ---------------------------------------------------------------------
+
+    def run(self, prompt: str) -> Run:
+        ids = self._validated_ids(prompt)
+        device = next(self._bridge.parameters()).device
+        tokens = torch.tensor(ids, dtype=torch.long, device=device)
+        store: dict[str, object] = {}
+        with self._lock, torch.inference_mode():
+            logits = self._bridge.run_with_hooks(
+                tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
+            )
+        layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
+        return Run(
+            model=self,
+            prompt=prompt,
+            tokens=tokens,
+            str_tokens=self.decode_tokens(ids),
+            logits=logits[0].float(),
+            layers=layers,
+        )
+
+    def _hooks(self, store: dict[str, object]) -> list[tuple[str, Callable]]:
+        """One storing hook per name; the key is the name we asked for (some are aliases)."""
+
+        def storing(name: str) -> Callable:
+            def hook(tensor: torch.Tensor, hook) -> None:
+                batchless = tensor[0]
+                store[name] = CausalPattern(batchless) if name.endswith("hook_pattern") else batchless.clone()
+
+            return hook
+
+        return [(name, storing(name)) for name in self._hook_names()]
+
+    def _hook_names(self) -> list[str]:
+        names = []
+        for layer in range(self._bridge.cfg.n_layers):
+            block = f"blocks.{layer}"
+            names += [
+                f"{block}.hook_resid_pre",
+                f"{block}.hook_resid_post",
+                f"{block}.attn.hook_v",
+                f"{block}.attn.hook_pattern",
+                f"{block}.hook_mlp_out",
+                f"{block}.mlp.hook_post",
+            ]
+            if not self._parallel:
+                names.append(f"{block}.hook_resid_mid")
+            if self._post_norms:
+                names += [f"{block}.ln1_post.hook_scale", f"{block}.ln2_post.hook_scale"]
+        return names
+
+    def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
+        block = f"blocks.{layer}"
+        attn_gain = mlp_gain = None
+        if self._post_norms:
+            attn_gain = self._post_norm_gain(layer, "ln1_post", store[f"{block}.ln1_post.hook_scale"])
+            mlp_gain = self._post_norm_gain(layer, "ln2_post", store[f"{block}.ln2_post.hook_scale"])
+        return LayerActivations(
+            resid_pre=store[f"{block}.hook_resid_pre"],
+            resid_mid=None if self._parallel else store[f"{block}.hook_resid_mid"],
+            resid_post=store[f"{block}.hook_resid_post"],
+            values=store[f"{block}.attn.hook_v"],
+            pattern=store[f"{block}.attn.hook_pattern"],
+            mlp_out=store[f"{block}.hook_mlp_out"],
+            neuron_acts=store[f"{block}.mlp.hook_post"],
+            attn_gain=attn_gain,
+            mlp_gain=mlp_gain,
+        )
+
+    def _post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
+        """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts."""
+        weight = getattr(self._bridge.blocks[layer], norm).original_component.weight.float()
+        if getattr(self._bridge.cfg, "rmsnorm_uses_offset", False):
+            weight = 1.0 + weight
+        return weight / scale.float()  # [T, d] = [d] / [T, 1]
+
+    # --- weights ------------------------------------------------------------------------------
+
+    def attention_output_weight(self, layer: int) -> torch.Tensor:
+        return self._bridge.blocks[layer].attn.W_O.detach()
+
+    def attention_output_bias(self, layer: int) -> torch.Tensor | None:
+        bias = self._bridge.blocks[layer].attn.b_O
+        return None if bias is None else bias.detach()
+
+    def neuron_output_weight(self, layer: int) -> torch.Tensor:
+        return self._bridge.blocks[layer].mlp.W_out.detach()
+
+    def neuron_output_bias(self, layer: int) -> torch.Tensor | None:
+        bias = getattr(self._bridge.blocks[layer].mlp, "b_out", None)
+        return None if bias is None else bias.detach()
+
+    def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        with torch.inference_mode():
+            x = residual.to(self._bridge.W_U.dtype)
+            if normalize:
+                x = self._bridge.ln_final(x)
+            logits = (x @ self._bridge.W_U + self._bridge.b_U).float()
+            cap = float(getattr(self._bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+            return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    # --- support check ------------------------------------------------------------------------
+
+    def _check_supported(self, name: str) -> None:
+        """Fail at load time, with the reason, for models the maths cannot decompose exactly."""
+        missing = [n for n in self._hook_names() if n not in self._bridge.hook_dict]
+        if missing:
+            raise UnsupportedModelError(
+                f"{name}: llm-flow cannot trace this architecture "
+                f"({type(self._bridge.original_model).__name__}); TransformerLens exposes no "
+                f"{missing[0]!r} hook for it (e.g. mixture-of-experts or non-standard attention)"
+            )
+        if self._post_norms and self._bridge.cfg.normalization_type != "RMS":
+            raise UnsupportedModelError(
+                f"{name}: post-block LayerNorm is not supported (only RMSNorm post-norms, as in Gemma)"
+            )

@@ -1,0 +1,228 @@
+"""ALTI contributions of attention heads, residual streams and FFN blocks (DESIGN.md §1).
+
+A representation ``y`` that is a sum of parts gets, for each part, ``prox_k = max(||y||_1 -
+||y - z_k||_1, 0)`` and ``c_k = prox_k / Σ_j prox_j``. Biases that belong to no part (``b_O``,
+the FFN output bias in the neuron view) enter ``y`` but get no share.
+
+Attention parts are ``z[i, j, h] = A[h, i, j] * (v[j, h] + b_V[h]) @ W_O[h]`` (times the post-norm
+gain for Gemma-style blocks). Nothing of size [T, T, H, d_model] is ever built: rows of query
+positions are processed in blocks and the proximities come from :mod:`llm_flow.routes.proximity`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.models.run import Run
+from llm_flow.routes.proximity import head_proximities, vector_proximity
+
+_ROW_BLOCK_ELEMENTS = 1 << 24  # [rows, sources, heads] proximities held at once
+
+
+@dataclass(frozen=True)
+class RowContributions:
+    """Contributions to one attention representation (``resid_mid[i]``, or ``resid_post[i]`` for
+    parallel blocks). ``heads[j, h]`` for sources j <= i; the parts sum to 1."""
+
+    position: int
+    heads: torch.Tensor  # [position + 1, H]
+    residual: float
+    ffn: float | None  # parallel blocks only: the FFN shares the same normalisation
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The vectors one representation is made of; ``whole == sum of everything here``."""
+
+    whole: torch.Tensor  # [d]
+    residual: torch.Tensor  # [d]
+    pieces: torch.Tensor  # [S, H, d] attention parts, or [d_mlp, d] neuron parts
+    bias: torch.Tensor  # [d] belongs to no part (zeros when the model has none)
+    ffn: torch.Tensor | None = None  # [d] parallel blocks: the FFN output
+
+
+@dataclass(frozen=True)
+class LayerContributions:
+    """Every contribution of one layer, for all positions at once."""
+
+    heads: torch.Tensor  # [T, T, H] attention parts (0 for j > i)
+    residual: torch.Tensor  # [T] residual's share of the attention representation
+    ffn: torch.Tensor  # [T] the FFN's share of resid_post
+    ffn_residual: torch.Tensor  # [T] the residual's share of resid_post (= residual for parallel blocks)
+
+
+def head_vectors(run: Run, layer: int) -> torch.Tensor:
+    """(v[j, kv(h)] + b_V) @ W_O[h] for every source j and query head h: [T, H, d_model]."""
+    act = run.layer(layer)
+    w_o = run.model.attention_output_weight(layer).float()  # [H, d_head, d]
+    n_heads = w_o.shape[0]
+    values = act.values.float()  # [T, n_kv, d_head]; query head h reads kv head h // group
+    values = values.repeat_interleave(n_heads // values.shape[1], dim=1)
+    return torch.einsum("thk,hkd->thd", values, w_o)
+
+
+def attention_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c_heads[i, j, h]`` (0 for j > i) and the residual's share ``c_res[i]``: [T, T, H], [T].
+
+    For parallel blocks the FFN takes part in the same normalisation (see `ffn_contributions`).
+    """
+    heads, residual, _ = _all_rows(run, layer)
+    return heads, residual
+
+
+def ffn_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FFN's share ``c_ffn[i]`` and the residual's share ``c_res[i]`` of ``resid_post``: [T], [T].
+
+    Sequential blocks: parts ``resid_mid`` and ``mlp_out``. Parallel blocks: the joint
+    normalisation with the attention parts, so ``c_res`` equals `attention_contributions`'.
+    """
+    act = run.layer(layer)
+    if run.parallel:
+        _, residual, ffn = _all_rows(run, layer)
+        return ffn, residual
+    whole = act.resid_post.float()
+    prox_ffn = vector_proximity(whole, act.mlp_out)
+    prox_res = vector_proximity(whole, act.resid_mid)
+    total = _safe(prox_ffn + prox_res)
+    return prox_ffn / total, prox_res / total
+
+
+def neuron_contributions(run: Run, layer: int, position: int) -> tuple[torch.Tensor, float]:
+    """Per-neuron shares of one FFN node, and the share of everything else: [d_mlp], float.
+
+    Whole: ``resid_post[i]``. Parts: the residual the FFN was added to (``resid_mid[i]``; for
+    parallel blocks ``resid_post[i] - mlp_out[i]``) and ``act[i, n] * W_out[n]`` per neuron.
+    The output bias belongs to no part.
+    """
+    parts = ffn_parts(run, layer, position)
+    prox_neurons = vector_proximity(parts.whole, parts.pieces)
+    prox_res = vector_proximity(parts.whole, parts.residual)
+    total = _safe(prox_neurons.sum() + prox_res)
+    return prox_neurons / total, float(prox_res / total)
+
+
+def full_contributions(run: Run) -> list[LayerContributions]:
+    """All contributions of all layers and positions, e.g. to switch target tokens instantly.
+
+    The rows are also remembered by the Run (as views, no copy), so `build_graph` for any target
+    afterwards computes nothing new. Memory: n_layers x T x T x heads floats.
+    """
+    layers = []
+    for layer in range(run.n_layers):
+        heads, residual, parallel_ffn = _all_rows(run, layer)
+        ffn, ffn_residual = (parallel_ffn, residual) if run.parallel else ffn_contributions(run, layer)
+        with run._memo.lock:
+            for position in range(run.n_tokens):
+                run._memo.rows[(layer, position)] = (
+                    heads[position, : position + 1],
+                    float(residual[position]),
+                    None if parallel_ffn is None else float(parallel_ffn[position]),
+                )
+        layers.append(LayerContributions(heads, residual, ffn, ffn_residual))
+    return layers
+
+
+def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowContributions]:
+    """Rows for the given query positions, computed once per Run and then reused."""
+    memo = run._memo
+    with memo.lock:
+        missing = sorted({p for p in positions if (layer, p) not in memo.rows})
+        block = _rows_per_block(run, max(missing, default=0) + 1)
+        for start in range(0, len(missing), block):
+            batch = missing[start : start + block]
+            index = torch.tensor(batch)
+            weights = run.layer(layer).pattern.rows(index, max(batch) + 1)
+            heads, residual, ffn = _rows(run, layer, index, weights)
+            for k, position in enumerate(batch):
+                memo.rows[(layer, position)] = (
+                    heads[k, : position + 1].cpu().clone(),
+                    float(residual[k]),
+                    None if ffn is None else float(ffn[k]),
+                )
+        return [RowContributions(p, *memo.rows[(layer, p)]) for p in positions]
+
+
+def attention_parts(run: Run, layer: int, position: int) -> Parts:
+    """The actual part vectors of one attention representation (for checks and head views)."""
+    act = run.layer(layer)
+    position = run.position(position)
+    whole = (act.resid_post if run.parallel else act.resid_mid)[position].float()
+    weights = act.pattern.row(position).float()  # [H, S]
+    pieces = weights.T[:, :, None] * head_vectors(run, layer)[: position + 1]  # [S, H, d]
+    bias = run.model.attention_output_bias(layer)
+    bias = torch.zeros_like(whole) if bias is None else bias.float()
+    if act.attn_gain is not None:
+        pieces = pieces * act.attn_gain[position]
+        bias = bias * act.attn_gain[position]
+    ffn = act.mlp_out[position].float() if run.parallel else None
+    return Parts(whole, act.resid_pre[position].float(), pieces, bias, ffn)
+
+
+def ffn_parts(run: Run, layer: int, position: int) -> Parts:
+    """The part vectors of one FFN node: residual, one vector per neuron, and the output bias."""
+    act = run.layer(layer)
+    position = run.position(position)
+    whole = act.resid_post[position].float()
+    neuron_out = act.neuron_acts[position].float()[:, None] * run.model.neuron_output_weight(layer).float()
+    bias = run.model.neuron_output_bias(layer)
+    bias = torch.zeros_like(whole) if bias is None else bias.float()
+    if act.mlp_gain is not None:
+        neuron_out = neuron_out * act.mlp_gain[position]
+        bias = bias * act.mlp_gain[position]
+    residual = whole - act.mlp_out[position].float() if run.parallel else act.resid_mid[position].float()
+    return Parts(whole, residual, neuron_out, bias)
+
+
+def _all_rows(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Every row of a layer, in blocks of consecutive query positions."""
+    n_tokens = run.n_tokens
+    pattern = run.layer(layer).pattern
+    heads = torch.zeros(n_tokens, n_tokens, pattern.n_heads)
+    residual = torch.zeros(n_tokens)
+    ffn = torch.zeros(n_tokens) if run.parallel else None
+    block = _rows_per_block(run, n_tokens)
+    for start in range(0, n_tokens, block):
+        stop = min(start + block, n_tokens)
+        weights = pattern.block(start, stop)  # [r, H, stop]
+        h, r, f = _rows(run, layer, torch.arange(start, stop), weights)
+        heads[start:stop, :stop] = h.cpu()
+        residual[start:stop] = r.cpu()
+        if ffn is not None:
+            ffn[start:stop] = f.cpu()
+    return heads, residual, ffn
+
+
+def _rows(
+    run: Run, layer: int, positions: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Normalised contributions for query rows `positions` with attention `weights` [r, H, S]."""
+    act = run.layer(layer)
+    n_sources = weights.shape[-1]
+    device = act.resid_pre.device
+    positions = positions.to(device)
+    whole = (act.resid_post if run.parallel else act.resid_mid)[positions].float()
+    gain = None if act.attn_gain is None else act.attn_gain[positions]
+    prox_heads = head_proximities(
+        whole, gain, head_vectors(run, layer)[:n_sources], weights, positions
+    )  # [r, S, H]
+    prox_res = vector_proximity(whole, act.resid_pre[positions])
+    total = prox_res + prox_heads.sum((1, 2))
+    prox_ffn = None
+    if run.parallel:
+        prox_ffn = vector_proximity(whole, act.mlp_out[positions])
+        total = total + prox_ffn
+    total = _safe(total)
+    ffn = None if prox_ffn is None else prox_ffn / total
+    return prox_heads / total[:, None, None], prox_res / total, ffn
+
+
+def _rows_per_block(run: Run, n_sources: int) -> int:
+    n_heads = run.layer(0).pattern.n_heads
+    return max(1, _ROW_BLOCK_ELEMENTS // (n_sources * n_heads))
+
+
+def _safe(total: torch.Tensor) -> torch.Tensor:
+    """A representation whose parts all have zero proximity gets zero contributions, not NaN."""
+    return torch.where(total > 0, total, torch.ones_like(total))

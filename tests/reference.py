@@ -1,0 +1,210 @@
+"""An independent reference for ALTI contributions: plain transformers modules, forward hooks,
+float64, and the direct formula ``max(||y||_1 - ||y - z||_1, 0)``.
+
+Nothing here goes through TransformerLens or llm-flow: activations come from hooks on the
+Hugging Face modules themselves, weights from their parameters, and every part vector is
+materialised (fine for the few tokens the tests use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+@dataclass
+class ReferenceLayer:
+    resid_pre: torch.Tensor  # [T, d]
+    resid_mid: torch.Tensor | None
+    resid_post: torch.Tensor
+    attn_parts: torch.Tensor  # [T(query), T(source), H, d] (zero for source > query)
+    attn_bias: torch.Tensor  # [T, d] what belongs to no part (b_O, post-normed)
+    mlp_out: torch.Tensor  # [T, d]
+    neuron_parts: torch.Tensor  # [T, d_mlp, d]
+    neuron_bias: torch.Tensor  # [T, d]
+
+
+def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """The formula of DESIGN.md §1, literally."""
+    return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp_min(0)
+
+
+def reference_layers(folder: str, token_ids: list[int]) -> list[ReferenceLayer]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
+    family = model.config.model_type
+    grab = {"gpt2": _gpt2, "llama": _llama_like, "qwen2": _llama_like, "gemma2": _llama_like,
+            "gpt_neox": _neox}[family]  # fmt: skip
+    return grab(model, torch.tensor([token_ids]))
+
+
+def reference_contributions(layer: ReferenceLayer, parallel: bool):
+    """(c_heads [T, T, H], c_res [T], c_ffn [T], c_res2 [T]) by the direct formula."""
+    whole = layer.resid_post if parallel else layer.resid_mid
+    prox_heads = l1_proximity(whole[:, None, None, :], layer.attn_parts)  # [T, T, H]
+    prox_res = l1_proximity(whole, layer.resid_pre)
+    total = prox_heads.sum((1, 2)) + prox_res
+    if parallel:
+        prox_ffn = l1_proximity(whole, layer.mlp_out)
+        total = total + prox_ffn
+        return prox_heads / total[:, None, None], prox_res / total, prox_ffn / total, prox_res / total
+    prox_ffn = l1_proximity(layer.resid_post, layer.mlp_out)
+    prox_res2 = l1_proximity(layer.resid_post, layer.resid_mid)
+    total2 = prox_ffn + prox_res2
+    return prox_heads / total[:, None, None], prox_res / total, prox_ffn / total2, prox_res2 / total2
+
+
+def reference_neurons(layer: ReferenceLayer, position: int, parallel: bool):
+    """(c_neurons [d_mlp], c_rest) for one FFN node."""
+    whole = layer.resid_post[position]
+    rest = whole - layer.mlp_out[position] if parallel else layer.resid_mid[position]
+    prox_n = l1_proximity(whole, layer.neuron_parts[position])
+    prox_r = l1_proximity(whole, rest)
+    total = prox_n.sum() + prox_r
+    return prox_n / total, prox_r / total
+
+
+class _Recorder:
+    """Forward hooks that keep module inputs and outputs by label."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, torch.Tensor] = {}
+        self.handles = []
+
+    def output(self, module, label):
+        def hook(_module, _args, out):
+            out = out[0] if isinstance(out, tuple) else out
+            self.saved[label] = out[0].detach()
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def input(self, module, label):
+        def hook(_module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.saved[label] = x[0].detach()
+
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _run(model, ids, recorder):
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    recorder.remove()
+    return [a[0] for a in out.attentions]  # per layer [H, T, T]
+
+
+def _parts(pattern, values, w_o, gain=None):
+    """z[i, j, h] = A[h, i, j] * gain_i ⊙ (v[j, kv(h)] @ W_O[h]): [T, T, H, d]."""
+    n_heads = w_o.shape[0]
+    values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, dh]
+    vo = torch.einsum("jhk,hkd->jhd", values, w_o)
+    parts = pattern.permute(1, 2, 0)[..., None] * vo[None]  # [i, j, H, d]
+    return parts if gain is None else parts * gain[:, None, None, :]
+
+
+def _rms_gain(norm, x):
+    """Gemma RMSNorm as a per-position linear map: x * (1 + w) / rms(x)."""
+    rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return (1.0 + norm.weight) / rms
+
+
+def _gpt2(model, ids):
+    rec = _Recorder()
+    blocks = model.transformer.h
+    for l, block in enumerate(blocks):
+        rec.input(block, f"{l}.pre")
+        rec.input(block.ln_2, f"{l}.mid")
+        rec.output(block, f"{l}.post")
+        rec.output(block.attn.c_attn, f"{l}.qkv")
+        rec.output(block.mlp, f"{l}.mlp")
+        rec.input(block.mlp.c_proj, f"{l}.acts")
+    patterns = _run(model, ids, rec)
+    layers = []
+    n_heads = model.config.n_head
+    for l, block in enumerate(blocks):
+        s = rec.saved
+        d = model.config.n_embd
+        v = s[f"{l}.qkv"][:, 2 * d :].reshape(-1, n_heads, d // n_heads)
+        w_o = block.attn.c_proj.weight.reshape(n_heads, d // n_heads, d)  # Conv1D: [in, out]
+        T = v.shape[0]
+        layers.append(ReferenceLayer(
+            s[f"{l}.pre"], s[f"{l}.mid"], s[f"{l}.post"], _parts(patterns[l], v, w_o),
+            block.attn.c_proj.bias.expand(T, d), s[f"{l}.mlp"],
+            s[f"{l}.acts"][:, :, None] * block.mlp.c_proj.weight[None], block.mlp.c_proj.bias.expand(T, d),
+        ))  # fmt: skip
+    return layers
+
+
+def _llama_like(model, ids):
+    """Llama, Qwen2 and Gemma2 share module names; Gemma2 adds post-norms."""
+    rec = _Recorder()
+    layers_hf = model.model.layers
+    gemma = model.config.model_type == "gemma2"
+    for l, layer in enumerate(layers_hf):
+        rec.input(layer, f"{l}.pre")
+        rec.input(layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm, f"{l}.mid")
+        rec.output(layer, f"{l}.post")
+        rec.output(layer.self_attn.v_proj, f"{l}.v")
+        rec.input(layer.mlp.down_proj, f"{l}.acts")
+        if gemma:
+            rec.input(layer.post_attention_layernorm, f"{l}.attn_raw")
+            rec.input(layer.post_feedforward_layernorm, f"{l}.mlp_raw")
+            rec.output(layer.post_feedforward_layernorm, f"{l}.mlp")
+        else:
+            rec.output(layer.mlp, f"{l}.mlp")
+    patterns = _run(model, ids, rec)
+    cfg = model.config
+    d, n_heads = cfg.hidden_size, cfg.num_attention_heads
+    d_head = getattr(cfg, "head_dim", None) or d // n_heads
+    out = []
+    for l, layer in enumerate(layers_hf):
+        s = rec.saved
+        post = s[f"{l}.post"]
+        T = post.shape[0]
+        v = s[f"{l}.v"].reshape(T, -1, d_head)
+        w_o = layer.self_attn.o_proj.weight.T.reshape(n_heads, d_head, d)
+        attn_gain = _rms_gain(layer.post_attention_layernorm, s[f"{l}.attn_raw"]) if gemma else None
+        mlp_gain = _rms_gain(layer.post_feedforward_layernorm, s[f"{l}.mlp_raw"]) if gemma else None
+        neuron_parts = s[f"{l}.acts"][:, :, None] * layer.mlp.down_proj.weight.T[None]
+        if gemma:
+            neuron_parts = neuron_parts * mlp_gain[:, None, :]
+        zeros = torch.zeros(T, d, dtype=post.dtype)
+        out.append(ReferenceLayer(
+            s[f"{l}.pre"], s[f"{l}.mid"], post, _parts(patterns[l], v, w_o, attn_gain), zeros,
+            s[f"{l}.mlp"], neuron_parts, zeros,
+        ))  # fmt: skip
+    return out
+
+
+def _neox(model, ids):
+    rec = _Recorder()
+    layers_hf = model.gpt_neox.layers
+    for l, layer in enumerate(layers_hf):
+        rec.input(layer, f"{l}.pre")
+        rec.output(layer, f"{l}.post")
+        rec.output(layer.attention.query_key_value, f"{l}.qkv")
+        rec.output(layer.mlp, f"{l}.mlp")
+        rec.input(layer.mlp.dense_4h_to_h, f"{l}.acts")
+    patterns = _run(model, ids, rec)
+    cfg = model.config
+    d, n_heads = cfg.hidden_size, cfg.num_attention_heads
+    d_head = d // n_heads
+    out = []
+    for l, layer in enumerate(layers_hf):
+        s = rec.saved
+        post = s[f"{l}.post"]
+        T = post.shape[0]
+        v = s[f"{l}.qkv"].reshape(T, n_heads, 3 * d_head)[..., 2 * d_head :]
+        w_o = layer.attention.dense.weight.T.reshape(n_heads, d_head, d)
+        out.append(ReferenceLayer(
+            s[f"{l}.pre"], None, post, _parts(patterns[l], v, w_o),
+            layer.attention.dense.bias.expand(T, d), s[f"{l}.mlp"],
+            s[f"{l}.acts"][:, :, None] * layer.mlp.dense_4h_to_h.weight.T[None],
+            layer.mlp.dense_4h_to_h.bias.expand(T, d),
+        ))  # fmt: skip
+    return out

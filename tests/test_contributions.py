@@ -1,0 +1,117 @@
+"""The maths of DESIGN.md §1 on every supported family, against an independent reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llm_flow
+from llm_flow.routes.contributions import attention_parts, ffn_parts
+from tests.conftest import PROMPT
+from tests.reference import reference_contributions, reference_layers, reference_neurons
+from tests.tiny_models import FAMILIES
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models):
+    return {family: tiny_models(family).run(PROMPT) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def references(runs, tiny_folders):
+    return {
+        family: reference_layers(str(tiny_folders[family]), runs[family].tokens.tolist()) for family in FAMILIES
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parts_reconstruct_the_whole(runs, family):
+    """Residual + every head part + unassigned bias (+ FFN for parallel blocks) == the whole."""
+    run = runs[family]
+    for layer in range(run.n_layers):
+        for position in (0, run.n_tokens // 2, run.n_tokens - 1):
+            p = attention_parts(run, layer, position)
+            rebuilt = p.residual + p.pieces.sum((0, 1)) + p.bias + (p.ffn if p.ffn is not None else 0)
+            assert torch.allclose(rebuilt, p.whole, atol=1e-4, rtol=1e-5), (family, layer, position)
+            f = ffn_parts(run, layer, position)
+            rebuilt = f.residual + f.pieces.sum(0) + f.bias
+            assert torch.allclose(rebuilt, f.whole, atol=1e-4, rtol=1e-5), (family, layer, position)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_contributions_are_a_distribution(runs, family):
+    run = runs[family]
+    for layer in range(run.n_layers):
+        c_heads, c_res = llm_flow.attention_contributions(run, layer)
+        c_ffn, c_res2 = llm_flow.ffn_contributions(run, layer)
+        assert (c_heads >= 0).all() and (c_res >= 0).all() and (c_ffn >= 0).all() and (c_res2 >= 0).all()
+        future = torch.ones(run.n_tokens, run.n_tokens).triu(1).bool()
+        assert (c_heads[future] == 0).all(), "a source after the query position got a share"
+        if run.parallel:
+            assert torch.equal(c_res, c_res2)
+            totals = c_heads.sum((1, 2)) + c_res + c_ffn
+        else:
+            totals = c_heads.sum((1, 2)) + c_res
+            assert torch.allclose(c_ffn + c_res2, torch.ones(run.n_tokens), atol=1e-5)
+        assert torch.allclose(totals, torch.ones(run.n_tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_contributions_match_independent_reference(runs, references, family):
+    run = runs[family]
+    assert len(references[family]) == run.n_layers
+    for layer, ref in enumerate(references[family]):
+        ref_heads, ref_res, ref_ffn, ref_res2 = reference_contributions(ref, run.parallel)
+        c_heads, c_res = llm_flow.attention_contributions(run, layer)
+        c_ffn, c_res2 = llm_flow.ffn_contributions(run, layer)
+        torch.testing.assert_close(c_heads.double(), ref_heads, atol=ATOL, rtol=0)
+        torch.testing.assert_close(c_res.double(), ref_res, atol=ATOL, rtol=0)
+        torch.testing.assert_close(c_ffn.double(), ref_ffn, atol=ATOL, rtol=0)
+        torch.testing.assert_close(c_res2.double(), ref_res2, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_neuron_contributions_match_independent_reference(runs, references, family):
+    run = runs[family]
+    for layer in (0, run.n_layers - 1):
+        for position in (1, run.n_tokens - 1):
+            ref_neurons, ref_rest = reference_neurons(references[family][layer], position, run.parallel)
+            c_neurons, c_rest = llm_flow.neuron_contributions(run, layer, position)
+            torch.testing.assert_close(c_neurons.double(), ref_neurons, atol=ATOL, rtol=0)
+            assert abs(c_rest - float(ref_rest)) < ATOL
+            assert abs(float(c_neurons.sum()) + c_rest - 1) < 1e-5
+
+
+def test_reference_is_not_trivially_uniform(runs):
+    """Guard against a weak test: the tiny models' contributions must differ a lot between parts."""
+    c_heads, _ = llm_flow.attention_contributions(runs["llama"], 1)
+    last = c_heads[-1]
+    assert float(last.max()) > 5 * float(last[last > 0].median())
+
+
+def test_grouped_query_heads_read_their_own_kv_head(runs, tiny_models):
+    """With 4 query heads on 2 KV heads, heads 0-1 share KV head 0 and 2-3 share KV head 1."""
+    model = tiny_models("llama")
+    assert (model.info.n_heads, model.info.n_kv_heads) == (4, 2)
+    run = runs["llama"]
+    from llm_flow.routes.contributions import head_vectors
+
+    vectors = head_vectors(run, 0)
+    w_o = model.attention_output_weight(0)
+    values = run.layers[0].values
+    for head, kv_head in [(0, 0), (1, 0), (2, 1), (3, 1)]:
+        torch.testing.assert_close(vectors[:, head], values[:, kv_head] @ w_o[head])
+
+
+def test_rows_cached_on_the_run_are_reused(runs):
+    """A second graph for the same run computes no new attention rows."""
+    from llm_flow.routes.graph import build_graph
+
+    run = runs["gpt2"]
+    build_graph(run, target=-1, threshold=0.02)
+    before = dict(run._memo.rows)
+    build_graph(run, target=-1, threshold=0.05)
+    assert run._memo.rows.keys() == before.keys()
+    assert all(run._memo.rows[k][0] is before[k][0] for k in before)

@@ -1,0 +1,111 @@
+"""Tiny random-weight models of each supported family, saved as local Hugging Face folders.
+
+Built from configs offline (no hub). Weights use a large init range so attention is peaked and
+contributions differ a lot between parts: a wrong formula cannot hide behind near-uniform numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "One, two, three, four, five, six, seven, eight, nine, ten.",
+    "def add(a, b): return a + b  # small programs are text too",
+    "Information flows through attention heads and feed-forward blocks.",
+]
+SPECIALS = ["<bos>", "<eos>", "<unk>"]
+
+
+def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a few sentences: any prompt tokenises, nothing is downloaded."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    bos = tokenizer.token_to_id("<bos>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def _common(vocab: int) -> dict:
+    return dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=2, initializer_range=0.3)
+
+
+def family_configs(vocab: int) -> dict[str, object]:
+    """One small config per architecture family the tests cover."""
+    return {
+        # learned positions, LayerNorm, biases everywhere
+        "gpt2": (GPT2LMHeadModel, GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=256, **_common(vocab))),
+        # RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases
+        "llama": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, **_common(vocab),
+            ),
+        ),
+        # parallel attention and FFN, partial rotary
+        "gpt_neox": (
+            GPTNeoXForCausalLM,
+            GPTNeoXConfig(
+                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                max_position_embeddings=256, rotary_pct=0.5, use_parallel_residual=True, **_common(vocab),
+            ),
+        ),
+        # attention (q, k, v) biases, GQA
+        "qwen2": (
+            Qwen2ForCausalLM,
+            Qwen2Config(
+                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, **_common(vocab),
+            ),
+        ),
+        # post-norms on attention and FFN outputs, soft-capping, GQA
+        "gemma2": (
+            Gemma2ForCausalLM,
+            Gemma2Config(
+                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **_common(vocab),
+            ),
+        ),
+    }
+
+
+FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen2", "gemma2"]
+
+
+def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+    """Build the family's random model and save it with the tiny tokenizer as a local folder."""
+    tokenizer = tiny_tokenizer()
+    model_class, config = family_configs(len(tokenizer))[family]
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
