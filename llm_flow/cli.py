@@ -11,6 +11,7 @@ import networkx as nx
 
 from llm_flow.config import Config, load_config
 from llm_flow.errors import ArgumentError, LlmFlowError
+from llm_flow.models.base import check_prompt_text
 from llm_flow.models.loading import load_model
 from llm_flow.routes.graph import build_graph, check_threshold
 from llm_flow.views.predictions import top_predictions
@@ -59,7 +60,7 @@ def _routes(args: argparse.Namespace, config: Config) -> int:
     check_threshold(args.threshold)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
-    prompt = args.prompt if args.prompt is not None else _first_prompt(config)
+    prompt = check_prompt_text(args.prompt if args.prompt is not None else _first_prompt(config))
     name = args.model or config.default_model
     model = load_model(name, device=args.device, dtype=args.dtype, config=config, progress=_progress)
     run = model.run(prompt)

@@ -40,6 +40,13 @@ class ModelEntry(_Strict):
     prepend_bos: bool | Literal["auto"] = "auto"
     trust_remote_code: bool = False
 
+    @field_validator("prepend_bos", mode="before")
+    @classmethod
+    def _bos_choice(cls, value: object) -> object:
+        if value not in (True, False, "auto") or isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError('must be true, false or "auto"')
+        return value
+
     @field_validator("source")
     @classmethod
     def _non_empty(cls, value: str | PackagedFile) -> str | PackagedFile:
@@ -111,7 +118,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(_describe(config_path, exc)) from None
     prompts: tuple[str, ...] = ()
     if parsed.prompts_file is not None:
-        prompts = _load_prompts(config_path.parent / parsed.prompts_file)
+        try:
+            prompts = _load_prompts(config_path.parent / parsed.prompts_file)
+        except ConfigError as exc:
+            raise ConfigError(f"{config_path}: prompts_file: {exc}") from None
     return Config(
         path=config_path.resolve(),
         default_model=parsed.default_model,
@@ -124,7 +134,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def _load_prompts(path: Path) -> tuple[str, ...]:
-    raw = _read_json(path, what="prompts file (prompts_file)")
+    raw = _read_json(path, what="prompts file")
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise ConfigError(f"{path}: the prompts file must be a JSON list of strings")
     empty = [index for index, prompt in enumerate(raw) if not prompt.strip()]
@@ -151,7 +161,7 @@ def _describe(path: Path, exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"] if part not in ("str", "PackagedFile"))
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against config/README.md)"
         elif error["type"] == "missing":

@@ -33,6 +33,7 @@ def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
 
 def reference_layers(folder: str, token_ids: list[int]) -> list[ReferenceLayer]:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
+    model.requires_grad_(False)
     family = model.config.model_type
     grab = {"gpt2": _gpt2, "llama": _llama_like, "qwen2": _llama_like, "gemma2": _llama_like,
             "gpt_neox": _neox}[family]  # fmt: skip

@@ -34,8 +34,11 @@ CORPUS = [
 SPECIALS = ["<bos>", "<eos>", "<unk>"]
 
 
-def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a few sentences: any prompt tokenises, nothing is downloaded."""
+def tiny_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a few sentences: any prompt tokenises, nothing is downloaded.
+
+    `add_bos` decides whether the tokenizer itself puts ``<bos>`` first (Llama-style) or not
+    (GPT-2-style)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -45,8 +48,9 @@ def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(CORPUS, trainer)
-    bos = tokenizer.token_to_id("<bos>")
-    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    if add_bos:
+        bos = tokenizer.token_to_id("<bos>")
+        tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
     )

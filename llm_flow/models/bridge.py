@@ -15,7 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
-from llm_flow.models.base import ModelInfo, TransparentLlm
+from llm_flow.models.base import ModelInfo, TransparentLlm, check_prompt_text
 from llm_flow.models.run import CausalPattern, LayerActivations, Run
 
 
@@ -77,9 +77,7 @@ class BridgeLlm(TransparentLlm):
         )
 
     def _validated_ids(self, prompt: str) -> list[int]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise PromptError("the prompt is empty: type some text to analyse")
-        ids = self.encode(prompt)
+        ids = self.encode(check_prompt_text(prompt))
         limits = [(self.info.n_ctx, "the model's context length")]
         if self.max_prompt_tokens is not None:
             limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))

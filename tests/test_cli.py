@@ -1,0 +1,68 @@
+"""The `llm-flow` command, run the way users run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import networkx as nx
+import pytest
+
+from llm_flow.cli import main
+
+
+def test_routes_prints_a_summary_and_writes_node_link_json(tiny_config, tmp_path, capsys):
+    out = tmp_path / "route.json"
+    code = main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2",
+                 "--prompt", "The capital of France is", "--threshold", "0.05", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    for heading in ("Model   tiny-gpt2", "Target  position", "Route   threshold 0.05", "Heads   carrying", "Graph written"):
+        assert heading in printed
+    graph = nx.node_link_graph(json.loads(out.read_text()), edges="edges")
+    assert graph.graph["threshold"] == 0.05 and graph.graph["model"] == "tiny-gpt2"
+    assert graph.number_of_edges() > 0
+    assert all(d["weight"] > 0.05 for _, _, d in graph.edges(data=True))
+    target = f"I{graph.graph['n_layers'] - 1}_{graph.graph['target']}"
+    assert all(nx.has_path(graph, node, target) for node in graph)
+
+
+def test_routes_defaults_to_the_configured_model_and_first_prompt(tiny_config, capsys):
+    assert main(["--config", str(tiny_config), "routes", "--no-renormalize", "--target", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Model   tiny-llama" in printed and "not renormalised" in printed
+    assert "Target  position 2" in printed
+
+
+def test_models_lists_the_config(tiny_config, capsys):
+    assert main(["--config", str(tiny_config), "models"]) == 0
+    printed = capsys.readouterr().out
+    assert "* tiny-llama" in printed and "  tiny-gpt_neox" in printed
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["routes", "--threshold", "2"], "threshold must be a number between 0 and 1"),
+        (["routes", "--prompt", ""], "the prompt is empty"),
+        (["routes", "--model", "./missing"], "unknown model './missing'"),
+        (["routes", "--target", "40", "--prompt", "hi"], "target position 40 is out of range"),
+        (["routes", "--top", "0"], "--top must be at least 1"),
+    ],
+)
+def test_errors_are_one_clear_line(tiny_config, capsys, args, message):
+    assert main(["--config", str(tiny_config), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"llm-flow: error: {message}" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed(tiny_config):
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_flow.cli", "--config", str(tiny_config), "models"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "tiny-gemma2" in result.stdout
+    installed = subprocess.run(["llm-flow", "--help"], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0 and "routes" in installed.stdout

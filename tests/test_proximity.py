@@ -1,0 +1,89 @@
+"""The fast proximity kernel against the direct formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llm_flow
+from llm_flow.routes import proximity
+from llm_flow.routes.proximity import head_proximities, vector_proximity
+
+needs_numba = pytest.mark.skipif(not proximity.numba_available(), reason="numba is not installed")
+
+
+def test_vector_proximity_by_hand():
+    # ||y||_1 = 4, ||y - z||_1 = |2| + |1| + |-0.5| = 3.5
+    assert float(vector_proximity(torch.tensor([3.0, -1.0, 0.0]), torch.tensor([1.0, -2.0, 0.5]))) == 0.5
+    # a part pointing away from the whole has no proximity (clamped at 0, not negative)
+    assert float(vector_proximity(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0]))) == 0.0
+    # the whole itself has full proximity
+    y = torch.tensor([0.5, -2.0, 4.0])
+    assert float(vector_proximity(y, y)) == pytest.approx(6.5)
+
+
+def direct(whole, gain, vectors, weights, positions):
+    """Materialise every part in float64 and apply the definition."""
+    g = torch.ones_like(whole) if gain is None else gain
+    parts = weights.permute(0, 2, 1)[..., None].double() * (vectors[None].double() * g[:, None, None, :].double())
+    y = whole.double()[:, None, None, :]
+    prox = (y.abs().sum(-1) - (y - parts).abs().sum(-1)).clamp_min(0)
+    mask = torch.arange(vectors.shape[0])[None, :] <= positions[:, None]
+    return prox * mask[..., None]
+
+
+def random_case(seed, n_rows=6, n_sources=40, n_heads=3, d_model=96, with_gain=False):
+    """Parts comparable to the whole, and wholes with many tiny coordinates, so the correction
+    term of the fast kernel is exercised often (and sometimes a part overshoots the whole)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(d_model, generator=gen)
+    whole = base + 0.3 * torch.randn(n_rows, d_model, generator=gen)
+    whole[:, ::3] *= 1e-3
+    whole[:, 5] = 0.0
+    scale = torch.rand(n_sources, n_heads, 1, generator=gen) * 4
+    vectors = scale * (base + torch.randn(n_sources, n_heads, d_model, generator=gen))
+    weights = torch.rand(n_rows, n_heads, n_sources, generator=gen) ** 4
+    positions = torch.randint(0, n_sources, (n_rows,), generator=gen)
+    positions[0] = n_sources - 1
+    gain = None
+    if with_gain:
+        gain = torch.rand(n_rows, d_model, generator=gen) * 3 - 0.5  # includes negative gains
+        gain[:, 7] = 0.0
+    return whole, gain, vectors, weights, positions
+
+
+@needs_numba
+@pytest.mark.parametrize("with_gain", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_kernel_equals_definition(seed, with_gain):
+    case = random_case(seed, with_gain=with_gain)
+    expected = direct(*case)
+    fast = head_proximities(*case, method="numba")
+    plain = head_proximities(*case, method="torch")
+    assert fast.shape == expected.shape
+    torch.testing.assert_close(fast.double(), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(plain.double(), expected, atol=2e-5, rtol=1e-5)
+    assert (expected > 0).float().mean() > 0.1, "the case should have many non-zero proximities"
+
+
+@needs_numba
+@pytest.mark.parametrize("n_words", [2, 25, 80])
+def test_fast_path_equals_straightforward_path_on_models(tiny_models, monkeypatch, n_words):
+    """Same contributions (to 1e-5) from both kernels, at several prompt lengths."""
+    prompt = " ".join(["the capital of France is Paris and"] * n_words)[: n_words * 6]
+    for family in ("gpt2", "gemma2", "gpt_neox"):
+        run = tiny_models(family).run(prompt)
+        results = {}
+        for method in ("numba", "torch"):
+            monkeypatch.setenv(proximity.METHOD_ENV, method)
+            results[method] = [
+                llm_flow.attention_contributions(run, layer) for layer in range(run.n_layers)
+            ]
+        for (fast_heads, fast_res), (plain_heads, plain_res) in zip(results["numba"], results["torch"]):
+            torch.testing.assert_close(fast_heads, plain_heads, atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast_res, plain_res, atol=1e-5, rtol=0)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown proximity method"):
+        head_proximities(*random_case(0), method="cuda-magic")
