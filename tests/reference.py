@@ -24,6 +24,8 @@ class ReferenceLayer:
     mlp_out: torch.Tensor  # [T, d]
     neuron_parts: torch.Tensor  # [T, d_mlp, d]
     neuron_bias: torch.Tensor  # [T, d]
+    pattern: torch.Tensor  # [H, T, T] attention weights as transformers returns them
+    neuron_acts: torch.Tensor  # [T, d_mlp] input of the FFN output projection
 
 
 def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
@@ -31,9 +33,13 @@ def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp_min(0)
 
 
-def reference_layers(folder: str, token_ids: list[int]) -> list[ReferenceLayer]:
+def reference_model(folder: str):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
-    model.requires_grad_(False)
+    return model.requires_grad_(False)
+
+
+def reference_layers(folder: str, token_ids: list[int]) -> list[ReferenceLayer]:
+    model = reference_model(folder)
     family = model.config.model_type
     grab = {"gpt2": _gpt2, "llama": _llama_like, "qwen2": _llama_like, "gemma2": _llama_like,
             "gpt_neox": _neox}[family]  # fmt: skip
@@ -137,6 +143,7 @@ def _gpt2(model, ids):
             s[f"{l}.pre"], s[f"{l}.mid"], s[f"{l}.post"], _parts(patterns[l], v, w_o),
             block.attn.c_proj.bias.expand(T, d), s[f"{l}.mlp"],
             s[f"{l}.acts"][:, :, None] * block.mlp.c_proj.weight[None], block.mlp.c_proj.bias.expand(T, d),
+            patterns[l], s[f"{l}.acts"],
         ))  # fmt: skip
     return layers
 
@@ -177,7 +184,7 @@ def _llama_like(model, ids):
         zeros = torch.zeros(T, d, dtype=post.dtype)
         out.append(ReferenceLayer(
             s[f"{l}.pre"], s[f"{l}.mid"], post, _parts(patterns[l], v, w_o, attn_gain), zeros,
-            s[f"{l}.mlp"], neuron_parts, zeros,
+            s[f"{l}.mlp"], neuron_parts, zeros, patterns[l], s[f"{l}.acts"],
         ))  # fmt: skip
     return out
 
@@ -206,6 +213,23 @@ def _neox(model, ids):
             s[f"{l}.pre"], None, post, _parts(patterns[l], v, w_o),
             layer.attention.dense.bias.expand(T, d), s[f"{l}.mlp"],
             s[f"{l}.acts"][:, :, None] * layer.mlp.dense_4h_to_h.weight.T[None],
-            layer.mlp.dense_4h_to_h.bias.expand(T, d),
+            layer.mlp.dense_4h_to_h.bias.expand(T, d), patterns[l], s[f"{l}.acts"],
         ))  # fmt: skip
     return out
+
+
+def reference_unembed(model, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Logits of residual vectors through the model's own final norm and output layer."""
+    family = model.config.model_type
+    norm = {"gpt2": lambda: model.transformer.ln_f, "gpt_neox": lambda: model.gpt_neox.final_layer_norm}.get(
+        family, lambda: model.model.norm
+    )()
+    with torch.no_grad():
+        logits = model.get_output_embeddings()(norm(x) if normalize else x)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def reference_projection(model, vector: torch.Tensor) -> torch.Tensor:
+    """An update vector against the output embedding matrix: vector @ W_U."""
+    return vector @ model.get_output_embeddings().weight.T

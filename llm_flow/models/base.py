@@ -77,6 +77,12 @@ class TransparentLlm(ABC):
     def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Logits of residual vectors [..., d_model] -> [..., vocab], optionally through the final norm."""
 
+    @abstractmethod
+    def vocab_projection(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors @ W_U`` [..., vocab]: which tokens a block's output pushes up or down.
+
+        No final norm and no unembedding bias: an update is a direction, not a residual state."""
+
     @property
     def name(self) -> str:
         return self.info.name

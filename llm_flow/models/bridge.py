@@ -192,6 +192,10 @@ class BridgeLlm(TransparentLlm):
             cap = float(getattr(self._bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
             return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
+    def vocab_projection(self, vectors: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return (vectors.to(self._bridge.W_U.dtype) @ self._bridge.W_U).float()
+
     # --- support check ------------------------------------------------------------------------
 
     def _check_supported(self, name: str) -> None:

@@ -67,6 +67,15 @@ def node_id(kind: str, layer: int, position: int) -> str:
     return f"X_{position}" if kind == "X" else f"{kind}{layer}_{position}"
 
 
+def parse_node_id(name: str) -> tuple[str, int, int]:
+    """Inverse of `node_id`: ``"A5_3"`` -> ``("A", 5, 3)``, ``"X_3"`` -> ``("X", -1, 3)``."""
+    kind, rest = name[0], name[1:]
+    layer, _, position = rest.partition("_")
+    if kind not in _KINDS or not position.isdigit() or not (layer == "" if kind == "X" else layer.isdigit()):
+        raise ArgumentError(f"{name!r} is not a route-graph node name (e.g. 'X_0', 'A3_5', 'M3_5', 'I3_5')")
+    return kind, (-1 if kind == "X" else int(layer)), int(position)
+
+
 def build_graph(
     run: Run, target: int = -1, threshold: float = 0.04, renormalize: bool = True
 ) -> nx.DiGraph:

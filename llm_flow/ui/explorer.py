@@ -1,0 +1,94 @@
+"""The explorer page: the route graph for one token, and panels for what was clicked."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from llm_flow.config import Config
+from llm_flow.errors import LlmFlowError
+from llm_flow.models.run import Run
+from llm_flow.routes.graph import build_graph, parse_node_id
+from llm_flow.ui import keys
+from llm_flow.ui.analysis import activate, requested
+from llm_flow.ui.graph_view import edge_id, figure_height, route_figure
+from llm_flow.ui.panels import describe, element_panel, predictions_panel
+from llm_flow.ui.sidebar import init_state, model_controls, prompt_controls, route_controls
+from llm_flow.views.tokens import display_token
+
+
+def explorer_page(config: Config) -> None:
+    init_state(config)
+    run = activate(requested(str(config.path)))
+    with st.sidebar:
+        model_controls(config, run.model if run is not None else None)
+        prompt_controls(config)
+        route_controls()
+    if st.session_state[keys.ERROR]:
+        st.error(st.session_state[keys.ERROR])
+    if run is None:
+        st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    _route_view(run)
+
+
+def _route_view(run: Run) -> None:
+    st.select_slider(
+        "Token to explain", options=list(range(run.n_tokens)), key=keys.TARGET,
+        format_func=lambda i: f"{i}: {display_token(run.str_tokens[i])}",
+        help="The route explains the model's prediction of the token that follows this one.",
+    )  # fmt: skip
+    target = st.session_state[keys.TARGET]
+    try:
+        with st.spinner("Building the route…"):
+            graph = build_graph(run, target, st.session_state[keys.THRESHOLD], st.session_state[keys.RENORMALIZE])
+    except LlmFlowError as exc:
+        st.error(str(exc))
+        return
+    elements = [None, *sorted(graph.nodes, key=_node_order), *(edge_id(u, v) for u, v in graph.edges)]
+    if st.session_state[keys.SELECTED] not in elements:
+        st.session_state[keys.SELECTED] = None
+    graph_column, panel_column = st.columns([3, 2], gap="medium")
+    with graph_column:
+        st.caption(
+            f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token {target} "
+            f"{display_token(run.str_tokens[target])!r}. Drag to pan, scroll to zoom, double-click to reset."
+        )
+        st.plotly_chart(
+            route_figure(graph, st.session_state[keys.SELECTED]), key=keys.CHART,
+            on_select=_on_graph_click, selection_mode="points", width="stretch",
+            height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
+        )  # fmt: skip
+    with panel_column:
+        predictions_panel(run, target)
+        st.selectbox(
+            "Inspect", elements, key=keys.SELECTED, placeholder="Click the graph, or choose a node or edge",
+            format_func=lambda e: "(nothing)" if e is None else describe(graph, e),
+        )  # fmt: skip
+        element_panel(run, graph, st.session_state[keys.SELECTED])
+
+
+def _on_graph_click() -> None:
+    """A click on a node or an edge marker selects it, exactly as choosing it under Inspect."""
+    element = clicked_element(st.session_state.get(keys.CHART))
+    if element is not None:
+        st.session_state[keys.SELECTED] = element
+
+
+def clicked_element(chart_state) -> str | None:
+    """The element id of the first clicked point in a plotly selection state, if any."""
+    try:
+        points = chart_state["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, list):
+            data = data[0] if data else None
+        if isinstance(data, str):
+            return data
+    return None
+
+
+def _node_order(name: str) -> tuple[int, int, str]:
+    kind, layer, position = parse_node_id(name)
+    return (-layer, position, kind)

@@ -1,0 +1,206 @@
+"""The route graph as a plotly figure: layers bottom to top, tokens left to right.
+
+Every node and every edge is a clickable point (edges through a marker at their midpoint); the
+point's ``customdata`` is the element id the side panel understands: a node name (``A5_3``) or
+an edge ``"I4_1->A5_3"``. Edges are drawn in a few weight buckets, one trace each, so a graph of
+thousands of edges is still a handful of traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import plotly.graph_objects as go
+
+from llm_flow.views.tokens import display_token
+
+EDGE_SEPARATOR = "->"
+_BUCKETS = 6
+_VERTICAL_MARKER_SHIFT = 0.12
+_COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}
+_NODE_STYLE = {
+    "embedding": dict(symbol="circle", color="#54a24b", size=10),
+    "resid_mid": dict(symbol="circle", color="#bab0ac", size=8),
+    "resid_post": dict(symbol="circle", color="#79706e", size=9),
+    "ffn": dict(symbol="square", color="#d6608f", size=8),
+}
+_KIND_NAMES = {
+    "embedding": "token embedding",
+    "resid_mid": "residual after attention",
+    "resid_post": "residual after the layer",
+    "ffn": "FFN block",
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """Vertical placement: y coordinate and horizontal offset of a node."""
+
+    y: float
+    dx: float = 0.0
+
+
+def edge_id(source: str, target: str) -> str:
+    return f"{source}{EDGE_SEPARATOR}{target}"
+
+
+def split_edge_id(element: str) -> tuple[str, str] | None:
+    parts = element.split(EDGE_SEPARATOR)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def level(node: dict, parallel: bool) -> Level:
+    """X at 0; sequential layer l: A at 2l+1, I at 2l+2, FFN square between them, shifted right.
+    Parallel layer l: I at l+1, FFN square between I{l-1} and I{l}."""
+    layer, kind = node["layer"], node["kind"]
+    if kind == "embedding":
+        return Level(0.0)
+    if parallel:
+        return Level(layer + 0.5, 0.3) if kind == "ffn" else Level(layer + 1.0)
+    return {"resid_mid": Level(2 * layer + 1.0), "ffn": Level(2 * layer + 1.5, 0.3)}.get(
+        kind, Level(2 * layer + 2.0)
+    )
+
+
+def route_figure(graph: nx.DiGraph, selected: str | None = None) -> go.Figure:
+    """The figure for a route graph built by :func:`llm_flow.build_graph`."""
+    parallel = graph.graph["parallel"]
+    position = {
+        name: (data["position"] + lv.dx, lv.y)
+        for name, data in graph.nodes(data=True)
+        for lv in [level(data, parallel)]
+    }
+    fig = go.Figure()
+    for trace in _edge_traces(graph, position):
+        fig.add_trace(trace)
+    fig.add_trace(_edge_markers(graph, position))
+    for kind in _NODE_STYLE:
+        trace = _node_trace(graph, position, kind)
+        if trace is not None:
+            fig.add_trace(trace)
+    if selected is not None:
+        highlight = _highlight(graph, position, selected)
+        if highlight is not None:
+            fig.add_trace(highlight)
+    _layout(fig, graph)
+    return fig
+
+
+def figure_height(graph: nx.DiGraph) -> int:
+    n_levels = (graph.graph["n_layers"] + 1) if graph.graph["parallel"] else 2 * graph.graph["n_layers"] + 1
+    return int(min(2400, max(480, 120 + 15 * n_levels)))
+
+
+def _edge_traces(graph: nx.DiGraph, position: dict) -> list[go.Scatter]:
+    buckets: dict[tuple[str, int], tuple[list, list]] = {}
+    for source, target, data in graph.edges(data=True):
+        bucket = min(_BUCKETS - 1, int(data["weight"] * _BUCKETS))
+        xs, ys = buckets.setdefault((data["kind"], bucket), ([], []))
+        (x0, y0), (x1, y1) = position[source], position[target]
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+    traces = []
+    for (kind, bucket), (xs, ys) in sorted(buckets.items()):
+        strength = (bucket + 1) / _BUCKETS
+        traces.append(
+            go.Scatter(
+                x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                line=dict(color=_COLORS[kind], width=0.8 + 5 * strength),
+                opacity=0.2 + 0.7 * strength,
+            )
+        )  # fmt: skip
+    return traces
+
+
+def _edge_markers(graph: nx.DiGraph, position: dict) -> go.Scatter:
+    xs, ys, ids, texts, sizes, colors = [], [], [], [], [], []
+    for source, target, data in graph.edges(data=True):
+        x, y = _marker_position(position[source], position[target])
+        xs.append(x)
+        ys.append(y)
+        ids.append(edge_id(source, target))
+        texts.append(_edge_hover(source, target, data))
+        sizes.append(4 + 4 * data["weight"])
+        colors.append(_COLORS[data["kind"]])
+    return go.Scatter(
+        x=xs, y=ys, mode="markers", name="edges (click)", customdata=ids, hovertext=texts,
+        hoverinfo="text", marker=dict(size=sizes, color=colors, opacity=0.35, symbol="diamond"),
+    )  # fmt: skip
+
+
+def _marker_position(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    """The edge's midpoint; on vertical edges (a token's own column) shifted left of the nodes."""
+    (x0, y0), (x1, y1) = start, end
+    shift = -_VERTICAL_MARKER_SHIFT if x0 == x1 else 0.0
+    return (x0 + x1) / 2 + shift, (y0 + y1) / 2
+
+
+def _edge_hover(source: str, target: str, data: dict) -> str:
+    text = f"{source} → {target}<br>{data['kind']} weight {data['weight']:.3f}"
+    if data["kind"] == "attention":
+        top = sorted(enumerate(data["heads"]), key=lambda hw: -hw[1])[:3]
+        text += "<br>" + ", ".join(f"H{h} {w:.3f}" for h, w in top if w > 0)
+        if data.get("residual"):
+            text += f"<br>residual {data['residual']:.3f}"
+    return text
+
+
+def _node_trace(graph: nx.DiGraph, position: dict, kind: str) -> go.Scatter | None:
+    names = [n for n, d in graph.nodes(data=True) if d["kind"] == kind]
+    if not names:
+        return None
+    style = _NODE_STYLE[kind]
+    texts = [
+        f"{n} · {_KIND_NAMES[kind]}<br>"
+        + (f"layer {graph.nodes[n]['layer']} · " if kind != "embedding" else "")
+        + f"token {graph.nodes[n]['position']}: {display_token(graph.nodes[n]['token'])}"
+        for n in names
+    ]
+    return go.Scatter(
+        x=[position[n][0] for n in names], y=[position[n][1] for n in names], mode="markers",
+        name=_KIND_NAMES[kind], customdata=names, hovertext=texts, hoverinfo="text",
+        marker=dict(symbol=style["symbol"], color=style["color"], size=style["size"],
+                    line=dict(width=1, color="white")),
+    )  # fmt: skip
+
+
+def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter | None:
+    edge = split_edge_id(selected)
+    if edge is not None and graph.has_edge(*edge):
+        x, y = _marker_position(position[edge[0]], position[edge[1]])
+    elif selected in graph:
+        x, y = position[selected]
+    else:
+        return None
+    return go.Scatter(
+        x=[x], y=[y], mode="markers", name="selected", hoverinfo="skip", customdata=[selected],
+        marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color="#e45756")),
+    )  # fmt: skip
+
+
+def _layout(fig: go.Figure, graph: nx.DiGraph) -> None:
+    tokens = graph.graph["tokens"]
+    n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
+    layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
+    step = max(1, n_layers // 15)
+    fig.update_layout(
+        height=figure_height(graph),
+        margin=dict(l=10, r=10, t=36, b=10),
+        dragmode="pan",
+        clickmode="event+select",
+        hovermode="closest",
+        legend=dict(orientation="h", yanchor="top", y=-0.06, x=0, font=dict(size=11)),
+        plot_bgcolor="white",
+        xaxis=dict(
+            tickmode="array", tickvals=list(range(len(tokens))),
+            ticktext=[display_token(t) for t in tokens],
+            tickangle=-60 if len(tokens) > 8 else 0, range=[-0.6, len(tokens) - 0.4],
+            showgrid=False, zeroline=False,
+        ),
+        yaxis=dict(
+            tickmode="array", tickvals=[0.0] + layer_y[::step],
+            ticktext=["emb"] + [f"L{l}" for l in range(0, n_layers, step)],
+            showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False,
+        ),
+    )  # fmt: skip

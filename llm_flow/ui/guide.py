@@ -1,0 +1,54 @@
+"""The guide page: what each part of the explorer shows and how to read it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+GUIDE = """
+### What you are looking at
+
+A transformer adds, layer after layer, the outputs of its attention heads and FFN blocks to a
+*residual stream* per token. For the token you choose, llm-flow measures how much each of those
+parts contributed to each residual state (the L1-proximity measure of Ferrando & Voita's
+*information-flow routes*), keeps the contributions above the threshold, and walks back from the
+final state of that token to the input: the **route** is everything that carried information to
+the prediction.
+
+### The graph
+
+* **Bottom to top**: the token embeddings (green, `emb`), then for every layer the residual after
+  attention (light grey, `A`), the FFN block (pink square, `M`) and the residual after the layer
+  (dark grey, `I`). Models with parallel blocks (GPT-NeoX, Pythia) have no `A` row.
+* **Left to right**: the prompt's tokens.
+* **Edges**: blue = attention (token *j* → token *i*, all heads together), grey = the residual
+  stream, pink = the FFN. Thicker and darker means a larger contribution. Each edge has a small
+  diamond at its middle: click it to inspect the edge.
+* Drag to pan, scroll to zoom, double-click to fit the whole graph again.
+
+### The panels
+
+* **Next token**: the model's most likely continuations after the chosen token, with the
+  temperature you set.
+* **A residual node** (`X`, `A`, `I`): the *logit lens* — what the model would predict if it
+  stopped here (optionally through the final normalisation), with each token's rank change
+  against the state before this block (↑ moved up) — and the tokens the block just before it
+  **promoted** (pushed up) and **suppressed**.
+* **An attention edge**: the contribution of every head to this source → destination flow (the
+  strongest head is preselected), that head's **attention map** (where it looked) and
+  **contribution map** (what actually reached the residual stream), and the tokens it promoted or
+  suppressed at the destination.
+* **An FFN block**: its neurons ranked by contribution, with their activations; pick a neuron to
+  see which tokens its output promotes and suppresses.
+
+### Settings
+
+* **Contribution threshold**: edges at or below it are dropped (default 0.04). Lower values show
+  more of the flow; higher values only the main roads.
+* **Renormalise after threshold**: rescale what survives at each node to sum to 1.
+* Changing the token, the threshold or the panel choices never re-runs the model.
+"""
+
+
+def guide_page() -> None:
+    st.title("How to read llm-flow")
+    st.markdown(GUIDE)

@@ -1,0 +1,196 @@
+"""The side panels: next-token predictions, and what a clicked node or edge did."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from llm_flow.models.run import Run
+from llm_flow.routes.graph import parse_node_id
+from llm_flow.ui import keys
+from llm_flow.ui.graph_view import split_edge_id
+from llm_flow.views.heads import attention_map, contribution_map, edge_heads
+from llm_flow.views.logit_lens import logit_lens
+from llm_flow.views.neurons import top_neurons
+from llm_flow.views.predictions import top_predictions
+from llm_flow.views.promoted import Promotion, block_update, head_output, neuron_output, promoted_tokens
+from llm_flow.views.tokens import display_token
+
+_BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
+
+
+def predictions_panel(run: Run, target: int) -> None:
+    st.subheader(f"Next token after {display_token(run.str_tokens[target])!r}")
+    st.number_input(
+        "Temperature", 0.05, 5.0, step=0.05, key=keys.TEMPERATURE,
+        help="Divides the logits before the softmax: below 1 sharpens, above 1 flattens.",
+    )  # fmt: skip
+    predictions = top_predictions(run, target, k=10, temperature=st.session_state[keys.TEMPERATURE])
+    frame = pd.DataFrame(
+        {
+            "token": [display_token(p.token) for p in predictions],
+            "probability": [p.probability for p in predictions],
+            "logit": [p.logit for p in predictions],
+        }
+    )
+    st.dataframe(
+        frame, hide_index=True, width="stretch", key="predictions_table",
+        column_config={
+            "probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+            "logit": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )  # fmt: skip
+
+
+def element_panel(run: Run, graph: nx.DiGraph, element: str | None) -> None:
+    """Dispatch on what was selected: a residual node, an FFN node or an edge."""
+    if element is None:
+        st.info("Click a node or an edge of the graph (or pick one under *Inspect*) to see what it did.")
+        return
+    edge = split_edge_id(element)
+    if edge is not None:
+        _edge_panel(run, graph, *edge)
+    elif parse_node_id(element)[0] == "M":
+        _ffn_panel(run, element)
+    else:
+        _residual_panel(run, element)
+
+
+def describe(graph: nx.DiGraph, element: str) -> str:
+    """A one-line label for the Inspect list."""
+    edge = split_edge_id(element)
+    if edge is not None:
+        data = graph.edges[edge]
+        return f"{edge[0]} → {edge[1]} · {data['kind']} {data['weight']:.3f}"
+    node = graph.nodes[element]
+    kind = {"embedding": "embedding", "resid_mid": "after attention", "resid_post": "after layer", "ffn": "FFN"}
+    return f"{element} · {kind[node['kind']]} · {display_token(node['token'])}"
+
+
+def _residual_panel(run: Run, node: str) -> None:
+    kind, layer, position = parse_node_id(node)
+    where = "embedding" if kind == "X" else f"layer {layer}, {'after attention' if kind == 'A' else 'after the layer'}"
+    st.subheader(f"{node}: {where}, token {position} {display_token(run.str_tokens[position])!r}")
+    st.checkbox("Normalise before unembedding (final norm)", key=keys.LENS_NORMALIZE)
+    lens = logit_lens(run, kind, layer, position, k=10, normalize=st.session_state[keys.LENS_NORMALIZE])
+    st.markdown("**Logit lens**: what this residual state would predict")
+    st.dataframe(
+        pd.DataFrame({
+            "token": [display_token(t.token) for t in lens],
+            "probability": [t.probability for t in lens],
+            "change": [_rank_change(t.rank_change) for t in lens],
+        }),
+        hide_index=True, width="stretch", key="lens_table",
+        column_config={"probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)},
+    )  # fmt: skip
+    update = block_update(run, kind, layer, position)
+    if update is not None:
+        block = "layer (attention + FFN)" if run.parallel and kind == "I" else _BLOCK_BEFORE[kind]
+        _promotion(f"Tokens the {block} before it promoted and suppressed", promoted_tokens(run.model, update))
+
+
+def _ffn_panel(run: Run, node: str) -> None:
+    _, layer, position = parse_node_id(node)
+    st.subheader(f"{node}: FFN of layer {layer} at token {position} {display_token(run.str_tokens[position])!r}")
+    count = st.slider("Neurons shown", 5, 100, key=keys.NEURON_COUNT)
+    neurons = top_neurons(run, layer, position, k=count)
+    st.markdown("**Neurons** ranked by contribution to the residual after the FFN")
+    st.dataframe(
+        pd.DataFrame({
+            "neuron": [n.neuron for n in neurons],
+            "contribution": [n.contribution for n in neurons],
+            "activation": [n.activation for n in neurons],
+        }),
+        hide_index=True, width="stretch", key="neuron_table",
+        column_config={"contribution": st.column_config.ProgressColumn(
+            format="%.4f", min_value=0.0, max_value=max(n.contribution for n in neurons) or 1.0)},
+    )  # fmt: skip
+    choices = [n.neuron for n in neurons]
+    if st.session_state.get(keys.NEURON) not in choices:
+        st.session_state[keys.NEURON] = choices[0]
+    neuron = st.selectbox("Neuron", choices, key=keys.NEURON)
+    _promotion(f"Tokens neuron {neuron} promoted and suppressed", promoted_tokens(run.model, neuron_output(run, layer, position, neuron)))
+
+
+def _edge_panel(run: Run, graph: nx.DiGraph, source: str, target: str) -> None:
+    data = graph.edges[source, target]
+    st.subheader(f"{source} → {target}")
+    st.caption(f"{data['kind']} edge, weight {data['weight']:.3f} (after threshold"
+               f"{' and renormalisation' if graph.graph['renormalize'] else ''})")
+    if data["kind"] != "attention":
+        _residual_panel(run, target) if data["kind"] == "residual" else _ffn_panel(
+            run, source if source.startswith("M") else target)
+        return
+    _, source_layer, source_position = parse_node_id(source)
+    _, layer, position = parse_node_id(target)
+    shares = edge_heads(run, layer, source_position, position)
+    st.markdown(
+        f"**Heads** carrying token {source_position} {display_token(run.str_tokens[source_position])!r} "
+        f"to token {position} {display_token(run.str_tokens[position])!r} in layer {layer}"
+    )
+    st.plotly_chart(_head_bars(shares), width="stretch", key="head_bars", config={"displayModeBar": False})
+    ranked = [s.head for s in shares]
+    if st.session_state.get(keys.HEAD) not in ranked:
+        st.session_state[keys.HEAD] = ranked[0]
+    head = st.selectbox("Head", ranked, key=keys.HEAD, format_func=lambda h: f"H{h} ({shares[ranked.index(h)].contribution:.3f})")
+    tokens = [f"{i}:{display_token(t)}" for i, t in enumerate(run.str_tokens)]
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"Attention map, L{layer} H{head}")
+        st.plotly_chart(_heatmap(attention_map(run, layer, head), tokens, position, source_position),
+                        width="stretch", key="attention_map")  # fmt: skip
+    with right:
+        st.markdown(f"Contribution map, L{layer} H{head}")
+        st.plotly_chart(_heatmap(contribution_map(run, layer, head), tokens, position, source_position),
+                        width="stretch", key="contribution_map")  # fmt: skip
+    _promotion(f"Tokens head {head} promoted and suppressed at token {position}",
+               promoted_tokens(run.model, head_output(run, layer, position, head)))  # fmt: skip
+
+
+def _promotion(title: str, promotion: Promotion) -> None:
+    st.markdown(f"**{title}**")
+    left, right = st.columns(2)
+    left.dataframe(
+        pd.DataFrame({"promoted": [display_token(t.token) for t in promotion.promoted],
+                      "score": [t.score for t in promotion.promoted]}),
+        hide_index=True, width="stretch", key=f"promoted_{title}",
+        column_config={"score": st.column_config.NumberColumn(format="%+.2f")},
+    )  # fmt: skip
+    right.dataframe(
+        pd.DataFrame({"suppressed": [display_token(t.token) for t in promotion.suppressed],
+                      "score": [t.score for t in promotion.suppressed]}),
+        hide_index=True, width="stretch", key=f"suppressed_{title}",
+        column_config={"score": st.column_config.NumberColumn(format="%+.2f")},
+    )  # fmt: skip
+
+
+def _rank_change(change: int | None) -> str:
+    if change is None:
+        return ""
+    return "=" if change == 0 else (f"↑{change}" if change > 0 else f"↓{-change}")
+
+
+def _head_bars(shares) -> go.Figure:
+    fig = go.Figure(go.Bar(
+        x=[f"H{s.head}" for s in shares], y=[s.contribution for s in shares], marker_color="#4c78a8",
+        hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+    ))  # fmt: skip
+    fig.update_layout(height=200, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="contribution")
+    return fig
+
+
+def _heatmap(values, tokens: list[str], row: int, column: int) -> go.Figure:
+    fig = go.Figure(go.Heatmap(
+        z=values.numpy(), x=tokens, y=tokens, colorscale="Blues", zmin=0, showscale=False,
+        hovertemplate="query %{y}<br>source %{x}<br>%{z:.4f}<extra></extra>",
+    ))  # fmt: skip
+    fig.add_shape(type="rect", x0=column - 0.5, x1=column + 0.5, y0=row - 0.5, y1=row + 0.5,
+                  line=dict(color="#e45756", width=2))  # fmt: skip
+    fig.update_layout(
+        height=320, margin=dict(l=10, r=10, t=10, b=10),
+        yaxis=dict(autorange="reversed", showticklabels=len(tokens) <= 40),
+        xaxis=dict(showticklabels=len(tokens) <= 40, tickangle=-60),
+    )  # fmt: skip
+    return fig

@@ -1,0 +1,41 @@
+"""Per-head views of an attention edge: who carried it, where each head looked, what it moved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.models.run import Run
+from llm_flow.routes.contributions import contribution_rows
+
+
+@dataclass(frozen=True)
+class HeadShare:
+    head: int
+    contribution: float  # share of the destination representation carried by this head
+
+
+def edge_heads(run: Run, layer: int, source: int, position: int) -> list[HeadShare]:
+    """Heads ranked by their contribution of token `source` to `position` in `layer`."""
+    position = run.position(position)
+    if not 0 <= source <= position:
+        raise ValueError(f"source {source} must be between 0 and the position {position}")
+    row = contribution_rows(run, layer, [position])[0]
+    shares = [HeadShare(h, float(c)) for h, c in enumerate(row.heads[source].tolist())]
+    return sorted(shares, key=lambda s: -s.contribution)
+
+
+def attention_map(run: Run, layer: int, head: int) -> torch.Tensor:
+    """Attention weights of one head, queries x sources: [T, T]."""
+    return run.layer(layer).pattern.dense()[head].float().cpu()
+
+
+def contribution_map(run: Run, layer: int, head: int) -> torch.Tensor:
+    """Contributions of one head, queries x sources: [T, T]. All rows are remembered by the Run,
+    so other heads of the same layer are then free."""
+    rows = contribution_rows(run, layer, list(range(run.n_tokens)))
+    out = torch.zeros(run.n_tokens, run.n_tokens)
+    for row in rows:
+        out[row.position, : row.position + 1] = row.heads[:, head]
+    return out

@@ -1,0 +1,44 @@
+"""Scored vocabulary tokens: the common currency of the logit lens and of promoted tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.models.base import TransparentLlm
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token: str
+    token_id: int
+    score: float  # a logit (lens) or a projection on the unembedding (promoted/suppressed)
+    probability: float | None = None  # lens only: softmax over the vocabulary
+    rank_change: int | None = None  # lens only: rank before the block minus rank after (> 0: moved up)
+
+
+def top_tokens(model: TransparentLlm, scores: torch.Tensor, k: int, largest: bool = True) -> list[TokenScore]:
+    """The `k` highest (or lowest) scoring tokens of a [vocab] score vector."""
+    top = torch.topk(scores.float(), min(k, scores.shape[-1]), largest=largest)
+    ids = top.indices.tolist()
+    return [
+        TokenScore(token, token_id, float(score))
+        for token, token_id, score in zip(model.decode_tokens(ids), ids, top.values.tolist())
+    ]
+
+
+def ranks(scores: torch.Tensor, token_ids: list[int]) -> list[int]:
+    """0-based rank of each token in a [vocab] score vector (ties share the better rank)."""
+    chosen = scores[token_ids]  # [k]
+    return (scores[None, :] > chosen[:, None]).sum(-1).tolist()
+
+
+def display_token(token: str) -> str:
+    """A token made readable as a label: visible spaces at the ends, escaped line breaks."""
+    core = token.strip(" ")
+    lead, trail = len(token) - len(token.lstrip(" ")), len(token) - len(token.rstrip(" "))
+    if not core:
+        return "·" * len(token) if token else "∅"
+    core = core.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+    return "·" * lead + core + "·" * trail

@@ -1,0 +1,248 @@
+"""The Streamlit app driven headlessly with AppTest: the same script, widgets and panels a user
+gets, on tiny random models (and on SmolLM2 when it is available)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import llm_flow
+from llm_flow.config import load_config
+from llm_flow.models.bridge import BridgeLlm
+from llm_flow.ui import keys
+from llm_flow.ui.explorer import clicked_element
+from llm_flow.ui.graph_view import route_figure
+from llm_flow.ui.resources import ModelKey, get_model, get_run
+from llm_flow.views.heads import edge_heads
+from llm_flow.views.logit_lens import logit_lens
+from llm_flow.views.neurons import top_neurons
+from llm_flow.views.predictions import top_predictions
+from llm_flow.views.promoted import head_output, promoted_tokens
+from llm_flow.views.tokens import display_token
+from tests.conftest import REPO
+
+TIMEOUT = 300
+
+
+def start(config_path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("LLM_FLOW_CONFIG", str(config_path))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    return app
+
+
+def active_run(app: AppTest):
+    """The very Run the app is showing (from the shared registry, not a new forward pass)."""
+    request = app.session_state[keys.ACTIVE]
+    return get_run(request.model, request.prompt)
+
+
+TABLE_COLUMNS = {
+    "predictions_table": ["token", "probability", "logit"],
+    "lens_table": ["token", "probability", "change"],
+    "neuron_table": ["neuron", "contribution", "activation"],
+}
+
+
+def table(app: AppTest, name: str):
+    """A table of the page, recognised by its columns."""
+    return next(df.value for df in app.dataframe if list(df.value.columns) == TABLE_COLUMNS[name])
+
+
+def caption_text(app: AppTest) -> str:
+    return " ".join(c.value for c in app.caption)
+
+
+@pytest.fixture
+def app(tiny_config, monkeypatch):
+    return start(tiny_config, monkeypatch)
+
+
+def test_first_screen_is_an_analysed_graph(app, tiny_config):
+    config = load_config(tiny_config)
+    request = app.session_state[keys.ACTIVE]
+    assert request.model.source == config.default_model and request.prompt == config.prompts[0]
+    run = active_run(app)
+    graph = llm_flow.build_graph(run, -1, 0.04, True)
+    assert f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token {run.n_tokens - 1}" in caption_text(app)
+    predictions = table(app, "predictions_table")
+    expected = top_predictions(run, -1, k=10)
+    assert list(predictions["token"]) == [display_token(p.token) for p in expected]
+    assert list(predictions["probability"]) == pytest.approx([p.probability for p in expected])
+    assert not app.error
+
+
+def test_threshold_and_target_changes_do_not_rerun_the_model(app, monkeypatch):
+    calls = []
+    real_run = BridgeLlm.run
+    monkeypatch.setattr(BridgeLlm, "run", lambda self, prompt: calls.append(prompt) or real_run(self, prompt))
+    run = active_run(app)
+    app.slider(key=keys.THRESHOLD).set_value(0.1).run()
+    app.select_slider(key=keys.TARGET).set_value(2).run()
+    assert calls == [] and not app.exception
+    graph = llm_flow.build_graph(run, 2, 0.1, True)
+    assert f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token 2" in caption_text(app)
+    app.checkbox(key=keys.RENORMALIZE).uncheck().run()
+    graph = llm_flow.build_graph(run, 2, 0.1, False)
+    assert f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token 2" in caption_text(app)
+    assert calls == []
+
+
+def inspect(app: AppTest, predicate) -> str:
+    """Choose under Inspect the first element whose id satisfies `predicate`."""
+    labels = app.selectbox(key=keys.SELECTED).options  # "A1_2 · after attention · ..." / "I0_1 → A1_2 · ..."
+    ids = [label.split(" · ")[0].replace(" → ", "->") for label in labels]
+    choice = next(i for i in ids if predicate(i))
+    app.selectbox(key=keys.SELECTED).select(choice).run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert app.session_state[keys.SELECTED] == choice
+    return choice
+
+
+def test_residual_node_shows_logit_lens_and_promotions(app):
+    run = active_run(app)
+    node = inspect(app, lambda o: o.startswith(f"I{run.n_layers - 1}_"))
+    _, layer, position = llm_flow.routes.graph.parse_node_id(node)
+    lens = table(app, "lens_table")
+    expected = logit_lens(run, "I", layer, position, k=10, normalize=True)
+    assert list(lens["token"]) == [display_token(t.token) for t in expected]
+    assert list(lens["probability"]) == pytest.approx([t.probability for t in expected])
+    app.checkbox(key=keys.LENS_NORMALIZE).uncheck().run()
+    raw = logit_lens(run, "I", layer, position, k=10, normalize=False)
+    assert list(table(app, "lens_table")["token"]) == [display_token(t.token) for t in raw]
+    assert any("promoted" in df.value.columns for df in app.dataframe)
+
+
+def test_attention_edge_shows_heads_maps_and_promotions(app):
+    run = active_run(app)
+    edge = inspect(app, lambda o: o.startswith("I") and "->A" in o and o.split("->")[0].split("_")[1] != o.split("_")[-1])
+    source, target = edge.split("->")
+    _, layer, position = llm_flow.routes.graph.parse_node_id(target)
+    source_position = llm_flow.routes.graph.parse_node_id(source)[2]
+    shares = edge_heads(run, layer, source_position, position)
+    assert app.selectbox(key=keys.HEAD).options == [f"H{s.head} ({s.contribution:.3f})" for s in shares]
+    assert app.session_state[keys.HEAD] == shares[0].head, "the strongest head is preselected"
+    promoted = [display_token(t.token) for t in promoted_tokens(run.model, head_output(run, layer, position, shares[0].head)).promoted]
+    shown = next(df.value for df in app.dataframe if "promoted" in df.value.columns)
+    assert list(shown["promoted"]) == promoted
+    other = shares[1].head
+    app.selectbox(key=keys.HEAD).select(other).run()
+    promoted = [display_token(t.token) for t in promoted_tokens(run.model, head_output(run, layer, position, other)).promoted]
+    shown = next(df.value for df in app.dataframe if "promoted" in df.value.columns)
+    assert list(shown["promoted"]) == promoted
+
+
+def test_ffn_node_shows_ranked_neurons(app):
+    run = active_run(app)
+    node = inspect(app, lambda o: o.startswith("M"))
+    _, layer, position = llm_flow.routes.graph.parse_node_id(node)
+    neurons = table(app, "neuron_table")
+    expected = top_neurons(run, layer, position, k=20)
+    assert list(neurons["neuron"]) == [n.neuron for n in expected]
+    assert list(neurons["activation"]) == pytest.approx([n.activation for n in expected])
+    app.slider(key=keys.NEURON_COUNT).set_value(7).run()
+    assert len(table(app, "neuron_table")) == 7
+
+
+def test_clicked_point_selects_the_same_element():
+    """The click handler reads the element id plotly sends back for a clicked point."""
+    state = {"selection": {"points": [{"curve_number": 3, "point_index": 0, "customdata": "A1_2"}]}}
+    assert clicked_element(state) == "A1_2"
+    assert clicked_element({"selection": {"points": [{"customdata": ["I0_1->A1_2"]}]}}) == "I0_1->A1_2"
+    assert clicked_element({"selection": {"points": []}}) is None
+    assert clicked_element(None) is None
+
+
+def test_every_graph_element_is_clickable(tiny_models):
+    """Each node and each edge appears as a point whose customdata is its id."""
+    run = tiny_models("gpt2").run("The capital of France is")
+    graph = llm_flow.build_graph(run, -1, 0.02)
+    figure = route_figure(graph)
+    ids = {c for trace in figure.data if trace.customdata is not None for c in trace.customdata}
+    assert set(graph.nodes) <= ids
+    assert {f"{u}->{v}" for u, v in graph.edges} <= ids
+
+
+def test_over_long_prompt_is_refused_and_the_previous_graph_stays(app):
+    before = app.session_state[keys.ACTIVE]
+    app.text_area(key=keys.NEW_PROMPT).input("Paris " * 100)
+    app.button[0].click().run()
+    assert not app.exception
+    assert any("configured limit" in e.value for e in app.error)
+    assert app.session_state[keys.ACTIVE] == before
+    assert app.text_area(key=keys.NEW_PROMPT).value == "Paris " * 100, "what the user typed is kept"
+    assert "nodes" in caption_text(app)
+
+
+def test_new_prompt_is_analysed_and_added(app):
+    app.text_area(key=keys.NEW_PROMPT).input("One, two, three, four,")
+    app.button[0].click().run()
+    assert not app.error
+    assert app.session_state[keys.ACTIVE].prompt == "One, two, three, four,"
+    assert "One, two, three, four," in app.selectbox(key=keys.PROMPT_CHOICE).options
+
+
+def test_empty_new_prompt_is_refused(app):
+    app.text_area(key=keys.NEW_PROMPT).input("   ")
+    app.button[0].click().run()
+    assert any("empty" in e.value for e in app.error)
+
+
+def test_model_that_fails_to_load_keeps_the_previous_state(app):
+    before = app.session_state[keys.ACTIVE]
+    app.text_input(key=keys.CUSTOM_MODEL).input("./no/such/folder").run()
+    assert not app.exception
+    assert any("unknown model './no/such/folder'" in e.value for e in app.error)
+    assert app.session_state[keys.ACTIVE] == before
+    assert app.text_input(key=keys.CUSTOM_MODEL).value == "./no/such/folder"
+    app.select_slider(key=keys.TARGET).set_value(1).run()
+    assert "for token 1" in caption_text(app), "the previous analysis is still usable"
+
+
+def test_switching_models(app):
+    app.selectbox(key=keys.MODEL_CHOICE).select("tiny-gpt_neox").run()
+    assert app.session_state[keys.ACTIVE].model.source == "tiny-gpt_neox"
+    assert not app.error and "nodes" in caption_text(app)
+
+
+def test_demo_mode_offers_only_configured_choices(tiny_config, tmp_path, monkeypatch):
+    config = json.loads(tiny_config.read_text())
+    config.update(demo_mode=True, prompts_file=str(tiny_config.parent / "prompts.json"))
+    path = tmp_path / "demo.json"
+    path.write_text(json.dumps(config))
+    app = start(path, monkeypatch)
+    assert not [t for t in app.text_input if t.key == keys.CUSTOM_MODEL]
+    assert not app.text_area
+    assert "nodes" in caption_text(app)
+
+
+def test_sessions_share_the_model_but_not_their_state(tiny_config, monkeypatch):
+    loads = []
+    import llm_flow.ui.resources as resources
+
+    real_load = resources.load_model
+    monkeypatch.setattr(resources, "load_model", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setenv("LLM_FLOW_CONFIG", str(tiny_config))
+    get_model.__globals__["_models"].clear()
+    first = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    second = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    second.selectbox(key=keys.PROMPT_CHOICE).select("One, two, three,").run()
+    first.slider(key=keys.THRESHOLD).set_value(0.15).run()
+    assert loads == ["tiny-llama"], "one model load for both sessions"
+    assert first.session_state[keys.ACTIVE].prompt == "The capital of France is"
+    assert second.session_state[keys.ACTIVE].prompt == "One, two, three,"
+    assert second.session_state[keys.THRESHOLD] == 0.04
+    key = first.session_state[keys.ACTIVE].model
+    assert get_model(key) is get_model(second.session_state[keys.ACTIVE].model)
+
+
+@pytest.mark.real_model
+def test_default_app_on_smollm2_predicts_paris(smollm2, monkeypatch):
+    app = start(REPO / "config" / "local.json", monkeypatch)
+    assert app.session_state[keys.ACTIVE].model == ModelKey("smollm2-135m", "cpu", "float32", str(REPO / "config" / "local.json"))
+    assert table(app, "predictions_table")["token"].iloc[0] == "·Paris"
+    inspect(app, lambda o: o.startswith("M"))
+    assert len(table(app, "neuron_table")) == 20

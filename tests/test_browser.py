@@ -1,0 +1,148 @@
+"""End to end in a real headless Chromium: `streamlit run app.py`, wait for the graph, click a
+node and an edge, and check that the side panel follows. Screenshots go to test-output/browser/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = REPO / "test-output" / "browser"
+LAUNCH_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm2):
+    """The app as users start it, on the default config (SmolLM2 is already converted)."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian package 'chromium'); browser tests skipped")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("LLM_FLOW_CONFIG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"streamlit did not start: {process.stdout.read()}")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_app(browser, url):
+    page = browser.new_page(viewport={"width": 1600, "height": 1900})
+    page.goto(url)
+    page.get_by_text("Next token after").wait_for(timeout=180_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    return page
+
+
+POINT_JS = """(id) => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.data && g.data.some(
+      t => t.customdata && t.customdata.includes(id)));
+  const t = gd.data.find(t => t.customdata && t.customdata.includes(id));
+  const i = t.customdata.indexOf(id);
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(t.x[i]), box.top + ya._offset + ya.l2p(t.y[i])];
+}"""
+
+IDS_JS = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.data && g.data.some(
+      t => t.name === 'FFN block'));
+  return gd.data.flatMap(t => t.customdata || []);
+}"""
+
+
+def click_element(page, element_id: str) -> None:
+    x, y = page.evaluate(POINT_JS, element_id)
+    page.mouse.click(x, y)
+
+
+def test_click_node_and_edge_updates_the_panels(server, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = open_app(browser, server)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / "01_first_screen.png"))
+    assert page.get_by_text("Next token after '·is'").is_visible()
+    ids = page.evaluate(IDS_JS)
+
+    ffn = next(i for i in ids if i.startswith("M2") and "->" not in i)
+    click_element(page, ffn)
+    page.get_by_text("ranked by contribution").wait_for(timeout=60_000)
+    page.get_by_text(f"{ffn}: FFN of layer").wait_for()
+    page.screenshot(path=str(SHOTS / "02_ffn_clicked.png"))
+
+    edge = next(i for i in ids if "->A" in i and i.split("->")[0].split("_")[1] != i.split("_")[-1])
+    click_element(page, edge)
+    page.get_by_text("Attention map").first.wait_for(timeout=60_000)
+    source, target = edge.split("->")
+    page.get_by_text(f"{source} → {target}").first.wait_for()
+    assert page.get_by_text("Contribution map").first.is_visible()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "03_edge_clicked.png"))
+
+    node = next(i for i in ids if i.startswith("I29_") and "->" not in i)
+    click_element(page, node)
+    page.get_by_text("Logit lens").wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "04_node_clicked.png"))
+    page.close()
+
+
+def test_two_sessions_with_different_prompts(server, browser):
+    """Two live sessions on one server: each keeps its own prompt and selection."""
+    import re
+
+    first, second = open_app(browser, server), open_app(browser, server)
+    second.get_by_label("Prompt", exact=True).click()  # the sidebar's prompt list
+    second.get_by_role("option", name="When Mary and John went to the store, John gave a drink to").click()
+    second.get_by_text(re.compile(r"for token 13 '·to'")).wait_for(timeout=120_000)
+    node = next(i for i in first.evaluate(IDS_JS) if i.startswith("M") and "->" not in i)
+    click_element(first, node)  # the first session reruns, on its own prompt
+    first.get_by_text(f"{node}: FFN of layer").wait_for(timeout=60_000)
+    assert first.get_by_text(re.compile(r"for token 4 '·is'")).is_visible()
+    assert second.get_by_text(re.compile(r"for token 13 '·to'")).is_visible()
+    assert second.get_by_text("Click a node or an edge").is_visible(), "the click stayed in the first session"
+    second.screenshot(path=str(SHOTS / "05_second_session.png"))
+    first.close()
+    second.close()
