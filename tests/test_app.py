@@ -191,7 +191,12 @@ def test_empty_new_prompt_is_refused(app):
     assert any("empty" in e.value for e in app.error)
 
 
-def test_model_that_fails_to_load_keeps_the_previous_state(app):
+def test_model_that_fails_to_load_keeps_the_previous_state(app, monkeypatch):
+    import llm_flow.ui.resources as resources
+
+    attempts = []
+    real_load = resources.load_model
+    monkeypatch.setattr(resources, "load_model", lambda *a, **k: attempts.append(a[0]) or real_load(*a, **k))
     before = app.session_state[keys.ACTIVE]
     app.text_input(key=keys.CUSTOM_MODEL).input("./no/such/folder").run()
     assert not app.exception
@@ -200,6 +205,7 @@ def test_model_that_fails_to_load_keeps_the_previous_state(app):
     assert app.text_input(key=keys.CUSTOM_MODEL).value == "./no/such/folder"
     app.select_slider(key=keys.TARGET).set_value(1).run()
     assert "for token 1" in caption_text(app), "the previous analysis is still usable"
+    assert attempts == ["./no/such/folder"], "a failed model is not reloaded on every interaction"
 
 
 def test_switching_models(app):
@@ -246,3 +252,14 @@ def test_default_app_on_smollm2_predicts_paris(smollm2, monkeypatch):
     assert table(app, "predictions_table")["token"].iloc[0] == "·Paris"
     inspect(app, lambda o: o.startswith("M"))
     assert len(table(app, "neuron_table")) == 20
+
+
+def test_compact_figure_keeps_every_element_and_only_route_columns(tiny_models):
+    run = tiny_models("llama").run("When Mary and John went to the store, John gave a drink to")
+    graph = llm_flow.build_graph(run, -1, 0.1)
+    figure = route_figure(graph, compact=True)
+    ids = {c for trace in figure.data if trace.customdata is not None for c in trace.customdata}
+    assert set(graph.nodes) <= ids and {f"{u}->{v}" for u, v in graph.edges} <= ids
+    positions = sorted({d["position"] for _, d in graph.nodes(data=True)})
+    assert list(figure.layout.xaxis.ticktext) == [f"{p}:{display_token(run.str_tokens[p])}" for p in positions]
+    assert len(route_figure(graph).layout.xaxis.ticktext) == run.n_tokens

@@ -17,6 +17,10 @@ from llm_flow.ui import keys
 from llm_flow.ui.resources import ModelKey, get_run
 
 
+#: Prompts longer than this open with only the route's token columns shown.
+COMPACT_FROM_TOKENS = 30
+
+
 @dataclass(frozen=True)
 class Request:
     model: ModelKey
@@ -35,7 +39,7 @@ def activate(request: Request) -> Run | None:
     """Make `request` the active analysis if it is new; return the active Run (None if none yet)."""
     state = st.session_state
     active: Request | None = state.get(keys.ACTIVE)
-    if request != active:
+    if request != active and request != state.get(keys.FAILED):
         try:
             with st.status(f"Analysing with {request.model.source}…", expanded=True) as status:
                 run = get_run(request.model, request.prompt, progress=status.write)
@@ -61,11 +65,13 @@ def _accept(request: Request, run: Run) -> None:
         state[keys.PENDING_PROMPT] = ""
     state[keys.TARGET] = run.n_tokens - 1
     state[keys.SELECTED] = None
+    state[keys.COMPACT] = run.n_tokens > COMPACT_FROM_TOKENS
 
 
 def _refuse(request: Request, active: Request | None, message: str) -> None:
     """Show why, and put the choice widgets back on what is still displayed."""
     state = st.session_state
+    state[keys.FAILED] = request  # not retried on every rerun, only when the choice changes
     shown = f" Still showing {active.model.source!r} on the previous prompt." if active else ""
     state[keys.ERROR] = f"{message}.{shown}" if not message.endswith(".") else f"{message}{shown}"
     state[keys.PENDING_PROMPT] = ""

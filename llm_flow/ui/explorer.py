@@ -53,8 +53,13 @@ def _route_view(run: Run) -> None:
             f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token {target} "
             f"{display_token(run.str_tokens[target])!r}. Drag to pan, scroll to zoom, double-click to reset."
         )
+        st.toggle(
+            "Only the tokens the route reaches", key=keys.COMPACT,
+            help="Leave out the token columns with no node on the route: long prompts stay readable.",
+        )  # fmt: skip
+        figure = route_figure(graph, st.session_state[keys.SELECTED], compact=st.session_state[keys.COMPACT])
         st.plotly_chart(
-            route_figure(graph, st.session_state[keys.SELECTED]), key=keys.CHART,
+            figure, key=keys.CHART,
             on_select=_on_graph_click, selection_mode="points", width="stretch",
             height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
         )  # fmt: skip

@@ -63,11 +63,21 @@ def level(node: dict, parallel: bool) -> Level:
     )
 
 
-def route_figure(graph: nx.DiGraph, selected: str | None = None) -> go.Figure:
-    """The figure for a route graph built by :func:`llm_flow.build_graph`."""
+def token_columns(graph: nx.DiGraph, compact: bool) -> list[int]:
+    """Token positions shown left to right: all of them, or (compact) only those the route reaches."""
+    if not compact:
+        return list(range(graph.graph["n_tokens"]))
+    return sorted({data["position"] for _, data in graph.nodes(data=True)} | {graph.graph["target"]})
+
+
+def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool = False) -> go.Figure:
+    """The figure for a route graph built by :func:`llm_flow.build_graph`. `compact` leaves out
+    the token columns the route does not touch, so routes in long prompts stay readable."""
     parallel = graph.graph["parallel"]
+    columns = token_columns(graph, compact)
+    column_of = {token: index for index, token in enumerate(columns)}
     position = {
-        name: (data["position"] + lv.dx, lv.y)
+        name: (column_of[data["position"]] + lv.dx, lv.y)
         for name, data in graph.nodes(data=True)
         for lv in [level(data, parallel)]
     }
@@ -83,7 +93,7 @@ def route_figure(graph: nx.DiGraph, selected: str | None = None) -> go.Figure:
         highlight = _highlight(graph, position, selected)
         if highlight is not None:
             fig.add_trace(highlight)
-    _layout(fig, graph)
+    _layout(fig, graph, columns, compact)
     return fig
 
 
@@ -179,8 +189,9 @@ def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter |
     )  # fmt: skip
 
 
-def _layout(fig: go.Figure, graph: nx.DiGraph) -> None:
+def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool) -> None:
     tokens = graph.graph["tokens"]
+    labels = [f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i]) for i in columns]
     n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
     layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
     step = max(1, n_layers // 15)
@@ -193,10 +204,9 @@ def _layout(fig: go.Figure, graph: nx.DiGraph) -> None:
         legend=dict(orientation="h", yanchor="top", y=-0.06, x=0, font=dict(size=11)),
         plot_bgcolor="white",
         xaxis=dict(
-            tickmode="array", tickvals=list(range(len(tokens))),
-            ticktext=[display_token(t) for t in tokens],
-            tickangle=-60 if len(tokens) > 8 else 0, range=[-0.6, len(tokens) - 0.4],
-            showgrid=False, zeroline=False,
+            tickmode="array", tickvals=list(range(len(columns))), ticktext=labels,
+            tickangle=-60 if len(columns) > 8 else 0, range=[-0.6, len(columns) - 0.4],
+            tickfont=dict(size=11 if len(columns) <= 40 else 9), showgrid=False, zeroline=False,
         ),
         yaxis=dict(
             tickmode="array", tickvals=[0.0] + layer_y[::step],

@@ -30,6 +30,7 @@ def init_state(config: Config) -> None:
         keys.LENS_NORMALIZE: True,
         keys.TEMPERATURE: 1.0,
         keys.NEURON_COUNT: 20,
+        keys.COMPACT: False,
     }
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
