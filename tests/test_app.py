@@ -263,3 +263,14 @@ def test_compact_figure_keeps_every_element_and_only_route_columns(tiny_models):
     positions = sorted({d["position"] for _, d in graph.nodes(data=True)})
     assert list(figure.layout.xaxis.ticktext) == [f"{p}:{display_token(run.str_tokens[p])}" for p in positions]
     assert len(route_figure(graph).layout.xaxis.ticktext) == run.n_tokens
+
+
+def test_residual_and_ffn_edges_show_their_node_panels(app):
+    run = active_run(app)
+    edge = inspect(app, lambda o: o.startswith("A") and "->I" in o)
+    assert len(table(app, "lens_table")) == 10
+    _, layer, position = llm_flow.routes.graph.parse_node_id(edge.split("->")[1])
+    expected = logit_lens(run, "I", layer, position, k=10)
+    assert list(table(app, "lens_table")["token"]) == [display_token(t.token) for t in expected]
+    inspect(app, lambda o: o.startswith("M") and "->I" in o)
+    assert len(table(app, "neuron_table")) == 20

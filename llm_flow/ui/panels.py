@@ -119,9 +119,11 @@ def _edge_panel(run: Run, graph: nx.DiGraph, source: str, target: str) -> None:
     st.subheader(f"{source} → {target}")
     st.caption(f"{data['kind']} edge, weight {data['weight']:.3f} (after threshold"
                f"{' and renormalisation' if graph.graph['renormalize'] else ''})")
-    if data["kind"] != "attention":
-        _residual_panel(run, target) if data["kind"] == "residual" else _ffn_panel(
-            run, source if source.startswith("M") else target)
+    if data["kind"] == "residual":
+        _residual_panel(run, target)
+        return
+    if data["kind"] == "ffn":
+        _ffn_panel(run, source if source.startswith("M") else target)
         return
     _, source_layer, source_position = parse_node_id(source)
     _, layer, position = parse_node_id(target)

@@ -40,11 +40,11 @@ def init_state(config: Config) -> None:
 def model_controls(config: Config, model: TransparentLlm | None) -> None:
     st.header("Model")
     names = list(config.models)
+    chosen = config.models.get(st.session_state[keys.MODEL_CHOICE])
     st.selectbox(
         "Model", names, key=keys.MODEL_CHOICE,
         format_func=lambda n: f"{n} (default)" if n == config.default_model else n,
-        help="Models from the config file. " + (config.models[st.session_state[keys.MODEL_CHOICE]].description
-                                                 if st.session_state[keys.MODEL_CHOICE] in config.models else ""),
+        help=f"Models from the config file. {chosen.description if chosen else ''}",
     )  # fmt: skip
     if config.allow_custom_models:
         st.text_input(
