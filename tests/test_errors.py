@@ -145,3 +145,9 @@ def test_package_download_failure_is_explained(tmp_path, monkeypatch):
     assert "could not download llm-flow-no-such-package==0.0.1 from PyPI" in message
     assert "Check the network connection" in message
     assert not (tmp_path / "cache" / "packages" / "llm-flow-no-such-package_0.0.1").exists()
+
+
+def test_corrupt_default_config_is_reported_by_load_model(tmp_path, monkeypatch, tiny_folders):
+    monkeypatch.setenv("LLM_FLOW_CONFIG", str(write(tmp_path / "local.json", "{ broken")))
+    with pytest.raises(llm_flow.ConfigError, match="is not valid JSON"):
+        llm_flow.load_model(str(tiny_folders["gpt2"]))

@@ -17,7 +17,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_flow.config import Config, ModelEntry, PackagedFile, load_config
+from llm_flow.config import CONFIG_ENV, Config, ModelEntry, PackagedFile, default_config_path, load_config
 from llm_flow.errors import (
     ArgumentError,
     ConfigError,
@@ -79,13 +79,11 @@ def load_model(
 
 
 def _default_config() -> Config | None:
-    """The default config if there is one; short names simply do not resolve without it."""
-    try:
-        return load_config()
-    except ConfigError:
-        if os.environ.get("LLM_FLOW_CONFIG"):
-            raise
+    """The default config; without one (a non-editable install) short names simply do not resolve."""
+    path = default_config_path()
+    if not path.exists() and not os.environ.get(CONFIG_ENV):
         return None
+    return load_config(path)
 
 
 def _entry_bos(entry: ModelEntry) -> bool | None:
