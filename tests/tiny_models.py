@@ -60,43 +60,30 @@ def _common(vocab: int) -> dict:
     return dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=2, initializer_range=0.3)
 
 
+def _small(vocab: int, **extra) -> dict:
+    """The shape shared by the Llama-like families: 3 layers, 4 heads, d_model 64."""
+    return dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=256, **_common(vocab), **extra,
+    )  # fmt: skip
+
+
 def family_configs(vocab: int) -> dict[str, object]:
     """One small config per architecture family the tests cover."""
     return {
         # learned positions, LayerNorm, biases everywhere
         "gpt2": (GPT2LMHeadModel, GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=256, **_common(vocab))),
         # RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases
-        "llama": (
-            LlamaForCausalLM,
-            LlamaConfig(
-                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, **_common(vocab),
-            ),
-        ),
+        "llama": (LlamaForCausalLM, LlamaConfig(**_small(vocab, num_key_value_heads=2))),
         # parallel attention and FFN, partial rotary
         "gpt_neox": (
             GPTNeoXForCausalLM,
-            GPTNeoXConfig(
-                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                max_position_embeddings=256, rotary_pct=0.5, use_parallel_residual=True, **_common(vocab),
-            ),
+            GPTNeoXConfig(**_small(vocab, rotary_pct=0.5, use_parallel_residual=True)),
         ),
         # attention (q, k, v) biases, GQA
-        "qwen2": (
-            Qwen2ForCausalLM,
-            Qwen2Config(
-                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, **_common(vocab),
-            ),
-        ),
+        "qwen2": (Qwen2ForCausalLM, Qwen2Config(**_small(vocab, num_key_value_heads=2))),
         # post-norms on attention and FFN outputs, soft-capping, GQA
-        "gemma2": (
-            Gemma2ForCausalLM,
-            Gemma2Config(
-                hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **_common(vocab),
-            ),
-        ),
+        "gemma2": (Gemma2ForCausalLM, Gemma2Config(**_small(vocab, num_key_value_heads=2, head_dim=16))),
     }
 
 

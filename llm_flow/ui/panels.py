@@ -153,19 +153,14 @@ def _edge_panel(run: Run, graph: nx.DiGraph, source: str, target: str) -> None:
 
 def _promotion(title: str, promotion: Promotion) -> None:
     st.markdown(f"**{title}**")
-    left, right = st.columns(2)
-    left.dataframe(
-        pd.DataFrame({"promoted": [display_token(t.token) for t in promotion.promoted],
-                      "score": [t.score for t in promotion.promoted]}),
-        hide_index=True, width="stretch", key=f"promoted_{title}",
-        column_config={"score": st.column_config.NumberColumn(format="%+.2f")},
-    )  # fmt: skip
-    right.dataframe(
-        pd.DataFrame({"suppressed": [display_token(t.token) for t in promotion.suppressed],
-                      "score": [t.score for t in promotion.suppressed]}),
-        hide_index=True, width="stretch", key=f"suppressed_{title}",
-        column_config={"score": st.column_config.NumberColumn(format="%+.2f")},
-    )  # fmt: skip
+    for column, name, tokens in zip(
+        st.columns(2), ("promoted", "suppressed"), (promotion.promoted, promotion.suppressed)
+    ):
+        column.dataframe(
+            pd.DataFrame({name: [display_token(t.token) for t in tokens], "score": [t.score for t in tokens]}),
+            hide_index=True, width="stretch", key=f"{name}_{title}",
+            column_config={"score": st.column_config.NumberColumn(format="%+.2f")},
+        )  # fmt: skip
 
 
 def _rank_change(change: int | None) -> str:
