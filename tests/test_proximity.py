@@ -7,7 +7,8 @@ import torch
 
 import llm_flow
 from llm_flow.routes import proximity
-from llm_flow.routes.proximity import head_proximities, vector_proximity
+from llm_flow.models.run import CausalPattern
+from llm_flow.routes.proximity import AttentionLayer, attention_proximities, head_proximities, vector_proximity
 
 needs_numba = pytest.mark.skipif(not proximity.numba_available(), reason="numba is not installed")
 
@@ -66,12 +67,63 @@ def test_fast_kernel_equals_definition(seed, with_gain):
     assert (expected > 0).float().mean() > 0.1, "the case should have many non-zero proximities"
 
 
+def factored_case(seed, n_kv, with_gain, n_sources=40, n_heads=4, d_head=8, d_model=48):
+    """A random layer in factored form and query rows in scrambled order with gaps. The wholes are
+    built from the parts (plus noise, many tiny coordinates) so parts often overshoot the whole in
+    some coordinates and the correction term matters."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(n_sources, n_kv, d_head, generator=gen)
+    w_o = torch.randn(n_heads, d_head, d_model, generator=gen) / d_head**0.5
+    scores = torch.randn(n_heads, n_sources, n_sources, generator=gen) * 3
+    causal = torch.ones(n_sources, n_sources, dtype=torch.bool).tril()
+    pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    layer = AttentionLayer.build(values, w_o, CausalPattern(pattern))
+    positions = torch.tensor([n_sources - 1, 3, 17, 0, 29, 11])
+    weights = layer.pattern.rows(positions, n_sources)  # [r, H, S]
+    vectors = layer.vectors.contiguous()  # [S, H, d]
+    attention_out = torch.einsum("rhs,shd->rd", weights, vectors)
+    whole = attention_out + 0.5 * torch.randn(len(positions), d_model, generator=gen)
+    whole[:, ::3] *= 1e-3
+    gain = None
+    if with_gain:
+        gain = torch.rand(len(positions), d_model, generator=gen) * 3 - 0.5  # includes negative gains
+        gain[:, 7] = 0.0
+    return whole, gain, layer, positions, vectors, weights
+
+
+@needs_numba
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+@pytest.mark.parametrize("with_gain", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_factored_path_equals_definition(seed, with_gain, n_kv):
+    """The d_head-sized linear term plus correction gives the definition, for grouped heads,
+    post-norm gains and rows in any order."""
+    whole, gain, layer, positions, vectors, weights = factored_case(seed, n_kv, with_gain)
+    expected = direct(whole, gain, vectors, weights, positions)
+    for method in ("numba", "torch"):
+        result = attention_proximities(whole, gain, layer, positions, method=method)
+        torch.testing.assert_close(result.double(), expected, atol=2e-5, rtol=1e-5)
+    g = torch.ones_like(whole) if gain is None else gain
+    signed_gain = (torch.where(whole >= 0, 1.0, -1.0) * g).double()
+    linear_only = torch.einsum("rhs,rd,shd->rsh", weights.double(), signed_gain, vectors.double())
+    corrected = (linear_only.clamp_min(0) - expected).abs() > 1e-3
+    assert corrected.float().mean() > 0.05, "the case should exercise the correction term"
+    assert (expected > 0).float().mean() > 0.05
+
+
+def test_factored_layer_builds_the_head_vectors():
+    whole, gain, layer, positions, vectors, weights = factored_case(0, n_kv=2, with_gain=False)
+    for head in range(4):
+        torch.testing.assert_close(layer.vectors[:, head], layer.values[:, head // 2] @ layer.w_o[head])
+    torch.testing.assert_close(layer.vmax, layer.vectors.abs().amax(-1).T)
+
+
 @needs_numba
 @pytest.mark.parametrize("n_words", [2, 25, 80])
 def test_fast_path_equals_straightforward_path_on_models(tiny_models, monkeypatch, n_words):
     """Same contributions (to 1e-5) from both kernels, at several prompt lengths."""
     prompt = " ".join(["the capital of France is Paris and"] * n_words)[: n_words * 6]
-    for family in ("gpt2", "gemma2", "gpt_neox"):
+    for family in ("gpt2", "llama", "gemma2", "gpt_neox"):
         run = tiny_models(family).run(prompt)
         results = {}
         for method in ("numba", "torch"):

@@ -28,18 +28,26 @@ class CausalPattern:
     """
 
     def __init__(self, pattern: torch.Tensor) -> None:
-        # pattern: [H, T, T]
+        # pattern: [H, T, T]. One slice copy per row: faster than a boolean-mask gather, and
+        # needs no index tensor as large as the triangle itself.
         n_heads, n_tokens, _ = pattern.shape
         self.n_heads = n_heads
         self.n_tokens = n_tokens
         self._packed = torch.empty(
-            n_heads, n_tokens * (n_tokens + 1) // 2, dtype=pattern.dtype, device=pattern.device
+            n_heads, _row_offset(n_tokens), dtype=pattern.dtype, device=pattern.device
         )
-        for start, stop in _row_blocks(n_tokens):
-            offset = _row_offset(start)
-            rows = pattern[:, start:stop, :stop]  # [H, r, stop]
-            mask = torch.ones(stop - start, stop, dtype=torch.bool, device=pattern.device).tril(start)
-            self._packed[:, offset : _row_offset(stop)] = rows[:, mask]
+        for position in range(n_tokens):
+            self.row(position).copy_(pattern[:, position, : position + 1])
+
+    @property
+    def packed(self) -> torch.Tensor:
+        """The causal triangle, row after row: [H, T (T + 1) / 2]; row i starts at i (i + 1) / 2."""
+        return self._packed
+
+    def row_offsets(self, positions: torch.Tensor) -> torch.Tensor:
+        """Where each query row starts in `packed`: [r] int64."""
+        positions = positions.to(torch.int64)
+        return positions * (positions + 1) // 2
 
     def row(self, position: int) -> torch.Tensor:
         """Attention of query `position` to sources 0..position: [H, position + 1]."""
@@ -55,11 +63,7 @@ class CausalPattern:
 
     def block(self, start: int, stop: int) -> torch.Tensor:
         """Dense rows start..stop-1 over sources 0..stop-1: [stop - start, H, stop]."""
-        out = self._packed.new_zeros(stop - start, self.n_heads, stop)
-        mask = torch.ones(stop - start, stop, dtype=torch.bool, device=out.device).tril(start)
-        segment = self._packed[:, _row_offset(start) : _row_offset(stop)]  # [H, n]
-        out.permute(1, 0, 2)[:, mask] = segment
-        return out
+        return self.rows(torch.arange(start, stop), stop)
 
     def dense(self) -> torch.Tensor:
         """The full [H, T, T] pattern (zeros above the diagonal)."""
@@ -78,17 +82,6 @@ class CausalPattern:
 
 def _row_offset(position: int) -> int:
     return position * (position + 1) // 2
-
-
-def _row_blocks(n_tokens: int, target_elements: int = 1 << 22):
-    """Blocks of query rows with about `target_elements` causal entries each."""
-    start = 0
-    while start < n_tokens:
-        stop = start + 1
-        while stop < n_tokens and _row_offset(stop + 1) - _row_offset(start) <= target_elements:
-            stop += 1
-        yield start, stop
-        start = stop
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,8 @@ the FFN output bias in the neuron view) enter ``y`` but get no share.
 
 Attention parts are ``z[i, j, h] = A[h, i, j] * (v[j, h] + b_V[h]) @ W_O[h]`` (times the post-norm
 gain for Gemma-style blocks). Nothing of size [T, T, H, d_model] is ever built: rows of query
-positions are processed in blocks and the proximities come from :mod:`llm_flow.routes.proximity`.
+positions are processed in blocks and the proximities come from :mod:`llm_flow.routes.proximity`,
+which works on the factored parts (attention pattern, values, W_O) of one layer at a time.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from llm_flow.models.run import Run
-from llm_flow.routes.proximity import head_proximities, vector_proximity
+from llm_flow.routes.proximity import AttentionLayer, attention_proximities, vector_proximity
 
 _ROW_BLOCK_ELEMENTS = 1 << 24  # [rows, sources, heads] proximities held at once
+# A block of consecutive rows computes its dot products for the whole [rows, sources] rectangle;
+# at most this many rows per block keeps the non-causal part of it small.
+_MAX_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,11 @@ def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowCon
     memo = run._memo
     with memo.lock:
         missing = sorted({p for p in positions if (layer, p) not in memo.rows})
+        parts = _attention_layer(run, layer) if missing else None
         block = _rows_per_block(run, max(missing, default=0) + 1)
         for start in range(0, len(missing), block):
             batch = missing[start : start + block]
-            index = torch.tensor(batch)
-            weights = run.layer(layer).pattern.rows(index, max(batch) + 1)
-            heads, residual, ffn = _rows(run, layer, index, weights)
+            heads, residual, ffn = _rows(run, layer, torch.tensor(batch), parts)
             for k, position in enumerate(batch):
                 memo.rows[(layer, position)] = (
                     heads[k, : position + 1].cpu().clone(),
@@ -175,18 +178,23 @@ def ffn_parts(run: Run, layer: int, position: int) -> Parts:
     return Parts(whole, residual, neuron_out, bias)
 
 
+def _attention_layer(run: Run, layer: int) -> AttentionLayer:
+    """The factored attention parts of one layer, built once and shared by all its row blocks."""
+    act = run.layer(layer)
+    return AttentionLayer.build(act.values, run.model.attention_output_weight(layer), act.pattern)
+
+
 def _all_rows(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Every row of a layer, in blocks of consecutive query positions."""
     n_tokens = run.n_tokens
-    pattern = run.layer(layer).pattern
-    heads = torch.zeros(n_tokens, n_tokens, pattern.n_heads)
+    parts = _attention_layer(run, layer)
+    heads = torch.zeros(n_tokens, n_tokens, parts.pattern.n_heads)
     residual = torch.zeros(n_tokens)
     ffn = torch.zeros(n_tokens) if run.parallel else None
     block = _rows_per_block(run, n_tokens)
     for start in range(0, n_tokens, block):
         stop = min(start + block, n_tokens)
-        weights = pattern.block(start, stop)  # [r, H, stop]
-        h, r, f = _rows(run, layer, torch.arange(start, stop), weights)
+        h, r, f = _rows(run, layer, torch.arange(start, stop), parts)
         heads[start:stop, :stop] = h.cpu()
         residual[start:stop] = r.cpu()
         if ffn is not None:
@@ -195,18 +203,14 @@ def _all_rows(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def _rows(
-    run: Run, layer: int, positions: torch.Tensor, weights: torch.Tensor
+    run: Run, layer: int, positions: torch.Tensor, parts: AttentionLayer
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Normalised contributions for query rows `positions` with attention `weights` [r, H, S]."""
+    """Normalised contributions for query rows `positions`: heads [r, max(positions) + 1, H]."""
     act = run.layer(layer)
-    n_sources = weights.shape[-1]
-    device = act.resid_pre.device
-    positions = positions.to(device)
+    positions = positions.to(act.resid_pre.device)
     whole = (act.resid_post if run.parallel else act.resid_mid)[positions].float()
     gain = None if act.attn_gain is None else act.attn_gain[positions]
-    prox_heads = head_proximities(
-        whole, gain, head_vectors(run, layer)[:n_sources], weights, positions
-    )  # [r, S, H]
+    prox_heads = attention_proximities(whole, gain, parts, positions)  # [r, S, H]
     prox_res = vector_proximity(whole, act.resid_pre[positions])
     total = prox_res + prox_heads.sum((1, 2))
     prox_ffn = None
@@ -215,12 +219,12 @@ def _rows(
         total = total + prox_ffn
     total = _safe(total)
     ffn = None if prox_ffn is None else prox_ffn / total
-    return prox_heads / total[:, None, None], prox_res / total, ffn
+    return prox_heads.div_(total[:, None, None]), prox_res / total, ffn
 
 
 def _rows_per_block(run: Run, n_sources: int) -> int:
     n_heads = run.layer(0).pattern.n_heads
-    return max(1, _ROW_BLOCK_ELEMENTS // (n_sources * n_heads))
+    return max(1, min(_MAX_BLOCK_ROWS, _ROW_BLOCK_ELEMENTS // (n_sources * n_heads)))
 
 
 def _safe(total: torch.Tensor) -> torch.Tensor:

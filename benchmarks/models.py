@@ -1,0 +1,71 @@
+"""Random-weight models of real shapes, built offline from configs, with a word-level tokenizer.
+
+Every token "w{k}" is one id k, so a prompt of exactly T tokens is easy to write and the
+vocabulary matches the model's embedding table exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+import llm_flow
+
+SHAPES = ("gpt2-small", "smollm2-135m")
+#: What the naive reference's memory estimate needs to know, without building the model.
+DIMENSIONS = {
+    "gpt2-small": {"n_heads": 12, "d_model": 768, "n_layers": 12},
+    "smollm2-135m": {"n_heads": 9, "d_model": 576, "n_layers": 30},
+}
+
+
+def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """Whitespace-split words "w0".."w{V-1}", one id each, no BOS."""
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0")
+
+
+def hf_model(shape: str) -> PreTrainedModel:
+    """GPT-2-small or SmolLM2-135M shape, random weights, long enough context for T = 4096."""
+    torch.manual_seed(0)
+    if shape == "gpt2-small":
+        config = GPT2Config(
+            n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=4096, attn_implementation="eager"
+        )
+        return GPT2LMHeadModel(config).eval()
+    if shape == "smollm2-135m":
+        config = LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            max_position_embeddings=8192,
+            attn_implementation="eager",
+        )
+        return LlamaForCausalLM(config).eval()
+    raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+
+
+def load(shape: str) -> llm_flow.TransparentLlm:
+    model = hf_model(shape)
+    tokenizer = word_tokenizer(model.config.vocab_size)
+    return llm_flow.load_model(model, tokenizer=tokenizer, max_prompt_tokens=None)
+
+
+def prompt(n_tokens: int, vocab_size: int) -> str:
+    """Exactly `n_tokens` tokens for the word-level tokenizer (ids cycle through a prime stride
+    so neighbouring tokens differ)."""
+    return " ".join(f"w{(7919 * i) % vocab_size}" for i in range(n_tokens))
