@@ -115,3 +115,24 @@ def test_rows_cached_on_the_run_are_reused(runs):
     build_graph(run, target=-1, threshold=0.05)
     assert run._memo.rows.keys() == before.keys()
     assert all(run._memo.rows[k][0] is before[k][0] for k in before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_full_contributions_cover_every_layer_and_serve_later_graphs(tiny_models, family, monkeypatch):
+    """The all-positions table equals the per-layer functions, and afterwards a graph for any
+    target needs no new attention rows."""
+    from llm_flow.routes import contributions
+
+    run = tiny_models(family).run(PROMPT)
+    table = llm_flow.full_contributions(run)
+    assert len(table) == run.n_layers
+    for layer, entry in enumerate(table):
+        c_heads, c_res = llm_flow.attention_contributions(run, layer)
+        c_ffn, c_res2 = llm_flow.ffn_contributions(run, layer)
+        torch.testing.assert_close(entry.heads, c_heads)
+        torch.testing.assert_close(entry.residual, c_res)
+        torch.testing.assert_close(entry.ffn, c_ffn)
+        torch.testing.assert_close(entry.ffn_residual, c_res2)
+    monkeypatch.setattr(contributions, "_rows", lambda *a, **k: pytest.fail("a row was computed again"))
+    for target in range(run.n_tokens):
+        llm_flow.build_graph(run, target, threshold=0.01)

@@ -69,12 +69,6 @@ class CausalPattern:
         """The full [H, T, T] pattern (zeros above the diagonal)."""
         return self.block(0, self.n_tokens).permute(1, 0, 2)
 
-    def to(self, device: torch.device | str) -> "CausalPattern":
-        moved = object.__new__(CausalPattern)
-        moved.n_heads, moved.n_tokens = self.n_heads, self.n_tokens
-        moved._packed = self._packed.to(device)
-        return moved
-
     @property
     def nbytes(self) -> int:
         return self._packed.numel() * self._packed.element_size()

@@ -17,9 +17,8 @@ import streamlit as st
 from llm_flow.config import load_config
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.loading import load_model
+from llm_flow.models.packaged import Progress
 from llm_flow.models.run import Run
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
