@@ -99,7 +99,7 @@ def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool =
 
 def figure_height(graph: nx.DiGraph) -> int:
     n_levels = (graph.graph["n_layers"] + 1) if graph.graph["parallel"] else 2 * graph.graph["n_layers"] + 1
-    return int(min(2400, max(480, 120 + 15 * n_levels)))
+    return int(min(2400, max(480, 100 + 12 * n_levels)))
 
 
 def _edge_traces(graph: nx.DiGraph, position: dict) -> list[go.Scatter]:
