@@ -58,6 +58,27 @@ class BridgeLlm(TransparentLlm):
             dtype=str(first_param.dtype).removeprefix("torch."),
         )
 
+    # --- the underlying modules ---------------------------------------------------------------
+
+    @property
+    def bridge(self) -> TransformerBridge:
+        """The TransformerLens bridge, for hooks on the forward pass (interventions)."""
+        return self._bridge
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The plain `transformers` model the bridge wraps, for gradients and generation."""
+        return self._bridge.original_model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held during any pass over the shared modules: hooks must not mix between callers."""
+        return self._lock
+
     # --- tokens -------------------------------------------------------------------------------
 
     def encode(self, prompt: str) -> list[int]:
