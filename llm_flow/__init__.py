@@ -4,7 +4,15 @@
     model = llm_flow.load_model("smollm2-135m")
     run = model.run("The capital of France is")
     graph = llm_flow.build_graph(run, target=-1, threshold=0.04)
+
+The public names below are imported on first use, so that ``import llm_flow.cli`` (argument
+parsing, ``--help``) does not pay for torch and transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from llm_flow.errors import (
     ArgumentError,
@@ -15,30 +23,45 @@ from llm_flow.errors import (
     PromptError,
     UnsupportedModelError,
 )
-from llm_flow.models import ModelInfo, Run, TransparentLlm, load_model
-from llm_flow.routes import (
-    attention_contributions,
-    build_graph,
-    ffn_contributions,
-    full_contributions,
-    neuron_contributions,
-)
+
+_LAZY = {
+    "ModelInfo": "llm_flow.models",
+    "Run": "llm_flow.models",
+    "TransparentLlm": "llm_flow.models",
+    "load_model": "llm_flow.models",
+    "attention_contributions": "llm_flow.routes",
+    "build_graph": "llm_flow.routes",
+    "ffn_contributions": "llm_flow.routes",
+    "full_contributions": "llm_flow.routes",
+    "neuron_contributions": "llm_flow.routes",
+}
+
+if TYPE_CHECKING:
+    from llm_flow.models import ModelInfo, Run, TransparentLlm, load_model
+    from llm_flow.routes import (
+        attention_contributions,
+        build_graph,
+        ffn_contributions,
+        full_contributions,
+        neuron_contributions,
+    )
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'llm_flow' has no attribute {name!r}")
+
 
 __all__ = [
     "ArgumentError",
     "ConfigError",
     "LlmFlowError",
-    "ModelInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "PromptError",
-    "Run",
-    "TransparentLlm",
     "UnsupportedModelError",
-    "attention_contributions",
-    "build_graph",
-    "ffn_contributions",
-    "full_contributions",
-    "load_model",
-    "neuron_contributions",
+    *_LAZY,
 ]

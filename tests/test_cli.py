@@ -66,3 +66,50 @@ def test_console_script_is_installed(tiny_config):
     assert "tiny-gemma2" in result.stdout
     installed = subprocess.run(["llm-flow", "--help"], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0 and "routes" in installed.stdout
+
+
+HEAVY = ("torch", "transformers", "transformer_lens", "plotly", "streamlit")
+
+
+def modules_loaded_by(args: list[str], config) -> tuple[int, set[str], str]:
+    """Run the CLI in a fresh interpreter; report its exit code and which heavy libraries it imported."""
+    probe = (
+        "import json, runpy, sys\n"
+        f"sys.argv = ['llm-flow', '--config', {str(config)!r}, *{args!r}]\n"
+        "code = 0\n"
+        "try:\n    runpy.run_module('llm_flow.cli', run_name='__main__')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        f"print('PROBE' + json.dumps([code, [m for m in {HEAVY!r} if m in sys.modules]]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("PROBE"))
+    code, loaded = json.loads(line.removeprefix("PROBE"))
+    return code, set(loaded), result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["models"],
+        ["routes", "--help"],
+        ["routes", "--threshold", "7"],
+        ["routes", "--prompt", "   "],
+        ["routes", "--top", "0"],
+        ["routes", "--out", "/nonexistent/dir/x.json"],
+        ["routes", "--bogus"],
+    ],
+)
+def test_help_listing_and_argument_errors_load_no_model_libraries(tiny_config, args):
+    code, loaded, err = modules_loaded_by(args, tiny_config)
+    assert not loaded, f"{args} imported {loaded}"
+    assert code in (0, 2), err
+    if code == 2:
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+
+
+def test_unwritable_output_is_refused_before_the_analysis(tiny_config, tmp_path, capsys):
+    target = tmp_path / "missing" / "route.json"
+    assert main(["--config", str(tiny_config), "routes", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {target}: the folder {target.parent} does not exist" in err

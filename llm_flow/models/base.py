@@ -8,15 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_flow.errors import PromptError
 from llm_flow.models.run import Run
-
-
-def check_prompt_text(prompt: object) -> str:
-    """Refuse an empty prompt before any slow work (model load, tokenisation)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt is empty: type some text to analyse")
-    return prompt
 
 
 @dataclass(frozen=True)

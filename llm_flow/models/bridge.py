@@ -16,7 +16,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
-from llm_flow.models.base import ModelInfo, TransparentLlm, check_prompt_text
+from llm_flow.checks import check_prompt_text
+from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.run import CausalPattern, LayerActivations, Run
 
 

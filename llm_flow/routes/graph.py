@@ -23,12 +23,12 @@ above t of a node already kept; nothing unreachable from the target is ever comp
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import networkx as nx
 import torch
 
+from llm_flow.checks import check_threshold
 from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import RowContributions, contribution_rows, ffn_contributions
@@ -109,12 +109,6 @@ def route_graph(
             break
         frontier = walk(graph, source, layer, frontier, threshold, renormalize)
     return graph
-
-
-def check_threshold(threshold: float) -> float:
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or not 0 <= threshold <= 1:
-        raise ArgumentError(f"threshold must be a number between 0 and 1 (got {threshold!r})")
-    return float(threshold)
 
 
 def apply_threshold(weights: torch.Tensor, threshold: float, renormalize: bool) -> torch.Tensor:

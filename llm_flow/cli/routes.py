@@ -1,0 +1,88 @@
+"""``llm-flow routes``: the route graph that explains one token's prediction, as a readable
+summary and, on request, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llm_flow.checks import check_threshold
+from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.config import Config
+from llm_flow.errors import ArgumentError
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from llm_flow.models.run import Run
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("routes", help="the route graph that explains one token's prediction")
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", help="text to analyse (default: the first configured prompt)")
+    parser.add_argument("--target", type=int, default=-1, help="token position to explain (default: -1, the last)")
+    parser.add_argument("--threshold", type=float, default=0.04, help="drop contributions <= this (default: 0.04)")
+    parser.add_argument("--no-renormalize", dest="renormalize", action="store_false",
+                        help="do not rescale surviving contributions to sum to 1")
+    parser.add_argument("--out", type=Path, help="write the graph here as node-link JSON")
+    parser.add_argument("--top", type=int, default=5, help="how many predictions, heads and FFNs to list")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    check_threshold(args.threshold)
+    if args.top < 1:
+        raise ArgumentError(f"--top must be at least 1 (got {args.top})")
+    check_writable(args.out)
+    prompt = prompt_or_default(args.prompt, config)
+    from llm_flow.routes.graph import build_graph
+
+    model = load(args, config)
+    run_ = model.run(prompt)
+    graph = build_graph(run_, args.target, args.threshold, args.renormalize)
+    _print_summary(run_, graph, args)
+    if args.out is not None:
+        _write_json(graph, args.out)
+        print(f"\nGraph written to {args.out} (node-link JSON).")
+    return 0
+
+
+def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) -> None:
+    from llm_flow.views.predictions import top_predictions
+    from llm_flow.views.route_summary import summarize_route
+
+    info, target = run.model.info, graph.graph["target"]
+    print(f"Model   {info.name} ({info.architecture}: {info.n_layers} layers x {info.n_heads} heads, "
+          f"d_model {info.d_model})")
+    print(f"Prompt  {run.n_tokens} tokens: " + "".join(f"[{t}]" for t in run.str_tokens))
+    print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts next:")
+    for rank, p in enumerate(top_predictions(run, target, args.top), 1):
+        print(f"  {rank:>2}. {p.token!r:<20} {p.probability:7.2%}")
+    summary = summarize_route(graph)
+    renorm = "renormalised" if args.renormalize else "not renormalised"
+    print(f"\nRoute   threshold {args.threshold} ({renorm}): {graph.number_of_nodes()} nodes, "
+          f"{graph.number_of_edges()} edges")
+    reached = ", ".join(f"{p}:{run.str_tokens[p]!r}" for p in summary.input_positions)
+    print(f"Inputs  the route reaches {len(summary.input_positions)} of {run.n_tokens} tokens: {reached or 'none'}")
+    if summary.heads:
+        print("Heads   carrying the most (summed weight of kept attention edges):")
+        for layer, head, weight in summary.heads[: args.top]:
+            print(f"  L{layer:<3} H{head:<3} {weight:6.3f}")
+    if summary.ffns:
+        print("FFNs    carrying the most (weight of the FFN in the residual after the layer):")
+        for layer, position, weight in summary.ffns[: args.top]:
+            print(f"  L{layer:<3} at {position}:{run.str_tokens[position]!r:<14} {weight:6.3f}")
+    counts = "  ".join(f"{'X' if layer < 0 else layer}:{n}" for layer, n in summary.layer_nodes.items())
+    print(f"Nodes per layer  {counts}")
+
+
+def _write_json(graph: "nx.DiGraph", path: Path) -> None:
+    import networkx as nx
+
+    try:
+        path.write_text(json.dumps(nx.node_link_data(graph, edges="edges"), indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise ArgumentError(f"cannot write {path}: {exc.strerror}") from None
