@@ -4,6 +4,7 @@ gets, on tiny random models (and on SmolLM2 when it is available)."""
 from __future__ import annotations
 
 import json
+from dataclasses import astuple
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -13,7 +14,8 @@ from llm_flow.config import load_config
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import keys
 from llm_flow.ui.explorer import clicked_element
-from llm_flow.ui.graph_view import route_figure
+from llm_flow.figures.route import route_figure
+from llm_flow.routes.nodes import NodeId
 from llm_flow.ui.resources import ModelKey, get_model, get_run
 from llm_flow.views.heads import edge_heads
 from llm_flow.views.logit_lens import logit_lens
@@ -50,6 +52,15 @@ TABLE_COLUMNS = {
 def table(app: AppTest, name: str):
     """A table of the page, recognised by its columns."""
     return next(df.value for df in app.dataframe if list(df.value.columns) == TABLE_COLUMNS[name])
+
+
+def analyse_button(app: AppTest):
+    return next(b for b in app.button if b.label == "Analyse new prompt")
+
+
+def load_custom_model(app: AppTest, source: str) -> None:
+    app.text_input(key=keys.CUSTOM_MODEL_INPUT).input(source)
+    next(b for b in app.button if b.label == "Load model").click().run()
 
 
 def caption_text(app: AppTest) -> str:
@@ -105,7 +116,7 @@ def inspect(app: AppTest, predicate) -> str:
 def test_residual_node_shows_logit_lens_and_promotions(app):
     run = active_run(app)
     node = inspect(app, lambda o: o.startswith(f"I{run.n_layers - 1}_"))
-    _, layer, position = llm_flow.routes.graph.parse_node_id(node)
+    _, layer, position = astuple(NodeId.parse(node))
     lens = table(app, "lens_table")
     expected = logit_lens(run, "I", layer, position, k=10, normalize=True)
     assert list(lens["token"]) == [display_token(t.token) for t in expected]
@@ -120,8 +131,8 @@ def test_attention_edge_shows_heads_maps_and_promotions(app):
     run = active_run(app)
     edge = inspect(app, lambda o: o.startswith("I") and "->A" in o and o.split("->")[0].split("_")[1] != o.split("_")[-1])
     source, target = edge.split("->")
-    _, layer, position = llm_flow.routes.graph.parse_node_id(target)
-    source_position = llm_flow.routes.graph.parse_node_id(source)[2]
+    _, layer, position = astuple(NodeId.parse(target))
+    source_position = NodeId.parse(source).position
     shares = edge_heads(run, layer, source_position, position)
     assert app.selectbox(key=keys.HEAD).options == [f"H{s.head} ({s.contribution:.3f})" for s in shares]
     assert app.session_state[keys.HEAD] == shares[0].head, "the strongest head is preselected"
@@ -138,7 +149,7 @@ def test_attention_edge_shows_heads_maps_and_promotions(app):
 def test_ffn_node_shows_ranked_neurons(app):
     run = active_run(app)
     node = inspect(app, lambda o: o.startswith("M"))
-    _, layer, position = llm_flow.routes.graph.parse_node_id(node)
+    _, layer, position = astuple(NodeId.parse(node))
     neurons = table(app, "neuron_table")
     expected = top_neurons(run, layer, position, k=20)
     assert list(neurons["neuron"]) == [n.neuron for n in expected]
@@ -169,7 +180,7 @@ def test_every_graph_element_is_clickable(tiny_models):
 def test_over_long_prompt_is_refused_and_the_previous_graph_stays(app):
     before = app.session_state[keys.ACTIVE]
     app.text_area(key=keys.NEW_PROMPT).input("Paris " * 100)
-    app.button[0].click().run()
+    analyse_button(app).click().run()
     assert not app.exception
     assert any("configured limit" in e.value for e in app.error)
     assert app.session_state[keys.ACTIVE] == before
@@ -179,7 +190,7 @@ def test_over_long_prompt_is_refused_and_the_previous_graph_stays(app):
 
 def test_new_prompt_is_analysed_and_added(app):
     app.text_area(key=keys.NEW_PROMPT).input("One, two, three, four,")
-    app.button[0].click().run()
+    analyse_button(app).click().run()
     assert not app.error
     assert app.session_state[keys.ACTIVE].prompt == "One, two, three, four,"
     assert "One, two, three, four," in app.selectbox(key=keys.PROMPT_CHOICE).options
@@ -187,7 +198,7 @@ def test_new_prompt_is_analysed_and_added(app):
 
 def test_empty_new_prompt_is_refused(app):
     app.text_area(key=keys.NEW_PROMPT).input("   ")
-    app.button[0].click().run()
+    analyse_button(app).click().run()
     assert any("empty" in e.value for e in app.error)
 
 
@@ -198,11 +209,11 @@ def test_model_that_fails_to_load_keeps_the_previous_state(app, monkeypatch):
     real_load = resources.load_model
     monkeypatch.setattr(resources, "load_model", lambda *a, **k: attempts.append(a[0]) or real_load(*a, **k))
     before = app.session_state[keys.ACTIVE]
-    app.text_input(key=keys.CUSTOM_MODEL).input("./no/such/folder").run()
+    load_custom_model(app, "./no/such/folder")
     assert not app.exception
-    assert any("unknown model './no/such/folder'" in e.value for e in app.error)
+    assert any("Unknown model './no/such/folder'" in e.value for e in app.error)
     assert app.session_state[keys.ACTIVE] == before
-    assert app.text_input(key=keys.CUSTOM_MODEL).value == "./no/such/folder"
+    assert app.text_input(key=keys.CUSTOM_MODEL_INPUT).value == "./no/such/folder"
     app.select_slider(key=keys.TARGET).set_value(1).run()
     assert "for token 1" in caption_text(app), "the previous analysis is still usable"
     assert attempts == ["./no/such/folder"], "a failed model is not reloaded on every interaction"
@@ -220,7 +231,7 @@ def test_demo_mode_offers_only_configured_choices(tiny_config, tmp_path, monkeyp
     path = tmp_path / "demo.json"
     path.write_text(json.dumps(config))
     app = start(path, monkeypatch)
-    assert not [t for t in app.text_input if t.key == keys.CUSTOM_MODEL]
+    assert not [t for t in app.text_input if t.key == keys.CUSTOM_MODEL_INPUT]
     assert not app.text_area
     assert "nodes" in caption_text(app)
 
@@ -269,7 +280,7 @@ def test_residual_and_ffn_edges_show_their_node_panels(app):
     run = active_run(app)
     edge = inspect(app, lambda o: o.startswith("A") and "->I" in o)
     assert len(table(app, "lens_table")) == 10
-    _, layer, position = llm_flow.routes.graph.parse_node_id(edge.split("->")[1])
+    _, layer, position = astuple(NodeId.parse(edge.split("->")[1]))
     expected = logit_lens(run, "I", layer, position, k=10)
     assert list(table(app, "lens_table")["token"]) == [display_token(t.token) for t in expected]
     inspect(app, lambda o: o.startswith("M") and "->I" in o)

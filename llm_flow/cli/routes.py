@@ -12,6 +12,7 @@ from llm_flow.checks import check_threshold
 from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
+from llm_flow.wording import plural
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -57,7 +58,7 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
     info, target = run.model.info, graph.graph["target"]
     print(f"Model   {info.name} ({info.architecture}: {info.n_layers} layers x {info.n_heads} heads, "
           f"d_model {info.d_model})")
-    print(f"Prompt  {run.n_tokens} tokens: " + "".join(f"[{t}]" for t in run.str_tokens))
+    print(f"Prompt  {plural(run.n_tokens, 'token')}: " + "".join(f"[{t}]" for t in run.str_tokens))
     print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts next:")
     for rank, p in enumerate(top_predictions(run, target, args.top), 1):
         print(f"  {rank:>2}. {p.token!r:<20} {p.probability:7.2%}")
@@ -66,7 +67,7 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
     print(f"\nRoute   threshold {args.threshold} ({renorm}): {graph.number_of_nodes()} nodes, "
           f"{graph.number_of_edges()} edges")
     reached = ", ".join(f"{p}:{run.str_tokens[p]!r}" for p in summary.input_positions)
-    print(f"Inputs  the route reaches {len(summary.input_positions)} of {run.n_tokens} tokens: {reached or 'none'}")
+    print(f"Inputs  the route reaches {len(summary.input_positions)} of {plural(run.n_tokens, 'token')}: {reached or 'none'}")
     if summary.heads:
         print("Heads   carrying the most (summed weight of kept attention edges):")
         for layer, head, weight in summary.heads[: args.top]:

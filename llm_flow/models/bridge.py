@@ -16,6 +16,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
+from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.run import CausalPattern, LayerActivations, Run
@@ -107,7 +108,7 @@ class BridgeLlm(TransparentLlm):
         limit, reason = min(limits)
         if len(ids) > limit:
             raise PromptError(
-                f"the prompt is {len(ids)} tokens long, over {reason} of {limit} tokens: "
+                f"the prompt is {plural(len(ids), 'token')} long, over {reason} of {plural(limit, 'token')}: "
                 "shorten it"
             )
         if not ids:

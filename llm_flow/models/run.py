@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llm_flow.errors import ArgumentError
+from llm_flow.wording import plural
 
 if TYPE_CHECKING:
     from llm_flow.models.base import TransparentLlm
@@ -122,7 +123,7 @@ class Run:
         """Normalise a possibly negative token index, raising a clear error when out of range."""
         if not -self.n_tokens <= target < self.n_tokens:
             raise ArgumentError(
-                f"target position {target} is out of range: the prompt has {self.n_tokens} tokens "
+                f"target position {target} is out of range: the prompt has {plural(self.n_tokens, 'token')} "
                 f"(use 0..{self.n_tokens - 1}, or -1 for the last token)"
             )
         return target % self.n_tokens

@@ -29,9 +29,9 @@ import networkx as nx
 import torch
 
 from llm_flow.checks import check_threshold
-from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import RowContributions, contribution_rows, ffn_contributions
+from llm_flow.routes.nodes import EMBEDDING_LAYER, KINDS, NodeId
 
 
 class ContributionSource(Protocol):
@@ -62,20 +62,6 @@ class RunContributions:
         return ffn_contributions(self.run, layer)
 
 
-def node_id(kind: str, layer: int, position: int) -> str:
-    """``X_3``, ``A5_3``, ``M5_3``, ``I5_3``: kind letter, layer (none for X), position."""
-    return f"X_{position}" if kind == "X" else f"{kind}{layer}_{position}"
-
-
-def parse_node_id(name: str) -> tuple[str, int, int]:
-    """Inverse of `node_id`: ``"A5_3"`` -> ``("A", 5, 3)``, ``"X_3"`` -> ``("X", -1, 3)``."""
-    kind, rest = name[0], name[1:]
-    layer, _, position = rest.partition("_")
-    if kind not in _KINDS or not position.isdigit() or not (layer == "" if kind == "X" else layer.isdigit()):
-        raise ArgumentError(f"{name!r} is not a route-graph node name (e.g. 'X_0', 'A3_5', 'M3_5', 'I3_5')")
-    return kind, (-1 if kind == "X" else int(layer)), int(position)
-
-
 def build_graph(
     run: Run, target: int = -1, threshold: float = 0.04, renormalize: bool = True
 ) -> nx.DiGraph:
@@ -101,7 +87,7 @@ def route_graph(
         parallel=source.parallel,
         **graph_attrs,
     )
-    _add_node(graph, source, "I", source.n_layers - 1, target)
+    _add_node(graph, source, NodeId("I", source.n_layers - 1, target))
     frontier = [target]
     walk = _parallel_layer if source.parallel else _sequential_layer
     for layer in reversed(range(source.n_layers)):
@@ -127,7 +113,7 @@ def _sequential_layer(graph, source: ContributionSource, layer, positions, thres
     weights = apply_threshold(torch.stack([c_res[index], c_ffn[index]], -1), threshold, renormalize)
     attention_positions = []
     for k, position in enumerate(positions):
-        after_layer, after_attention, ffn_node = ("I", layer, position), ("A", layer, position), ("M", layer, position)
+        after_layer, after_attention, ffn_node = NodeId("I", layer, position), NodeId("A", layer, position), NodeId("M", layer, position)
         residual, ffn = float(weights[k, 0]), float(weights[k, 1])
         if residual > threshold:
             _add_edge(graph, source, after_attention, after_layer, residual, "residual")
@@ -138,7 +124,7 @@ def _sequential_layer(graph, source: ContributionSource, layer, positions, thres
             attention_positions.append(position)
     sources: set[int] = set()
     for row in source.attention_rows(layer, attention_positions):
-        kept = _attention_edges(graph, source, layer, row, ("A", layer), threshold, renormalize, ffn_weight=None)
+        kept = _attention_edges(graph, source, layer, row, "A", threshold, renormalize, ffn_weight=None)
         sources.update(kept)
     return sorted(sources)
 
@@ -147,20 +133,21 @@ def _parallel_layer(graph, source: ContributionSource, layer, positions, thresho
     """Edges into the kept ``I{layer}_i``: attention, residual and FFN normalised together."""
     sources: set[int] = set()
     for row in source.attention_rows(layer, positions):
-        kept = _attention_edges(graph, source, layer, row, ("I", layer), threshold, renormalize, ffn_weight=row.ffn)
+        kept = _attention_edges(graph, source, layer, row, "I", threshold, renormalize, ffn_weight=row.ffn)
         sources.update(kept)
     return sorted(sources)
 
 
-def _attention_edges(graph, source, layer, row, to, threshold, renormalize, ffn_weight) -> list[int]:
-    """Add the kept edges into one node from the layer input; return the kept source positions."""
+def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize, ffn_weight) -> list[int]:
+    """Add the kept edges into the `to_kind` node of `layer` from the layer input; return the kept
+    source positions."""
     position = row.position
     edge = row.heads.sum(1)  # [position + 1]
     edge[position] += row.residual
     parts = edge if ffn_weight is None else torch.cat([edge, torch.tensor([ffn_weight])])
     kept = apply_threshold(parts, threshold, renormalize)
     scale = kept / torch.where(parts > 0, parts, 1.0)  # per-edge factor, for the per-head split
-    to_node = (*to, position)
+    to_node = NodeId(to_kind, layer, position)
     sources = torch.nonzero(kept[: position + 1] > threshold).flatten().tolist()
     for j in sources:
         _add_edge(
@@ -174,29 +161,27 @@ def _attention_edges(graph, source, layer, row, to, threshold, renormalize, ffn_
             residual=float(row.residual * scale[j]) if j == position else 0.0,
         )
     if ffn_weight is not None and float(kept[-1]) > threshold:
-        ffn_node = ("M", layer, position)
+        ffn_node = NodeId("M", layer, position)
         _add_edge(graph, source, ffn_node, to_node, float(kept[-1]), "ffn")
         _add_edge(graph, source, _input_node(layer, position), ffn_node, float(kept[-1]), "ffn")
         sources = sorted(set(sources) | {position})
     return sources
 
 
-def _input_node(layer: int, position: int) -> tuple[str, int, int]:
-    return ("X", -1, position) if layer == 0 else ("I", layer - 1, position)
+def _input_node(layer: int, position: int) -> NodeId:
+    return NodeId("X", EMBEDDING_LAYER, position) if layer == 0 else NodeId("I", layer - 1, position)
 
 
-def _add_edge(graph, source: ContributionSource, start: tuple, end: tuple, weight: float, kind: str, **attrs) -> None:
-    """Add an edge between (kind letter, layer, position) nodes, creating them as needed."""
-    graph.add_edge(_add_node(graph, source, *start), _add_node(graph, source, *end), weight=weight, kind=kind, **attrs)
+def _add_edge(graph, source: ContributionSource, start: NodeId, end: NodeId, weight: float, kind: str, **attrs) -> None:
+    """Add an edge between two nodes, creating them as needed."""
+    graph.add_edge(_add_node(graph, source, start), _add_node(graph, source, end), weight=weight, kind=kind, **attrs)
 
 
-_KINDS = {"X": "embedding", "A": "resid_mid", "M": "ffn", "I": "resid_post"}
-
-
-def _add_node(graph: nx.DiGraph, source: ContributionSource, kind: str, layer: int, position: int) -> str:
-    name = node_id(kind, layer, position)
+def _add_node(graph: nx.DiGraph, source: ContributionSource, node: NodeId) -> str:
+    name = str(node)
     if name not in graph:
         graph.add_node(
-            name, kind=_KINDS[kind], layer=layer, position=position, token=source.str_tokens[position]
-        )
+            name, kind=KINDS[node.kind].attribute, layer=node.layer, position=node.position,
+            token=source.str_tokens[node.position],
+        )  # fmt: skip
     return name

@@ -2,7 +2,8 @@
 
 A session always shows its *active* analysis. When the user asks for another model or prompt the
 new pair is loaded and run first; only if that works does it become active. A failure leaves
-the previous analysis on screen, keeps what the user typed, and shows the reason.
+the previous analysis on screen, keeps what the user typed, and shows the reason. A refused
+request is not retried on every rerun, only when the user asks again (a button, a new choice).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
 from llm_flow.ui import keys
 from llm_flow.ui.resources import ModelKey, get_run
-
+from llm_flow.wording import plural, sentence
 
 #: Prompts longer than this open with only the route's token columns shown.
 COMPACT_FROM_TOKENS = 30
@@ -28,53 +29,83 @@ class Request:
 
 
 def requested(config_path: str) -> Request:
-    """The pair the session's widgets currently ask for."""
+    """The pair the session currently asks for. A typed prompt is asked for by one run only."""
     state = st.session_state
     source = state[keys.CUSTOM_MODEL].strip() or state[keys.MODEL_CHOICE]
-    prompt = state[keys.PENDING_PROMPT] or state[keys.PROMPT_CHOICE]
+    prompt = state.pop(keys.PENDING_PROMPT, "") or state[keys.PROMPT_CHOICE]
     return Request(ModelKey(source, state[keys.DEVICE], state[keys.DTYPE], config_path), prompt)
 
 
-def activate(request: Request) -> Run | None:
-    """Make `request` the active analysis if it is new; return the active Run (None if none yet)."""
+def ask_again() -> None:
+    """The user repeated a request on purpose: forget that it failed, so it runs (or fails) anew;
+    what an opening link could not honour has been read by now."""
+    st.session_state[keys.FAILED] = None
+    st.session_state[keys.NOTICES] = []
+
+
+def activate(request: Request, fallback: Request | None = None) -> Run | None:
+    """Make `request` the active analysis if it is new; return the active Run (None if none yet).
+
+    `fallback` (the configured defaults) is tried when nothing is active yet and `request` fails,
+    so a bad link still opens on something to look at."""
     state = st.session_state
     active: Request | None = state.get(keys.ACTIVE)
     if request != active and request != state.get(keys.FAILED):
-        try:
-            with st.status(f"Analysing with {request.model.source}…", expanded=True) as status:
-                run = get_run(request.model, request.prompt, progress=status.write)
-                status.update(label=f"Ready: {run.model.name}, {run.n_tokens} tokens", state="complete", expanded=False)
-        except LlmFlowError as exc:
-            _refuse(request, active, str(exc))
-        else:
+        run = _try(request, active)
+        if run is not None:
             _accept(request, run)
             active = request
+        elif active is None and fallback is not None and fallback != request:
+            error = state[keys.ERROR]
+            run = _try(fallback, None)
+            if run is not None:
+                _accept(fallback, run)
+                active = fallback
+                state[keys.ERROR] = f"{error} Showing the default model and prompt instead."
     if active is None:
         return None
     return get_run(active.model, active.prompt)
 
 
+def _try(request: Request, active: Request | None) -> Run | None:
+    box = st.empty()  # the progress box goes away whatever happens
+    try:
+        with box.container(), st.status(f"Analysing with {request.model.source}…", expanded=True) as status:
+            run = get_run(request.model, request.prompt, progress=status.write)
+    except LlmFlowError as exc:
+        box.empty()
+        _refuse(request, active, str(exc))
+        return None
+    box.empty()
+    return run
+
+
 def _accept(request: Request, run: Run) -> None:
+    """The new analysis opens on the token and element a link or another page asked for, if
+    any (and valid), else on the last token with nothing selected."""
     state = st.session_state
     state[keys.ACTIVE] = request
     state[keys.ERROR] = None
-    if state[keys.PENDING_PROMPT]:
-        if request.prompt not in state[keys.PROMPTS]:
-            state[keys.PROMPTS] = [*state[keys.PROMPTS], request.prompt]
-        state[keys.PROMPT_CHOICE] = request.prompt
-        state[keys.PENDING_PROMPT] = ""
-    state[keys.TARGET] = run.n_tokens - 1
-    state[keys.SELECTED] = None
+    if request.prompt not in state[keys.PROMPTS]:
+        state[keys.PROMPTS] = [*state[keys.PROMPTS], request.prompt]
+    state[keys.PROMPT_CHOICE] = request.prompt
+    target = state.pop(keys.PENDING_TARGET, None)
+    if target is not None and not -run.n_tokens <= target < run.n_tokens:
+        notice = f"Token {target} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
+        state[keys.NOTICES] = [*state.get(keys.NOTICES, []), notice]
+        target = None
+    state[keys.TARGET] = run.n_tokens - 1 if target is None else target % run.n_tokens
+    state[keys.SELECTED] = state.pop(keys.PENDING_SELECTED, None)
     state[keys.COMPACT] = run.n_tokens > COMPACT_FROM_TOKENS
 
 
 def _refuse(request: Request, active: Request | None, message: str) -> None:
     """Show why, and put the choice widgets back on what is still displayed."""
     state = st.session_state
-    state[keys.FAILED] = request  # not retried on every rerun, only when the choice changes
+    state[keys.FAILED] = request
     shown = f" Still showing {active.model.source!r} on the previous prompt." if active else ""
-    state[keys.ERROR] = f"{message}.{shown}" if not message.endswith(".") else f"{message}{shown}"
-    state[keys.PENDING_PROMPT] = ""
+    message = sentence(message)
+    state[keys.ERROR] = f"{message}{shown}"
     if active is None:
         return
     if request.model.source != active.model.source and not state[keys.CUSTOM_MODEL].strip():

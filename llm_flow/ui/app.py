@@ -1,4 +1,8 @@
-"""The Streamlit app: page setup, the config file, and navigation between the two pages."""
+"""The Streamlit app: page setup, the config file, the frame, and navigation between pages.
+
+The first thing a visitor sees is drawn before PyTorch and the model libraries are imported
+(several seconds on a cold start), so the page is never blank while the app gets ready.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import streamlit as st
 
 from llm_flow.config import default_config_path, load_config
 from llm_flow.errors import ConfigError
-from llm_flow.ui.explorer import explorer_page
-from llm_flow.ui.guide import guide_page
 
 
 def config_path_from(argv: list[str]) -> str:
@@ -22,13 +24,21 @@ def config_path_from(argv: list[str]) -> str:
 
 def main(argv: list[str]) -> None:
     st.set_page_config(page_title="llm-flow", page_icon=":material/account_tree:", layout="wide")
+    starting = st.empty()
+    starting.caption("Starting llm-flow…")
     try:
         config = load_config(config_path_from(argv))
     except ConfigError as exc:
+        starting.empty()
         st.error(f"The configuration cannot be used. {exc}")
         st.stop()
-    pages = [
-        st.Page(lambda: explorer_page(config), title="Explorer", icon=":material/account_tree:", url_path="explorer", default=True),
-        st.Page(guide_page, title="Guide", icon=":material/menu_book:", url_path="guide"),
-    ]
-    st.navigation(pages, position="top").run()
+    from llm_flow.ui import frame
+    from llm_flow.ui.pages import pages
+
+    frame.PAGES.clear()
+    frame.PAGES.update(pages())
+    navigation = st.navigation(list(frame.PAGES.values()), position="top")
+    starting.empty()
+    frame.prepare(config)
+    navigation.run()
+    frame.finish()

@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
+import weakref
+
+import networkx as nx
 import streamlit as st
 
-from llm_flow.config import Config
 from llm_flow.errors import LlmFlowError
+from llm_flow.figures.route import figure_height, route_figure
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import build_graph, parse_node_id
+from llm_flow.routes.graph import build_graph
+from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui import keys
-from llm_flow.ui.analysis import activate, requested
-from llm_flow.ui.graph_view import edge_id, figure_height, route_figure
+from llm_flow.ui.frame import Analysis
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
-from llm_flow.ui.sidebar import init_state, model_controls, prompt_controls, route_controls
 from llm_flow.views.tokens import display_token
 
+_GRAPH_MEMO = "explorer_graph_memo"  # the last graph built in this session, with its inputs
 
-def explorer_page(config: Config) -> None:
-    init_state(config)
-    run = activate(requested(str(config.path)))
-    with st.sidebar:
-        model_controls(config, run.model if run is not None else None)
-        prompt_controls(config)
-        route_controls()
-    if st.session_state[keys.ERROR]:
-        st.error(st.session_state[keys.ERROR])
+
+def explorer_page(analysis: Analysis) -> None:
+    run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    _route_view(run)
-
-
-def _route_view(run: Run) -> None:
     st.select_slider(
         "Token to explain", options=list(range(run.n_tokens)), key=keys.TARGET,
         format_func=lambda i: f"{i}: {display_token(run.str_tokens[i])}",
@@ -40,12 +33,14 @@ def _route_view(run: Run) -> None:
     target = st.session_state[keys.TARGET]
     try:
         with st.spinner("Building the route…"):
-            graph = build_graph(run, target, st.session_state[keys.THRESHOLD], st.session_state[keys.RENORMALIZE])
+            graph = route_graph(run, target, analysis.threshold, analysis.renormalize)
     except LlmFlowError as exc:
         st.error(str(exc))
         return
-    elements = [None, *sorted(graph.nodes, key=_node_order), *(edge_id(u, v) for u, v in graph.edges)]
+    elements = [None, *sorted(graph.nodes, key=_node_order), *(f"{u}{EDGE_SEPARATOR}{v}" for u, v in graph.edges)]
     if st.session_state[keys.SELECTED] not in elements:
+        if st.session_state[keys.SELECTED] is not None:
+            st.warning(f"{st.session_state[keys.SELECTED]} is not on this route; nothing is selected.")
         st.session_state[keys.SELECTED] = None
     graph_column, panel_column = st.columns([3, 2], gap="medium")
     with graph_column:
@@ -72,6 +67,17 @@ def _route_view(run: Run) -> None:
         element_panel(run, graph, st.session_state[keys.SELECTED])
 
 
+def route_graph(run: Run, target: int, threshold: float, renormalize: bool) -> nx.DiGraph:
+    """The route, rebuilt only when the run or a route setting changed (not for a panel click)."""
+    settings = (target, threshold, renormalize)
+    memo = st.session_state.get(_GRAPH_MEMO)
+    if memo is None or memo[0]() is not run or memo[1] != settings:
+        # a weak reference: the session must not keep alive a run the shared cache has dropped
+        memo = (weakref.ref(run), settings, build_graph(run, target, threshold, renormalize))
+        st.session_state[_GRAPH_MEMO] = memo
+    return memo[2]
+
+
 def _on_graph_click() -> None:
     """A click on a node or an edge marker selects it, exactly as choosing it under Inspect."""
     element = clicked_element(st.session_state.get(keys.CHART))
@@ -95,5 +101,5 @@ def clicked_element(chart_state) -> str | None:
 
 
 def _node_order(name: str) -> tuple[int, int, str]:
-    kind, layer, position = parse_node_id(name)
-    return (-layer, position, kind)
+    node = NodeId.parse(name)
+    return (-node.layer, node.position, node.kind)

@@ -45,7 +45,7 @@ the prediction.
 * **Contribution threshold**: edges at or below it are dropped (default 0.04). Lower values show
   more of the flow; higher values only the main roads.
 * **Renormalise after threshold**: rescale what survives at each node to sum to 1.
-* Changing the token, the threshold or the panel choices never re-runs the model.
+* Changing the token, the threshold or the panel choices never re-runs the model. Every page shares the model, prompt, token and settings chosen here; the browser URL always reopens what is on screen (the sidebar's *Copy link*).
 """
 
 

@@ -8,9 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import parse_node_id
+from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
 from llm_flow.ui import keys
-from llm_flow.ui.graph_view import split_edge_id
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons
@@ -21,6 +20,7 @@ from llm_flow.views.tokens import display_token
 _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
 
 
+@st.fragment
 def predictions_panel(run: Run, target: int) -> None:
     st.subheader(f"Next token after {display_token(run.str_tokens[target])!r}")
     st.number_input(
@@ -44,33 +44,44 @@ def predictions_panel(run: Run, target: int) -> None:
     )  # fmt: skip
 
 
+@st.fragment
 def element_panel(run: Run, graph: nx.DiGraph, element: str | None) -> None:
-    """Dispatch on what was selected: a residual node, an FFN node or an edge."""
+    """Dispatch on what was selected: a residual node, an FFN node or an edge. A fragment: its
+    own widgets (head, neuron, lens settings) redraw the panel, not the graph."""
     if element is None:
         st.info("Click a node or an edge of the graph (or pick one under *Inspect*) to see what it did.")
         return
-    edge = split_edge_id(element)
-    if edge is not None:
-        _edge_panel(run, graph, *edge)
-    elif parse_node_id(element)[0] == "M":
-        _ffn_panel(run, element)
+    selected = parse_element(element)
+    if isinstance(selected, EdgeId):
+        _edge_panel(run, graph, selected)
+    elif selected.kind == "M":
+        _ffn_panel(run, selected)
     else:
-        _residual_panel(run, element)
+        _residual_panel(run, selected)
 
 
 def describe(graph: nx.DiGraph, element: str) -> str:
     """A one-line label for the Inspect list."""
-    edge = split_edge_id(element)
-    if edge is not None:
-        data = graph.edges[edge]
-        return f"{edge[0]} → {edge[1]} · {data['kind']} {data['weight']:.3f}"
-    node = graph.nodes[element]
-    kind = {"embedding": "embedding", "resid_mid": "after attention", "resid_post": "after layer", "ffn": "FFN"}
-    return f"{element} · {kind[node['kind']]} · {display_token(node['token'])}"
+    selected = parse_element(element)
+    if isinstance(selected, EdgeId):
+        data = graph.edges[selected.pair]
+        return f"{selected.source} → {selected.target} · {data['kind']} {data['weight']:.3f}"
+    return f"{element} · {selected.spec.label} · {display_token(graph.nodes[element]['token'])}"
 
 
-def _residual_panel(run: Run, node: str) -> None:
-    kind, layer, position = parse_node_id(node)
+def edge_weight_text(data: dict, renormalized: bool) -> str:
+    """The edge's weight, split into the residual's and the heads' shares where a token's own
+    residual and its attention to itself share the edge."""
+    after = f"after threshold{' and renormalisation' if renormalized else ''}"
+    text = f"{data['kind']} edge, weight {data['weight']:.3f} ({after})"
+    if data["kind"] == "attention" and data.get("residual"):
+        heads = data["weight"] - data["residual"]
+        text += f" = residual stream {data['residual']:.3f} + attention heads {heads:.3f}"
+    return text
+
+
+def _residual_panel(run: Run, node: NodeId) -> None:
+    kind, layer, position = node.kind, node.layer, node.position
     where = "embedding" if kind == "X" else f"layer {layer}, {'after attention' if kind == 'A' else 'after the layer'}"
     st.subheader(f"{node}: {where}, token {position} {display_token(run.str_tokens[position])!r}")
     st.checkbox("Normalise before unembedding (final norm)", key=keys.LENS_NORMALIZE)
@@ -91,8 +102,8 @@ def _residual_panel(run: Run, node: str) -> None:
         _promotion(f"Tokens the {block} before it promoted and suppressed", promoted_tokens(run.model, update))
 
 
-def _ffn_panel(run: Run, node: str) -> None:
-    _, layer, position = parse_node_id(node)
+def _ffn_panel(run: Run, node: NodeId) -> None:
+    layer, position = node.layer, node.position
     st.subheader(f"{node}: FFN of layer {layer} at token {position} {display_token(run.str_tokens[position])!r}")
     count = st.slider("Neurons shown", 5, 100, key=keys.NEURON_COUNT)
     neurons = top_neurons(run, layer, position, k=count)
@@ -114,19 +125,18 @@ def _ffn_panel(run: Run, node: str) -> None:
     _promotion(f"Tokens neuron {neuron} promoted and suppressed", promoted_tokens(run.model, neuron_output(run, layer, position, neuron)))
 
 
-def _edge_panel(run: Run, graph: nx.DiGraph, source: str, target: str) -> None:
-    data = graph.edges[source, target]
-    st.subheader(f"{source} → {target}")
-    st.caption(f"{data['kind']} edge, weight {data['weight']:.3f} (after threshold"
-               f"{' and renormalisation' if graph.graph['renormalize'] else ''})")
+def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
+    data = graph.edges[edge.pair]
+    st.subheader(f"{edge.source} → {edge.target}")
+    st.caption(edge_weight_text(data, graph.graph["renormalize"]))
     if data["kind"] == "residual":
-        _residual_panel(run, target)
+        _residual_panel(run, edge.target)
         return
     if data["kind"] == "ffn":
-        _ffn_panel(run, source if source.startswith("M") else target)
+        _ffn_panel(run, edge.source if edge.source.kind == "M" else edge.target)
         return
-    _, source_layer, source_position = parse_node_id(source)
-    _, layer, position = parse_node_id(target)
+    source_position = edge.source.position
+    layer, position = edge.target.layer, edge.target.position
     shares = edge_heads(run, layer, source_position, position)
     st.markdown(
         f"**Heads** carrying token {source_position} {display_token(run.str_tokens[source_position])!r} "

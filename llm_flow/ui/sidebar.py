@@ -1,4 +1,5 @@
-"""The sidebar: model, device and precision, prompt, and how the route is thresholded."""
+"""The sidebar, drawn by the frame on every page: model, device and precision, prompt, and how
+the route is thresholded."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import torch
 from llm_flow.config import Config
 from llm_flow.models.base import TransparentLlm
 from llm_flow.ui import keys
-
-THRESHOLD_RANGE = (0.005, 0.2)
-DEFAULT_THRESHOLD = 0.04
+from llm_flow.ui.analysis import ask_again
+from llm_flow.ui.permalink import DEFAULT_THRESHOLD, THRESHOLD_RANGE
 
 
 def init_state(config: Config) -> None:
@@ -18,12 +18,14 @@ def init_state(config: Config) -> None:
     defaults = {
         keys.MODEL_CHOICE: config.default_model,
         keys.CUSTOM_MODEL: "",
+        keys.CUSTOM_MODEL_INPUT: "",
         keys.DEVICE: "cpu",
         keys.DTYPE: "float32",
         keys.PROMPTS: list(config.prompts) or ["The capital of France is"],
         keys.NEW_PROMPT: "",
-        keys.PENDING_PROMPT: "",
         keys.ERROR: None,
+        keys.FAILED: None,
+        keys.NOTICES: [],
         keys.THRESHOLD: DEFAULT_THRESHOLD,
         keys.RENORMALIZE: True,
         keys.SELECTED: None,
@@ -42,24 +44,26 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
     names = list(config.models)
     chosen = config.models.get(st.session_state[keys.MODEL_CHOICE])
     st.selectbox(
-        "Model", names, key=keys.MODEL_CHOICE,
+        "Model", names, key=keys.MODEL_CHOICE, on_change=_choose_model,
         format_func=lambda n: f"{n} (default)" if n == config.default_model else n,
         help=f"Models from the config file. {chosen.description if chosen else ''}",
     )  # fmt: skip
     if config.allow_custom_models:
-        st.text_input(
-            "…or any other model", key=keys.CUSTOM_MODEL,
-            placeholder="hub id, local folder or .gguf file",
-            help="A Hugging Face hub id (needs network), a local Hugging Face folder, or a .gguf file. "
-                 "Leave empty to use the model chosen above.",
-        )  # fmt: skip
+        with st.form("custom_model_form", border=False):
+            st.text_input(
+                "…or any other model", key=keys.CUSTOM_MODEL_INPUT,
+                placeholder="hub id, local folder or .gguf file",
+                help="A Hugging Face hub id (needs network), a local Hugging Face folder, or a .gguf file. "
+                     "Leave empty and press Load to go back to the model chosen above.",
+            )  # fmt: skip
+            st.form_submit_button("Load model", on_click=_load_custom_model)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     left, right = st.columns(2)
-    left.selectbox("Device", devices, key=keys.DEVICE)
+    left.selectbox("Device", devices, key=keys.DEVICE, on_change=ask_again)
     dtypes = ["float32", "bfloat16", "float16"] if st.session_state[keys.DEVICE] == "cuda" else ["float32"]
     if st.session_state[keys.DTYPE] not in dtypes:
         st.session_state[keys.DTYPE] = "float32"
-    right.selectbox("Precision", dtypes, key=keys.DTYPE)
+    right.selectbox("Precision", dtypes, key=keys.DTYPE, on_change=ask_again)
     if model is not None:
         with st.expander("Model info"):
             info = model.info
@@ -75,9 +79,21 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
             )
 
 
+def _choose_model() -> None:
+    """Picking from the list means that model, even if another one was typed before."""
+    st.session_state[keys.CUSTOM_MODEL] = ""
+    st.session_state[keys.CUSTOM_MODEL_INPUT] = ""
+    ask_again()
+
+
+def _load_custom_model() -> None:
+    st.session_state[keys.CUSTOM_MODEL] = st.session_state[keys.CUSTOM_MODEL_INPUT].strip()
+    ask_again()
+
+
 def prompt_controls(config: Config) -> None:
     st.header("Prompt")
-    st.selectbox("Prompt", st.session_state[keys.PROMPTS], key=keys.PROMPT_CHOICE)
+    st.selectbox("Prompt", st.session_state[keys.PROMPTS], key=keys.PROMPT_CHOICE, on_change=ask_again)
     if config.demo_mode:
         st.caption("Demo mode: the prompts are fixed by the configuration.")
         return
@@ -93,6 +109,7 @@ def _submit_prompt() -> None:
     text = st.session_state[keys.NEW_PROMPT]
     if text.strip():
         st.session_state[keys.PENDING_PROMPT] = text
+        ask_again()
     else:
         st.session_state[keys.ERROR] = "The new prompt is empty: type some text to analyse."
 

@@ -2,7 +2,7 @@
 
 Every node and every edge is a clickable point (edges through a marker at their midpoint); the
 point's ``customdata`` is the element id the side panel understands: a node name (``A5_3``) or
-an edge ``"I4_1->A5_3"``. Edges are drawn in a few weight buckets, one trace each, so a graph of
+an edge ``"I4_1->A5_3"`` (:mod:`llm_flow.routes.nodes`). Edges are drawn in a few weight buckets, one trace each, so a graph of
 thousands of edges is still a handful of traces.
 """
 
@@ -13,24 +13,13 @@ from dataclasses import dataclass
 import networkx as nx
 import plotly.graph_objects as go
 
+from llm_flow.routes.nodes import KINDS, EdgeId, NodeId, parse_element
 from llm_flow.views.tokens import display_token
 
-EDGE_SEPARATOR = "->"
 _BUCKETS = 6
 _VERTICAL_MARKER_SHIFT = 0.12
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}
-_NODE_STYLE = {
-    "embedding": dict(symbol="circle", color="#54a24b", size=10),
-    "resid_mid": dict(symbol="circle", color="#bab0ac", size=8),
-    "resid_post": dict(symbol="circle", color="#79706e", size=9),
-    "ffn": dict(symbol="square", color="#d6608f", size=8),
-}
-_KIND_NAMES = {
-    "embedding": "token embedding",
-    "resid_mid": "residual after attention",
-    "resid_post": "residual after the layer",
-    "ffn": "FFN block",
-}
+_LEGEND_ORDER = "XAIM"  # node traces drawn (and listed) in this order
 
 
 @dataclass(frozen=True)
@@ -41,26 +30,15 @@ class Level:
     dx: float = 0.0
 
 
-def edge_id(source: str, target: str) -> str:
-    return f"{source}{EDGE_SEPARATOR}{target}"
-
-
-def split_edge_id(element: str) -> tuple[str, str] | None:
-    parts = element.split(EDGE_SEPARATOR)
-    return (parts[0], parts[1]) if len(parts) == 2 else None
-
-
-def level(node: dict, parallel: bool) -> Level:
+def level(node: NodeId, parallel: bool) -> Level:
     """X at 0; sequential layer l: A at 2l+1, I at 2l+2, FFN square between them, shifted right.
     Parallel layer l: I at l+1, FFN square between I{l-1} and I{l}."""
-    layer, kind = node["layer"], node["kind"]
-    if kind == "embedding":
+    layer = node.layer
+    if node.kind == "X":
         return Level(0.0)
     if parallel:
-        return Level(layer + 0.5, 0.3) if kind == "ffn" else Level(layer + 1.0)
-    return {"resid_mid": Level(2 * layer + 1.0), "ffn": Level(2 * layer + 1.5, 0.3)}.get(
-        kind, Level(2 * layer + 2.0)
-    )
+        return Level(layer + 0.5, 0.3) if node.kind == "M" else Level(layer + 1.0)
+    return {"A": Level(2 * layer + 1.0), "M": Level(2 * layer + 1.5, 0.3)}.get(node.kind, Level(2 * layer + 2.0))
 
 
 def token_columns(graph: nx.DiGraph, compact: bool) -> list[int]:
@@ -79,13 +57,13 @@ def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool =
     position = {
         name: (column_of[data["position"]] + lv.dx, lv.y)
         for name, data in graph.nodes(data=True)
-        for lv in [level(data, parallel)]
+        for lv in [level(NodeId.parse(name), parallel)]
     }
     fig = go.Figure()
     for trace in _edge_traces(graph, position):
         fig.add_trace(trace)
     fig.add_trace(_edge_markers(graph, position))
-    for kind in _NODE_STYLE:
+    for kind in _LEGEND_ORDER:
         trace = _node_trace(graph, position, kind)
         if trace is not None:
             fig.add_trace(trace)
@@ -129,7 +107,7 @@ def _edge_markers(graph: nx.DiGraph, position: dict) -> go.Scatter:
         x, y = _marker_position(position[source], position[target])
         xs.append(x)
         ys.append(y)
-        ids.append(edge_id(source, target))
+        ids.append(str(EdgeId(NodeId.parse(source), NodeId.parse(target))))
         texts.append(_edge_hover(source, target, data))
         sizes.append(4 + 4 * data["weight"])
         colors.append(_COLORS[data["kind"]])
@@ -157,28 +135,28 @@ def _edge_hover(source: str, target: str, data: dict) -> str:
 
 
 def _node_trace(graph: nx.DiGraph, position: dict, kind: str) -> go.Scatter | None:
-    names = [n for n, d in graph.nodes(data=True) if d["kind"] == kind]
+    spec = KINDS[kind]
+    names = [n for n, d in graph.nodes(data=True) if d["kind"] == spec.attribute]
     if not names:
         return None
-    style = _NODE_STYLE[kind]
     texts = [
-        f"{n} · {_KIND_NAMES[kind]}<br>"
-        + (f"layer {graph.nodes[n]['layer']} · " if kind != "embedding" else "")
+        f"{n} · {spec.label}<br>"
+        + (f"layer {graph.nodes[n]['layer']} · " if kind != "X" else "")
         + f"token {graph.nodes[n]['position']}: {display_token(graph.nodes[n]['token'])}"
         for n in names
     ]
     return go.Scatter(
         x=[position[n][0] for n in names], y=[position[n][1] for n in names], mode="markers",
-        name=_KIND_NAMES[kind], customdata=names, hovertext=texts, hoverinfo="text",
-        marker=dict(symbol=style["symbol"], color=style["color"], size=style["size"],
+        name=spec.label, customdata=names, hovertext=texts, hoverinfo="text",
+        marker=dict(symbol=spec.symbol, color=spec.color, size=spec.size,
                     line=dict(width=1, color="white")),
     )  # fmt: skip
 
 
 def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter | None:
-    edge = split_edge_id(selected)
-    if edge is not None and graph.has_edge(*edge):
-        x, y = _marker_position(position[edge[0]], position[edge[1]])
+    element = parse_element(selected)
+    if isinstance(element, EdgeId) and graph.has_edge(*element.pair):
+        x, y = _marker_position(*(position[n] for n in element.pair))
     elif selected in graph:
         x, y = position[selected]
     else:

@@ -1,0 +1,39 @@
+"""Driving the app with Streamlit's AppTest: start it on a config (optionally from a link), move
+between pages as the top menu does, and reach the very Run a session shows."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
+
+from llm_flow.ui import keys
+from llm_flow.ui.resources import get_run
+from tests.conftest import REPO
+
+TIMEOUT = 300
+
+
+def start(config_path, monkeypatch, params: dict[str, str] | None = None) -> AppTest:
+    """A new browser session on `config_path`, opened on a link with `params` if given."""
+    monkeypatch.setenv("LLM_FLOW_CONFIG", str(config_path))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    for name, value in (params or {}).items():
+        app.query_params[name] = value
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    return app
+
+
+def goto(app: AppTest, url_path: str) -> AppTest:
+    """Open another page, as a click in the top menu does. `st.Page` objects are known by the
+    hash of their url path; AppTest's own `switch_page` only knows file-based pages."""
+    app._page_hash = calc_hash(url_path)
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    return app
+
+
+def active_run(app: AppTest):
+    """The very Run the app is showing (from the shared registry, not a new forward pass)."""
+    request = app.session_state[keys.ACTIVE]
+    return get_run(request.model, request.prompt)
