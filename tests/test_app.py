@@ -23,24 +23,8 @@ from llm_flow.views.neurons import top_neurons
 from llm_flow.views.predictions import top_predictions
 from llm_flow.views.promoted import head_output, promoted_tokens
 from llm_flow.views.tokens import display_token
+from tests.app_helpers import TIMEOUT, active_run, start
 from tests.conftest import REPO
-
-TIMEOUT = 300
-
-
-def start(config_path, monkeypatch) -> AppTest:
-    monkeypatch.setenv("LLM_FLOW_CONFIG", str(config_path))
-    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
-    app.run()
-    assert not app.exception, [e.message for e in app.exception]
-    return app
-
-
-def active_run(app: AppTest):
-    """The very Run the app is showing (from the shared registry, not a new forward pass)."""
-    request = app.session_state[keys.ACTIVE]
-    return get_run(request.model, request.prompt)
-
 
 TABLE_COLUMNS = {
     "predictions_table": ["token", "probability", "logit"],
