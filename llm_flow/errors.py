@@ -32,3 +32,11 @@ class PromptError(LlmFlowError, ValueError):
 
 class ArgumentError(LlmFlowError, ValueError):
     """An out-of-range argument: threshold, target position, layer, device or dtype."""
+
+
+class MemoryLimitError(LlmFlowError, MemoryError):
+    """A run that would not fit in memory (refused beforehand), or ran out of memory."""
+
+
+class ExportError(LlmFlowError, RuntimeError):
+    """A figure that cannot be exported, e.g. no browser for SVG/PNG rendering."""

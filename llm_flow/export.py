@@ -1,0 +1,247 @@
+"""Figures and tables as files a reader can open without llm-flow.
+
+One helper for the app's download buttons and the CLI's output flags:
+
+* a figure becomes standalone interactive HTML (plotly.js embedded, so it opens offline with no
+  server), SVG or PNG, chosen by the file's suffix; all three get *paper styling* (white
+  background, readable fonts, a title saying what the figure shows);
+* a table becomes CSV.
+
+SVG and PNG are drawn by kaleido 1.x, which drives a Chrome-family browser: Debian's
+``chromium`` package, Google Chrome, or the one ``kaleido_get_chrome`` downloads. ``BROWSER_PATH``
+names one explicitly. Nothing heavy is imported at module level, so the CLI can call
+:func:`check_writable` before torch or plotly load.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llm_flow.errors import ArgumentError, ExportError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+#: Figure formats by file suffix.
+FIGURE_FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".png": "png"}
+#: Environment variable naming the browser kaleido should drive (kaleido's own convention).
+BROWSER_ENV = "BROWSER_PATH"
+#: Static exports without an explicit size use the figure's own size, else this.
+DEFAULT_SIZE = (1000, 700)
+_FONT = dict(family="Arial, Helvetica, sans-serif", size=14, color="#222222")
+_TITLE_CHARS = 90  # longer prompts are cut in titles
+_RENDER_TIMEOUT_S = 120
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output path that cannot be written, before any slow work.
+
+    Tries for real (creates and removes a temporary file in the folder, or opens an existing file
+    for appending without changing it): permission bits alone say nothing for root, read-only
+    mounts or ACLs.
+    """
+    path = Path(path).expanduser()
+    folder = path.parent
+    if path.is_dir():
+        raise ArgumentError(f"cannot write {path}: it is a folder; give a file name inside it")
+    if not folder.exists():
+        raise ArgumentError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
+    if not folder.is_dir():
+        raise ArgumentError(f"cannot write {path}: {folder} is a file, not a folder")
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".llm-flow-check-"):
+                pass
+    except OSError as exc:
+        raise ArgumentError(f"cannot write {path}: {exc.strerror or exc} (choose another folder)") from None
+    return path
+
+
+def figure_format(path: str | os.PathLike[str]) -> str:
+    """``html``, ``svg`` or ``png`` from the file suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise ArgumentError(
+            f"cannot export a figure as {Path(path).name!r}: use a name ending in .html, .svg or .png"
+        )
+    return FIGURE_FORMATS[suffix]
+
+
+def save_figure(
+    fig: "go.Figure",
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    scale: float = 1.0,
+) -> Path:
+    """Write `fig` as HTML, SVG or PNG (by suffix) with paper styling; return the path.
+
+    `width` and `height` are the layout size in CSS pixels (default: the figure's own, else
+    1000 x 700); a PNG has ``scale`` times as many pixels each way. HTML keeps the figure's
+    responsive width unless `width` is given.
+    """
+    fmt = figure_format(path)
+    path = check_writable(path)
+    data = figure_bytes(fig, fmt, title, width=width, height=height, scale=scale)
+    _write(path, data)
+    return path
+
+
+def figure_bytes(
+    fig: "go.Figure",
+    fmt: str,
+    title: str | None = None,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    scale: float = 1.0,
+) -> bytes:
+    """The exported file's content, in memory (for download buttons). `fmt`: html, svg or png."""
+    if fmt not in ("html", "svg", "png"):
+        raise ArgumentError(f"unknown figure format {fmt!r}: use 'html', 'svg' or 'png'")
+    if not scale > 0:
+        raise ArgumentError(f"scale must be positive (got {scale!r})")
+    styled = paper_figure(fig, title)
+    if fmt == "html":
+        if width is not None or height is not None:
+            styled.update_layout(width=width, height=height, autosize=False)
+        page = styled.to_html(
+            include_plotlyjs=True, full_html=True, div_id="llm-flow-figure",
+            config={"displaylogo": False, "responsive": True},
+        )  # fmt: skip
+        return _titled_page(page, title).encode("utf-8")
+    size = (
+        width or styled.layout.width or DEFAULT_SIZE[0],
+        height or styled.layout.height or DEFAULT_SIZE[1],
+    )
+    return _render_static(styled, fmt, size, scale)
+
+
+def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
+    """A copy of `fig` styled for print: white background, dark readable text, the title on top.
+
+    Axis settings, traces and sizes are kept; only colours, fonts and the title change.
+    """
+    import plotly.graph_objects as go
+
+    styled = go.Figure(fig)
+    margin = styled.layout.margin
+    styled.update_layout(
+        template="plotly_white", paper_bgcolor="white", plot_bgcolor="white", font=_FONT,
+        margin=dict(t=max(margin.t or 0, 30), l=max(margin.l or 0, 40)), hoverlabel=dict(font_size=13),
+    )  # fmt: skip
+    if title:
+        styled.update_layout(
+            title=dict(
+                text=title, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
+                pad=dict(b=14), automargin=True, font=dict(size=16),
+            )
+        )
+    return styled
+
+
+def route_title(
+    model: str, prompt: str, token: str, position: int, threshold: float, renormalize: bool
+) -> str:
+    """The title of an exported route graph: what was analysed, at which token, with which settings.
+
+    Plotly titles read a little HTML, so user text is escaped and the prompt is shortened.
+    """
+    shown = prompt if len(prompt) <= _TITLE_CHARS else prompt[: _TITLE_CHARS - 1] + "…"
+    renorm = "renormalised" if renormalize else "not renormalised"
+    return (
+        f"<b>Information-flow routes</b> · {html.escape(model)} · token {position} "
+        f"{html.escape(repr(token))} · threshold {threshold:g} ({renorm})"
+        f"<br><span style='font-size:13px'>{html.escape(repr(shown))}</span>"
+    )
+
+
+def table_csv(frame: "pd.DataFrame") -> bytes:
+    """A table as UTF-8 CSV without the index.
+
+    Token columns round-trip with ``pd.read_csv(path, keep_default_na=False)`` (otherwise a token
+    such as ``"nan"`` or ``""`` reads back as a missing value).
+    """
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def save_table(frame: "pd.DataFrame", path: str | os.PathLike[str]) -> Path:
+    """Write a table as CSV; return the path."""
+    if Path(path).suffix.lower() != ".csv":
+        raise ArgumentError(f"cannot export a table as {Path(path).name!r}: use a name ending in .csv")
+    path = check_writable(path)
+    _write(path, table_csv(frame))
+    return path
+
+
+def find_browser() -> str:
+    """The Chrome-family browser kaleido will drive: ``$BROWSER_PATH`` if set, else the first found
+    on this machine (kaleido's own download, then chrome/chromium/edge/brave on ``PATH``)."""
+    from choreographer.browsers.chromium import Chromium
+
+    explicit = os.environ.get(BROWSER_ENV)
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            raise ExportError(
+                f"{BROWSER_ENV}={explicit!r} is not an executable browser: point it at chromium or "
+                "chrome, or unset it to use the one installed (Debian/Ubuntu: apt-get install chromium)"
+            )
+        return explicit
+    found = Chromium.find_browser(skip_local=False)
+    if not found:
+        raise ExportError(
+            "SVG and PNG export need a Chrome-family browser, and none was found. Install one "
+            "(Debian/Ubuntu: apt-get install chromium; or run kaleido_get_chrome), or set "
+            f"{BROWSER_ENV} to its path. HTML export works without one."
+        )
+    return found
+
+
+def _render_static(fig: "go.Figure", fmt: str, size: tuple[int, int], scale: float) -> bytes:
+    """SVG or PNG through kaleido; the page uses the plotly.js that ships with plotly (offline),
+    and MathJax is off (it would be fetched from a CDN and figures here use no LaTeX)."""
+    import kaleido
+
+    browser = find_browser()
+    opts = dict(format=fmt, width=int(size[0]), height=int(size[1]), scale=scale)
+    try:
+        data = kaleido.calc_fig_sync(
+            fig, opts=opts, kopts=dict(path=browser, mathjax=False, timeout=_RENDER_TIMEOUT_S)
+        )
+    except Exception as exc:  # kaleido and the browser raise many types (launch, protocol, timeout)
+        raise ExportError(f"the browser at {browser} could not render the {fmt.upper()}: {_first_line(exc)}") from exc
+    return data if isinstance(data, bytes) else str(data).encode("utf-8")
+
+
+def _titled_page(page: str, title: str | None) -> str:
+    """Give the standalone page a tab title (plotly writes none)."""
+    text = "llm-flow figure" if not title else _plain(title)
+    return page.replace("</head>", f"<title>{html.escape(text)}</title></head>", 1)
+
+
+def _plain(title: str) -> str:
+    """Title text without plotly's tags, for the browser tab."""
+    return html.unescape(re.sub(r"<br\s*/?>", " — ", re.sub(r"<(?!br)[^>]*>", "", title)))
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise ArgumentError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
