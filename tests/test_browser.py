@@ -4,6 +4,7 @@ node and an edge, and check that the side panel follows. Screenshots go to test-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -131,8 +132,6 @@ def test_click_node_and_edge_updates_the_panels(server, browser):
 
 def test_two_sessions_with_different_prompts(server, browser):
     """Two live sessions on one server: each keeps its own prompt and selection."""
-    import re
-
     first, second = open_app(browser, server), open_app(browser, server)
     second.get_by_label("Prompt", exact=True).click()  # the sidebar's prompt list
     second.get_by_role("option", name="When Mary and John went to the store, John gave a drink to").click()
@@ -146,3 +145,34 @@ def test_two_sessions_with_different_prompts(server, browser):
     second.screenshot(path=str(SHOTS / "05_second_session.png"))
     first.close()
     second.close()
+
+
+def view_text(page) -> dict[str, str]:
+    """What identifies a view: the route caption, the token slider's value and the panel title."""
+    caption = page.get_by_text(re.compile(r"\d+ nodes, \d+ edges for token")).first.inner_text()
+    heading = page.locator("h3").filter(has_text=re.compile(r"→|: FFN of layer|: layer|: embedding")).first.inner_text()
+    return {"caption": caption, "panel": heading}
+
+
+def test_a_copied_link_reopens_the_same_view_in_a_fresh_browser(server, browser):
+    first = open_app(browser, server)
+    ids = first.evaluate(IDS_JS)
+    edge = next(i for i in ids if "->A" in i and i.split("->")[0].split("_")[1] != i.split("_")[-1])
+    click_element(first, edge)
+    first.get_by_text("Attention map").first.wait_for(timeout=60_000)
+    first.wait_for_timeout(1500)
+    link = first.url
+    assert "sel=" in link and "token=" in link and "threshold=" in link
+    original = view_text(first)
+    first.screenshot(path=str(SHOTS / "06_link_original.png"))
+
+    context = browser.new_context(viewport={"width": 1600, "height": 1900})  # no cookies, no state
+    fresh = context.new_page()
+    fresh.goto(link)
+    fresh.get_by_text("Attention map").first.wait_for(timeout=180_000)
+    fresh.wait_for_timeout(1500)
+    fresh.screenshot(path=str(SHOTS / "07_link_reopened.png"))
+    assert view_text(fresh) == original
+    assert fresh.url == link
+    first.close()
+    context.close()

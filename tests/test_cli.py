@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -113,3 +114,38 @@ def test_unwritable_output_is_refused_before_the_analysis(tiny_config, tmp_path,
     assert main(["--config", str(tiny_config), "routes", "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {target}: the folder {target.parent} does not exist" in err
+
+
+def test_routes_exports_the_figure_as_html_svg_and_png(tiny_config, tmp_path, capsys):
+    import struct
+    import xml.etree.ElementTree as ElementTree
+
+    paths = {suffix: tmp_path / f"route{suffix}" for suffix in (".html", ".svg", ".png")}
+    code = main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2", "--prompt", "The capital of France is",
+                 "--html", str(paths[".html"]), "--svg", str(paths[".svg"]), "--png", str(paths[".png"])])  # fmt: skip
+    if code == 2 and "Chromium" in capsys.readouterr().err:
+        pytest.skip("no Chrome-family browser for SVG/PNG export")
+    assert code == 0
+    page = paths[".html"].read_text()
+    assert "Information-flow routes" in page and "tiny-gpt2" in page and "<script" in page
+    assert not re.search(r"<script[^>]*src=[\"']https?:", page), "the HTML must open offline (plotly.js inside)"
+    root = ElementTree.parse(paths[".svg"]).getroot()
+    assert root.tag.endswith("svg")
+    png = paths[".png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 400 and height > 300
+
+
+@pytest.mark.parametrize("flag", ["--html", "--svg", "--png", "--out"])
+def test_an_unwritable_export_path_is_refused_before_any_work(tiny_config, tmp_path, capsys, flag):
+    suffix = {"--html": ".html", "--svg": ".svg", "--png": ".png", "--out": ".json"}[flag]
+    target = tmp_path / "no" / "such" / f"route{suffix}"
+    code, loaded, err = modules_loaded_by(["routes", flag, str(target)], tiny_config)
+    assert code == 2 and not loaded, "refused before torch is imported"
+    assert f"cannot write {target}" in err
+
+
+def test_an_export_flag_with_the_wrong_suffix_is_refused(tiny_config, tmp_path, capsys):
+    assert main(["--config", str(tiny_config), "routes", "--svg", str(tmp_path / "route.png")]) == 2
+    assert "must end in .svg" in capsys.readouterr().err

@@ -1,15 +1,15 @@
-"""What several subcommands share: model options, loading with progress, output checks."""
+"""What several subcommands share: model options, loading with progress, output checks
+(``check_writable`` is :func:`llm_flow.export.check_writable`, re-exported here)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llm_flow.checks import check_prompt_text
 from llm_flow.errors import ArgumentError
+from llm_flow.export import check_writable  # noqa: F401  (subcommands check outputs first)
 
 if TYPE_CHECKING:
     from llm_flow.config import Config
@@ -37,21 +37,6 @@ def prompt_or_default(prompt: str | None, config: "Config") -> str:
             raise ArgumentError("no --prompt given and the config lists no prompts")
         prompt = config.prompts[0]
     return check_prompt_text(prompt)
-
-
-def check_writable(path: Path | None) -> Path | None:
-    """Refuse an output path that cannot be written, before any slow work."""
-    if path is None:
-        return None
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ArgumentError(f"cannot write {path}: it is a folder; give a file name")
-    if not folder.is_dir():
-        raise ArgumentError(f"cannot write {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ArgumentError(f"cannot write {path}: permission denied")
-    return path
 
 
 def progress(message: str) -> None:

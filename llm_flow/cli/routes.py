@@ -29,6 +29,10 @@ def register(commands) -> None:
     parser.add_argument("--no-renormalize", dest="renormalize", action="store_false",
                         help="do not rescale surviving contributions to sum to 1")
     parser.add_argument("--out", type=Path, help="write the graph here as node-link JSON")
+    parser.add_argument("--html", type=Path, help="write the route figure as standalone interactive HTML (opens offline)")
+    parser.add_argument("--svg", type=Path, help="write the route figure as SVG (needs Chromium: apt-get install chromium)")
+    parser.add_argument("--png", type=Path, help="write the route figure as PNG (needs Chromium)")
+    parser.add_argument("--compact", action="store_true", help="in figures, only the token columns the route reaches")
     parser.add_argument("--top", type=int, default=5, help="how many predictions, heads and FFNs to list")
     parser.set_defaults(handler=run)
 
@@ -37,7 +41,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_threshold(args.threshold)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
-    check_writable(args.out)
+    figures = {suffix: path for suffix, path in ((".html", args.html), (".svg", args.svg), (".png", args.png)) if path}
+    for suffix, path in figures.items():
+        if path.suffix.lower() != suffix:
+            raise ArgumentError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
+    for path in (args.out, *figures.values()):
+        if path is not None:
+            check_writable(path)
     prompt = prompt_or_default(args.prompt, config)
     from llm_flow.routes.graph import build_graph
 
@@ -48,7 +58,22 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.out is not None:
         _write_json(graph, args.out)
         print(f"\nGraph written to {args.out} (node-link JSON).")
+    if figures:
+        _write_figures(run_, graph, figures.values(), compact=args.compact)
     return 0
+
+
+def _write_figures(run: "Run", graph: "nx.DiGraph", paths, compact: bool) -> None:
+    from llm_flow.export import route_title, save_figure
+    from llm_flow.figures.route import route_figure
+
+    target = graph.graph["target"]
+    title = route_title(run.model.name, run.prompt, run.str_tokens[target], target,
+                        graph.graph["threshold"], graph.graph["renormalize"])  # fmt: skip
+    figure = route_figure(graph, compact=compact)
+    for path in paths:
+        save_figure(figure, path, title=title)
+        print(f"Figure written to {path}.")
 
 
 def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) -> None:
