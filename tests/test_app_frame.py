@@ -3,8 +3,11 @@ the stuck or lost states a new user met (issue: hardening)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import llm_flow.ui.app as app_module
 from llm_flow.config import load_config
 from llm_flow.ui import keys
 from llm_flow.ui.permalink import read_link, write_link
@@ -179,3 +182,19 @@ def test_the_diagonal_attention_edge_shows_the_residual_and_heads_split(tiny_con
     text = caption_text(app)
     assert f"weight {data['weight']:.3f}" in text
     assert f"residual stream {data['residual']:.3f} + attention heads {data['weight'] - data['residual']:.3f}" in text
+
+
+def test_the_first_screen_is_drawn_before_the_model_libraries_load():
+    """A cold start spends seconds importing torch and transformers: the app's entry point must
+    draw its first element before it imports them, so the page is never blank."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import llm_flow.ui.app as app; "
+        "print(sorted(m for m in ('torch', 'transformers', 'transformer_lens') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
+    source = (Path(app_module.__file__)).read_text()
+    assert source.index("Starting llm-flow") < source.index("from llm_flow.ui import frame")

@@ -20,6 +20,7 @@ from tests.conftest import REPO
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = REPO / "test-output" / "browser"
+SHOT_TIMEOUT = 120_000  # a loaded CI machine can take long to settle fonts before a screenshot
 LAUNCH_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
     "--disable-background-networking", "--disable-component-update",
@@ -103,7 +104,7 @@ def test_click_node_and_edge_updates_the_panels(server, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = open_app(browser, server)
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / "01_first_screen.png"))
+    page.screenshot(path=str(SHOTS / "01_first_screen.png"), timeout=SHOT_TIMEOUT)
     assert page.get_by_text("Next token after '·is'").is_visible()
     ids = page.evaluate(IDS_JS)
 
@@ -111,7 +112,7 @@ def test_click_node_and_edge_updates_the_panels(server, browser):
     click_element(page, ffn)
     page.get_by_text("ranked by contribution").wait_for(timeout=60_000)
     page.get_by_text(f"{ffn}: FFN of layer").wait_for()
-    page.screenshot(path=str(SHOTS / "02_ffn_clicked.png"))
+    page.screenshot(path=str(SHOTS / "02_ffn_clicked.png"), timeout=SHOT_TIMEOUT)
 
     edge = next(i for i in ids if "->A" in i and i.split("->")[0].split("_")[1] != i.split("_")[-1])
     click_element(page, edge)
@@ -120,13 +121,13 @@ def test_click_node_and_edge_updates_the_panels(server, browser):
     page.get_by_text(f"{source} → {target}").first.wait_for()
     assert page.get_by_text("Contribution map").first.is_visible()
     page.wait_for_timeout(1000)
-    page.screenshot(path=str(SHOTS / "03_edge_clicked.png"))
+    page.screenshot(path=str(SHOTS / "03_edge_clicked.png"), timeout=SHOT_TIMEOUT)
 
     node = next(i for i in ids if i.startswith("I29_") and "->" not in i)
     click_element(page, node)
     page.get_by_text("Logit lens").wait_for(timeout=60_000)
     page.wait_for_timeout(1000)
-    page.screenshot(path=str(SHOTS / "04_node_clicked.png"))
+    page.screenshot(path=str(SHOTS / "04_node_clicked.png"), timeout=SHOT_TIMEOUT)
     page.close()
 
 
@@ -142,7 +143,7 @@ def test_two_sessions_with_different_prompts(server, browser):
     assert first.get_by_text(re.compile(r"for token 4 '·is'")).is_visible()
     assert second.get_by_text(re.compile(r"for token 13 '·to'")).is_visible()
     assert second.get_by_text("Click a node or an edge").is_visible(), "the click stayed in the first session"
-    second.screenshot(path=str(SHOTS / "05_second_session.png"))
+    second.screenshot(path=str(SHOTS / "05_second_session.png"), timeout=SHOT_TIMEOUT)
     first.close()
     second.close()
 
@@ -164,15 +165,45 @@ def test_a_copied_link_reopens_the_same_view_in_a_fresh_browser(server, browser)
     link = first.url
     assert "sel=" in link and "token=" in link and "threshold=" in link
     original = view_text(first)
-    first.screenshot(path=str(SHOTS / "06_link_original.png"))
+    first.screenshot(path=str(SHOTS / "06_link_original.png"), timeout=SHOT_TIMEOUT)
 
     context = browser.new_context(viewport={"width": 1600, "height": 1900})  # no cookies, no state
     fresh = context.new_page()
     fresh.goto(link)
     fresh.get_by_text("Attention map").first.wait_for(timeout=180_000)
     fresh.wait_for_timeout(1500)
-    fresh.screenshot(path=str(SHOTS / "07_link_reopened.png"))
+    fresh.screenshot(path=str(SHOTS / "07_link_reopened.png"), timeout=SHOT_TIMEOUT)
     assert view_text(fresh) == original
     assert fresh.url == link
     first.close()
     context.close()
+
+
+def test_export_buttons_give_files_that_open(server, browser, tmp_path):
+    import struct
+    import xml.etree.ElementTree as ElementTree
+
+    page = open_app(browser, server)
+    files = {}
+    for fmt in ("HTML", "SVG", "PNG"):
+        page.get_by_role("button", name="Export").click()
+        with page.expect_download(timeout=180_000) as download:
+            page.get_by_role("button", name=fmt, exact=True).click()
+        files[fmt] = tmp_path / download.value.suggested_filename
+        download.value.save_as(files[fmt])
+        page.keyboard.press("Escape")
+    assert files["HTML"].name.startswith("route-smollm2-135m-token4")
+
+    offline = browser.new_context(offline=True)  # the HTML must need no server and no network
+    viewer = offline.new_page()
+    viewer.goto(files["HTML"].as_uri())
+    viewer.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+    assert viewer.evaluate("() => document.querySelector('.js-plotly-plot').data.length") > 3
+    viewer.screenshot(path=str(SHOTS / "08_exported_html_offline.png"), timeout=SHOT_TIMEOUT)
+    offline.close()
+
+    assert ElementTree.parse(files["SVG"]).getroot().tag.endswith("svg")
+    png = files["PNG"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24])[0] >= 1000, "PNG at the figure's width or more"
+    page.close()

@@ -4,7 +4,6 @@ summary and, on request, as JSON."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,9 +105,9 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
 
 
 def _write_json(graph: "nx.DiGraph", path: Path) -> None:
-    import networkx as nx
+    from llm_flow.routes.graph import graph_json
 
     try:
-        path.write_text(json.dumps(nx.node_link_data(graph, edges="edges"), indent=1), encoding="utf-8")
+        path.write_text(graph_json(graph), encoding="utf-8")
     except OSError as exc:
         raise ArgumentError(f"cannot write {path}: {exc.strerror}") from None

@@ -23,6 +23,7 @@ above t of a node already kept; nothing unreachable from the target is ever comp
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import networkx as nx
@@ -185,3 +186,9 @@ def _add_node(graph: nx.DiGraph, source: ContributionSource, node: NodeId) -> st
             token=source.str_tokens[node.position],
         )  # fmt: skip
     return name
+
+
+def graph_json(graph: nx.DiGraph) -> str:
+    """The graph as node-link JSON; ``networkx.node_link_graph(json.loads(text), edges="edges")``
+    reads it back."""
+    return json.dumps(nx.node_link_data(graph, edges="edges"), indent=1)

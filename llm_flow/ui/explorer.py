@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import networkx as nx
 import streamlit as st
 
 from llm_flow.errors import LlmFlowError
+from llm_flow.export import route_title
 from llm_flow.figures.route import figure_height, route_figure
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import build_graph
+from llm_flow.routes.graph import build_graph, graph_json
 from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui import keys
+from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.views.tokens import display_token
@@ -58,6 +61,7 @@ def explorer_page(analysis: Analysis) -> None:
             on_select=_on_graph_click, selection_mode="points", width="stretch",
             height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
         )  # fmt: skip
+        _exports(run, graph)
     with panel_column:
         predictions_panel(run, target)
         st.selectbox(
@@ -65,6 +69,21 @@ def explorer_page(analysis: Analysis) -> None:
             format_func=lambda e: "(nothing)" if e is None else describe(graph, e),
         )  # fmt: skip
         element_panel(run, graph, st.session_state[keys.SELECTED])
+
+
+def _exports(run: Run, graph: nx.DiGraph) -> None:
+    """The route as files: the figure (without the selection mark) and the graph as JSON."""
+    target = graph.graph["target"]
+    with st.popover("Export", icon=":material/download:"):
+        title = route_title(run.model.name, run.prompt, run.str_tokens[target], target,
+                            graph.graph["threshold"], graph.graph["renormalize"])  # fmt: skip
+        stem = f"route-{run.model.name}-token{target}-t{graph.graph['threshold']:g}"
+        figure_downloads(route_figure(graph, compact=st.session_state[keys.COMPACT]), title, stem, key="explorer_export")
+        st.download_button(
+            "Graph as JSON (node-link)", data=partial(graph_json, graph), file_name=f"{safe_stem(stem)}.json",
+            mime="application/json", key="explorer_export_json_button", width="stretch", on_click="ignore",
+        )  # fmt: skip
+        st.caption("Tables: the download icon at the top right of each table saves it as CSV.")
 
 
 def route_graph(run: Run, target: int, threshold: float, renormalize: bool) -> nx.DiGraph:

@@ -84,12 +84,13 @@ def current() -> Analysis:
 
 
 def finish() -> None:
-    """After the page: mirror what is on screen in the URL, so a copied link reopens it."""
-    if st.session_state.get(keys.ACTIVE) is None:
-        return
-    params = _link_params()
-    if st.query_params.to_dict() != params:
-        st.query_params.from_dict(params)
+    """After the page: mirror what is on screen in the URL, so a copied link reopens it; let go
+    of the run's Analysis (the shared cache decides how long a Run lives)."""
+    if st.session_state.get(keys.ACTIVE) is not None:
+        params = _link_params()
+        if st.query_params.to_dict() != params:
+            st.query_params.from_dict(params)
+    _current.analysis = None
 
 
 def open_in_explorer(target: int | None = None, selected: str | None = None) -> None:
