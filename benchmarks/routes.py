@@ -133,7 +133,7 @@ def _kernel_name() -> str:
     from llm_flow.routes import proximity
 
     method = os.environ.get(proximity.METHOD_ENV, "auto")
-    return "numba" if method == "auto" and proximity.numba_available() else method
+    return "numba" if method == "auto" else method
 
 
 # --- the parent: run every case, print and save ------------------------------------------------

@@ -55,8 +55,17 @@ class ModelEntry(_Strict):
         return value
 
 
+#: Defaults of the app's caches, as shares of the machine's physical memory.
+RUN_CACHE_SHARE = 0.25
+MODEL_CACHE_SHARE = 0.5
+_MIB = 1 << 20
+
+
 class Limits(_Strict):
     max_prompt_tokens: int = Field(default=1024, ge=1)
+    run_memory_mb: float | None = Field(default=None, gt=0)
+    run_cache_mb: float | None = Field(default=None, gt=0)
+    model_cache_mb: float | None = Field(default=None, gt=0)
 
 
 class _ConfigFile(_Strict):
@@ -89,6 +98,9 @@ class Config(BaseModel):
     max_prompt_tokens: int
     allow_custom_models: bool
     demo_mode: bool
+    max_run_bytes: int | None = None  # None: refuse only what the machine cannot hold now
+    run_cache_bytes: int = Field(default_factory=lambda: _share_of_memory(RUN_CACHE_SHARE))
+    model_cache_bytes: int = Field(default_factory=lambda: _share_of_memory(MODEL_CACHE_SHARE))
 
     def model(self, name: str) -> ModelEntry | None:
         return self.models.get(name)
@@ -130,7 +142,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         max_prompt_tokens=parsed.limits.max_prompt_tokens,
         allow_custom_models=parsed.allow_custom_models and not parsed.demo_mode,
         demo_mode=parsed.demo_mode,
+        max_run_bytes=_bytes(parsed.limits.run_memory_mb),
+        run_cache_bytes=_bytes(parsed.limits.run_cache_mb) or _share_of_memory(RUN_CACHE_SHARE),
+        model_cache_bytes=_bytes(parsed.limits.model_cache_mb) or _share_of_memory(MODEL_CACHE_SHARE),
     )
+
+
+def _bytes(megabytes: float | None) -> int | None:
+    return None if megabytes is None else max(1, int(megabytes * _MIB))
+
+
+def _share_of_memory(share: float) -> int:
+    """A share of this machine's physical memory (the default size of the app's caches)."""
+    return int(share * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def _load_prompts(path: Path) -> tuple[str, ...]:

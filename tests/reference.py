@@ -29,7 +29,7 @@ class ReferenceLayer:
 
 
 def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
-    """The formula of DESIGN.md §1, literally."""
+    """The formula of docs/method.md#proximity, literally."""
     return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp_min(0)
 
 

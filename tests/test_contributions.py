@@ -1,4 +1,4 @@
-"""The maths of DESIGN.md §1 on every supported family, against an independent reference."""
+"""The maths of docs/method.md on every supported family, against an independent reference."""
 
 from __future__ import annotations
 

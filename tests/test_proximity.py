@@ -10,8 +10,6 @@ from llm_flow.routes import proximity
 from llm_flow.models.run import CausalPattern
 from llm_flow.routes.proximity import AttentionLayer, attention_proximities, head_proximities, vector_proximity
 
-needs_numba = pytest.mark.skipif(not proximity.numba_available(), reason="numba is not installed")
-
 
 def test_vector_proximity_by_hand():
     # ||y||_1 = 4, ||y - z||_1 = |2| + |1| + |-0.5| = 3.5
@@ -53,7 +51,6 @@ def random_case(seed, n_rows=6, n_sources=40, n_heads=3, d_model=96, with_gain=F
     return whole, gain, vectors, weights, positions
 
 
-@needs_numba
 @pytest.mark.parametrize("with_gain", [False, True])
 @pytest.mark.parametrize("seed", range(4))
 def test_fast_kernel_equals_definition(seed, with_gain):
@@ -91,7 +88,6 @@ def factored_case(seed, n_kv, with_gain, n_sources=40, n_heads=4, d_head=8, d_mo
     return whole, gain, layer, positions, vectors, weights
 
 
-@needs_numba
 @pytest.mark.parametrize("n_kv", [4, 2, 1])
 @pytest.mark.parametrize("with_gain", [False, True])
 @pytest.mark.parametrize("seed", range(3))
@@ -118,7 +114,6 @@ def test_factored_layer_builds_the_head_vectors():
     torch.testing.assert_close(layer.vmax, layer.vectors.abs().amax(-1).T)
 
 
-@needs_numba
 @pytest.mark.parametrize("n_words", [2, 25, 80])
 def test_fast_path_equals_straightforward_path_on_models(tiny_models, monkeypatch, n_words):
     """Same contributions (to 1e-5) from both kernels, at several prompt lengths."""

@@ -29,6 +29,7 @@ class ModelInfo:
     parallel_blocks: bool
     device: str
     dtype: str
+    post_norms: bool = False  # block outputs normalised before the residual add (Gemma 2/3)
 
 
 class TransparentLlm(ABC):
@@ -36,6 +37,7 @@ class TransparentLlm(ABC):
 
     info: ModelInfo
     max_prompt_tokens: int | None
+    max_run_bytes: int | None  # refuse runs estimated above this; None: the memory available
 
     @abstractmethod
     def run(self, prompt: str) -> Run:

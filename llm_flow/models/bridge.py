@@ -19,6 +19,7 @@ from llm_flow.errors import PromptError, UnsupportedModelError
 from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
+from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
 from llm_flow.models.run import CausalPattern, LayerActivations, Run
 
 
@@ -32,11 +33,13 @@ class BridgeLlm(TransparentLlm):
         name: str,
         prepend_bos: bool | None = None,
         max_prompt_tokens: int | None = None,
+        max_run_bytes: int | None = None,
     ) -> None:
         self._bridge = bridge.eval()
         self._tokenizer = tokenizer
         self._prepend_bos = prepend_bos
         self.max_prompt_tokens = max_prompt_tokens
+        self.max_run_bytes = max_run_bytes
         self._lock = threading.Lock()
         cfg = bridge.cfg
         self._parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
@@ -58,6 +61,7 @@ class BridgeLlm(TransparentLlm):
             parallel_blocks=self._parallel,
             device=str(first_param.device),
             dtype=str(first_param.dtype).removeprefix("torch."),
+            post_norms=self._post_norms,
         )
 
     # --- the underlying modules ---------------------------------------------------------------
@@ -119,6 +123,11 @@ class BridgeLlm(TransparentLlm):
 
     def run(self, prompt: str) -> Run:
         ids = self._validated_ids(prompt)
+        check_run_fits(self.info, len(ids), self.max_run_bytes)
+        with out_of_memory_as_error(self.info, len(ids)):
+            return self._forward(prompt, ids)
+
+    def _forward(self, prompt: str, ids: list[int]) -> Run:
         device = next(self._bridge.parameters()).device
         tokens = torch.tensor(ids, dtype=torch.long, device=device)
         store: dict[str, object] = {}
@@ -202,7 +211,8 @@ class BridgeLlm(TransparentLlm):
         )
 
     def _post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
-        """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts."""
+        """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts
+        (docs/method.md#post-norms)."""
         weight = getattr(self._bridge.blocks[layer], norm).original_component.weight.float()
         if getattr(self._bridge.cfg, "rmsnorm_uses_offset", False):
             weight = 1.0 + weight

@@ -42,12 +42,15 @@ def load_model(
     config: Config | None = None,
     prepend_bos: bool | None = None,
     max_prompt_tokens: int | None = None,
+    max_run_bytes: int | None = None,
     progress: Progress | None = None,
 ) -> TransparentLlm:
     """Load a model for route analysis.
 
     `prepend_bos`: None follows the config entry (or the tokenizer's own behaviour); True/False
-    force a BOS token on or off. `max_prompt_tokens` defaults to the config's limit.
+    force a BOS token on or off. `max_prompt_tokens` and `max_run_bytes` (the largest estimated
+    memory one run may take; None: whatever is available when it runs) default to the config's
+    limits.
     `progress` receives one message per slow step (download, conversion, load).
     """
     device, dtype = _check_device(device, dtype)
@@ -55,7 +58,7 @@ def load_model(
         if tokenizer is None:
             raise ArgumentError("an in-memory model needs its tokenizer: load_model(model, tokenizer=...)")
         name = getattr(source.config, "name_or_path", "") or type(source).__name__
-        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens)
+        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentError(f"cannot load a model from a {type(source).__name__}")
     config = config if config is not None else _default_config()
@@ -71,11 +74,13 @@ def load_model(
         resolved, trust_remote_code = name, False
     if max_prompt_tokens is None and config is not None:
         max_prompt_tokens = config.max_prompt_tokens
+    if max_run_bytes is None and config is not None:
+        max_run_bytes = config.max_run_bytes
     folder_or_id = _local_or_hub(resolved, name, config, progress)
     if progress:
         progress(f"Loading {name}…")
     hf_model, hf_tokenizer = _from_pretrained(folder_or_id, name, dtype, trust_remote_code, config)
-    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens)
+    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
 
 
 def _default_config() -> Config | None:
@@ -150,6 +155,7 @@ def _wrap(
     dtype: torch.dtype,
     prepend_bos: bool | None,
     max_prompt_tokens: int | None,
+    max_run_bytes: int | None,
 ) -> TransparentLlm:
     # The bridge reloads a tokenizer from its name unless told it already adds BOS; llm-flow
     # tokenises by itself, so hand the bridge a copy marked as such and keep the original.
@@ -166,7 +172,7 @@ def _wrap(
         )
     except Exception as exc:  # the bridge raises many types for architectures it cannot wrap
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
-    return BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens)
+    return BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
 
 
 def _check_device(device: str | torch.device, dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:

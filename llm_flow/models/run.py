@@ -8,7 +8,9 @@ by a lock and caches pure functions of the immutable data, so sharing stays safe
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -93,6 +95,15 @@ class LayerActivations:
     attn_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the attention output (Gemma 2/3)
     mlp_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the FFN output
 
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor held (the pattern as its packed triangle)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, CausalPattern):
+                yield value.packed
+            elif value is not None:
+                yield value
+
 
 @dataclass(frozen=True, eq=False)
 class Run:
@@ -119,6 +130,17 @@ class Run:
         """True for blocks where attention and FFN both read the block input (GPT-NeoX, GPT-J)."""
         return self.layers[0].resid_mid is None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor this Run holds: activations, packed patterns, logits, tokens and
+        the contribution rows memoised so far (it grows as graphs are built). Storage shared by
+        several views is counted once. Caches use this to stay within their byte budget."""
+        return self._activation_bytes + self._memo.nbytes
+
+    @cached_property
+    def _activation_bytes(self) -> int:
+        return tensor_bytes([self.tokens, self.logits, *(t for layer in self.layers for t in layer.tensors())])
+
     def position(self, target: int) -> int:
         """Normalise a possibly negative token index, raising a clear error when out of range."""
         if not -self.n_tokens <= target < self.n_tokens:
@@ -127,6 +149,28 @@ class Run:
                 f"(use 0..{self.n_tokens - 1}, or -1 for the last token)"
             )
         return target % self.n_tokens
+
+    @property
+    def n_heads(self) -> int:
+        return self.layers[0].pattern.n_heads
+
+    def check_head(self, head: int) -> int:
+        """`head` if this model has it, else a clear error."""
+        if not 0 <= head < self.n_heads:
+            raise ArgumentError(
+                f"head {head} is out of range: the model has {self.n_heads} heads per layer "
+                f"(use 0..{self.n_heads - 1})"
+            )
+        return head
+
+    def check_neuron(self, neuron: int) -> int:
+        """`neuron` if the FFN has it, else a clear error."""
+        n_neurons = self.layers[0].neuron_acts.shape[-1]
+        if not 0 <= neuron < n_neurons:
+            raise ArgumentError(
+                f"neuron {neuron} is out of range: each FFN has {n_neurons} neurons (use 0..{n_neurons - 1})"
+            )
+        return neuron
 
     def layer(self, layer: int) -> LayerActivations:
         if not -self.n_layers <= layer < self.n_layers:
@@ -146,4 +190,35 @@ class RowMemo:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.rows: dict[tuple[int, int], tuple[torch.Tensor, float]] = {}
+        self.rows: dict[tuple[int, int], tuple[torch.Tensor, float, float | None]] = {}
+        self.nbytes = 0  # storage held by the rows, each storage counted once
+        self._users: dict[tuple[str, int], int] = {}  # storage -> rows that view it
+
+    def put(self, key: tuple[int, int], row: tuple[torch.Tensor, float, float | None]) -> None:
+        """Remember one row (call with `lock` held). A row may be a view into a larger tensor
+        (all positions at once): that tensor's storage is counted once, in full, for as long as
+        some row still views it."""
+        if key in self.rows:
+            self._release(self.rows[key][0])
+        storage_key = _storage_key(row[0])
+        if storage_key not in self._users:
+            self.nbytes += row[0].untyped_storage().nbytes()
+        self._users[storage_key] = self._users.get(storage_key, 0) + 1
+        self.rows[key] = row
+
+    def _release(self, heads: torch.Tensor) -> None:
+        storage_key = _storage_key(heads)
+        self._users[storage_key] -= 1
+        if not self._users[storage_key]:
+            del self._users[storage_key]
+            self.nbytes -= heads.untyped_storage().nbytes()
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by `tensors`, counting each underlying storage once (views share storage)."""
+    storages = {_storage_key(t): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()

@@ -1,4 +1,4 @@
-"""ALTI contributions of attention heads, residual streams and FFN blocks (DESIGN.md §1).
+"""ALTI contributions of attention heads, residual streams and FFN blocks (docs/method.md).
 
 A representation ``y`` that is a sum of parts gets, for each part, ``prox_k = max(||y||_1 -
 ||y - z_k||_1, 0)`` and ``c_k = prox_k / Σ_j prox_j``. Biases that belong to no part (``b_O``,
@@ -68,9 +68,10 @@ def head_vectors(run: Run, layer: int) -> torch.Tensor:
 
 
 def attention_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``c_heads[i, j, h]`` (0 for j > i) and the residual's share ``c_res[i]``: [T, T, H], [T].
+    """``c_heads[i, j, h]`` (0 for j > i) and the residual's share ``c_res[i]``: [T, T, H], [T]
+    (docs/method.md#sequential-blocks).
 
-    For parallel blocks the FFN takes part in the same normalisation (see `ffn_contributions`).
+    For parallel blocks the FFN takes part in the same normalisation (docs/method.md#parallel-blocks).
     """
     heads, residual, _ = _all_rows(run, layer)
     return heads, residual
@@ -94,7 +95,8 @@ def ffn_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def neuron_contributions(run: Run, layer: int, position: int) -> tuple[torch.Tensor, float]:
-    """Per-neuron shares of one FFN node, and the share of everything else: [d_mlp], float.
+    """Per-neuron shares of one FFN node, and the share of everything else: [d_mlp], float
+    (docs/method.md#neurons-of-one-ffn-node).
 
     Whole: ``resid_post[i]``. Parts: the residual the FFN was added to (``resid_mid[i]``; for
     parallel blocks ``resid_post[i] - mlp_out[i]``) and ``act[i, n] * W_out[n]`` per neuron.
@@ -119,10 +121,13 @@ def full_contributions(run: Run) -> list[LayerContributions]:
         ffn, ffn_residual = (parallel_ffn, residual) if run.parallel else ffn_contributions(run, layer)
         with run._memo.lock:
             for position in range(run.n_tokens):
-                run._memo.rows[(layer, position)] = (
-                    heads[position, : position + 1],
-                    float(residual[position]),
-                    None if parallel_ffn is None else float(parallel_ffn[position]),
+                run._memo.put(
+                    (layer, position),
+                    (
+                        heads[position, : position + 1],
+                        float(residual[position]),
+                        None if parallel_ffn is None else float(parallel_ffn[position]),
+                    ),
                 )
         layers.append(LayerContributions(heads, residual, ffn, ffn_residual))
     return layers
@@ -139,10 +144,9 @@ def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowCon
             batch = missing[start : start + block]
             heads, residual, ffn = _rows(run, layer, torch.tensor(batch), parts)
             for k, position in enumerate(batch):
-                memo.rows[(layer, position)] = (
-                    heads[k, : position + 1].cpu().clone(),
-                    float(residual[k]),
-                    None if ffn is None else float(ffn[k]),
+                memo.put(
+                    (layer, position),
+                    (heads[k, : position + 1].cpu().clone(), float(residual[k]), None if ffn is None else float(ffn[k])),
                 )
         return [RowContributions(p, *memo.rows[(layer, p)]) for p in positions]
 

@@ -1,4 +1,4 @@
-"""L1 proximities, the inner loop of the whole tool.
+"""L1 proximities (docs/method.md#proximity), the inner loop of the whole tool.
 
 For a whole ``y`` and a part ``z`` the proximity is ``max(||y||_1 - ||y - z||_1, 0)``. Written per
 coordinate, ``|y_d| - |y_d - z_d| = s_d z_d - 2 max(s_d z_d - |y_d|, 0)`` with ``s_d = sign(y_d)``
@@ -20,8 +20,9 @@ part is skipped: the normalising sums downstream stay exact. (The triangle bound
 ``prox <= a ||vo||_1`` would let parts be skipped only at the price of an inexact normalisation;
 with the linear term this cheap there is nothing left worth skipping.)
 
-``method="torch"`` computes the direct per-coordinate formula in chunks; it runs on any device
-(CUDA tensors always take it) and is the reference the fast path is tested against.
+The correction is a numba kernel (numba is a required dependency). ``method="torch"`` computes
+the direct per-coordinate formula in chunks instead; it runs on any device (CUDA tensors always
+take it) and is the reference the fast path is tested against.
 """
 
 from __future__ import annotations
@@ -30,17 +31,15 @@ import os
 import threading
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
+from llm_flow.errors import ArgumentError
 from llm_flow.models.run import CausalPattern
 
-try:
-    import numba
-except ImportError:  # the fast kernel is optional; plain torch always works
-    numba = None
-
-#: ``auto`` picks the numba kernel for CPU tensors when numba imports, else torch.
+#: ``auto`` picks the numba kernel for CPU tensors and torch for GPU tensors; set this variable
+#: to ``torch`` to use the plain path everywhere.
 METHOD_ENV = "LLM_FLOW_KERNEL"
 _CHUNK_ELEMENTS = 1 << 22  # elements of [rows, sources, heads, d_model] materialised at once (torch path)
 # Numba's default thread pool must not be entered by two Python threads at once (app sessions).
@@ -148,18 +147,14 @@ def head_proximities(
     return _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, positions)
 
 
-def numba_available() -> bool:
-    return numba is not None
-
-
 def _choose(method: str, tensor: torch.Tensor) -> str:
     method = os.environ.get(METHOD_ENV, method) if method == "auto" else method
     if method not in ("auto", "numba", "torch"):
-        raise ValueError(f"unknown proximity method {method!r}: use 'auto', 'numba' or 'torch'")
+        raise ArgumentError(f"unknown proximity method {method!r}: use 'auto', 'numba' or 'torch'")
     if method == "auto":
-        return "numba" if numba is not None and tensor.device.type == "cpu" else "torch"
-    if method == "numba" and (numba is None or tensor.device.type != "cpu"):
-        raise ValueError("the numba kernel needs numba installed and tensors on the CPU")
+        return "numba" if tensor.device.type == "cpu" else "torch"
+    if method == "numba" and tensor.device.type != "cpu":
+        raise ArgumentError(f"the numba kernel runs on the CPU only; use 'torch' or 'auto' for {tensor.device} tensors")
     return method
 
 
@@ -259,5 +254,4 @@ def _correction_kernel(dots, packed, offsets, positions, key, signed_gain, abs_w
                 out[k, j, h] = 0.0
 
 
-if numba is not None:
-    _correct = numba.njit(parallel=True, cache=True, nogil=True)(_correction_kernel)
+_correct = numba.njit(parallel=True, cache=True, nogil=True)(_correction_kernel)

@@ -3,13 +3,19 @@
 Models are big and runs are immutable, so both are shared: two sessions with the same model get
 the same object, and a model is loaded once even if two sessions ask at the same moment (the
 second waits for the first). Each session keeps its own choices in ``st.session_state``.
+
+Both caches are bounded by bytes, not by counts: runs by `Run.nbytes` (which grows as graphs
+are built) within ``limits.run_cache_mb``, models by their parameter bytes within
+``limits.model_cache_mb``; the least recently used entries go first, and the entry just used
+always stays. A run points at its model, so evicting a model evicts its runs too: otherwise
+they would keep it alive and its memory would never come back.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import streamlit as st
@@ -29,52 +35,115 @@ class ModelKey:
     config_path: str  # short names and limits depend on the config file
 
 
-class _LruRegistry:
-    """A small thread-safe LRU map whose values are built at most once per key."""
+class ByteBudgetCache:
+    """A thread-safe LRU map bounded by the total size of its values; each value is built at
+    most once per key (a second caller waits for the first)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[object, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self._building: dict[object, threading.Lock] = {}
+    def __init__(self, size: Callable[[object], int], on_evict: Callable[[Hashable], None] | None = None) -> None:
+        self._size = size
+        self._on_evict = on_evict
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.RLock()
+        self._building: dict[Hashable, threading.Lock] = {}
 
-    def get(self, key: object, build: Callable[[], object]) -> object:
+    def get(self, key: Hashable, build: Callable[[], object], limit: int) -> object:
+        """The value for `key`, built if missing; then evict down to `limit` bytes."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
+                self._shrink(limit)
                 return self._items[key]
             key_lock = self._building.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
                 if key in self._items:
                     return self._items[key]
-            value = build()  # errors propagate; nothing is stored
+            try:
+                value = build()  # errors propagate; nothing is stored
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
             with self._lock:
                 self._items[key] = value
-                self._building.pop(key, None)
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
+                self._shrink(limit)
             return value
 
+    def discard(self, keep: Callable[[Hashable], bool]) -> None:
+        """Drop every entry whose key `keep` rejects."""
+        with self._lock:
+            for key in [k for k in self._items if not keep(k)]:
+                self._evict(key)
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(self._size(value) for value in self._items.values())
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._items):
+                self._evict(key)
+
+    def _shrink(self, limit: int) -> None:
+        """Evict least recently used entries until the rest fits; the newest always stays."""
+        total = sum(self._size(value) for value in self._items.values())
+        while total > limit and len(self._items) > 1:
+            oldest = next(iter(self._items))
+            total -= self._size(self._items[oldest])
+            self._evict(oldest)
+
+    def _evict(self, key: Hashable) -> None:
+        del self._items[key]
+        if self._on_evict is not None:
+            self._on_evict(key)
+
+
+def model_bytes(model: TransparentLlm) -> int:
+    """Bytes of the model's parameters and buffers (what unloading it gives back)."""
+    module = getattr(model, "hf_model", None)
+    if module is None:
+        return 0
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
 
 @st.cache_resource(show_spinner=False)
-def _models() -> _LruRegistry:
-    return _LruRegistry(capacity=2)
+def _models() -> ByteBudgetCache:
+    return ByteBudgetCache(model_bytes, on_evict=_forget_runs_of)
 
 
 @st.cache_resource(show_spinner=False)
-def _runs() -> _LruRegistry:
-    return _LruRegistry(capacity=16)
+def _runs() -> ByteBudgetCache:
+    return ByteBudgetCache(lambda run: run.nbytes)
+
+
+def _forget_runs_of(model_key: Hashable) -> None:
+    _runs().discard(lambda run_key: run_key[0] != model_key)
 
 
 def get_model(key: ModelKey, progress: Progress | None = None) -> TransparentLlm:
+    config = load_config(key.config_path)
+
     def build() -> TransparentLlm:
-        config = load_config(key.config_path)
         return load_model(key.source, device=key.device, dtype=key.dtype, config=config, progress=progress)
 
-    return _models().get(key, build)
+    return _models().get(key, build, config.model_cache_bytes)
 
 
 def get_run(key: ModelKey, prompt: str, progress: Progress | None = None) -> Run:
     model = get_model(key, progress)
-    return _runs().get((key, prompt), lambda: model.run(prompt))
+    limit = load_config(key.config_path).run_cache_bytes
+    return _runs().get((key, prompt), lambda: model.run(prompt), limit)
+
+
+def cached_runs() -> ByteBudgetCache:
+    """The process-wide run cache (for checks and diagnostics)."""
+    return _runs()
+
+
+def cached_models() -> ByteBudgetCache:
+    """The process-wide model cache (for checks and diagnostics)."""
+    return _models()

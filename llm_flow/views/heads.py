@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows
 
@@ -20,7 +21,9 @@ def edge_heads(run: Run, layer: int, source: int, position: int) -> list[HeadSha
     """Heads ranked by their contribution of token `source` to `position` in `layer`."""
     position = run.position(position)
     if not 0 <= source <= position:
-        raise ValueError(f"source {source} must be between 0 and the position {position}")
+        raise ArgumentError(
+            f"source {source} is out of range: attention at position {position} reads sources 0..{position}"
+        )
     row = contribution_rows(run, layer, [position])[0]
     shares = [HeadShare(h, float(c)) for h, c in enumerate(row.heads[source].tolist())]
     return sorted(shares, key=lambda s: -s.contribution)
@@ -28,12 +31,13 @@ def edge_heads(run: Run, layer: int, source: int, position: int) -> list[HeadSha
 
 def attention_map(run: Run, layer: int, head: int) -> torch.Tensor:
     """Attention weights of one head, queries x sources: [T, T]."""
-    return run.layer(layer).pattern.dense()[head].float().cpu()
+    return run.layer(layer).pattern.dense()[run.check_head(head)].float().cpu()
 
 
 def contribution_map(run: Run, layer: int, head: int) -> torch.Tensor:
     """Contributions of one head, queries x sources: [T, T]. All rows are remembered by the Run,
     so other heads of the same layer are then free."""
+    run.check_head(head)
     rows = contribution_rows(run, layer, list(range(run.n_tokens)))
     out = torch.zeros(run.n_tokens, run.n_tokens)
     for row in rows:

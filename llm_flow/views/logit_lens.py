@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import torch
 
+from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.views.tokens import TokenScore, ranks, top_tokens
 
@@ -21,7 +22,8 @@ def residual_state(run: Run, kind: str, layer: int, position: int) -> torch.Tens
         return act.resid_mid[position]
     if kind == "I":
         return act.resid_post[position]
-    raise ValueError(f"node kind {kind!r} of layer {layer} has no residual state")
+    choices = "X or I" if run.parallel else "X, A or I"
+    raise ArgumentError(f"node kind {kind!r} of layer {layer} has no residual state: use {choices}")
 
 
 def previous_state(run: Run, kind: str, layer: int) -> tuple[str, int] | None:

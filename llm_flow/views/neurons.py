@@ -8,6 +8,7 @@ import torch
 
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import neuron_contributions
+from llm_flow.views.tokens import check_count
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class NeuronShare:
 
 
 def top_neurons(run: Run, layer: int, position: int, k: int = 20) -> list[NeuronShare]:
+    check_count(k)
     contributions, _ = neuron_contributions(run, layer, position)
     top = torch.topk(contributions, min(k, contributions.shape[0]))
     acts = run.layer(layer).neuron_acts[run.position(position)]

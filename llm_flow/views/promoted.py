@@ -37,9 +37,9 @@ def block_update(run: Run, kind: str, layer: int, position: int) -> torch.Tensor
 
 def head_output(run: Run, layer: int, position: int, head: int) -> torch.Tensor:
     """Head `head`'s output at `position` (its value vectors weighted by attention, through W_O)."""
-    return attention_parts(run, layer, position).pieces[:, head].sum(0)
+    return attention_parts(run, layer, position).pieces[:, run.check_head(head)].sum(0)
 
 
 def neuron_output(run: Run, layer: int, position: int, neuron: int) -> torch.Tensor:
     """``act[position, neuron] * W_out[neuron]``, what one FFN neuron wrote at `position`."""
-    return ffn_parts(run, layer, position).pieces[neuron]
+    return ffn_parts(run, layer, position).pieces[run.check_neuron(neuron)]

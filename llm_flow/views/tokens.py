@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_flow.errors import ArgumentError
 from llm_flow.models.base import TransparentLlm
 
 
@@ -20,12 +21,20 @@ class TokenScore:
 
 def top_tokens(model: TransparentLlm, scores: torch.Tensor, k: int, largest: bool = True) -> list[TokenScore]:
     """The `k` highest (or lowest) scoring tokens of a [vocab] score vector."""
+    check_count(k)
     top = torch.topk(scores.float(), min(k, scores.shape[-1]), largest=largest)
     ids = top.indices.tolist()
     return [
         TokenScore(token, token_id, float(score))
         for token, token_id, score in zip(model.decode_tokens(ids), ids, top.values.tolist())
     ]
+
+
+def check_count(k: int) -> int:
+    """How many items a ranking should list: at least one."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ArgumentError(f"k, the number of items to list, must be a whole number of at least 1 (got {k!r})")
+    return k
 
 
 def ranks(scores: torch.Tensor, token_ids: list[int]) -> list[int]:

@@ -1,0 +1,76 @@
+"""How well the memory estimates predict a real run (random models of real shapes, CPU).
+
+    python -m benchmarks.run_memory            # GPT-2-small and SmolLM2-135M shapes, T = 256 .. 2048
+    python -m benchmarks.run_memory --quick    # T = 128 and 512
+
+For each prompt length: `Run.nbytes` against `estimate_run_bytes` (what a run keeps), and the
+forward pass's peak RSS increase against `estimate_peak_bytes` (what `model.run` compares with
+the memory available before it starts). The peak estimate should not be below the measured peak
+by much, or the refusal would let through runs that do not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+from benchmarks import memory, models
+from llm_flow.models.memory import estimate_peak_bytes, estimate_run_bytes
+
+FULL_LENGTHS = (256, 1024, 2048)
+QUICK_LENGTHS = (128, 512)
+MIB = 1 << 20
+
+
+def measure_case(model, n_tokens: int) -> dict:
+    prompt = models.prompt(n_tokens, model.info.vocab_size)
+    forward = memory.measure(lambda: model.run(prompt))
+    run = forward.result
+    assert run.n_tokens == n_tokens
+    row = {
+        "T": n_tokens,
+        "run_mib": run.nbytes / MIB,
+        "estimate_run_mib": estimate_run_bytes(model.info, n_tokens) / MIB,
+        "peak_mib": forward.peak_bytes / MIB,
+        "estimate_peak_mib": estimate_peak_bytes(model.info, n_tokens) / MIB,
+        "seconds": forward.seconds,
+    }
+    del run, forward
+    gc.collect()
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | T | Run.nbytes | estimate | ratio | forward peak (RSS) | peak estimate | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['T']} | {r['run_mib']:.1f} MiB | {r['estimate_run_mib']:.1f} MiB | "
+            f"{r['estimate_run_mib'] / r['run_mib']:.2f} | {r['peak_mib']:.1f} MiB | "
+            f"{r['estimate_peak_mib']:.1f} MiB | {r['estimate_peak_mib'] / max(r['peak_mib'], 1e-9):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T = 128 and 512 only")
+    parser.add_argument("--models", nargs="+", choices=models.SHAPES, default=list(models.SHAPES))
+    parser.add_argument("--lengths", nargs="+", type=int, help="prompt lengths (overrides --quick)")
+    args = parser.parse_args(argv)
+    lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
+    rows = []
+    for shape in args.models:
+        model = models.load(shape)
+        model.run(models.prompt(16, model.info.vocab_size))  # warm-up: thread pools, lazy buffers
+        rows += [{"model": shape} | measure_case(model, n) for n in lengths]
+        del model
+        gc.collect()
+    print(format_table(rows))
+    print(f"\nPeak: {memory.DESCRIPTION}.")
+
+
+if __name__ == "__main__":
+    main()
