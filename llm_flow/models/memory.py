@@ -81,14 +81,17 @@ def check_run_fits(info: ModelInfo, n_tokens: int, limit: int | None) -> None:
     available = available_bytes(info.device) if limit is None else limit
     if needed <= available:
         return
-    where = "the configured limit (limits.run_memory_mb)" if limit is not None else f"available on {info.device}"
     fits = fitting_tokens(info, available)
     shorter = f"a prompt of at most ~{fits} tokens" if fits else "a much shorter prompt"
+    if limit is None:
+        room, remedy = f"only {format_bytes(available)} is available on {info.device}", "free memory"
+    else:
+        room = f"the configured limit (limits.run_memory_mb) is {format_bytes(limit)}"
+        remedy = "raise limits.run_memory_mb in the config"
     raise MemoryLimitError(
         f"analysing {n_tokens} tokens with {info.name} needs about {format_bytes(needed)} "
-        f"({format_bytes(estimate_run_bytes(info, n_tokens))} kept for the analysis), but only "
-        f"{format_bytes(available)} is {where}: use {shorter}, a smaller model"
-        + (", or raise limits.run_memory_mb in the config" if limit is not None else ", or free memory")
+        f"({format_bytes(estimate_run_bytes(info, n_tokens))} kept for the analysis), but {room}: "
+        f"use {shorter}, a smaller model, or {remedy}"
     )
 
 
