@@ -3,7 +3,7 @@
 A `Run` keeps, per layer, a few residual-stream tensors, the values, the FFN activations and
 the causal half of every attention pattern, plus the logits; all of it is a function of the
 model's dimensions and the prompt length. The forward pass needs a little more while it runs
-(each layer's full attention scores, the logits before conversion). Knowing both lets
+(a layer's full attention scores, a second copy of the logits). Knowing both lets
 `model.run` refuse a prompt that would not fit, with a message that says what to change,
 instead of letting the process die; the app's caches use `Run.nbytes` to stay within a budget.
 """

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from llm_flow.config import load_config
+from llm_flow.config import Config, load_config
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.loading import load_model
 from llm_flow.models.packaged import Progress
@@ -124,8 +124,9 @@ def _forget_runs_of(model_key: Hashable) -> None:
     _runs().discard(lambda run_key: run_key[0] != model_key)
 
 
-def get_model(key: ModelKey, progress: Progress | None = None) -> TransparentLlm:
-    config = load_config(key.config_path)
+def get_model(key: ModelKey, progress: Progress | None = None, config: Config | None = None) -> TransparentLlm:
+    """The shared model for `key`, loaded on first use. Limits come from the key's config file."""
+    config = config if config is not None else load_config(key.config_path)
 
     def build() -> TransparentLlm:
         return load_model(key.source, device=key.device, dtype=key.dtype, config=config, progress=progress)
@@ -134,9 +135,10 @@ def get_model(key: ModelKey, progress: Progress | None = None) -> TransparentLlm
 
 
 def get_run(key: ModelKey, prompt: str, progress: Progress | None = None) -> Run:
-    model = get_model(key, progress)
-    limit = load_config(key.config_path).run_cache_bytes
-    return _runs().get((key, prompt), lambda: model.run(prompt), limit)
+    """The shared run of `prompt` on the model of `key`, computed on first use."""
+    config = load_config(key.config_path)
+    model = get_model(key, progress, config)
+    return _runs().get((key, prompt), lambda: model.run(prompt), config.run_cache_bytes)
 
 
 def cached_runs() -> ByteBudgetCache:
