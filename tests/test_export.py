@@ -23,12 +23,8 @@ from llm_flow.export import (
     save_table,
     table_csv,
 )
+from llm_flow.figures.route import route_figure
 from tests.conftest import REPO
-
-try:
-    from llm_flow.figures.route import route_figure
-except ImportError:  # before the figure moved out of the UI package
-    from llm_flow.ui.graph_view import route_figure
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
