@@ -28,9 +28,10 @@ def explorer_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
+    labels = [f"{i}: {display_token(token)}" for i, token in enumerate(run.str_tokens)]
     st.select_slider(
         "Token to explain", options=list(range(run.n_tokens)), key=keys.TARGET,
-        format_func=lambda i: f"{i}: {display_token(run.str_tokens[i])}",
+        format_func=labels.__getitem__,  # not a closure over the Run: Streamlit keeps widget formatters
         help="The route explains the model's prediction of the token that follows this one.",
     )  # fmt: skip
     target = st.session_state[keys.TARGET]
@@ -63,12 +64,12 @@ def explorer_page(analysis: Analysis) -> None:
         )  # fmt: skip
         _exports(run, graph)
     with panel_column:
-        predictions_panel(run, target)
+        predictions_panel(target)
         st.selectbox(
             "Inspect", elements, key=keys.SELECTED, placeholder="Click the graph, or choose a node or edge",
             format_func=lambda e: "(nothing)" if e is None else describe(graph, e),
         )  # fmt: skip
-        element_panel(run, graph, st.session_state[keys.SELECTED])
+        element_panel(graph, st.session_state[keys.SELECTED])
 
 
 def _exports(run: Run, graph: nx.DiGraph) -> None:

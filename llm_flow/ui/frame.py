@@ -19,7 +19,7 @@ from llm_flow.models.run import Run
 from llm_flow.ui import keys
 from llm_flow.ui.analysis import Request, activate, requested
 from llm_flow.ui.permalink import read_link, write_link
-from llm_flow.ui.resources import ModelKey
+from llm_flow.ui.resources import ModelKey, get_run, settle_caches
 from llm_flow.ui.sidebar import init_state, model_controls, prompt_controls, route_controls
 
 
@@ -83,13 +83,23 @@ def current() -> Analysis:
     return _current.analysis
 
 
+def active_run() -> Run:
+    """The session's Run, from the shared cache. A fragment calls this instead of receiving the
+    Run as an argument: Streamlit keeps a fragment's arguments for its reruns, and a session must
+    not keep alive a Run the cache has dropped (it is recomputed if it is needed again)."""
+    active: Request = st.session_state[keys.ACTIVE]
+    return get_run(active.model, active.prompt)
+
+
 def finish() -> None:
-    """After the page: mirror what is on screen in the URL, so a copied link reopens it; let go
-    of the run's Analysis (the shared cache decides how long a Run lives)."""
+    """After the page: mirror what is on screen in the URL, so a copied link reopens it; bring
+    the shared caches back under their byte limits (routes computed by the page grew the run);
+    let go of the run's Analysis (the shared cache decides how long a Run lives)."""
     if st.session_state.get(keys.ACTIVE) is not None:
         params = _link_params()
         if st.query_params.to_dict() != params:
             st.query_params.from_dict(params)
+    settle_caches(current().config)
     _current.analysis = None
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
 from llm_flow.ui import keys
+from llm_flow.ui.frame import active_run
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons
@@ -21,7 +22,8 @@ _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
 
 
 @st.fragment
-def predictions_panel(run: Run, target: int) -> None:
+def predictions_panel(target: int) -> None:
+    run = active_run()
     st.subheader(f"Next token after {display_token(run.str_tokens[target])!r}")
     st.number_input(
         "Temperature", 0.05, 5.0, step=0.05, key=keys.TEMPERATURE,
@@ -45,9 +47,10 @@ def predictions_panel(run: Run, target: int) -> None:
 
 
 @st.fragment
-def element_panel(run: Run, graph: nx.DiGraph, element: str | None) -> None:
+def element_panel(graph: nx.DiGraph, element: str | None) -> None:
     """Dispatch on what was selected: a residual node, an FFN node or an edge. A fragment: its
     own widgets (head, neuron, lens settings) redraw the panel, not the graph."""
+    run = active_run()
     if element is None:
         st.info("Click a node or an edge of the graph (or pick one under *Inspect*) to see what it did.")
         return

@@ -74,6 +74,11 @@ class ByteBudgetCache:
             for key in [k for k in self._items if not keep(k)]:
                 self._evict(key)
 
+    def settle(self, limit: int) -> None:
+        """Evict down to `limit` again: cached runs grow as routes are computed on them."""
+        with self._lock:
+            self._shrink(limit)
+
     def nbytes(self) -> int:
         with self._lock:
             return sum(self._size(value) for value in self._items.values())
@@ -139,6 +144,12 @@ def get_run(key: ModelKey, prompt: str, progress: Progress | None = None) -> Run
     config = load_config(key.config_path)
     model = get_model(key, progress, config)
     return _runs().get((key, prompt), lambda: model.run(prompt), config.run_cache_bytes)
+
+
+def settle_caches(config: Config) -> None:
+    """Back under the limits after a page has computed routes on its run (the app calls this
+    at the end of every script run)."""
+    _runs().settle(config.run_cache_bytes)
 
 
 def cached_runs() -> ByteBudgetCache:
