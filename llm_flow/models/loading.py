@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +29,8 @@ from llm_flow.errors import (
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.models.gguf import converted_folder
+from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
+from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -76,11 +80,30 @@ def load_model(
         max_prompt_tokens = config.max_prompt_tokens
     if max_run_bytes is None and config is not None:
         max_run_bytes = config.max_run_bytes
-    folder_or_id = _local_or_hub(resolved, name, config, progress)
+    source = _Source(name, entry is not None, config)
+    folder_or_id = _local_or_hub(resolved, source, progress)
     if progress:
         progress(f"Loading {name}…")
-    hf_model, hf_tokenizer = _from_pretrained(folder_or_id, name, dtype, trust_remote_code, config)
+    hf_model, hf_tokenizer = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
     return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the user asked for, so that messages can say how it was understood."""
+
+    name: str
+    configured: bool
+    config: Config | None
+
+    def as_configured(self, what: str) -> str:
+        """E.g. 'gpt2' (configured in /x/local.json as the Hugging Face hub model 'openai-community/gpt2')."""
+        where = f" in {self.config.path}" if self.config is not None and self.config.path else ""
+        return f"{self.name!r} (configured{where} as {what})"
+
+    def unknown(self) -> str:
+        known = f" (configured: {', '.join(self.config.models)})" if self.config is not None else ""
+        return f"unknown model {self.name!r}: not a configured model name{known}, no such local folder or file"
 
 
 def _default_config() -> Config | None:
@@ -95,56 +118,80 @@ def _entry_bos(entry: ModelEntry) -> bool | None:
     return None if entry.prepend_bos == "auto" else entry.prepend_bos
 
 
-def _local_or_hub(
-    source: str | PackagedFile, name: str, config: Config | None, progress: Progress | None
-) -> str:
-    """A local folder path, or a hub id to try online."""
-    if isinstance(source, PackagedFile):
-        return str(converted_folder(packaged_file(source, progress), progress))
-    path = Path(source).expanduser()
-    if source.lower().endswith(".gguf"):
+def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progress | None) -> str:
+    """A local folder path, or a hub id to try on the hub (or in its local cache)."""
+    if isinstance(resolved, PackagedFile):
+        return str(converted_folder(packaged_file(resolved, progress), progress))
+    path = Path(resolved).expanduser()
+    if resolved.lower().endswith(".gguf"):
         return str(converted_folder(path, progress))
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{path} is a folder but not a Hugging Face model folder (it has no config.json)"
-            )
+        check_model_folder(path)
         return str(path)
-    if path.is_absolute() or source.startswith((".", "~")) or not _HUB_ID.match(source):
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: no such local folder or file, and not a configured model "
-            f"name{_known(config)}"
-        )
-    return source
-
-
-def _known(config: Config | None) -> str:
-    return f" (configured: {', '.join(config.models)})" if config is not None else ""
+    if path.is_file():
+        raise not_a_model_file(path)
+    if path.is_absolute() or resolved.startswith((".", "~")) or not _HUB_ID.match(resolved):
+        if source.configured:
+            raise ModelNotFoundError(
+                f"{source.as_configured(repr(resolved))}: no such folder or file. Fix the path, "
+                f"or give {EXPECTED}"
+            )
+        raise ModelNotFoundError(f"{source.unknown()}, and not a Hugging Face hub id. Give {EXPECTED}")
+    return resolved
 
 
 def _from_pretrained(
-    folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, config: Config | None
+    folder_or_id: str, source: _Source, dtype: torch.dtype, trust_remote_code: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     is_local = Path(folder_or_id).is_dir()
+    offline = None if is_local else hub_offline_reason()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder_or_id, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder_or_id,
-            dtype=dtype,
-            attn_implementation="eager",
-            trust_remote_code=trust_remote_code,
-        )
+        with nullcontext() if is_local else quiet_hub_logs():
+            return _hf_load(folder_or_id, dtype, trust_remote_code, local_files_only=offline is not None)
     except OSError as exc:
         if is_local:
             raise ModelLoadError(f"cannot load the model folder {folder_or_id}: {_first_line(exc)}") from exc
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: not a configured model name{_known(config)}, not a local "
-            f"folder, and the Hugging Face hub could not provide it ({_first_line(exc)}). "
-            "Offline? Use a local folder or a .gguf file"
-        ) from exc
+        raise ModelNotFoundError(_hub_failure(folder_or_id, source, offline, exc)) from exc
     except (ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load {name!r}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load {source.name!r}: {_first_line(exc)}") from exc
+
+
+def _hf_load(
+    folder_or_id: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        folder_or_id,
+        dtype=dtype,
+        attn_implementation="eager",
+        trust_remote_code=trust_remote_code,
+        local_files_only=local_files_only,
+    )
     return model, tokenizer
+
+
+def _hub_failure(hub_id: str, source: _Source, offline: str | None, exc: OSError) -> str:
+    """One line: how the name was understood, why the hub could not help, what to do."""
+    if offline is not None:
+        if source.configured:
+            return (
+                f"{source.as_configured(f'the Hugging Face hub model {hub_id!r}')} cannot be loaded: "
+                f"the hub is unreachable ({offline}) and the model is not in the local Hugging Face "
+                "cache. Go online once to download it, or point the entry's source at a local "
+                "folder or a .gguf file"
+            )
+        return (
+            f"{source.unknown()}, and the Hugging Face hub is unreachable ({offline}) so "
+            f"{hub_id!r} cannot be looked up there. Go online, or give {EXPECTED}"
+        )
+    if source.configured:
+        return (
+            f"{source.as_configured(f'the Hugging Face hub model {hub_id!r}')} cannot be loaded: "
+            f"the hub could not provide it ({_first_line(exc)})"
+        )
+    return f"{source.unknown()}, and the Hugging Face hub could not provide it ({_first_line(exc)})"
 
 
 def _wrap(
