@@ -312,7 +312,7 @@ def test_sentence_pair_parts_split_the_pattern(family_runs):
         (lambda run: neuron_view(run, 0, 0, 500), "target position 500 is out of range"),
         (lambda run: neuron_view(run, 5, 0, 0), "layer 5 is out of range"),
         (lambda run: token_window(run, 500, 4), "target position 500 is out of range"),
-        (lambda run: token_window(run, 0, 0), "window size must be at least 1"),
+        (lambda run: token_window(run, 0, 0), "the window size \\(tokens\\) must be at least 1"),
         (lambda run: head_view(run, 0, weighting="gradient"), "unknown weighting 'gradient'"),
         (lambda run: head_view(run, 0, top_k=0), "top-k must be at least 1"),
         (lambda run: head_view(run, 0, aggregate="sum"), "unknown head aggregation 'sum'"),

@@ -22,17 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
+from llm_flow.checks import check_aggregation, check_count, check_pair_part, check_weighting
 from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows
-
-WEIGHTINGS = ("attention", "norm", "alti")
-AGGREGATIONS = ("mean", "max")
-# Sentence pairs (BertViz's sentence A / B): which query segment -> which source segment to keep.
-# A causal model never lets A attend to B, so "A->B" is always empty; it is offered for symmetry.
-PAIR_PARTS = ("all", "A->A", "B->A", "B->B", "A->B")
 
 
 @dataclass(frozen=True)
@@ -69,19 +65,13 @@ class AttentionView:
     outside: np.ndarray  # [layers, head_labels, W] weight of each query to sources before the window
     top_k: int | None
     split: int | None  # first token position of sentence B, or None
-    part: str  # one of PAIR_PARTS
+    part: str  # one of llm_flow.checks.PAIR_PARTS
 
     def segment(self, position: int) -> str:
         """'A' or 'B' for a token position when a split is set, else ''."""
         if self.split is None:
             return ""
         return "A" if position < self.split else "B"
-
-
-def check_weighting(weighting: str) -> str:
-    if weighting not in WEIGHTINGS:
-        raise ArgumentError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
-    return weighting
 
 
 def check_head(run: Run, head: int) -> int:
@@ -100,10 +90,8 @@ def token_window(run: Run, center: int | None = None, size: int | None = None) -
     """``size`` consecutive tokens around ``center`` (default: the last token), shifted to stay
     inside the prompt. ``size=None`` is the whole prompt."""
     center = run.n_tokens - 1 if center is None else run.position(center)
-    if size is None:
+    if check_count(size, "the window size (tokens)") is None:
         return TokenWindow(0, run.n_tokens)
-    if size < 1:
-        raise ArgumentError(f"window size must be at least 1 token, got {size}")
     size = min(size, run.n_tokens)
     start = min(max(center - size // 2, 0), run.n_tokens - size)
     return TokenWindow(start, start + size)
@@ -155,17 +143,16 @@ def attention_view(
 
     ``aggregate`` ("mean" or "max") folds the chosen heads into one; ``top_k`` keeps the k
     strongest sources per query and head (after the pair filter); ``split`` marks the first token
-    of sentence B and ``part`` keeps one query -> source segment pair (see `PAIR_PARTS`).
+    of sentence B and ``part`` keeps one query -> source segment pair ("all", "A->A", "B->A",
+    "B->B", "A->B"; a causal model leaves "A->B" empty).
     """
     check_weighting(weighting)
     layers = tuple(range(run.n_layers)) if layers is None else tuple(check_layer(run, l) for l in layers)
     heads = tuple(range(run.model.info.n_heads)) if heads is None else tuple(check_head(run, h) for h in heads)
     if not layers or not heads:
         raise ArgumentError("choose at least one layer and one head")
-    if aggregate is not None and aggregate not in AGGREGATIONS:
-        raise ArgumentError(f"unknown head aggregation {aggregate!r}: use mean or max")
-    if top_k is not None and top_k < 1:
-        raise ArgumentError(f"top-k must be at least 1, got {top_k}")
+    check_aggregation(aggregate)
+    check_count(top_k, "top-k")
     _check_split(run, split, part)
     window = window or token_window(run)
     queries = list(window.positions)
@@ -211,14 +198,11 @@ def model_view(run: Run, **options) -> AttentionView:
 
 
 def _check_split(run: Run, split: int | None, part: str) -> None:
-    if part not in PAIR_PARTS:
-        raise ArgumentError(f"unknown sentence-pair part {part!r}: use one of {', '.join(PAIR_PARTS)}")
+    check_pair_part(part, split)
     if split is not None and not 1 <= split < run.n_tokens:
         raise ArgumentError(
             f"split {split} must be the position of sentence B's first token, 1..{run.n_tokens - 1}"
         )
-    if part != "all" and split is None:
-        raise ArgumentError(f"part {part!r} needs a split point (the first token of sentence B)")
 
 
 def _pair_mask(window: TokenWindow, split: int | None, part: str) -> torch.Tensor:
@@ -236,3 +220,18 @@ def _keep_top_k(weights: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, weights.shape[-1])
     top = weights.topk(k, dim=-1)
     return torch.zeros_like(weights).scatter_(-1, top.indices, top.values)
+
+
+def attention_table(view: AttentionView) -> pd.DataFrame:
+    """The drawn weights as a long table, one row per non-zero (layer, head, query, source)."""
+    layer, head, query, source = np.nonzero(view.weights)
+    tokens = np.array(view.tokens, dtype=object)
+    return pd.DataFrame({
+        "layer": np.array(view.layers)[layer],
+        "head": np.array(view.head_labels, dtype=object)[head],
+        "query": view.positions[query],
+        "query_token": tokens[query],
+        "source": view.positions[source],
+        "source_token": tokens[source],
+        "weight": view.weights[layer, head, query, source],
+    })  # fmt: skip

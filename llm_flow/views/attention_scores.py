@@ -14,8 +14,10 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
+from llm_flow.checks import check_count
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.run import Run
 from llm_flow.views.attention import TokenWindow, check_head, check_layer
@@ -99,8 +101,7 @@ def neuron_view(
     recomputed weights differ from the model's (an attention variant llm-flow does not model).
     """
     layer, head, query = check_layer(run, layer), check_head(run, head), run.position(query)
-    if top_k is not None and top_k < 1:
-        raise ArgumentError(f"top-k must be at least 1, got {top_k}")
+    check_count(top_k, "top-k")
     qk = query_keys(run, layer)
     n_heads, n_kv = qk.queries.shape[1], qk.keys.shape[1]
     kv_head = head // (n_heads // n_kv)
@@ -239,3 +240,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: i
     half = rotary_dim // 2
     rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
     return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
+
+
+def neuron_table(view: NeuronView) -> pd.DataFrame:
+    """One row per shown source: its dot product, score, softmax weight and the model's weight."""
+    return pd.DataFrame({
+        "source": view.positions,
+        "token": list(view.tokens),
+        "dot": view.dots,
+        "score": view.scores,
+        "softmax": view.probabilities,
+        "model_weight": view.model_weights,
+    })  # fmt: skip
