@@ -36,11 +36,12 @@ def color_of(head_index: int) -> str:
 
 
 def strongest(view: AttentionView) -> float:
-    """The weight drawn at full strength: 1 for attention (a probability), else the largest shown."""
-    if view.weighting == "attention":
+    """The weight drawn at full strength: 1 for attention (a probability); for norms and ALTI
+    shares the 99th percentile of the weights shown, so one outlier does not wash out the rest."""
+    positive = view.weights[view.weights > 0]
+    if view.weighting == "attention" or positive.size == 0:
         return 1.0
-    top = float(view.weights.max(initial=0.0))
-    return top if top > 0 else 1.0
+    return float(np.quantile(positive, 0.99))
 
 
 # --- head view ---------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     if focus is not None and focus not in positions:
         raise ArgumentError(f"token {focus} is not in the window {positions[0]}..{positions[-1]}")
     n = len(positions)
+    row_px = max(_ROW_PX, min(30, 600 // n))  # short prompts get room, long ones 18 px a token
     y = -np.arange(n, dtype=np.float32)
     top = strongest(view)
     fig = go.Figure()
@@ -78,7 +80,7 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     layer = view.layers[0]
     fig.update_layout(
         title=title or f"Layer {layer}: {WEIGHTING_NAMES[view.weighting]}" + _filters(view),
-        height=max(320, _ROW_PX * n + 140),
+        height=row_px * n + 140,
         width=760,
         margin=dict(l=20, r=20, t=70, b=20),
         plot_bgcolor="white",
@@ -207,9 +209,10 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
         height=max(320, n_layers * tile + 140),
         margin=dict(l=70, r=20, t=90, b=20),
         plot_bgcolor="white",
-        xaxis=dict(side="top", tickvals=[cols[b * w + centre] for b in range(n_cols)],
+        # fixed ranges: autorange pads category axes around the click markers
+        xaxis=dict(side="top", tickvals=[cols[b * w + centre] for b in range(n_cols)], range=[-0.5, n_cols * w - 0.5],
                    ticktext=[label.replace("head ", "h") for label in view.head_labels], showgrid=False),
-        yaxis=dict(autorange="reversed", tickvals=[rows[a * w + centre] for a in range(n_layers)],
+        yaxis=dict(range=[n_layers * w - 0.5, -0.5], tickvals=[rows[a * w + centre] for a in range(n_layers)],
                    ticktext=[f"L{layer}" for layer in view.layers], showgrid=False),
         clickmode="event+select",
         shapes=shapes,

@@ -17,12 +17,7 @@ import streamlit as st
 from llm_flow.checks import PAIR_PARTS
 from llm_flow.errors import LlmFlowError
 from llm_flow.export import table_csv
-from llm_flow.figures.attention import (
-    WEIGHTING_NAMES,
-    head_view_figure,
-    model_view_figure,
-    neuron_view_figure,
-)
+from llm_flow.figures.attention import head_view_figure, model_view_figure, neuron_view_figure
 from llm_flow.models.run import Run
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import EdgeId, NodeId
@@ -49,6 +44,7 @@ CHART = "attention_chart"
 _MEMO = "attention_memo"  # the last figure and table built in this session, with their inputs
 
 VIEWS = {"head": "Head view", "model": "Model view", "neuron": "Neuron view"}
+WEIGHTINGS = {"attention": "Attention weight", "norm": "Norm-based", "alti": "ALTI contribution"}
 AGGREGATES = {"": "each head", "mean": "mean of heads", "max": "max of heads"}
 DEFAULT_WINDOW = {"head": 48, "model": 24, "neuron": 64}
 _HELP = {
@@ -77,7 +73,7 @@ def attention_page(analysis: Analysis) -> None:
     st.caption(_caption(run, view))
     selectable = view != "neuron"
     st.plotly_chart(
-        figure, key=CHART, width="content", height=int(figure.layout.height),
+        figure, key=CHART, width="content", height=int(figure.layout.height), theme=None,
         on_select=_on_click if selectable else "ignore", selection_mode="points",
         config={"displaylogo": False, "scrollZoom": False},
     )  # fmt: skip
@@ -118,7 +114,7 @@ def _controls(run: Run) -> str:
     top = st.columns([2, 3, 2, 3])
     view = top[0].radio("View", list(VIEWS), key=VIEW, format_func=VIEWS.get, horizontal=True)
     top[1].radio(
-        "Weighting", list(WEIGHTING_NAMES), key=WEIGHT, format_func=WEIGHTING_NAMES.get, horizontal=True,
+        "Weighting", list(WEIGHTINGS), key=WEIGHT, format_func=WEIGHTINGS.get, horizontal=True,
         disabled=view == "neuron", help=" ".join(_HELP.values()),
     )  # fmt: skip
     top[2].selectbox("Layer", range(info.n_layers), key=LAYER, disabled=view == "model")
@@ -213,7 +209,7 @@ def _caption(run: Run, view: str) -> str:
         return ("Per source token: its key (after rotary embeddings; the key head serving this query head "
                 "under grouped-query attention), the product with the query, the scaled score and the softmax. "
                 "Hover a cell for its value.")  # fmt: skip
-    shade = "1 = full strength" if state[WEIGHT] == "attention" else "shade relative to the strongest shown"
+    shade = "1 = full strength" if state[WEIGHT] == "attention" else "full strength from the 99th percentile shown"
     text = f"{_HELP[state[WEIGHT]]} ({shade}.)"
     if view == "head":
         focus = state.get(FOCUS)
