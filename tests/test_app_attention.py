@@ -145,3 +145,18 @@ def test_settings_that_no_longer_fit_a_shorter_prompt_are_put_back_in_range(app)
     assert run.prompt == "One, two"
     assert app.session_state[page.WINDOW] <= run.n_tokens and app.session_state[page.SPLIT] == 0
     assert shown_figure(app)
+
+
+def test_the_explorers_edge_panel_opens_its_head_here(app):
+    run = active_run(app)
+    set_value(app, page.LAYER, run.n_layers - 1)
+    next(b for b in app.button if b.label.startswith("Open L")).click().run()  # to the Explorer, on an edge
+    goto(app, "explorer")  # AppTest follows st.switch_page for one run only; stay on the Explorer
+    edge = app.session_state[keys.SELECTED]
+    app.selectbox(key=keys.HEAD).set_value(1).run()
+    next(b for b in app.button if b.label.startswith("Open L") and "Attention page" in b.label).click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    layer, position = run.n_layers - 1, int(edge.split("_")[-1])
+    assert title(shown_figure(app)) == f"Layer {layer}: attention weight"
+    assert app.session_state[page.HEADS] == [1] and app.session_state[page.FOCUS] == position
+    assert legend_names(shown_figure(app)) == ["head 1"]

@@ -40,6 +40,7 @@ AGGREGATE = "attention_aggregate"
 SPLIT = "attention_split"
 PART = "attention_part"
 FOCUS = "attention_focus"  # head view: the query token whose lines alone are drawn (or None)
+PENDING_TOKEN = "attention_pending_token"  # a token another page asked for, set before the slider draws
 CHART = "attention_chart"
 _MEMO = "attention_memo"  # the last figure and table built in this session, with their inputs
 
@@ -63,6 +64,8 @@ def attention_page(analysis: Analysis) -> None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
     _init_state(run)
+    if st.session_state.get(PENDING_TOKEN) is not None:
+        st.session_state[keys.TARGET] = st.session_state.pop(PENDING_TOKEN) % run.n_tokens
     view = _controls(run)
     try:
         with st.spinner(_working_message(view)):
@@ -221,6 +224,15 @@ def _caption(run: Run, view: str) -> str:
 
 
 # --- clicks, Explorer, exports -----------------------------------------------------------------
+
+
+def open_head(layer: int, head: int, token: int) -> None:
+    """Show one head in the head view with `token`'s lines, e.g. from the Explorer's edge panel.
+    Call it from a page body (a button returning True), not from a widget callback."""
+    state = st.session_state
+    state[VIEW], state[LAYER], state[HEAD], state[HEADS], state[AGGREGATE] = "head", layer, head, [head], ""
+    state[FOCUS] = state[PENDING_TOKEN] = token
+    st.switch_page(frame.PAGES["attention"])
 
 
 def _on_click() -> None:
