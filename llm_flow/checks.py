@@ -21,3 +21,39 @@ def check_prompt_text(prompt: object) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("the prompt is empty: type some text to analyse")
     return prompt
+
+
+#: Attention-view settings (see llm_flow.views.attention), here so they are checked before torch loads.
+ATTENTION_WEIGHTINGS = ("attention", "norm", "alti")
+HEAD_AGGREGATIONS = ("mean", "max")
+# Sentence pairs (BertViz's sentence A / B): which query segment -> which source segment to keep.
+# A causal model never lets A attend to B, so "A->B" is always empty; it is offered for symmetry.
+PAIR_PARTS = ("all", "A->A", "B->A", "B->B", "A->B")
+
+
+def check_weighting(weighting: object) -> str:
+    if weighting not in ATTENTION_WEIGHTINGS:
+        raise ArgumentError(f"unknown weighting {weighting!r}: use one of {', '.join(ATTENTION_WEIGHTINGS)}")
+    return str(weighting)
+
+
+def check_aggregation(aggregate: object) -> str | None:
+    """None (heads one by one), "mean" or "max"."""
+    if aggregate is not None and aggregate not in HEAD_AGGREGATIONS:
+        raise ArgumentError(f"unknown head aggregation {aggregate!r}: use {' or '.join(HEAD_AGGREGATIONS)}")
+    return aggregate
+
+
+def check_pair_part(part: object, split: int | None) -> str:
+    if part not in PAIR_PARTS:
+        raise ArgumentError(f"unknown sentence-pair part {part!r}: use one of {', '.join(PAIR_PARTS)}")
+    if part != "all" and split is None:
+        raise ArgumentError(f"part {part!r} needs a split point (the first token of sentence B)")
+    return str(part)
+
+
+def check_count(value: int | None, what: str) -> int | None:
+    """A count that may be left out (None) but, when given, is at least 1: top-k, window size."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ArgumentError(f"{what} must be at least 1, got {value!r}")
+    return value

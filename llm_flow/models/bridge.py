@@ -131,7 +131,7 @@ class BridgeLlm(TransparentLlm):
         device = next(self._bridge.parameters()).device
         tokens = torch.tensor(ids, dtype=torch.long, device=device)
         store: dict[str, object] = {}
-        with self._lock, torch.inference_mode(), self._no_kept_patterns():
+        with self._lock, torch.inference_mode(), self.no_kept_patterns():
             logits = self._bridge.run_with_hooks(
                 tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
             )
@@ -158,10 +158,11 @@ class BridgeLlm(TransparentLlm):
         return [(name, storing(name)) for name in self._hook_names()]
 
     @contextmanager
-    def _no_kept_patterns(self) -> Iterator[None]:
+    def no_kept_patterns(self) -> Iterator[None]:
         """Drop the full [1, H, T, T] pattern some TransformerLens attention bridges keep on the
         module (``_pattern``) as soon as that module returns: we keep the packed copy, and L of
-        them would otherwise pile up during the pass (9.7 GB for GPT-2 small at T = 4096)."""
+        them would otherwise pile up during the pass (9.7 GB for GPT-2 small at T = 4096).
+        Wrap any other hooked pass over the bridge in it too."""
 
         def drop(module: torch.nn.Module, args, output) -> None:
             if getattr(module, "_pattern", None) is not None:

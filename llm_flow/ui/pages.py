@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from llm_flow.ui import frame
+from llm_flow.ui.attention import attention_page
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
 
@@ -14,5 +15,7 @@ def pages() -> dict[str, st.Page]:
     return {
         "explorer": st.Page(lambda: explorer_page(frame.current()), title="Explorer",
                             icon=":material/account_tree:", url_path="explorer", default=True),
+        "attention": st.Page(lambda: attention_page(frame.current()), title="Attention",
+                             icon=":material/visibility:", url_path="attention"),
         "guide": st.Page(guide_page, title="Guide", icon=":material/menu_book:", url_path="guide"),
     }  # fmt: skip

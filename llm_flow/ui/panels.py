@@ -10,6 +10,7 @@ import streamlit as st
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
 from llm_flow.ui import keys
+from llm_flow.ui.attention import open_head
 from llm_flow.ui.frame import active_run
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
@@ -150,6 +151,9 @@ def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     if st.session_state.get(keys.HEAD) not in ranked:
         st.session_state[keys.HEAD] = ranked[0]
     head = st.selectbox("Head", ranked, key=keys.HEAD, format_func=lambda h: f"H{h} ({shares[ranked.index(h)].contribution:.3f})")
+    if st.button(f"Open L{layer} H{head} on the Attention page", icon=":material/visibility:",
+                 key="explorer_attention_button"):  # fmt: skip
+        open_head(layer, head, position)
     tokens = [f"{i}:{display_token(t)}" for i, t in enumerate(run.str_tokens)]
     left, right = st.columns(2)
     with left:

@@ -1,0 +1,254 @@
+"""How one attention weight is made (BertViz's neuron view), on every model llm-flow loads.
+
+For layer ``l``, head ``h`` and query ``i``: the query vector, each key vector (after rotary
+embeddings; for grouped-query attention the key head that serves ``h``), their elementwise
+product, the scaled (and, for Gemma 2, soft-capped) dot products, the mask and the softmax. The
+Run does not keep queries and keys, so one hooked forward pass up to layer ``l`` captures them;
+the result is checked against the weights the model used before anything is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llm_flow.checks import check_count
+from llm_flow.errors import ArgumentError, UnsupportedModelError
+from llm_flow.models.run import Run
+from llm_flow.views.attention import TokenWindow, check_head, check_layer
+
+# Largest difference between our softmax and the model's weights that still counts as the same
+# computation: float32 rounding, or half-precision activations re-scored in float32.
+_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+_HALF_TOLERANCE = 2e-2
+
+
+@dataclass(frozen=True, eq=False)
+class QueryKeys:
+    """Queries and keys of one layer exactly as its attention scores use them."""
+
+    layer: int
+    queries: torch.Tensor  # [T, H, d_head] float32, after rotary embeddings
+    keys: torch.Tensor  # [T, n_kv_heads, d_head] float32, after rotary embeddings
+    scale: float  # scores = scale * q.k (1/sqrt(d_head), Gemma 2: query_pre_attn_scalar^-1/2)
+    softcap: float | None  # scores = softcap * tanh(scores / softcap) (Gemma 2)
+    sliding_window: int | None  # query i sees sources j > i - sliding_window only
+    rotation: str  # how positions entered q and k, in words
+
+
+@dataclass(frozen=True)
+class NeuronView:
+    """The making of one query's attention weights through one head."""
+
+    layer: int
+    head: int
+    kv_head: int  # the key/value head serving `head` (differs under grouped-query attention)
+    query: int
+    query_token: str
+    positions: np.ndarray  # [S] source positions shown (all <= query)
+    tokens: tuple[str, ...]  # [S]
+    query_vector: np.ndarray  # [d_head]
+    keys: np.ndarray  # [S, d_head]
+    products: np.ndarray  # [S, d_head] q ⊙ k, whose sum over d_head is the dot product
+    dots: np.ndarray  # [S] q . k
+    scores: np.ndarray  # [S] scaled, soft-capped dot products; -inf where masked
+    probabilities: np.ndarray  # [S] softmax over every allowed source of the query
+    model_weights: np.ndarray  # [S] the weights the model used (from the Run)
+    scale: float
+    softcap: float | None
+    sliding_window: int | None
+    rotation: str
+    max_error: float  # max |softmax - model's weights| over all sources 0..query
+    hidden_weight: float  # softmax weight of the sources not shown (window, top-k)
+
+
+_MEMO: "weakref.WeakKeyDictionary[Run, dict[int, QueryKeys]]" = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
+
+
+def query_keys(run: Run, layer: int) -> QueryKeys:
+    """Queries and keys of `layer` from one hooked pass that stops after that layer. The pass
+    computes every earlier layer anyway, so all of them are remembered with the Run: other heads,
+    queries and lower layers then cost nothing (memory: T x (H + n_kv) x d_head floats a layer)."""
+    layer = check_layer(run, layer)
+    with _MEMO_LOCK:
+        known = _MEMO.get(run, {}).get(layer)
+    if known is not None:
+        return known
+    captured = _capture(run, layer)
+    with _MEMO_LOCK:
+        _MEMO.setdefault(run, {}).update(captured)
+    return captured[layer]
+
+
+def neuron_view(
+    run: Run,
+    layer: int,
+    head: int,
+    query: int,
+    window: TokenWindow | None = None,
+    top_k: int | None = None,
+) -> NeuronView:
+    """Query, keys, products, scores and softmax of one head for one query token.
+
+    The softmax runs over all of the query's sources; `window` and `top_k` (strongest sources by
+    weight) only choose which of them are shown. Raises `UnsupportedModelError` when the
+    recomputed weights differ from the model's (an attention variant llm-flow does not model).
+    """
+    layer, head, query = check_layer(run, layer), check_head(run, head), run.position(query)
+    check_count(top_k, "top-k")
+    qk = query_keys(run, layer)
+    n_heads, n_kv = qk.queries.shape[1], qk.keys.shape[1]
+    kv_head = head // (n_heads // n_kv)
+    q = qk.queries[query, head]  # [d_head]
+    keys = qk.keys[: query + 1, kv_head]  # [S, d_head]
+    products = keys * q
+    dots = products.sum(-1)
+    scores = dots * qk.scale
+    if qk.softcap is not None:
+        scores = qk.softcap * torch.tanh(scores / qk.softcap)
+    sources = torch.arange(query + 1)
+    if qk.sliding_window is not None:
+        scores = scores.masked_fill(sources <= query - qk.sliding_window, float("-inf"))
+    probabilities = torch.softmax(scores, -1)
+    model_weights = run.layer(layer).pattern.row(query)[head].float().cpu()
+    max_error = float((probabilities - model_weights).abs().max())
+    _check_reproduced(run, layer, max_error)
+    shown = _shown_sources(query, probabilities, window, top_k)
+    return NeuronView(
+        layer=layer,
+        head=head,
+        kv_head=kv_head,
+        query=query,
+        query_token=run.str_tokens[query],
+        positions=shown.numpy(),
+        tokens=tuple(run.str_tokens[p] for p in shown.tolist()),
+        query_vector=q.numpy(),
+        keys=keys[shown].numpy(),
+        products=products[shown].numpy(),
+        dots=dots[shown].numpy(),
+        scores=scores[shown].numpy(),
+        probabilities=probabilities[shown].numpy(),
+        model_weights=model_weights[shown].numpy(),
+        scale=qk.scale,
+        softcap=qk.softcap,
+        sliding_window=qk.sliding_window,
+        rotation=qk.rotation,
+        max_error=max_error,
+        hidden_weight=float(1.0 - probabilities[shown].sum()),
+    )
+
+
+def _shown_sources(
+    query: int, probabilities: torch.Tensor, window: TokenWindow | None, top_k: int | None
+) -> torch.Tensor:
+    """Source positions to show, ascending: the window's sources up to the query, then top-k."""
+    start, stop = (0, query + 1) if window is None else (window.start, min(window.stop, query + 1))
+    if start >= stop:
+        raise ArgumentError(
+            f"the window {window.start}..{window.stop - 1} has no source for query {query}: "
+            "a query only attends to itself and earlier tokens"
+        )
+    shown = torch.arange(start, stop)
+    if top_k is not None and top_k < len(shown):
+        shown = shown[probabilities[shown].topk(top_k).indices].sort().values
+    return shown
+
+
+def _check_reproduced(run: Run, layer: int, max_error: float) -> None:
+    dtype = run.layer(layer).resid_pre.dtype
+    tolerance = _TOLERANCE.get(dtype, _HALF_TOLERANCE)
+    if not max_error <= tolerance:
+        raise UnsupportedModelError(
+            f"the neuron view cannot reproduce layer {layer}'s attention weights of "
+            f"{run.model.info.architecture} (largest difference {max_error:.2g}): its attention "
+            "computes scores in a way llm-flow does not model; head and model views still work"
+        )
+
+
+def _capture(run: Run, last: int) -> dict[int, QueryKeys]:
+    """One forward pass over the shared bridge, stopped after layer `last`, keeping q and k of
+    layers 0..last."""
+    model = run.model
+    bridge = model.bridge
+    store: dict[tuple[int, str], torch.Tensor] = {}
+
+    def keep(layer: int, short: str):
+        def hook(tensor: torch.Tensor, hook) -> None:
+            store[(layer, short)] = tensor[0].detach().float().cpu()
+
+        return hook
+
+    hooks = [
+        (f"blocks.{layer}.attn.hook_{short}", keep(layer, short))
+        for layer in range(last + 1)
+        for short in ("q", "k", "rot_q", "rot_k", "cos", "sin")
+        if f"blocks.{layer}.attn.hook_{short}" in bridge.hook_dict
+    ]
+    with model.lock, torch.inference_mode(), model.no_kept_patterns():
+        bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, stop_at_layer=last + 1)
+    captured = {}
+    for layer in range(last + 1):
+        queries, keys, rotation = _rotated({short: t for (l, short), t in store.items() if l == layer})
+        hf_attn = bridge.blocks[layer].attn.original_component
+        softcap = getattr(hf_attn, "attn_logit_softcapping", None)
+        window = getattr(hf_attn, "sliding_window", None)
+        captured[layer] = QueryKeys(
+            layer=layer,
+            queries=queries,
+            keys=keys,
+            scale=float(getattr(hf_attn, "scaling", None) or queries.shape[-1] ** -0.5),
+            softcap=float(softcap) if softcap else None,
+            sliding_window=int(window) if window else None,
+            rotation=rotation,
+        )
+    return captured
+
+
+def _rotated(store: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Post-rotary q [T, H, d] and k [T, n_kv, d]: from the rotary hooks when the model's
+    attention fires them, else by the rotate-half rule with the model's own cos/sin (GPT-NeoX's
+    fused attention in TransformerLens fires ``hook_cos``/``hook_sin`` but not ``hook_rot_q``)."""
+    if "rot_q" in store and "rot_k" in store:
+        return _heads(store["rot_q"]), _heads(store["rot_k"]), "rotary, as the model applied it"
+    q, k = _heads(store["q"]), _heads(store["k"])
+    if "cos" not in store:
+        return q, k, "none (positions enter through the embeddings)"
+    cos, sin = store["cos"][:, None, :], store["sin"][:, None, :]  # [T, 1, rotary_dim]
+    rotary_dim = cos.shape[-1]
+    return (
+        _rotate(q, cos, sin, rotary_dim),
+        _rotate(k, cos, sin, rotary_dim),
+        f"rotary on {rotary_dim} of {q.shape[-1]} dimensions, with the model's cos/sin",
+    )
+
+
+def _heads(tensor: torch.Tensor) -> torch.Tensor:
+    """The hooks fire per position and head, [T, heads, d_head]; refuse anything else."""
+    if tensor.dim() != 3:
+        raise UnsupportedModelError(f"unexpected query/key layout {tuple(tensor.shape)} from TransformerLens")
+    return tensor
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + rotated_half * sin, rest), dim=-1)
+
+
+def neuron_table(view: NeuronView) -> pd.DataFrame:
+    """One row per shown source: its dot product, score, softmax weight and the model's weight."""
+    return pd.DataFrame({
+        "source": view.positions,
+        "token": list(view.tokens),
+        "dot": view.dots,
+        "score": view.scores,
+        "softmax": view.probabilities,
+        "model_weight": view.model_weights,
+    })  # fmt: skip
