@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llm_flow.routes.graph import node_id
+from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
 from llm_flow.views.tokens import display_token
@@ -102,12 +102,12 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
                         "residual norm", f"rank of {display_token(result.target)} under the logit lens (0 = top)"],
     )  # fmt: skip
     attention_nodes = [
-        node_id("I" if result.parallel else "A", r.layer, position) for r in layers
+        str(NodeId("I" if result.parallel else "A", r.layer, position)) for r in layers
     ]  # parallel blocks have no node of their own for attention
     parts = [
         ("residual carried in", [r.residual for r in layers], [r.node for r in layers], _COLORS["residual"]),
         ("attention", [r.attention for r in layers], attention_nodes, _COLORS["attention"]),
-        ("FFN", [r.ffn for r in layers], [node_id("M", r.layer, position) for r in layers], _COLORS["ffn"]),
+        ("FFN", [r.ffn for r in layers], [str(NodeId("M", r.layer, position)) for r in layers], _COLORS["ffn"]),
     ]
     for name, values, nodes, color in parts:
         fig.add_trace(
@@ -153,7 +153,7 @@ def heads_figure(result: Anatomy) -> go.Figure:
     layers = result.layers
     n_heads = len(layers[0].heads)
     z = [[r.heads[h] for r in layers] for h in range(n_heads)]  # [H, L]
-    nodes = [[node_id("I" if result.parallel else "A", r.layer, result.position) for r in layers]] * n_heads
+    nodes = [[str(NodeId("I" if result.parallel else "A", r.layer, result.position)) for r in layers]] * n_heads
     fig = go.Figure(
         go.Heatmap(
             z=z, x=[f"L{r.layer}" for r in layers], y=[f"H{h}" for h in range(n_heads)], customdata=nodes,

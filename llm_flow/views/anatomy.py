@@ -24,7 +24,7 @@ import torch
 from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows, ffn_contributions
-from llm_flow.routes.graph import node_id
+from llm_flow.routes.nodes import NodeId
 from llm_flow.views.tokens import ranks
 
 
@@ -81,7 +81,7 @@ def anatomy(run: Run, position: int = -1, target_id: int | None = None, normaliz
         rows.append(
             LayerAnatomy(
                 layer=layer,
-                node=node_id("X", -1, position) if layer < 0 else node_id("I", layer, position),
+                node=str(NodeId("X", -1, position) if layer < 0 else NodeId("I", layer, position)),
                 norm=norms[k],
                 attention=shares[0],
                 ffn=shares[1],

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from llm_flow.errors import ArgumentError, PromptError
-from llm_flow.models.base import TransparentLlm, check_prompt_text
+from llm_flow.checks import check_prompt_text
+from llm_flow.models.base import TransparentLlm
 from llm_flow.models.run import Run
 from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
 
@@ -91,9 +92,10 @@ def _room(model: TransparentLlm, n_tokens: int) -> int:
     """How many tokens may still be generated after `n_tokens` so the text can be analysed."""
     limit, reason = token_limit(model)
     if n_tokens >= limit:
+        where = "at" if n_tokens == limit else "over"
         raise PromptError(
-            f"the text is {n_tokens} tokens long, at {reason} of {limit} tokens: nothing more can be "
-            "generated and analysed; shorten the prompt"
+            f"the text is {n_tokens} tokens long, {where} {reason} of {limit} tokens: nothing more can "
+            "be generated and analysed; shorten the prompt"
         )
     return limit - n_tokens
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_flow.checks import check_sampling, check_seed
 from llm_flow.errors import ArgumentError
 
 #: Tokens any filter must keep (transformers uses 1 outside beam search).
@@ -31,12 +32,7 @@ class SamplingSettings:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ArgumentError(f"temperature must be a number >= 0, 0 meaning greedy (got {self.temperature})")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ArgumentError(f"top-k must be a whole number >= 0, 0 meaning off (got {self.top_k})")
-        if not (isinstance(self.top_p, (int, float)) and 0.0 <= self.top_p <= 1.0):
-            raise ArgumentError(f"top-p must be between 0 and 1, 1 meaning off (got {self.top_p})")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
     @property
     def greedy(self) -> bool:
@@ -118,11 +114,9 @@ def _top_p_cut(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A random source for sampling on the logits' device; ``seed=None`` draws a fresh seed."""
     generator = torch.Generator(device=device)
-    if seed is None:
+    if check_seed(seed) is None:
         generator.seed()
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ArgumentError(f"the seed must be a whole number >= 0 (got {seed})")
         generator.manual_seed(seed)
     return generator
 
