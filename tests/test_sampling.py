@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from llm_flow.errors import ArgumentError
+from llm_flow.figures.playground import sampling_figure
 from llm_flow.views.sampling import SamplingSettings, choose, sampling_stages, seeded_generator
 
 VOCAB = 500
@@ -158,3 +159,20 @@ def test_bad_seed_and_shape_are_refused():
         seeded_generator(-3)
     with pytest.raises(ArgumentError, match="one position"):
         sampling_stages(torch.zeros(2, 5), SamplingSettings())
+
+
+def test_stage_figure_greys_what_each_filter_cut():
+    logits = random_logits(2)
+    stages = sampling_stages(logits, SamplingSettings(temperature=1.5, top_k=6, top_p=0.5))
+    figure = sampling_figure(stages, lambda ids: [f"t{i}" for i in ids], n=12, chosen=int(logits.argmax()))
+    shown = torch.topk(logits, 12).indices.tolist()
+    _, tempered, top_k, top_p = figure.data
+    assert list(top_k.customdata) == shown
+    assert [c == "#d9d9d9" for c in top_k.marker.color] == stages.cut_by_top_k[shown].tolist()
+    expected_words = ["–" if k else "cut" if p else None for k, p in
+                      zip(stages.cut_by_top_k[shown].tolist(), stages.cut_by_top_p[shown].tolist())]  # fmt: skip
+    assert [w if w in ("–", "cut") else None for w in top_p.text] == expected_words
+    kept = [i for i in shown if stages.kept[i]]
+    assert [x for x, i in zip(top_p.x, shown) if stages.kept[i]] == pytest.approx(stages.probs[kept].tolist())
+    assert list(tempered.x) == pytest.approx(torch.softmax(logits / 1.5, -1)[shown].tolist(), rel=1e-5)
+    assert top_p.marker.line.width[0] > 0 and not any(top_p.marker.line.width[1:])  # the chosen token

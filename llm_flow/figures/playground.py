@@ -7,6 +7,7 @@ click can open that node in the Explorer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import plotly.graph_objects as go
@@ -38,7 +39,7 @@ def sampling_figure(
     after top-p (the distribution drawn from). A filtered panel shows the tokens it cut in grey,
     at the probability they had before the cut; `chosen` is outlined in red."""
     ids = shown_tokens(stages, n, chosen)
-    labels = [f"{display_token(t)} " for t in decode_tokens(ids)]
+    labels = _unique_labels([display_token(t) for t in decode_tokens(ids)], ids)
     settings = stages.settings
     tempered = torch.softmax(stages.scaled, -1)
     after_k = torch.softmax(stages.after_top_k, -1)
@@ -55,6 +56,7 @@ def sampling_figure(
         no_cut = torch.zeros_like(stages.cut_by_top_k)
         panels = [(tempered, no_cut, tempered), (after_k, stages.cut_by_top_k, tempered),
                   (stages.probs, stages.cut_by_top_p, after_k)]  # fmt: skip
+    gone = torch.zeros_like(stages.kept)  # cut by an earlier panel: shown empty, marked "–"
     fig = make_subplots(rows=1, cols=4, shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.03)
     outline = [2.5 if i == chosen else 0 for i in ids]
     line = dict(width=outline, color=_CHOSEN)
@@ -67,9 +69,10 @@ def sampling_figure(
         row=1, col=1,
     )  # fmt: skip
     for col, (probs, cut, before) in enumerate(panels, start=2):
-        cut_ids = cut[ids].tolist()
+        cut_ids, gone_ids = cut[ids].tolist(), gone[ids].tolist()
         values = [float(before[i]) if c else float(probs[i]) for i, c in zip(ids, cut_ids)]
-        words = ["cut" if c else f"{v:.1%}" for v, c in zip(values, cut_ids)]
+        words = ["–" if g else "cut" if c else f"{v:.1%}" for v, c, g in zip(values, cut_ids, gone_ids)]
+        gone = gone | cut
         fig.add_trace(
             go.Bar(
                 x=values, y=labels, orientation="h", showlegend=False, text=words, textposition="outside",
@@ -79,13 +82,19 @@ def sampling_figure(
             ),
             row=1, col=col,
         )  # fmt: skip
-        fig.update_xaxes(range=[0, 1.25 * max(max(values), 1e-6)], tickformat=".0%", row=1, col=col)
+        fig.update_xaxes(range=[0, 1.25 * max(max(values), 1e-6)], tickformat=".0%", nticks=4, row=1, col=col)
     fig.update_yaxes(autorange="reversed", tickfont=dict(family="monospace", size=12))
     fig.update_layout(
         height=max(260, 60 + 22 * len(ids)), margin=dict(l=10, r=10, t=40, b=10),
         plot_bgcolor="white", bargap=0.25, font=dict(size=12),
     )  # fmt: skip
     return fig
+
+
+def _unique_labels(labels: list[str], ids: list[int]) -> list[str]:
+    """Axis labels, one per bar: tokens that read the same (stray bytes show as �) get their id."""
+    seen = {label: labels.count(label) for label in labels}
+    return [f"{label} #{i} " if seen[label] > 1 else f"{label} " for label, i in zip(labels, ids)]
 
 
 def anatomy_figure(result: Anatomy) -> go.Figure:
@@ -98,8 +107,8 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lx = x[1:]
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.2, 0.35],
-        subplot_titles=["what the residual after each layer is made of (click: open the block)",
-                        "residual norm", f"rank of {display_token(result.target)} under the logit lens (0 = top)"],
+        subplot_titles=["what makes up the residual after each layer (click: open the block)",
+                        "residual norm", f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
     )  # fmt: skip
     attention_nodes = [
         str(NodeId("I" if result.parallel else "A", r.layer, position)) for r in layers
@@ -129,7 +138,7 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=x, y=[r.target_rank + 1 for r in rows], mode="lines+markers+text", name="lens",
-            text=[display_token(r.lens_token) for r in rows], textposition="top center",
+            text=_changes([display_token(r.lens_token) for r in rows]), textposition="top center",
             textfont=dict(size=10, family="monospace"), customdata=nodes, line=dict(color=_COLORS["attention"]),
             hovertext=[f"{r.node}: rank {r.target_rank}, p {r.target_probability:.2%}<br>lens top: {t}"
                        for r, t in zip(rows, lens)],
@@ -137,14 +146,21 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
         ),
         row=3, col=1,
     )  # fmt: skip
+    fig.update_xaxes(categoryorder="array", categoryarray=x)  # "emb" first on every panel
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
-    fig.update_yaxes(type="log", autorange="reversed", title_text="rank + 1", row=3, col=1)
+    deepest = math.log10(max(r.target_rank for r in rows) + 1)
+    fig.update_yaxes(type="log", range=[deepest + 0.3, -0.5], title_text="rank + 1", row=3, col=1)  # rank 0 on top
     fig.update_layout(
-        barmode="stack", height=560, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
-        clickmode="event+select", legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0),
+        barmode="stack", height=600, margin=dict(l=10, r=10, t=40, b=50), plot_bgcolor="white",
+        clickmode="event+select", legend=dict(orientation="h", yanchor="top", y=-0.06, x=0),
         font=dict(size=12),
     )  # fmt: skip
     return fig
+
+
+def _changes(labels: list[str]) -> list[str]:
+    """Each label only where it differs from the one before: the lens's top token as it changes."""
+    return [label if k == 0 or label != labels[k - 1] else "" for k, label in enumerate(labels)]
 
 
 def heads_figure(result: Anatomy) -> go.Figure:

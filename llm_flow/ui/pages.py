@@ -7,6 +7,7 @@ import streamlit as st
 from llm_flow.ui import frame
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
+from llm_flow.ui.playground import playground_page
 
 
 def pages() -> dict[str, st.Page]:
@@ -14,5 +15,7 @@ def pages() -> dict[str, st.Page]:
     return {
         "explorer": st.Page(lambda: explorer_page(frame.current()), title="Explorer",
                             icon=":material/account_tree:", url_path="explorer", default=True),
+        "playground": st.Page(lambda: playground_page(frame.current()), title="Playground",
+                              icon=":material/casino:", url_path="playground"),
         "guide": st.Page(guide_page, title="Guide", icon=":material/menu_book:", url_path="guide"),
     }  # fmt: skip

@@ -25,7 +25,6 @@ from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows, ffn_contributions
 from llm_flow.routes.nodes import NodeId
-from llm_flow.views.tokens import ranks
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ def anatomy(run: Run, position: int = -1, target_id: int | None = None, normaliz
     lens = model.unembed(states, normalize=normalize)  # [L + 1, V]
     probs = torch.softmax(lens, -1)
     top = lens.argmax(-1).tolist()
+    target_ranks = (lens > lens[:, target_id, None]).sum(-1).tolist()  # [L + 1]; ties share the better rank
     top_tokens = model.decode_tokens(top)
     norms = states.norm(dim=-1).tolist()
     rows = []
@@ -90,7 +90,7 @@ def anatomy(run: Run, position: int = -1, target_id: int | None = None, normaliz
                 lens_token=top_tokens[k],
                 lens_token_id=top[k],
                 lens_probability=float(probs[k, top[k]]),
-                target_rank=ranks(lens[k], [target_id])[0],
+                target_rank=target_ranks[k],
                 target_probability=float(probs[k, target_id]),
             )
         )
