@@ -57,3 +57,23 @@ def check_count(value: int | None, what: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ArgumentError(f"{what} must be at least 1, got {value!r}")
     return value
+
+
+def check_sampling(temperature: object, top_k: object, top_p: object) -> tuple[float, int, float]:
+    """Sampling settings: temperature >= 0 (0 is greedy), top-k >= 0 (0 is off), top-p in [0, 1]
+    (1 is off)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ArgumentError(f"temperature must be a number >= 0, 0 meaning greedy (got {temperature!r})")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ArgumentError(f"top-k must be a whole number >= 0, 0 meaning off (got {top_k!r})")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
+        raise ArgumentError(f"top-p must be a number between 0 and 1, 1 meaning off (got {top_p!r})")
+    return float(temperature), top_k, float(top_p)
+
+
+def check_seed(seed: object) -> int | None:
+    """A random seed: a whole number >= 0, or None for a fresh one."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ArgumentError(f"the seed must be a whole number >= 0 (got {seed!r})")
+    return seed

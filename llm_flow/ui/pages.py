@@ -8,6 +8,7 @@ from llm_flow.ui import frame
 from llm_flow.ui.attention import attention_page
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
+from llm_flow.ui.playground import playground_page
 
 
 def pages() -> dict[str, st.Page]:
@@ -17,5 +18,7 @@ def pages() -> dict[str, st.Page]:
                             icon=":material/account_tree:", url_path="explorer", default=True),
         "attention": st.Page(lambda: attention_page(frame.current()), title="Attention",
                              icon=":material/visibility:", url_path="attention"),
+        "playground": st.Page(lambda: playground_page(frame.current()), title="Playground",
+                              icon=":material/casino:", url_path="playground"),
         "guide": st.Page(guide_page, title="Guide", icon=":material/menu_book:", url_path="guide"),
     }  # fmt: skip

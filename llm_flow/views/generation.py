@@ -1,0 +1,223 @@
+"""Generating text one token at a time, keeping what each token was drawn from.
+
+Two paths give the same tokens: `step` samples from a `Run`'s last logits (no forward pass: the
+page already has that Run), and `generate` runs the plain `transformers` model with a KV cache for
+N tokens at once. The result is a `Generation`: the prompt's token ids, every generated token with
+its probabilities, and the text they decode to, which becomes the next prompt to analyse.
+
+Text and ids do not always round-trip: the analysis of the new text tokenises it again, and a
+tokenizer may merge or split the generated pieces differently (``" Par" + "is"`` → ``" Paris"``,
+or a multi-byte character cut in half). `predicting_positions` says, for each generated token,
+which position of a re-analysed Run predicted it, and None where the ids no longer agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from llm_flow.errors import ArgumentError, PromptError
+from llm_flow.checks import check_prompt_text
+from llm_flow.models.base import TransparentLlm
+from llm_flow.models.run import Run
+from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
+
+#: Why generation stopped.
+STOP_EOS = "eos"  # the model produced an end-of-sequence token
+STOP_LIMIT = "limit"  # the text reached the longest prompt the model may analyse
+STOP_COUNT = "count"  # the requested number of tokens was generated
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    token_id: int
+    token: str  # the id decoded on its own
+    position: int  # where it sits in the generated ids; position - 1 predicted it
+    probability: float  # in the distribution it was drawn from (after temperature, top-k, top-p)
+    model_probability: float  # softmax of the raw logits: the model's own belief
+    rank: int  # 0-based rank in the raw logits (0: the model's top choice)
+    eos: bool = False  # an end-of-sequence token: ends generation, not part of the text
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A prompt and the tokens generated after it."""
+
+    prompt: str
+    prompt_ids: tuple[int, ...]  # as the model encodes the prompt (BOS included if it uses one)
+    tokens: tuple[GeneratedToken, ...] = ()
+    continuation: str = ""  # what the generated tokens (EOS excluded) decode to after the prompt
+    stop: str | None = None  # STOP_* of the last generation call
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """Prompt and generated ids, EOS included, as `transformers.generate` returns them."""
+        return self.prompt_ids + tuple(t.token_id for t in self.tokens)
+
+    @property
+    def text(self) -> str:
+        """The prompt followed by the generated text: the next prompt to analyse."""
+        return self.prompt + self.continuation
+
+    @property
+    def ended(self) -> bool:
+        """True once an EOS token was generated: nothing more can follow."""
+        return any(t.eos for t in self.tokens)
+
+
+def start(model: TransparentLlm, prompt: str) -> Generation:
+    """A generation with nothing generated yet, refusing prompts already at the length limit."""
+    ids = tuple(model.encode(check_prompt_text(prompt)))
+    _room(model, len(ids))
+    return Generation(prompt, ids)
+
+
+def from_run(run: Run) -> Generation:
+    """A generation continuing the analysed prompt, with the ids the Run was made from."""
+    _room(run.model, run.n_tokens)
+    return Generation(run.prompt, tuple(run.tokens.tolist()))
+
+
+def token_limit(model: TransparentLlm) -> tuple[int, str]:
+    """The longest prompt `model.run` accepts, and which limit it is."""
+    limits = [(model.info.n_ctx, "the model's context length")]
+    if model.max_prompt_tokens is not None:
+        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
+    return min(limits)
+
+
+def _room(model: TransparentLlm, n_tokens: int) -> int:
+    """How many tokens may still be generated after `n_tokens` so the text can be analysed."""
+    limit, reason = token_limit(model)
+    if n_tokens >= limit:
+        where = "at" if n_tokens == limit else "over"
+        raise PromptError(
+            f"the text is {n_tokens} tokens long, {where} {reason} of {limit} tokens: nothing more can "
+            "be generated and analysed; shorten the prompt"
+        )
+    return limit - n_tokens
+
+
+def eos_ids(model: TransparentLlm) -> frozenset[int]:
+    """End-of-sequence ids: the tokenizer's and the generation config's (which may list several)."""
+    ids = {model.tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return frozenset(i for i in ids if i is not None)
+
+
+def step(
+    run: Run, settings: SamplingSettings, generator: torch.Generator | None = None
+) -> tuple[SamplingStages, Generation]:
+    """One token drawn from the Run's last logits: no forward pass."""
+    generation = from_run(run)
+    stages = sampling_stages(run.logits[-1], settings)
+    token_id = choose(stages, generator)
+    return stages, _append(run.model, generation, [(token_id, stages)], stop=None)
+
+
+def generate(
+    model: TransparentLlm,
+    prompt: str | Generation,
+    max_new_tokens: int,
+    settings: SamplingSettings = SamplingSettings(),
+    generator: torch.Generator | None = None,
+    on_token: Callable[[GeneratedToken], None] | None = None,
+) -> Generation:
+    """Up to `max_new_tokens` tokens with the plain `transformers` model and its KV cache.
+
+    Stops after an EOS token or when the text would grow past the longest prompt the model may
+    analyse (`Generation.stop` says which). `on_token` sees each token as it is chosen (progress).
+    Greedy decoding equals ``generate(do_sample=False)``; seeded sampling equals
+    ``generate(do_sample=True)`` after ``torch.manual_seed`` with the same seed.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ArgumentError(f"the number of tokens to generate must be at least 1 (got {max_new_tokens})")
+    generation = start(model, prompt) if isinstance(prompt, str) else prompt
+    if generation.ended:
+        raise PromptError("the text already ends with an end-of-sequence token: undo it or change the prompt")
+    room = _room(model, len(generation.ids))
+    count = min(max_new_tokens, room)
+    stops = eos_ids(model)
+    hf_model = model.hf_model
+    device = next(hf_model.parameters()).device
+    chosen: list[tuple[int, SamplingStages]] = []
+    with model.lock, torch.inference_mode():
+        inputs = torch.tensor([generation.ids], dtype=torch.long, device=device)  # [1, T]
+        cache = None
+        for _ in range(count):
+            out = hf_model(input_ids=inputs, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            stages = sampling_stages(out.logits[0, -1], settings)
+            token_id = choose(stages, generator)
+            chosen.append((token_id, stages))
+            if on_token is not None:
+                on_token(_token(model, token_id, len(generation.ids) + len(chosen) - 1, stages, stops))
+            if token_id in stops:
+                break
+            inputs = torch.tensor([[token_id]], dtype=torch.long, device=device)  # [1, 1]
+    if chosen[-1][0] in stops:
+        stop = STOP_EOS
+    else:
+        stop = STOP_COUNT if count == max_new_tokens else STOP_LIMIT
+    return _append(model, generation, chosen, stop)
+
+
+def _token(
+    model: TransparentLlm, token_id: int, position: int, stages: SamplingStages, stops: frozenset[int]
+) -> GeneratedToken:
+    logits = stages.logits
+    return GeneratedToken(
+        token_id=token_id,
+        token=model.decode_tokens([token_id])[0],
+        position=position,
+        probability=float(stages.probs[token_id]),
+        model_probability=float(stages.model_probs[token_id]),
+        rank=int((logits > logits[token_id]).sum()),
+        eos=token_id in stops,
+    )
+
+
+def _append(
+    model: TransparentLlm, generation: Generation, chosen: list[tuple[int, SamplingStages]], stop: str | None
+) -> Generation:
+    stops = eos_ids(model)
+    start_position = len(generation.ids)
+    new = tuple(_token(model, t, start_position + k, s, stops) for k, (t, s) in enumerate(chosen))
+    tokens = generation.tokens + new
+    return replace(generation, tokens=tokens, continuation=_continuation(model, generation.prompt_ids, tokens), stop=stop)
+
+
+def _continuation(model: TransparentLlm, prompt_ids: tuple[int, ...], tokens: tuple[GeneratedToken, ...]) -> str:
+    """The text the generated ids add to the prompt's text.
+
+    Decoding the whole sequence and removing the decoded prompt keeps what decoding a piece on
+    its own would lose (SentencePiece drops a leading space of the first piece)."""
+    generated = [t.token_id for t in tokens if not t.eos]
+    if not generated:
+        return ""
+    decode = lambda ids: model.tokenizer.decode(  # noqa: E731
+        list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    return decode(list(prompt_ids) + generated)[len(decode(prompt_ids)) :]
+
+
+def predicting_positions(run: Run, generation: Generation) -> list[int | None]:
+    """For each generated token, the position of `run` whose prediction it was, or None.
+
+    Position ``p - 1`` of the Run predicted the token at ``p`` when the Run's ids up to ``p - 1``
+    are the generation's (the same context); after a re-tokenisation changed them, None."""
+    run_ids = run.tokens.tolist()
+    ids = generation.ids
+    agree = 0
+    while agree < min(len(run_ids), len(ids)) and run_ids[agree] == ids[agree]:
+        agree += 1
+    return [t.position - 1 if t.position <= agree else None for t in generation.tokens]
+
+
+def round_trips(model: TransparentLlm, generation: Generation) -> bool:
+    """True when the generated text, tokenised again, gives back the generated ids (EOS aside)."""
+    analysable = generation.prompt_ids + tuple(t.token_id for t in generation.tokens if not t.eos)
+    return tuple(model.encode(generation.text)) == analysable

@@ -1,0 +1,131 @@
+"""The next-token sampling pipeline, every stage kept: logits → ÷ temperature → top-k → top-p → softmax.
+
+The numbers are those of `transformers`' sampling (``generate(do_sample=True)``): the same
+warpers in the same order, with the same rules for when each one is skipped (temperature 1,
+``top_k`` 0, ``top_p`` 1.0), the same tie handling (top-k keeps every token tied with the k-th;
+top-p sorts ascending and cuts the tail whose cumulative probability is ``<= 1 - top_p``), at
+least one token always kept, float32 throughout. Temperature 0 means greedy decoding, which in
+`transformers` is ``do_sample=False``: the argmax of the raw logits, no warper applied.
+Keeping every stage lets a page grey out exactly the tokens each filter removed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.checks import check_sampling, check_seed
+from llm_flow.errors import ArgumentError
+
+#: Tokens any filter must keep (transformers uses 1 outside beam search).
+MIN_TOKENS_TO_KEEP = 1
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What the sliders set. ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` are off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingStages:
+    """One position's next-token distribution at every stage of the pipeline (all [vocab], float32).
+
+    A filtered stage holds ``-inf`` for the tokens cut so far. ``cut_by_top_k`` / ``cut_by_top_p``
+    mark the tokens that filter removed (top-p's mask leaves out what top-k already cut);
+    ``cut_by_greedy`` marks everything but the argmax at temperature 0.
+    """
+
+    settings: SamplingSettings
+    logits: torch.Tensor  # [V] the model's raw logits
+    scaled: torch.Tensor  # [V] logits / temperature (the raw logits when greedy)
+    after_top_k: torch.Tensor  # [V]
+    after_top_p: torch.Tensor  # [V]
+    probs: torch.Tensor  # [V] softmax of after_top_p; one-hot on the argmax when greedy
+    cut_by_greedy: torch.Tensor  # [V] bool
+    cut_by_top_k: torch.Tensor  # [V] bool
+    cut_by_top_p: torch.Tensor  # [V] bool
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """[V] bool: the tokens that can still be drawn."""
+        return ~(self.cut_by_greedy | self.cut_by_top_k | self.cut_by_top_p)
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+    @property
+    def model_probs(self) -> torch.Tensor:
+        """[V] softmax of the raw logits: the model's own distribution, before any setting."""
+        return torch.softmax(self.logits, -1)
+
+
+def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> SamplingStages:
+    """Run one position's logits [vocab] through the pipeline, keeping every stage."""
+    if logits.dim() != 1:
+        raise ArgumentError(f"expected the logits of one position, shape [vocab] (got {tuple(logits.shape)})")
+    raw = logits.detach().float()[None]  # [1, V]: the batch shape the warpers work on
+    none = torch.zeros_like(raw, dtype=torch.bool)
+    if settings.greedy:
+        best = torch.argmax(raw, -1, keepdim=True)  # [1, 1]; the first index among ties, as generate
+        cut = torch.ones_like(none).scatter_(-1, best, False)
+        probs = torch.zeros_like(raw).scatter_(-1, best, 1.0)
+        return SamplingStages(settings, raw[0], raw[0], raw[0], raw[0], probs[0], cut[0], none[0], none[0])
+    scaled = raw / settings.temperature if settings.temperature != 1.0 else raw
+    cut_k = _top_k_cut(scaled, settings.top_k) if settings.top_k != 0 else none
+    after_k = scaled.masked_fill(cut_k, -math.inf)
+    cut_p = _top_p_cut(after_k, settings.top_p) if settings.top_p < 1.0 else none
+    after_p = after_k.masked_fill(cut_p, -math.inf)
+    probs = torch.softmax(after_p, -1)
+    return SamplingStages(
+        settings, raw[0], scaled[0], after_k[0], after_p[0], probs[0], none[0], cut_k[0], (cut_p & ~cut_k)[0]
+    )
+
+
+def _top_k_cut(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[1, V] bool: below the k-th highest score (tokens tied with it stay)."""
+    k = min(max(top_k, MIN_TOKENS_TO_KEEP), scores.shape[-1])
+    kth = torch.topk(scores, k)[0][..., -1, None]
+    return scores < kth
+
+
+def _top_p_cut(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[1, V] bool: the least likely tokens whose probabilities add up to at most ``1 - top_p``."""
+    ascending, order = torch.sort(scores, descending=False)
+    cumulative = ascending.softmax(-1).cumsum(-1)
+    cut_sorted = cumulative <= (1 - top_p)
+    cut_sorted[..., -MIN_TOKENS_TO_KEEP:] = False
+    return cut_sorted.scatter(-1, order, cut_sorted)
+
+
+def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A random source for sampling on the logits' device; ``seed=None`` draws a fresh seed."""
+    generator = torch.Generator(device=device)
+    if check_seed(seed) is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def choose(stages: SamplingStages, generator: torch.Generator | None = None) -> int:
+    """The next token: the argmax when greedy, else one draw from the final distribution.
+
+    With a generator seeded like ``torch.manual_seed(s)``, the draws are those ``generate`` makes
+    after ``torch.manual_seed(s)`` (one ``multinomial`` per token)."""
+    if stages.settings.greedy:
+        return int(torch.argmax(stages.logits))
+    return int(torch.multinomial(stages.probs[None], num_samples=1, generator=generator)[0, 0])

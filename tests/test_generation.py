@@ -1,0 +1,172 @@
+"""Generation against plain `transformers` `generate`, on models loaded without llm-flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import llm_flow
+from llm_flow.errors import ArgumentError, PromptError
+from llm_flow.views.generation import (
+    STOP_COUNT,
+    STOP_EOS,
+    STOP_LIMIT,
+    GeneratedToken,
+    Generation,
+    generate,
+    predicting_positions,
+    round_trips,
+    start,
+    step,
+)
+from llm_flow.views.sampling import SamplingSettings, sampling_stages, seeded_generator
+from tests.tiny_models import FAMILIES
+
+PROMPT = "The capital of France is"
+
+
+def plain_model(folder) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+
+
+def plain_generate(model, ids, n, **kwargs) -> list[int]:
+    inputs = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=n, **kwargs)
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_equals_transformers_generate(tiny_models, tiny_folders, family):
+    model = tiny_models(family)
+    generation = generate(model, PROMPT, 12, SamplingSettings(temperature=0))
+    expected = plain_generate(plain_model(tiny_folders[family]), model.encode(PROMPT), 12, do_sample=False)
+    assert [t.token_id for t in generation.tokens] == expected
+    assert generation.prompt_ids == tuple(model.encode(PROMPT))
+    assert all(t.probability == 1.0 for t in generation.tokens)
+    assert all(t.rank == 0 for t in generation.tokens)  # greedy: always the model's top token
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_seeded_sampling_equals_transformers_generate_with_the_same_seed(tiny_models, tiny_folders, family):
+    model = tiny_models(family)
+    settings = dict(temperature=1.4, top_k=40, top_p=0.9)
+    ours = generate(model, PROMPT, 10, SamplingSettings(**settings), seeded_generator(5))
+    torch.manual_seed(5)
+    expected = plain_generate(plain_model(tiny_folders[family]), model.encode(PROMPT), 10, do_sample=True, **settings)
+    assert [t.token_id for t in ours.tokens] == expected
+    again = generate(model, PROMPT, 10, SamplingSettings(**settings), seeded_generator(5))
+    assert again.tokens == ours.tokens
+    other = generate(model, PROMPT, 10, SamplingSettings(**settings), seeded_generator(6))
+    assert other.tokens != ours.tokens
+
+
+def test_probabilities_of_generated_tokens(tiny_models):
+    """Each token's probabilities are those of the full forward pass over the text before it."""
+    model = tiny_models("qwen2")
+    settings = SamplingSettings(temperature=0.8, top_k=20)
+    generation = generate(model, PROMPT, 4, settings, seeded_generator(1))
+    with torch.no_grad():
+        logits = model.hf_model(torch.tensor([generation.ids])).logits[0].float()  # [T, V]
+    for token in generation.tokens:
+        row = logits[token.position - 1]
+        assert token.model_probability == pytest.approx(float(torch.softmax(row, -1)[token.token_id]), abs=1e-5)
+        assert token.rank == int((row > row[token.token_id]).sum())
+        assert token.probability == pytest.approx(float(sampling_stages(row, settings).probs[token.token_id]), abs=1e-5)
+        assert token.token == model.decode_tokens([token.token_id])[0]
+
+
+def test_a_step_draws_from_the_runs_last_logits(tiny_models):
+    model = tiny_models("llama")
+    settings = SamplingSettings(temperature=1.2, top_p=0.95)
+    run = model.run(PROMPT)
+    stages, generation = step(run, settings, seeded_generator(3))
+    assert torch.equal(stages.logits, run.logits[-1])
+    assert generation.prompt_ids == tuple(run.tokens.tolist()) and generation.stop is None
+    assert generation.tokens == generate(model, PROMPT, 1, settings, seeded_generator(3)).tokens
+
+
+def test_stepping_through_runs_equals_generating_at_once(smollm2):
+    """`step` draws from each new Run's last logits; with one generator it repeats `generate`.
+
+    A real tokenizer: the random tiny models emit stray bytes whose text does not tokenise back."""
+    settings = SamplingSettings(temperature=0.8, top_k=50, top_p=0.95)
+    at_once = generate(smollm2, PROMPT, 3, settings, seeded_generator(3))
+    assert round_trips(smollm2, at_once), at_once.text
+    generator = seeded_generator(3)
+    run = smollm2.run(PROMPT)
+    stepped = []
+    for _ in range(3):
+        _, generation = step(run, settings, generator)
+        stepped.append(generation.tokens[-1].token_id)
+        run = smollm2.run(generation.text)
+    assert stepped == [t.token_id for t in at_once.tokens]
+    assert run.tokens.tolist() == list(at_once.ids)
+    assert predicting_positions(run, at_once) == [t.position - 1 for t in at_once.tokens]
+
+
+def test_generation_stops_at_eos(tiny_folders):
+    model = llm_flow.load_model(str(tiny_folders["gpt2"]))
+    greedy = [t.token_id for t in generate(model, PROMPT, 6, SamplingSettings(temperature=0)).tokens]
+    stop_token = greedy[2]  # declare the third greedy token an end-of-sequence token
+    model.hf_model.generation_config.eos_token_id = [1, stop_token]
+    generation = generate(model, PROMPT, 6, SamplingSettings(temperature=0))
+    assert [t.token_id for t in generation.tokens] == greedy[:3]
+    assert generation.stop == STOP_EOS and generation.ended and generation.tokens[-1].eos
+    # The EOS token is reported but is not part of the text to analyse.
+    without_eos = generate(model, PROMPT, 2, SamplingSettings(temperature=0))
+    assert generation.text == without_eos.text
+    plain = plain_model(tiny_folders["gpt2"])
+    plain.generation_config.eos_token_id = [1, stop_token]
+    assert plain_generate(plain, model.encode(PROMPT), 6, do_sample=False) == greedy[:3]
+    with pytest.raises(PromptError, match="end-of-sequence"):
+        generate(model, generation, 2, SamplingSettings(temperature=0))
+
+
+def test_generation_respects_the_prompt_length_limit(tiny_folders):
+    model = llm_flow.load_model(str(tiny_folders["llama"]))
+    n_prompt = len(model.encode(PROMPT))
+    model.max_prompt_tokens = n_prompt + 3
+    generation = generate(model, PROMPT, 10, SamplingSettings(temperature=0))
+    assert len(generation.tokens) == 3 and generation.stop == STOP_LIMIT
+    assert generate(model, PROMPT, 2, SamplingSettings(temperature=0)).stop == STOP_COUNT
+    model.max_prompt_tokens = n_prompt
+    with pytest.raises(PromptError, match=rf"{n_prompt} tokens long.*limits.max_prompt_tokens"):
+        generate(model, PROMPT, 1)
+    with pytest.raises(PromptError, match="shorten"):
+        step(model.run(PROMPT), SamplingSettings())
+    with pytest.raises(ArgumentError, match="at least 1"):
+        generate(model, "Hello", 0)
+    with pytest.raises(PromptError, match="empty"):
+        start(model, "  ")
+
+
+def test_continuing_a_generation(tiny_models):
+    model = tiny_models("gpt_neox")
+    greedy = SamplingSettings(temperature=0)
+    first = generate(model, PROMPT, 3, greedy)
+    continued = generate(model, first, 4, greedy)
+    assert continued.tokens[:3] == first.tokens
+    assert continued.ids == generate(model, PROMPT, 7, greedy).ids
+    assert [t.position for t in continued.tokens] == list(range(len(first.prompt_ids), len(continued.ids)))
+
+
+def test_a_retokenised_text_disowns_the_positions_after_the_change(tiny_models):
+    """Generated pieces the tokenizer merges when it reads the text again are not explained by
+    positions of the re-analysed Run."""
+    model = tiny_models("llama")
+    prompt_ids = tuple(model.encode(PROMPT))
+    merged = model.encode(" capital")[1:]  # [bos, ...] -> ["Ġcap", "ital"]
+    pieces = model.tokenizer.convert_tokens_to_ids(["Ġ", "c", "a", "p", "ital"])
+    assert model.tokenizer.decode(pieces) == " capital" and len(merged) < len(pieces)
+    tokens = tuple(
+        GeneratedToken(t, model.decode_tokens([t])[0], len(prompt_ids) + k, 1.0, 0.1, 3)
+        for k, t in enumerate(pieces)
+    )
+    generation = Generation(PROMPT, prompt_ids, tokens, continuation=" capital")
+    assert not round_trips(model, generation)
+    run = model.run(generation.text)
+    assert run.tokens.tolist() == [*prompt_ids, *merged]
+    # The first piece was predicted by the last prompt token (same context); the others were not.
+    assert predicting_positions(run, generation) == [len(prompt_ids) - 1, None, None, None, None]
