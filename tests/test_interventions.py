@@ -22,7 +22,7 @@ from tests.conftest import PROMPT
 from tests.hf_interventions import HfModel
 from tests.tiny_models import FAMILIES
 
-ATOL = 5e-5  # float32 TransformerLens pass against the float64 HF one (seen: up to 1e-5)
+ATOL = 1e-4  # float32 TransformerLens pass vs float64 HF, logits up to ~10 (seen: up to 6.5e-5)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,7 @@ def test_route_part_sets(runs, family):
     graph = llm_flow.build_graph(run, threshold=0.04)
     nodes = route_nodes(run, graph)
     removed, only = kept_parts(run, nodes, "zero"), dropped_parts(run, nodes, "zero")
+    assert kept_parts(run, nodes, "zero", residual=False).n_parts == removed.n_parts - sum(n.residual for n in nodes)
     heads = run.model.info.n_heads
     total = sum(
         ((n.position + 1) * heads if n.attention else 0) + 1 + (n.node == "I") for n in nodes

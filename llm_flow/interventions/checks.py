@@ -3,8 +3,14 @@
 * *route only*: at every ``A``/``I`` node the route reaches, keep only the parts that are route
   edges. Baseline: the same nodes keep the same number of parts of each kind, the attention
   parts chosen at random among each node's (source, head) pairs.
-* *route removed*: remove exactly the route's parts. Baseline: the same number of parts of each
-  kind (attention, residual, FFN) in each layer, chosen at random among all of that layer's.
+* *route removed*: remove the route's attention and FFN parts, keep the residual stream.
+  Baseline: the same number of attention parts and of FFN parts in each layer, chosen at random
+  among all of that layer's.
+
+Why route removed keeps the route's residual edges: the route's last node ``I{L-1}_target`` (and
+on short prompts every ``I`` node of a layer) keeps both its parts, the residual and the FFN;
+removing both zeroes that state, so the prediction would vanish for any route by construction
+and the check would say nothing about what the route's blocks carried.
 
 Each is one forward pass (two per random draw); the unmodified outcome comes from the run.
 """
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import networkx as nx
 import pandas as pd
@@ -23,7 +29,9 @@ from llm_flow.interventions.forward import Outcome, ablated_logits, outcome
 from llm_flow.interventions.parts import FfnMode, check_ffn_mode
 from llm_flow.interventions.route import dropped_parts, edge_nodes, kept_parts, random_like, route_nodes
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import build_graph, check_threshold
+from llm_flow.checks import check_threshold
+from llm_flow.routes.graph import build_graph
+from llm_flow.routes.nodes import NodeId
 
 THRESHOLDS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
 MAX_DRAWS = 1000
@@ -37,7 +45,7 @@ class RouteCheck:
     token_id: int  # the token whose probability is reported (default: the model's top one)
     token: str
     threshold: float
-    n_route_parts: int  # parts the route's edges carry
+    n_route_parts: int  # attention and FFN parts of the route (what route removed removes)
     n_dropped_parts: int  # parts route-only removes
     seed: int
     unmodified: Outcome
@@ -66,6 +74,16 @@ class RouteCheck:
         rows.append(_row("route removed", self.route_removed, percentile=self.removed_percentile))
         rows.append(_random_row("random removed (median)", self.random_removed))
         return pd.DataFrame(rows)
+
+    def draws_table(self) -> pd.DataFrame:
+        """Every pass: one row per condition and draw (draw is empty for the route's own)."""
+        fixed = [("unmodified", self.unmodified), ("route only", self.route_only), ("route removed", self.route_removed)]
+        rows = [{"condition": c, "draw": None, **asdict(o)} for c, o in fixed]
+        for condition, draws in (("random only", self.random_only), ("random removed", self.random_removed)):
+            rows += [{"condition": condition, "draw": k, **asdict(o)} for k, o in enumerate(draws)]
+        frame = pd.DataFrame(rows)
+        frame["draw"] = frame["draw"].astype("Int64")
+        return frame.assign(token=self.token, position=self.position, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -97,7 +115,7 @@ def check_route(
     position = graph.graph["target"]
     token = _token(run, position, token)
     rng = random.Random(seed)
-    removed = kept_parts(run, nodes, ffn_mode)
+    removed = kept_parts(run, nodes, ffn_mode, residual=False)
     only = dropped_parts(run, nodes, ffn_mode)
 
     def fate(ablation) -> Outcome:
@@ -132,8 +150,8 @@ def check_edge(
     token = _token(run, position, token)
     nodes = edge_nodes(run, graph, source, dest)
     if not nodes:  # A -> M (input -> M for parallel blocks) carries the flow of M -> I
-        ffn = graph.nodes[dest]
-        nodes = edge_nodes(run, graph, dest, f"I{ffn['layer']}_{ffn['position']}")
+        ffn = NodeId.parse(dest)
+        nodes = edge_nodes(run, graph, dest, str(NodeId("I", ffn.layer, ffn.position)))
     removal = kept_parts(run, nodes, ffn_mode)
     return EdgeRemoval(
         source=source,
@@ -168,7 +186,7 @@ def threshold_curve(
             "threshold": threshold,
             "nodes": route.number_of_nodes(),
             "edges": route.number_of_edges(),
-            "parts": kept_parts(run, nodes, ffn_mode).n_parts,
+            "parts": kept_parts(run, nodes, ffn_mode, residual=False).n_parts,
             "probability": fate.probability,
             "logit": fate.logit,
             "rank": fate.rank,

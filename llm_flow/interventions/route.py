@@ -23,6 +23,7 @@ import torch
 from llm_flow.errors import ArgumentError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, n_heads
 from llm_flow.models.run import Run
+from llm_flow.routes.nodes import NodeId
 
 
 @dataclass
@@ -71,13 +72,7 @@ def check_graph(run: Run, graph: nx.DiGraph) -> None:
 def route_nodes(run: Run, graph: nx.DiGraph) -> list[NodeParts]:
     """Every ``A``/``I`` node of the route with the parts its incoming edges carry."""
     check_graph(run, graph)
-    nodes: dict[str, NodeParts] = {}
-    for name, data in graph.nodes(data=True):
-        if data["kind"] in ("resid_mid", "resid_post"):
-            letter = "A" if data["kind"] == "resid_mid" else "I"
-            nodes[name] = NodeParts(
-                data["layer"], data["position"], letter, attention=letter == "A" or run.parallel
-            )
+    nodes = {name: _node(run, name) for name in graph.nodes if NodeId.parse(name).kind in ("A", "I")}
     for source, dest, data in graph.edges(data=True):
         if dest not in nodes:  # edges into M carry the same flow as M -> I
             continue
@@ -90,13 +85,16 @@ def edge_nodes(run: Run, graph: nx.DiGraph, source: str, dest: str) -> list[Node
     check_graph(run, graph)
     if not graph.has_edge(source, dest):
         raise ArgumentError(f"the route has no edge {source} -> {dest}")
-    data = graph.nodes[dest]
-    if data["kind"] == "ffn":
+    if NodeId.parse(dest).kind == "M":
         return []
-    letter = "A" if data["kind"] == "resid_mid" else "I"
-    node = NodeParts(data["layer"], data["position"], letter, attention=letter == "A" or run.parallel)
+    node = _node(run, dest)
     _add_edge(node, graph.nodes[source], graph.edges[source, dest]["kind"])
     return [node]
+
+
+def _node(run: Run, name: str) -> NodeParts:
+    node = NodeId.parse(name)
+    return NodeParts(node.layer, node.position, node.kind, attention=node.kind == "A" or run.parallel)
 
 
 def _add_edge(node: NodeParts, source: dict, kind: str) -> None:
@@ -109,15 +107,16 @@ def _add_edge(node: NodeParts, source: dict, kind: str) -> None:
         node.ffn = True
 
 
-def kept_parts(run: Run, nodes: list[NodeParts], ffn_mode: FfnMode) -> Ablation:
-    """Remove exactly the parts the nodes keep (route removed; one edge removed)."""
+def kept_parts(run: Run, nodes: list[NodeParts], ffn_mode: FfnMode, residual: bool = True) -> Ablation:
+    """Remove exactly the parts the nodes keep (one edge removed); without their residual parts
+    (`residual=False`, route removed) only what attention and the FFNs added."""
     heads = n_heads(run)
     layers: dict[int, _Removal] = {}
     for node in nodes:
         removal = layers.setdefault(node.layer, _Removal())
         if node.sources:
             removal.attention.append(_rows(node.position, torch.tensor(sorted(node.sources)), heads))
-        if node.residual:
+        if node.residual and residual:
             removal.residual(node, run.parallel).add(node.position)
         if node.ffn:
             removal.ffn.add(node.position)
