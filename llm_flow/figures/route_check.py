@@ -1,7 +1,14 @@
 """Figures of a route check: the target token's probability per condition with the random draws
-as points, and the route-only probability as the threshold varies."""
+as points, and the route-only probability as the threshold varies.
+
+Probabilities after an ablation span many orders of magnitude (0.8 unmodified, 1e-9 after a
+random removal), so both figures use a logarithmic probability axis.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -31,7 +38,9 @@ def route_check_figure(check: RouteCheck) -> go.Figure:
         height=280, margin=dict(l=10, r=10, t=30, b=10), bargap=0.35,
         title=dict(text=f"p({check.token!r}) at token {check.position}; {len(check.random_only)} random draws",
                    font_size=13),
-        yaxis=dict(title="probability", range=[0, 1.02]), xaxis=dict(categoryorder="array", categoryarray=conditions),
+        yaxis=_log_axis([o.probability for o in (check.unmodified, check.route_only, check.route_removed,
+                                                  *check.random_only, *check.random_removed)]),
+        xaxis=dict(categoryorder="array", categoryarray=conditions),
     )  # fmt: skip
     return fig
 
@@ -51,6 +60,13 @@ def threshold_curve_figure(curve: pd.DataFrame, unmodified: float | None = None)
     fig.update_layout(
         height=280, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
         title=dict(text="Route only, as the threshold varies", font_size=13),
-        xaxis_title="contribution threshold", yaxis=dict(title="probability", range=[0, 1.02]),
+        xaxis_title="contribution threshold", yaxis=_log_axis([*curve["probability"], unmodified or 1.0]),
     )  # fmt: skip
     return fig
+
+
+def _log_axis(probabilities: Iterable[float]) -> dict:
+    """A log axis from a decade below the smallest probability (at least 1e-30) up to 1."""
+    smallest = max(min(probabilities), 1e-30)
+    return dict(title="probability (log scale)", type="log", range=[math.floor(math.log10(smallest)) - 0.5, 0.05],
+                exponentformat="power")  # fmt: skip

@@ -17,7 +17,9 @@ Each is one forward pass (two per random draw); the unmodified outcome comes fro
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -209,15 +211,14 @@ def _token(run: Run, position: int, token: int | None) -> int:
     return token
 
 
-def _row(condition: str, fate: Outcome, percentile: float | None = None) -> dict:
+def _row(condition: str, fate: Outcome, percentile: float = math.nan) -> dict:
     return {"condition": condition, "probability": fate.probability, "logit": fate.logit, "rank": fate.rank,
-            "percentile": percentile, "low": None, "high": None}  # fmt: skip
+            "percentile": percentile, "low": math.nan, "high": math.nan}  # fmt: skip
 
 
 def _random_row(condition: str, draws: tuple[Outcome, ...]) -> dict:
-    """Median over draws, with the lowest and highest probability seen."""
-    probs = sorted(o.probability for o in draws)
-    median = pd.Series([o.logit for o in draws]).median()
-    ranks = pd.Series([o.rank for o in draws]).median()
-    return {"condition": condition, "probability": float(pd.Series(probs).median()), "logit": float(median),
-            "rank": float(ranks), "percentile": None, "low": probs[0], "high": probs[-1]}  # fmt: skip
+    """Medians over the draws, with the lowest and highest probability seen."""
+    probs = [o.probability for o in draws]
+    return {"condition": condition, "probability": statistics.median(probs),
+            "logit": statistics.median(o.logit for o in draws), "rank": statistics.median(o.rank for o in draws),
+            "percentile": math.nan, "low": min(probs), "high": max(probs)}  # fmt: skip
