@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from llm_flow.checks import check_threshold
 from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.cli.route_check import add_check_arguments, check_check_arguments, print_check
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
 from llm_flow.wording import plural
@@ -33,6 +34,7 @@ def register(commands) -> None:
     parser.add_argument("--png", type=Path, help="write the route figure as PNG (needs Chromium)")
     parser.add_argument("--compact", action="store_true", help="in figures, only the token columns the route reaches")
     parser.add_argument("--top", type=int, default=5, help="how many predictions, heads and FFNs to list")
+    add_check_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for path in (args.out, *figures.values()):
         if path is not None:
             check_writable(path)
+    check_check_arguments(args)
     prompt = prompt_or_default(args.prompt, config)
     from llm_flow.routes.graph import build_graph
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     run_ = model.run(prompt)
     graph = build_graph(run_, args.target, args.threshold, args.renormalize)
     _print_summary(run_, graph, args)
+    if args.check:
+        print_check(run_, graph, args)
     if args.out is not None:
         _write_json(graph, args.out)
         print(f"\nGraph written to {args.out} (node-link JSON).")

@@ -18,6 +18,7 @@ from llm_flow.ui import keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
+from llm_flow.ui.route_check import route_check_panel
 from llm_flow.views.tokens import display_token
 
 _GRAPH_MEMO = "explorer_graph_memo"  # the last graph built in this session, with its inputs
@@ -63,6 +64,7 @@ def explorer_page(analysis: Analysis) -> None:
             height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
         )  # fmt: skip
         _exports(run, graph)
+        route_check_panel(graph)
     with panel_column:
         predictions_panel(target)
         st.selectbox(

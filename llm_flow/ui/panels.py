@@ -12,6 +12,7 @@ from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
 from llm_flow.ui import keys
 from llm_flow.ui.attention import open_head
 from llm_flow.ui.frame import active_run
+from llm_flow.ui.route_check import edge_removal_panel
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons
@@ -133,6 +134,7 @@ def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     data = graph.edges[edge.pair]
     st.subheader(f"{edge.source} → {edge.target}")
     st.caption(edge_weight_text(data, graph.graph["renormalize"]))
+    edge_removal_panel(run, graph, edge)
     if data["kind"] == "residual":
         _residual_panel(run, edge.target)
         return

@@ -1,0 +1,145 @@
+"""Re-run a prompt with parts removed, through TransformerLens hooks on the model's bridge.
+
+What "remove" means (and what the tests check against plain `transformers`):
+
+* Every removal subtracts a vector from what a block adds to the residual stream at one
+  position: attention parts and the residual part of ``A{l}_i`` from the attention output
+  (``hook_attn_out``), the FFN part and the residual part of ``I{l}_i`` from the FFN output
+  (``hook_mlp_out``). Whatever reads that residual afterwards (the FFN of the same layer, later
+  layers' queries, keys and values, the final norm) is recomputed.
+* Removed vectors are computed *in the ablated pass itself*, from its own attention pattern,
+  values and residual states: once an earlier removal has changed a later layer's input, that
+  layer's parts are what the changed model actually computes. Removing every attention part of
+  some layers is therefore exactly setting those attention outputs to their bias, and removing
+  the route's complement leaves each pruned node equal to the sum of its kept parts.
+* Post-norms (Gemma 2/3): the attention output enters the residual as ``g_i ⊙ o_i`` with
+  ``g_i = w / rms(o_i)``. A part is removed as ``g_i ⊙ z`` with the gain of the pass's *whole*
+  output ``o_i``, as in the contributions: the parts then still add up to what entered the
+  residual and a removal takes out exactly its share. (Normalising the remainder again would
+  scale what is left back up to the old norm and hide most of any removal.)
+* FFN parts are zeroed or replaced by the FFN's mean output over the prompt's positions in the
+  unmodified run (a fixed reference, as mean ablation usually is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.errors import ArgumentError, UnsupportedModelError
+from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
+from llm_flow.models.run import Run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The target token after one forward pass."""
+
+    probability: float
+    logit: float
+    rank: int  # 1 = the model's top prediction
+
+
+def outcome(logits: torch.Tensor, token: int) -> Outcome:
+    """`logits` [vocab] of one position."""
+    logits = logits.float()
+    value = logits[token]
+    return Outcome(
+        probability=float(torch.softmax(logits, -1)[token]),
+        logit=float(value),
+        rank=int((logits > value).sum()) + 1,
+    )
+
+
+def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
+    """Logits [T, vocab] (float32) of `run`'s prompt with `removal`'s parts taken out."""
+    if removal.n_tokens != run.n_tokens:
+        raise ArgumentError(
+            f"this ablation was made for a {removal.n_tokens}-token prompt; the run has {run.n_tokens} tokens"
+        )
+    model = run.model
+    bridge = getattr(model, "bridge", None)
+    if bridge is None:
+        raise UnsupportedModelError(f"{model.name}: interventions need a model loaded through TransformerLens")
+    hooks = []
+    for layer, layer_removal in removal.layers.items():
+        hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
+    # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
+    # modules are dropped as in `BridgeLlm.run` (they would pile up to L full [H, T, T] copies).
+    with model.lock, torch.inference_mode(), model._no_kept_patterns():
+        logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
+    return logits[0].float()
+
+
+class _LayerSurgery:
+    """The hooks of one layer: capture what the removed vectors are made of, then subtract them."""
+
+    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode) -> None:
+        self.model, self.layer, self.removal = run.model, layer, removal
+        self.parallel = run.parallel
+        self.post_norms = run.layer(layer).attn_gain is not None
+        self.seen: dict[str, torch.Tensor] = {}
+        self.ffn_mean = run.layer(layer).mlp_out.float().mean(0) if ffn_mode == "mean" else None  # [d]
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        block, r = f"blocks.{self.layer}", self.removal
+        hooks = []
+        if len(r.attention):
+            hooks += [(f"{block}.attn.hook_pattern", self._keep("pattern")), (f"{block}.attn.hook_v", self._keep("v"))]
+            if self.post_norms:
+                hooks.append((f"{block}.ln1_post.hook_scale", self._keep("scale")))
+        if r.residual_attention:
+            hooks.append((f"{block}.hook_resid_pre", self._keep("resid_pre")))
+        if r.residual_ffn:
+            hooks.append((f"{block}.hook_resid_mid", self._keep("resid_mid")))
+        if len(r.attention) or r.residual_attention:
+            hooks.append((f"{block}.hook_attn_out", self._attention_out))
+        if r.ffn or r.residual_ffn:
+            hooks.append((f"{block}.hook_mlp_out", self._ffn_out))
+        return hooks
+
+    def _keep(self, name: str) -> Callable:
+        def hook(tensor: torch.Tensor, hook) -> None:
+            self.seen[name] = tensor[0]
+
+        return hook
+
+    def _attention_out(self, out: torch.Tensor, hook) -> torch.Tensor:
+        out = out.clone()  # [1, T, d]
+        if len(self.removal.attention):
+            rows, removed = self._removed_heads()
+            out[0, rows] -= removed.to(out.dtype)
+        if self.removal.residual_attention:
+            positions = sorted(self.removal.residual_attention)
+            out[0, positions] -= self.seen.pop("resid_pre")[positions]
+        return out
+
+    def _removed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of the removed parts per touched query row: (rows [r], vectors [r, d])."""
+        pattern = self.seen.pop("pattern").float()  # [H, T, T]
+        values = self.seen.pop("v").float()  # [T, n_kv, d_head]
+        index = self.removal.attention.to(pattern.device)  # [n, 3] (i, j, h)
+        rows, row_of = torch.unique(index[:, 0], return_inverse=True)
+        n_heads, n_tokens = pattern.shape[0], pattern.shape[1]
+        weights = pattern.new_zeros(len(rows), n_heads, n_tokens)  # [r, H, T]: A of removed parts only
+        weights[row_of, index[:, 2], index[:, 1]] = pattern[index[:, 2], index[:, 0], index[:, 1]]
+        values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, d_head]
+        mixed = torch.einsum("rhj,jhk->rhk", weights, values)  # [r, H, d_head]
+        w_o = self.model.attention_output_weight(self.layer).float()  # [H, d_head, d]
+        removed = torch.einsum("rhk,hkd->rd", mixed, w_o)  # [r, d]
+        if self.post_norms:
+            scale = self.seen.pop("scale")[rows]  # [r, 1], rms of the whole attention output
+            removed = removed * self.model._post_norm_gain(self.layer, "ln1_post", scale)
+        return rows, removed
+
+    def _ffn_out(self, out: torch.Tensor, hook) -> torch.Tensor:
+        out = out.clone()  # [1, T, d]
+        if self.removal.ffn:
+            positions = sorted(self.removal.ffn)
+            out[0, positions] = 0.0 if self.ffn_mean is None else self.ffn_mean.to(out)
+        if self.removal.residual_ffn:
+            positions = sorted(self.removal.residual_ffn)
+            out[0, positions] -= self.seen.pop("resid_mid")[positions]
+        return out

@@ -1,0 +1,163 @@
+"""The parts a forward pass can lose, and a validated, compact set of them (an `Ablation`).
+
+The parts are those of DESIGN.md §1, so that removing a part removes exactly what its
+contribution measured:
+
+* `AttentionPart(layer, query, source, head)`: ``z[i, j, h] = A[h, i, j] (v[j, kv(h)] + b_V) W_O[h]``
+  (times the post-norm gain on Gemma-style blocks), a part of ``A{layer}_i`` (of ``I{layer}_i``
+  for parallel blocks).
+* `ResidualPart(layer, position, node)`: the residual stream as a part of the graph node
+  ``node{layer}_position``: ``resid_pre[i]`` in ``A{l}_i``, ``resid_mid[i]`` in ``I{l}_i``
+  (parallel blocks: ``resid_pre[i]`` in ``I{l}_i``, and there is no ``A`` node).
+* `FfnPart(layer, position)`: the FFN output ``mlp_out[i]``, a part of ``I{layer}_i``.
+
+Route checks remove hundreds of thousands of attention parts at once, so an `Ablation` keeps
+them per layer as index rows, not as Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+
+from llm_flow.errors import ArgumentError
+from llm_flow.models.run import Run
+
+FfnMode = Literal["zero", "mean"]
+FFN_MODES: tuple[str, ...] = ("zero", "mean")
+
+
+class AttentionPart(NamedTuple):
+    """What head `head` moved from token `source` into the residual at token `query`."""
+
+    layer: int
+    query: int
+    source: int
+    head: int
+
+
+class ResidualPart(NamedTuple):
+    """The residual stream as a part of graph node ``A{layer}_position`` or ``I{layer}_position``."""
+
+    layer: int
+    position: int
+    node: Literal["A", "I"]
+
+
+class FfnPart(NamedTuple):
+    """The FFN block's output at `position` (graph node ``M{layer}_position``)."""
+
+    layer: int
+    position: int
+
+
+Part = AttentionPart | ResidualPart | FfnPart
+
+
+@dataclass(frozen=True, eq=False)
+class LayerRemoval:
+    """What one layer loses. Residual sets name the representation the residual is a part of."""
+
+    attention: torch.Tensor  # [n, 3] int64 rows (query i, source j, head h), unique, j <= i
+    residual_attention: frozenset[int]  # resid_pre[i] leaves A{l}_i (parallel blocks: I{l}_i)
+    residual_ffn: frozenset[int]  # resid_mid[i] leaves I{l}_i (sequential blocks only)
+    ffn: frozenset[int]  # mlp_out[i] is zeroed or mean-replaced
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.attention) + len(self.residual_attention) + len(self.residual_ffn) + len(self.ffn)
+
+
+@dataclass(frozen=True, eq=False)
+class Ablation:
+    """A set of parts to remove from one forward pass of one prompt."""
+
+    n_tokens: int
+    layers: Mapping[int, LayerRemoval]
+    ffn_mode: FfnMode = "zero"
+
+    @property
+    def n_parts(self) -> int:
+        return sum(removal.n_parts for removal in self.layers.values())
+
+
+def ablation(run: Run, parts: Iterable[Part], ffn_mode: FfnMode = "zero") -> Ablation:
+    """Validate `parts` against `run`'s model and prompt; duplicates count once."""
+    check_ffn_mode(ffn_mode)
+    attention: dict[int, list[tuple[int, int, int]]] = {}
+    sets: dict[int, tuple[set[int], set[int], set[int]]] = {}
+    for part in parts:
+        if isinstance(part, AttentionPart):
+            layer, query, source, head = _attention_part(run, part)
+            attention.setdefault(layer, []).append((query, source, head))
+        elif isinstance(part, ResidualPart):
+            layer, position, which = _residual_part(run, part)
+            sets.setdefault(layer, (set(), set(), set()))[which].add(position)
+        elif isinstance(part, FfnPart):
+            layer, position = _check_layer(run, part.layer, part), _check_position(run, part.position, part)
+            sets.setdefault(layer, (set(), set(), set()))[2].add(position)
+        else:
+            raise ArgumentError(
+                f"{part!r} is not a part: use AttentionPart(layer, query, source, head), "
+                "ResidualPart(layer, position, 'A' or 'I') or FfnPart(layer, position)"
+            )
+    layers = {}
+    for layer in sorted(set(attention) | set(sets)):
+        rows = torch.tensor(attention.get(layer, []), dtype=torch.long).reshape(-1, 3)
+        res_attn, res_ffn, ffn = sets.get(layer, (set(), set(), set()))
+        layers[layer] = LayerRemoval(torch.unique(rows, dim=0), frozenset(res_attn), frozenset(res_ffn), frozenset(ffn))
+    return Ablation(run.n_tokens, layers, ffn_mode)
+
+
+def check_ffn_mode(ffn_mode: str) -> str:
+    if ffn_mode not in FFN_MODES:
+        raise ArgumentError(f"ffn_mode must be 'zero' or 'mean' (got {ffn_mode!r})")
+    return ffn_mode
+
+
+def n_heads(run: Run) -> int:
+    return run.layer(0).pattern.n_heads
+
+
+def _attention_part(run: Run, part: AttentionPart) -> tuple[int, int, int, int]:
+    layer = _check_layer(run, part.layer, part)
+    query, source = _check_position(run, part.query, part), _check_position(run, part.source, part)
+    if source > query:
+        raise ArgumentError(f"{part}: source {source} comes after query {query}; a token only reads earlier ones")
+    heads = n_heads(run)
+    if not isinstance(part.head, int) or not 0 <= part.head < heads:
+        raise ArgumentError(f"{part}: head must be 0..{heads - 1} (got {part.head!r})")
+    return layer, query, source, part.head
+
+
+def _residual_part(run: Run, part: ResidualPart) -> tuple[int, int, int]:
+    """(layer, position, which set): 0 = residual of the attention representation, 1 = of I."""
+    layer, position = _check_layer(run, part.layer, part), _check_position(run, part.position, part)
+    if part.node not in ("A", "I"):
+        raise ArgumentError(f"{part}: node must be 'A' (after attention) or 'I' (after the layer)")
+    if run.parallel:
+        if part.node == "A":
+            raise ArgumentError(
+                f"{part}: this model has parallel attention and FFN blocks, so there is no A node; "
+                f"the residual part of I{layer}_{position} is ResidualPart({layer}, {position}, 'I')"
+            )
+        return layer, position, 0
+    return layer, position, 0 if part.node == "A" else 1
+
+
+def _check_layer(run: Run, layer: object, part: object) -> int:
+    if not isinstance(layer, int) or not 0 <= layer < run.n_layers:
+        raise ArgumentError(f"{part}: layer must be 0..{run.n_layers - 1} (got {layer!r})")
+    return layer
+
+
+def _check_position(run: Run, position: object, part: object) -> int:
+    if not isinstance(position, int) or not 0 <= position < run.n_tokens:
+        raise ArgumentError(
+            f"{part}: token positions must be 0..{run.n_tokens - 1} for this {run.n_tokens}-token prompt "
+            f"(got {position!r})"
+        )
+    return position

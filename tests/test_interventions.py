@@ -1,0 +1,318 @@
+"""Interventions on the forward pass, against plain `transformers` with forward hooks
+(tests/hf_interventions.py, float64, no TransformerLens), and route checks on their parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llm_flow
+from llm_flow.interventions import (
+    AttentionPart,
+    FfnPart,
+    ResidualPart,
+    ablated_logits,
+    ablation,
+    check_edge,
+    check_route,
+    threshold_curve,
+)
+from llm_flow.interventions.route import dropped_parts, kept_parts, random_like, route_nodes
+from tests.conftest import PROMPT
+from tests.hf_interventions import HfModel
+from tests.tiny_models import FAMILIES
+
+ATOL = 1e-4  # float32 TransformerLens pass vs float64 HF, logits up to ~10 (seen: up to 6.5e-5)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models):
+    return {family: tiny_models(family).run(PROMPT) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_folders):
+    return {family: HfModel(str(tiny_folders[family])) for family in FAMILIES}
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    diff = (actual.double() - expected).abs().max().item()
+    assert diff < ATOL, f"max logit difference {diff:.2e}"
+
+
+def _changed(actual: torch.Tensor, run) -> None:
+    """An edit whose effect is below the tolerance would make an equality test vacuous."""
+    assert (actual - run.logits).abs().max().item() > 100 * ATOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_nothing_reproduces_the_run(runs, hf, family):
+    run = runs[family]
+    logits = ablated_logits(run, ablation(run, []))
+    assert (logits - run.logits).abs().max().item() <= 1e-5
+    _close(logits, hf[family].logits(run.tokens.tolist()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_every_attention_part_leaves_the_bias(runs, hf, family):
+    """All parts of layers 0 and 2 == those attention outputs set to their bias (post-normed for
+    Gemma 2, whose bias-free attention then adds nothing)."""
+    run = runs[family]
+    heads = run.model.info.n_heads
+    T = run.n_tokens
+    parts = [AttentionPart(l, i, j, h) for l in (0, 2) for i in range(T) for j in range(i + 1) for h in range(heads)]
+    logits = ablated_logits(run, ablation(run, parts))
+
+    def bias_only(out, ctx):
+        return torch.stack([ctx.attention_bias(i) for i in range(T)]).expand_as(out)
+
+    _close(logits, hf[family].logits(run.tokens.tolist(), attention={0: bias_only, 2: bias_only}))
+    _changed(logits, run)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_one_part_subtracts_its_vector(runs, hf, family):
+    run = runs[family]
+    layer, query, source, head = 1, run.n_tokens - 1, 3, 2
+    logits = ablated_logits(run, ablation(run, [AttentionPart(layer, query, source, head)]))
+
+    def subtract(out, ctx):
+        out = out.clone()
+        out[query] -= ctx.part(query, source, head)
+        return out
+
+    _close(logits, hf[family].logits(run.tokens.tolist(), attention={layer: subtract}))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_later_parts_come_from_the_ablated_pass(runs, hf, family):
+    """Parts in two layers and several positions: the later layer's vectors are the ones the
+    ablated model computes (its values and pattern already changed by the first removal)."""
+    run = runs[family]
+    T = run.n_tokens
+    first = [(i, j, h) for i in range(2, T) for j in (0, 1, i) for h in (0, 3)]
+    second = [(T - 1, j, h) for j in range(T) for h in (1, 2)] + [(5, 4, 0)]
+    parts = [AttentionPart(0, *p) for p in first] + [AttentionPart(2, *p) for p in second]
+    logits = ablated_logits(run, ablation(run, parts))
+
+    def subtracting(triples):
+        def edit(out, ctx):
+            out = out.clone()
+            for i, j, h in triples:
+                out[i] -= ctx.part(i, j, h)
+            return out
+
+        return edit
+
+    expected = hf[family].logits(run.tokens.tolist(), attention={0: subtracting(first), 2: subtracting(second)})
+    _close(logits, expected)
+    _changed(logits, run)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_ffn_zeroed_or_mean_replaced(runs, hf, family, mode):
+    run = runs[family]
+    positions = [2, run.n_tokens - 1]
+    logits = ablated_logits(run, ablation(run, [FfnPart(1, p) for p in positions], ffn_mode=mode))
+    ids = run.tokens.tolist()
+    mean = hf[family].ffn_outputs(ids, 1).mean(0)
+
+    def replace(out, ctx):
+        out = out.clone()
+        out[positions] = 0.0 if mode == "zero" else mean
+        return out
+
+    _close(logits, hf[family].logits(ids, ffn={1: replace}))
+    _changed(logits, run)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_residual_parts(runs, hf, family):
+    """The residual part of A{l}_i (I{l}_i for parallel blocks) leaves resid_pre[i] out of that
+    node; the residual part of I{l}_i (sequential) leaves resid_mid[i] out of resid_post[i]."""
+    run = runs[family]
+    i = run.n_tokens - 2
+    if run.parallel:
+        parts, attention, ffn = [ResidualPart(1, i, "I")], {1: _minus("resid_pre", i)}, {}
+    else:
+        parts = [ResidualPart(1, i, "A"), ResidualPart(2, i, "I")]
+        attention, ffn = {1: _minus("resid_pre", i)}, {2: _minus("resid_mid", i)}
+    logits = ablated_logits(run, ablation(run, parts))
+    _close(logits, hf[family].logits(run.tokens.tolist(), attention=attention, ffn=ffn))
+    _changed(logits, run)
+
+
+def _minus(name: str, position: int):
+    def edit(out, ctx):
+        out = out.clone()
+        out[position] -= ctx.saved[name][position]
+        return out
+
+    return edit
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
+def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
+    """Route only == every A/I node of the route rebuilt, in HF, from the parts its graph edges
+    name (read here from the edges directly): kept heads of kept sources, the residual if the
+    self edge or residual edge is kept, the FFN if its edge is kept."""
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.06)
+    heads = run.model.info.n_heads
+    sources: dict[tuple[int, int], set[int]] = {}  # attention node -> kept source positions
+    residual_kept, ffn_kept = set(), set()
+    for u, v, data in graph.edges(data=True):
+        dest = graph.nodes[v]
+        key = (dest["layer"], dest["position"])
+        if dest["kind"] == "ffn":
+            continue
+        if data["kind"] == "attention":
+            sources.setdefault(key, set()).add(graph.nodes[u]["position"])
+        if data["kind"] == "residual" or (data["kind"] == "attention" and graph.nodes[u]["position"] == key[1]):
+            residual_kept.add((dest["kind"], *key))
+        if data["kind"] == "ffn":
+            ffn_kept.add(key)
+    attention_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True)
+                       if d["kind"] == ("resid_post" if run.parallel else "resid_mid")]  # fmt: skip
+    i_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True) if d["kind"] == "resid_post"]
+    attention_kind = "resid_post" if run.parallel else "resid_mid"
+
+    def attention_edit(layer):
+        def edit(out, ctx):
+            out = out.clone()
+            for lay, i in attention_nodes:
+                if lay != layer:
+                    continue
+                kept = ctx.attention_bias(i) + sum(
+                    (ctx.part(i, j, h) for j in sources.get((lay, i), ()) for h in range(heads)),
+                    torch.zeros_like(out[i]),
+                )
+                out[i] = kept - (0 if (attention_kind, lay, i) in residual_kept else ctx.saved["resid_pre"][i])
+            return out
+
+        return edit
+
+    def ffn_edit(layer):
+        def edit(out, ctx):
+            out = out.clone()
+            for lay, i in i_nodes:
+                if lay != layer:
+                    continue
+                if (lay, i) not in ffn_kept:
+                    out[i] = 0.0
+                if not run.parallel and ("resid_post", lay, i) not in residual_kept:
+                    out[i] -= ctx.saved["resid_mid"][i]
+            return out
+
+        return edit
+
+    layers = sorted({lay for lay, _ in attention_nodes} | {lay for lay, _ in i_nodes})
+    expected = hf[family].logits(
+        run.tokens.tolist(),
+        attention={lay: attention_edit(lay) for lay in layers},
+        ffn={lay: ffn_edit(lay) for lay in layers},
+    )
+    logits = ablated_logits(run, dropped_parts(run, route_nodes(run, graph), "zero"))
+    _close(logits, expected)
+    _changed(logits, run)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_route_part_sets(runs, family):
+    """Route removed and route only split the route's nodes' parts exactly; random look-alikes
+    have the same size per layer and kind."""
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    nodes = route_nodes(run, graph)
+    removed, only = kept_parts(run, nodes, "zero"), dropped_parts(run, nodes, "zero")
+    assert kept_parts(run, nodes, "zero", residual=False).n_parts == removed.n_parts - sum(n.residual for n in nodes)
+    heads = run.model.info.n_heads
+    total = sum(
+        ((n.position + 1) * heads if n.attention else 0) + 1 + (n.node == "I") for n in nodes
+    )  # attention parts + residual + FFN of each node
+    assert removed.n_parts + only.n_parts == total
+    for layer, r in removed.layers.items():
+        o = only.layers[layer]
+        kept = {tuple(x) for x in r.attention.tolist()}
+        assert not kept & {tuple(x) for x in o.attention.tolist()}
+        assert not (r.ffn & o.ffn or r.residual_attention & o.residual_attention or r.residual_ffn & o.residual_ffn)
+    import random
+
+    rng = random.Random(1)
+    look_alike = random_like(run, removed, rng)
+    for layer, r in removed.layers.items():
+        a = look_alike.layers[layer]
+        assert len(a.attention) == len(r.attention) and len(torch.unique(a.attention, dim=0)) == len(a.attention)
+        assert bool((a.attention[:, 1] <= a.attention[:, 0]).all())
+        assert (len(a.residual_attention), len(a.residual_ffn), len(a.ffn)) == (
+            len(r.residual_attention), len(r.residual_ffn), len(r.ffn))  # fmt: skip
+    random_only = dropped_parts(run, nodes, "zero", rng)
+    assert random_only.n_parts == only.n_parts
+
+
+def test_route_check_is_seeded(runs):
+    run = runs["llama"]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    first = check_route(run, graph, draws=3, seed=7)
+    assert check_route(run, graph, draws=3, seed=7) == first
+    other = check_route(run, graph, draws=3, seed=8)
+    assert other.random_removed != first.random_removed
+    assert (other.route_only, other.route_removed) == (first.route_only, first.route_removed)
+    assert first.unmodified.rank == 1 and first.token_id == int(run.logits[-1].argmax())
+    assert len(first.random_only) == 3 and 0 <= first.only_percentile <= 100
+    table = first.table()
+    assert list(table["condition"]) == [
+        "unmodified", "route only", "random only (median)", "route removed", "random removed (median)"]  # fmt: skip
+
+
+def test_edge_removal_and_curve(runs):
+    run = runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    edge = next((u, v) for u, v, d in graph.edges(data=True) if d["kind"] == "attention")
+    result = check_edge(run, graph, *edge)
+    assert result.n_parts >= run.model.info.n_heads and result.removed != result.unmodified
+    ffn_into_m = next((u, v) for u, v in graph.edges if graph.nodes[v]["kind"] == "ffn")
+    assert check_edge(run, graph, *ffn_into_m).n_parts == 1
+    curve = threshold_curve(run, graph, thresholds=(0.2, 0.01))
+    assert list(curve["threshold"]) == [0.01, 0.2]
+    assert curve["parts"].iloc[0] > curve["parts"].iloc[1]
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ([AttentionPart(3, 1, 0, 0)], "layer must be 0..2"),
+        ([AttentionPart(0, 99, 0, 0)], "token positions must be"),
+        ([AttentionPart(0, 1, 2, 0)], "comes after query"),
+        ([AttentionPart(0, 2, 1, 4)], "head must be 0..3"),
+        ([ResidualPart(0, 1, "M")], "node must be 'A'"),
+        ([FfnPart(-1, 0)], "layer must be"),
+        ([(0, 1, 0, 0)], "is not a part"),
+    ],
+)
+def test_bad_parts(runs, parts, message):
+    with pytest.raises(llm_flow.ArgumentError, match=message):
+        ablation(runs["llama"], parts)
+
+
+def test_bad_arguments(runs):
+    run, other = runs["llama"], runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    with pytest.raises(llm_flow.ArgumentError, match="no A node"):
+        ablation(runs["gpt_neox"], [ResidualPart(0, 1, "A")])
+    with pytest.raises(llm_flow.ArgumentError, match="ffn_mode"):
+        ablation(run, [], ffn_mode="half")
+    with pytest.raises(llm_flow.ArgumentError, match="draws"):
+        check_route(run, graph, draws=0)
+    with pytest.raises(llm_flow.ArgumentError, match="another prompt or model"):
+        check_route(other, graph)
+    with pytest.raises(llm_flow.ArgumentError, match="token id"):
+        check_route(run, graph, token=10**6)
+    with pytest.raises(llm_flow.ArgumentError, match="no edge"):
+        check_edge(run, graph, "X_0", "X_1")
+    with pytest.raises(llm_flow.ArgumentError, match="threshold"):
+        threshold_curve(run, graph, thresholds=(0.5, 2.0))
+    short = run.model.run("The capital")
+    with pytest.raises(llm_flow.ArgumentError, match="token prompt"):
+        ablated_logits(short, ablation(run, []))
