@@ -32,3 +32,7 @@ class PromptError(LlmFlowError, ValueError):
 
 class ArgumentError(LlmFlowError, ValueError):
     """An out-of-range argument: threshold, target position, layer, device or dtype."""
+
+
+class DatasetError(LlmFlowError, ValueError):
+    """A dataset results folder that is missing, incomplete, or made with other settings."""
