@@ -297,3 +297,94 @@ def test_ray_engine_writes_the_same_files_as_in_process(tiny_folders, tiny_model
     for name in TABLES:
         assert table(tmp_path / "ray", name).equals(table(tmp_path / "inprocess", name)), name
     assert (tmp_path / "ray" / "metadata.json").read_text() == (tmp_path / "inprocess" / "metadata.json").read_text()
+
+
+# --- reading results back: grids, differences, top prompts, figures ----------------------------
+
+
+@pytest.fixture(scope="module")
+def two_folders(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    model = tiny_models("llama")
+    analyse_dataset(PROMPTS[:2], root / "first", model, Settings("all"), progress=False)
+    analyse_dataset(PROMPTS[2:], root / "second", model, Settings("all"), progress=False)
+    return root / "first", root / "second"
+
+
+def test_grids_put_each_component_in_its_cell_and_differences_subtract(two_folders):
+    from llm_flow.dataset.results import component_grid, difference_grid, load_results
+
+    first, second = (load_results(folder) for folder in two_folders)
+    for metric in ("frequency", "mean_contribution"):
+        grid = component_grid(first, metric, "previous")
+        rows = first.components[first.components["position_class"] == "previous"]
+        for row in rows.itertuples(index=False):
+            cell = {"head": lambda r: grid.heads[r.layer, r.head], "ffn": lambda r: grid.ffn[r.layer],
+                    "residual": lambda r: grid.residual[r.layer]}[row.kind](row)  # fmt: skip
+            assert cell == getattr(row, metric)
+        delta = difference_grid(first, second, metric, "previous")
+        other = component_grid(second, metric, "previous")
+        assert (delta.heads == grid.heads - other.heads).all() and (delta.ffn == grid.ffn - other.ffn).all()
+    with pytest.raises(DatasetError, match="unknown metric"):
+        component_grid(first, "median")
+
+
+def test_difference_of_different_models_is_refused(two_folders, tmp_path):
+    import shutil
+
+    from llm_flow.dataset.results import difference_grid, load_results
+
+    other = tmp_path / "other"
+    shutil.copytree(two_folders[0], other)
+    metadata = json.loads((other / "metadata.json").read_text())
+    metadata["model"]["n_layers"] = 5
+    (other / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(DatasetError, match="different models"):
+        difference_grid(load_results(two_folders[0]), load_results(other))
+
+
+def test_top_prompts_rank_by_the_components_contribution(two_folders):
+    from llm_flow.dataset.results import load_results, top_prompts
+
+    results = load_results(two_folders[0])
+    top = top_prompts(results, "L0.H1", "all")
+    rows = results.prompt_components.query("component == 'L0.H1' and position_class == 'all'")
+    assert list(top["contribution"]) == sorted(rows["contribution"], reverse=True)
+    first = top.iloc[0]
+    prompt = results.prompts.set_index("prompt_id").loc[first["prompt_id"]]
+    assert first["text"] == prompt["text"] and first["target_token"] == prompt["tokens"][first["top_target"]]
+    assert 0 <= first["top_target"] < prompt["n_tokens"]
+
+
+def test_heatmap_cells_carry_their_component_ids(two_folders):
+    from llm_flow.dataset.results import component_grid, difference_grid, load_results
+    from llm_flow.figures.dataset import component_heatmap
+
+    first, second = (load_results(folder) for folder in two_folders)
+    grid = component_grid(first, "mean_contribution")
+    figure = component_heatmap(grid, selected="L2.H3")
+    heads, ffn = figure.data
+    assert heads.customdata[2][3] == "L2.H3" and ffn.customdata[1][0] == "L1.FFN"
+    assert (heads.z == grid.heads).all() and [row[0] for row in ffn.z] == list(grid.ffn)
+    assert heads.coloraxis != ffn.coloraxis  # contributions: one scale each
+    assert len(figure.layout.shapes) == 1  # the selected cell's frame
+    delta = component_heatmap(difference_grid(first, second, "frequency"), difference=True)
+    assert delta.data[0].coloraxis == delta.data[1].coloraxis
+    assert delta.layout.coloraxis.cmid == 0 and delta.layout.coloraxis.cmin == -delta.layout.coloraxis.cmax
+
+
+def test_loading_something_else_says_what_is_wrong(two_folders, tmp_path):
+    import shutil
+
+    from llm_flow.dataset.results import load_results
+
+    with pytest.raises(DatasetError, match="no results folder at .*missing"):
+        load_results(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no llm-flow results"):
+        load_results(tmp_path / "empty")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(two_folders[0], unfinished)
+    (unfinished / "components.parquet").unlink()
+    with pytest.raises(DatasetError, match="did not finish .*run `llm-flow dataset` again"):
+        load_results(unfinished)

@@ -12,25 +12,10 @@ from typing import Literal
 
 from llm_flow.dataset.prompts import PromptItem
 from llm_flow.dataset.reduce import Component, Tally, graph_tallies, row_key
-from llm_flow.errors import ArgumentError, LlmFlowError
+from llm_flow.dataset.settings import Settings
+from llm_flow.errors import LlmFlowError
 from llm_flow.models.base import TransparentLlm
-from llm_flow.routes.graph import build_graph, check_threshold
-
-TARGETS = ("last", "all")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the routes are built with; recorded in the results and checked when resuming."""
-
-    targets: Literal["last", "all"] = "last"
-    threshold: float = 0.04
-    renormalize: bool = True
-
-    def __post_init__(self) -> None:
-        if self.targets not in TARGETS:
-            raise ArgumentError(f"targets must be 'last' or 'all' (got {self.targets!r})")
-        check_threshold(self.threshold)
+from llm_flow.routes.graph import build_graph
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 
 from tqdm.auto import tqdm
 
-from llm_flow.dataset.analyse import PromptResult, Settings, analyse_prompt
+from llm_flow.dataset.analyse import PromptResult, analyse_prompt
 from llm_flow.dataset.prompts import PromptItem
+from llm_flow.dataset.settings import Settings
 from llm_flow.dataset.spec import ModelSpec, model_info
 from llm_flow.models.base import TransparentLlm
 

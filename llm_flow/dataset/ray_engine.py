@@ -11,14 +11,12 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 
-from llm_flow.dataset.analyse import PromptResult, Settings, analyse_prompt
+from llm_flow.dataset.analyse import PromptResult, analyse_prompt
 from llm_flow.dataset.prompts import PromptItem
 from llm_flow.dataset.serial import result_from_json, result_to_json
+from llm_flow.dataset.settings import INSTALL_HINT, Settings
 from llm_flow.dataset.spec import ModelSpec, model_info
 from llm_flow.errors import ArgumentError, LlmFlowError, ModelLoadError
-
-INSTALL_HINT = 'the Ray engine needs Ray: pip install "llm-flow[scale]"'
-
 
 class RouteActor:
     """One model per actor; each call analyses a batch of prompts."""
@@ -45,7 +43,7 @@ def run_ray(
     settings: Settings,
     items: list[PromptItem],
     on_model: Callable[[dict], None],
-    workers: int = 1,
+    workers: int | None = None,
     address: str | None = None,
     cpus_per_worker: float = 1.0,
     batch_size: int = 1,
@@ -59,7 +57,11 @@ def run_ray(
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ArgumentError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(exc)}") from None
     try:
-        resources = {"num_gpus": 1} if spec.device.startswith("cuda") else {"num_cpus": cpus_per_worker}
+        gpu = spec.device.startswith("cuda")
+        resources = {"num_gpus": 1} if gpu else {"num_cpus": cpus_per_worker}
+        if workers is None:  # as many as the cluster holds
+            available = ray.cluster_resources().get("GPU" if gpu else "CPU", 1)
+            workers = max(1, int(available // (1 if gpu else cpus_per_worker)))
         rows = [{"prompt_id": item.prompt_id, "text": item.text} for item in items]
         results = ray.data.from_items(rows).map_batches(
             RouteActor,

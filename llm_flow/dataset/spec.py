@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from llm_flow.models.base import TransparentLlm
+if TYPE_CHECKING:
+    from llm_flow.dataset.settings import Settings
+    from llm_flow.models.base import TransparentLlm
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class ModelSpec:
     config_path: str | None = None
     max_prompt_tokens: int | None = None
 
-    def load(self) -> TransparentLlm:
+    def load(self) -> "TransparentLlm":
         from llm_flow.config import load_config
         from llm_flow.models.loading import load_model
 
@@ -31,6 +34,33 @@ class ModelSpec:
         )
 
 
-def model_info(model: TransparentLlm) -> dict:
+def resolved(spec: ModelSpec) -> ModelSpec:
+    """`spec` with the prompt-length limit the loaded model will apply, known before it loads."""
+    if spec.max_prompt_tokens is not None:
+        return spec
+    from dataclasses import replace
+    from pathlib import Path
+
+    from llm_flow.config import default_config_path, load_config
+
+    path = Path(spec.config_path) if spec.config_path is not None else default_config_path()
+    return replace(spec, max_prompt_tokens=load_config(path).max_prompt_tokens if path.is_file() else None)
+
+
+def run_config(model: "ModelSpec | TransparentLlm", settings: "Settings") -> dict:
+    """What a results folder records as its settings (and checks when a run resumes)."""
+    if isinstance(model, ModelSpec):
+        placement = {"model": model.source, "device": model.device, "dtype": model.dtype}
+    else:
+        placement = {"model": model.info.name, "device": model.info.device, "dtype": model.info.dtype}
+    return placement | {
+        "max_prompt_tokens": model.max_prompt_tokens,
+        "targets": settings.targets,
+        "threshold": settings.threshold,
+        "renormalize": settings.renormalize,
+    }
+
+
+def model_info(model: "TransparentLlm") -> dict:
     """The model's shape and placement, as recorded in the results' metadata."""
     return asdict(model.info)

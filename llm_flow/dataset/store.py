@@ -24,14 +24,17 @@ import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm_flow.dataset.analyse import PromptResult, Settings
 from llm_flow.dataset.reduce import CLASS_DESCRIPTIONS, KINDS, POSITION_CLASSES, all_components
 from llm_flow.errors import DatasetError
+
+if TYPE_CHECKING:
+    from llm_flow.dataset.analyse import PromptResult
 
 FORMAT = "llm-flow dataset results 1"
 METADATA_FILE = "metadata.json"
@@ -107,9 +110,7 @@ class ResultsWriter:
         self.folder = Path(folder)
         self.config = config
         self.checkpoint_seconds = checkpoint_seconds
-        previous = _open_folder(self.folder)
-        if previous is not None:
-            _check_same_settings(self.folder, previous["config"], config)
+        previous = check_folder(self.folder, config)
         self.model_info: dict | None = previous.get("model") if previous else None
         prompts, _ = _stored_tables(self.folder)
         ok = prompts[prompts["status"] == "ok"]
@@ -212,6 +213,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def check_folder(folder: str | os.PathLike[str], config: dict) -> dict | None:
+    """Refuse, before any model loads, a folder that cannot take results made with `config`;
+    create it if new. Returns its previous metadata (None for a new folder)."""
+    folder = Path(folder)
+    previous = _open_folder(folder)
+    if previous is not None:
+        _check_same_settings(folder, previous["config"], config)
+    return previous
+
+
 # --- reading and writing ------------------------------------------------------------------------
 
 
@@ -267,8 +278,8 @@ def _stored_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for sequence, (prompts_path, components_path) in enumerate(sources):
         if not prompts_path.is_file():
             continue
-        prompt_frames.append(_read(prompts_path, PROMPTS_SCHEMA).assign(_seq=sequence))
-        component_frames.append(_read(components_path, PROMPT_COMPONENTS_SCHEMA).assign(_seq=sequence))
+        prompt_frames.append(read_frame(prompts_path, PROMPTS_SCHEMA).assign(_seq=sequence))
+        component_frames.append(read_frame(components_path, PROMPT_COMPONENTS_SCHEMA).assign(_seq=sequence))
     if not prompt_frames:
         return _empty(PROMPTS_SCHEMA), _empty(PROMPT_COMPONENTS_SCHEMA)
     prompts = pd.concat(prompt_frames, ignore_index=True).drop_duplicates("prompt_id", keep="last")
@@ -321,7 +332,7 @@ def _results_tables(results: list[PromptResult]) -> tuple[pa.Table, pa.Table]:
     return pa.Table.from_pylist(prompts, PROMPTS_SCHEMA), pa.Table.from_pylist(components, PROMPT_COMPONENTS_SCHEMA)
 
 
-def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
+def read_frame(path: Path, schema: pa.Schema) -> pd.DataFrame:
     try:
         table = pq.read_table(path, schema=schema)
     except (OSError, pa.ArrowInvalid) as exc:
