@@ -7,9 +7,10 @@ The real SmolLM2-135M (``smollm2-135m`` from the config; needs its PyPI package)
 last token of each prompt (threshold 0.04). Each engine's results are timestamped as they
 arrive: *startup* is the time to the first result (Ray: starting Ray and loading a model in
 every actor; in-process: nothing, the model is loaded beforehand), *steady* the rate between
-the first and the last result. In-process runs one model with torch's default threads; Ray runs
-``--workers`` actors of one CPU each. The forward pass alone is timed on the same prompts, so the
-in-process row also splits a prompt's time into forward pass and routes.
+the first and the last result. In-process runs one model twice: with torch's default threads,
+and with one thread; Ray runs ``--workers`` actors of one CPU (one thread) each. The forward pass
+alone is timed on the same prompts (one thread), which splits a prompt's time into forward pass
+and routes plus statistics.
 """
 
 from __future__ import annotations
@@ -83,23 +84,28 @@ def bench(count: int, workers: int) -> list[dict]:
 
     settings = Settings("last", 0.04)
     model = llm_flow.load_model(MODEL)
+    default_threads = threads()
     rows = []
     for n_tokens in LENGTHS:
         texts = make_prompts(model, n_tokens, count + 1)
         items = [PromptItem(str(k), text) for k, text in enumerate(texts[1:], 1)]
         mean_tokens = sum(len(model.encode(t)) for t in texts[1:]) / count
-        timed(run_inprocess(model, settings, [PromptItem("0", texts[0])], lambda info: None, progress=False))  # warm-up
-        stamps = timed(run_inprocess(model, settings, items, lambda info: None, progress=False))
-        forward = []
-        for text in texts[1:]:
-            started = time.perf_counter()
-            model.run(text)
-            forward.append(time.perf_counter() - started)
-        row = summarise("in-process", mean_tokens, 1, stamps)
-        row["forward_s"] = sum(forward) / count
-        row["routes_s"] = stamps[-1] / count - row["forward_s"]
-        rows.append(row)
-        print(f"  in-process T~{mean_tokens:.0f}: {row['steady_prompts_per_s']:.2f} prompts/s", file=sys.stderr, flush=True)
+        for thread_count in (default_threads, 1):
+            threads(thread_count)
+            timed(run_inprocess(model, settings, [PromptItem("0", texts[0])], lambda info: None, progress=False))  # warm-up
+            stamps = timed(run_inprocess(model, settings, items, lambda info: None, progress=False))
+            row = summarise("in-process", mean_tokens, 1, stamps) | {"threads": thread_count}
+            if thread_count == 1:  # the forward pass alone, on the same prompts
+                forward = []
+                for text in texts[1:]:
+                    started = time.perf_counter()
+                    model.run(text)
+                    forward.append(time.perf_counter() - started)
+                row["forward_s"] = sum(forward) / count
+                row["routes_s"] = stamps[-1] / count - row["forward_s"]
+            rows.append(row)
+            report(rows[-1])
+        threads(default_threads)
 
         import ray
 
@@ -108,22 +114,39 @@ def bench(count: int, workers: int) -> list[dict]:
             stamps = timed(run_ray(ModelSpec(MODEL), settings, items, lambda info: None, workers=workers))
         finally:
             ray.shutdown()
-        rows.append(summarise("ray local", mean_tokens, workers, stamps))
-        print(f"  ray T~{mean_tokens:.0f}: {rows[-1]['steady_prompts_per_s']:.2f} prompts/s", file=sys.stderr, flush=True)
+        rows.append(summarise("ray local", mean_tokens, workers, stamps) | {"threads": 1})
+        report(rows[-1])
     return rows
+
+
+def threads(count: int | None = None) -> int:
+    """Set torch's and numba's thread counts (if `count`); return torch's."""
+    import numba
+    import torch
+
+    if count is not None:
+        torch.set_num_threads(count)
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    return torch.get_num_threads()
+
+
+def report(row: dict) -> None:
+    print(f"  {row['engine']} T~{row['tokens']:.0f}, {row['workers']} x {row['threads']} threads: "
+          f"{row['steady_prompts_per_s']:.2f} prompts/s", file=sys.stderr, flush=True)
 
 
 COLUMNS = (
     ("engine", "engine", "{}"),
     ("tokens", "tokens (mean)", "{:.0f}"),
     ("workers", "workers", "{}"),
+    ("threads", "threads each", "{}"),
     ("prompts", "prompts", "{}"),
     ("wall_s", "wall s", "{:.1f}"),
     ("startup_s", "to first result s", "{:.1f}"),
     ("steady_prompts_per_s", "steady prompts/s", "{:.2f}"),
     ("per_worker_prompts_per_s", "per worker", "{:.2f}"),
     ("forward_s", "forward s/prompt", "{:.3f}"),
-    ("routes_s", "routes s/prompt", "{:.3f}"),
+    ("routes_s", "routes+stats s/prompt", "{:.3f}"),
 )
 
 

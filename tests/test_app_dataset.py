@@ -58,7 +58,7 @@ def test_a_results_folder_shows_heatmaps_and_the_top_prompts_of_a_component(tiny
     assert not app.exception and not app.error
     results = load_results(folders / "code")
     figure = chart_figure(app)
-    heads, ffn = figure["data"]
+    heads, _, ffn, _ = figure["data"]
     assert values(heads["z"]) == component_grid(results, "frequency").heads.tolist()
     assert values(heads["customdata"])[1][2] == "L1.H2" and values(ffn["customdata"])[2] == ["L2.FFN"]
 

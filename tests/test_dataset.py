@@ -363,13 +363,19 @@ def test_heatmap_cells_carry_their_component_ids(two_folders):
     first, second = (load_results(folder) for folder in two_folders)
     grid = component_grid(first, "mean_contribution")
     figure = component_heatmap(grid, selected="L2.H3")
-    heads, ffn = figure.data
+    heads, head_clicks, ffn, ffn_clicks = figure.data
     assert heads.customdata[2][3] == "L2.H3" and ffn.customdata[1][0] == "L1.FFN"
     assert (heads.z == grid.heads).all() and [row[0] for row in ffn.z] == list(grid.ffn)
+    # the click targets: one per cell, at the cell, carrying [id, value]
+    n_heads = first.n_heads
+    point = 2 * n_heads + 3
+    assert (head_clicks.x[point], head_clicks.y[point]) == ("H3", 2)
+    assert head_clicks.customdata[point] == ["L2.H3", grid.heads[2, 3]]
+    assert ffn_clicks.customdata[1] == ["L1.FFN", grid.ffn[1]] and ffn_clicks.x[1] == "FFN"
     assert heads.coloraxis != ffn.coloraxis  # contributions: one scale each
     assert len(figure.layout.shapes) == 1  # the selected cell's frame
     delta = component_heatmap(difference_grid(first, second, "frequency"), difference=True)
-    assert delta.data[0].coloraxis == delta.data[1].coloraxis
+    assert delta.data[0].coloraxis == delta.data[2].coloraxis
     assert delta.layout.coloraxis.cmid == 0 and delta.layout.coloraxis.cmin == -delta.layout.coloraxis.cmax
 
 

@@ -33,7 +33,7 @@ def component_heatmap(grid: ComponentGrid, difference: bool = False, selected: s
     shared = grid.metric == "frequency"
     scales = [np.concatenate([grid.heads.ravel(), grid.ffn])] if shared else [grid.heads.ravel(), grid.ffn]
     label = METRICS[grid.metric].split(" (")[0]
-    hover = "%{customdata}<br>" + ("difference in " if difference else "") + label + ": %{z:.3f}<extra></extra>"
+    hover = "%{customdata[0]}<br>" + ("difference in " if difference else "") + label + ": %{customdata[1]:.3f}<extra></extra>"
 
     figure = make_subplots(
         rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.03,
@@ -46,10 +46,11 @@ def component_heatmap(grid: ComponentGrid, difference: bool = False, selected: s
         figure.add_trace(
             go.Heatmap(
                 z=z, x=x, y=layers, customdata=ids, coloraxis="coloraxis" if shared or col == 1 else "coloraxis2",
-                hovertemplate=hover, xgap=1, ygap=1, name=name,
+                hoverinfo="skip", xgap=1, ygap=1, name=name,
             ),  # fmt: skip
             row=1, col=col,
         )  # fmt: skip
+        figure.add_trace(_click_targets(z, x, layers, ids, hover, name), row=1, col=col)
     for k, values in enumerate(scales):
         title = "" if shared else ("heads", "FFN")[k]
         figure.update_layout({
@@ -67,8 +68,29 @@ def component_heatmap(grid: ComponentGrid, difference: bool = False, selected: s
         plot_bgcolor="white",
         clickmode="event+select",
     )
-    figure.update_yaxes(title_text="layer", row=1, col=1, dtick=max(1, n_layers // 15))
+    # fixed ranges: the click markers would otherwise pad the axes beyond the cells
+    figure.update_yaxes(range=[-0.5, n_layers - 0.5], dtick=max(1, n_layers // 15))
+    figure.update_yaxes(title_text="layer", row=1, col=1)
+    figure.update_xaxes(range=[-0.5, n_heads - 0.5], row=1, col=1)
+    figure.update_xaxes(range=[-0.5, 0.5], row=1, col=2)
     return figure
+
+
+def _click_targets(z: np.ndarray, x: list[str], layers: list[int], ids: np.ndarray, hover: str, name: str) -> go.Scatter:
+    """An invisible marker at every cell's centre, carrying [component id, value].
+
+    Plotly reports clicks on heatmap cells as plain click events, which Streamlit does not turn
+    into a selection; a click on a scatter point is a selection, so these markers make every
+    cell clickable (and give the hover text).
+    """
+    rows, cols = np.indices(z.shape)  # [L, C] each
+    invisible = dict(marker=dict(opacity=0))
+    return go.Scatter(
+        x=[x[c] for c in cols.ravel()], y=[layers[r] for r in rows.ravel()], mode="markers",
+        customdata=[[cid, float(v)] for cid, v in zip(ids.ravel(), z.ravel())], hovertemplate=hover,
+        marker=dict(size=14, opacity=0, color="black"), selected=invisible, unselected=invisible,
+        showlegend=False, name=f"{name} (click)",
+    )  # fmt: skip
 
 
 def _scale(values: np.ndarray, difference: bool) -> dict:

@@ -80,7 +80,7 @@ def dataset_page(analysis: Analysis) -> None:
     with chart_column:
         figure = component_heatmap(grid, difference=view == _VIEWS[2], selected=st.session_state[COMPONENT])
         st.plotly_chart(figure, key=CHART, on_select=_on_click, selection_mode="points", width="stretch",
-                        config={"displaylogo": False})  # fmt: skip
+                        height=int(figure.layout.height), config={"displaylogo": False})  # fmt: skip
         st.caption(f"{first.metadata['prompts']['graphs']} route graphs in {first.folder.name}"
                    + (f", {second.metadata['prompts']['graphs']} in {second.folder.name}" if second else "")
                    + ". Click a cell to list the prompts where that component matters most.")  # fmt: skip
