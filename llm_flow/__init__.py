@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from llm_flow.errors import (
     ArgumentError,
     ConfigError,
+    DatasetError,
     LlmFlowError,
     ModelLoadError,
     ModelNotFoundError,
@@ -58,6 +59,7 @@ def __getattr__(name: str):
 __all__ = [
     "ArgumentError",
     "ConfigError",
+    "DatasetError",
     "LlmFlowError",
     "ModelLoadError",
     "ModelNotFoundError",

@@ -40,3 +40,7 @@ class MemoryLimitError(LlmFlowError, MemoryError):
 
 class ExportError(LlmFlowError, RuntimeError):
     """A figure that cannot be exported, e.g. no browser for SVG/PNG rendering."""
+
+
+class DatasetError(LlmFlowError, ValueError):
+    """A dataset results folder that is missing, incomplete, or made with other settings."""

@@ -6,6 +6,7 @@ import streamlit as st
 
 from llm_flow.ui import frame
 from llm_flow.ui.attention import attention_page
+from llm_flow.ui.dataset import dataset_page
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
 from llm_flow.ui.playground import playground_page
@@ -20,5 +21,7 @@ def pages() -> dict[str, st.Page]:
                              icon=":material/visibility:", url_path="attention"),
         "playground": st.Page(lambda: playground_page(frame.current()), title="Playground",
                               icon=":material/casino:", url_path="playground"),
+        "dataset": st.Page(lambda: dataset_page(frame.current()), title="Dataset",
+                           icon=":material/dataset:", url_path="dataset"),
         "guide": st.Page(guide_page, title="Guide", icon=":material/menu_book:", url_path="guide"),
     }  # fmt: skip

@@ -1,0 +1,129 @@
+"""The Ray engine: the same per-prompt work as Ray Data ``map_batches`` over actors, each holding
+one model (CPU or GPU actors), on an existing cluster (``address``) or a local Ray.
+
+Ray is an optional dependency (``pip install "llm-flow[scale]"``) and is imported only here.
+Workers of an existing cluster need llm-flow installed (and the model reachable) too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+
+from llm_flow.dataset.analyse import PromptResult, analyse_prompt
+from llm_flow.dataset.prompts import PromptItem
+from llm_flow.dataset.serial import result_from_json, result_to_json
+from llm_flow.dataset.settings import INSTALL_HINT, Settings
+from llm_flow.dataset.spec import ModelSpec, model_info
+from llm_flow.errors import ArgumentError, LlmFlowError, ModelLoadError
+
+class RouteActor:
+    """One model per actor; each call analyses a batch of prompts."""
+
+    def __init__(self, spec: ModelSpec, settings: Settings, cpus: float) -> None:
+        if not spec.device.startswith("cuda"):
+            _use_threads(max(1, int(cpus)))
+        self.model = spec.load()
+        self.settings = settings
+        self.info = json.dumps(model_info(self.model), sort_keys=True)
+
+    def __call__(self, batch):  # pyarrow.Table with prompt_id, text -> pyarrow.Table
+        import pyarrow as pa
+
+        results = [
+            result_to_json(analyse_prompt(self.model, PromptItem(pid, text), self.settings))
+            for pid, text in zip(batch.column("prompt_id").to_pylist(), batch.column("text").to_pylist())
+        ]
+        return pa.table({"result": results, "model_info": [self.info] * len(results)})
+
+
+def run_ray(
+    spec: ModelSpec,
+    settings: Settings,
+    items: list[PromptItem],
+    on_model: Callable[[dict], None],
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_worker: float = 1.0,
+    batch_size: int = 1,
+) -> Iterator[PromptResult]:
+    """Results as the actors finish them (in no particular order: the files are sorted later)."""
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ArgumentError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(exc)}") from None
+    try:
+        gpu = spec.device.startswith("cuda")
+        resources = {"num_gpus": 1} if gpu else {"num_cpus": cpus_per_worker}
+        if workers is None:  # as many as the cluster holds
+            available = ray.cluster_resources().get("GPU" if gpu else "CPU", 1)
+            workers = max(1, int(available // (1 if gpu else cpus_per_worker)))
+        rows = [{"prompt_id": item.prompt_id, "text": item.text} for item in items]
+        results = ray.data.from_items(rows).map_batches(
+            RouteActor,
+            fn_constructor_kwargs={"spec": spec, "settings": settings, "cpus": cpus_per_worker},
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            concurrency=workers,
+            **resources,
+        )
+        seen_info = None
+        try:
+            for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    if row["model_info"] != seen_info:
+                        seen_info = row["model_info"]
+                        on_model(json.loads(seen_info))
+                    yield result_from_json(row["result"])
+        except LlmFlowError:
+            raise
+        except Exception as exc:  # Ray wraps a failing actor (model load) in its own types
+            cause = _llm_flow_cause(exc)
+            if cause is not None:
+                raise type(cause)(str(cause)) from None
+            raise ModelLoadError(f"the Ray engine failed: {_first_line(exc)}") from exc
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _use_threads(count: int) -> None:
+    """As many compute threads as the actor has CPUs: more would fight the other actors."""
+    import torch
+
+    torch.set_num_threads(count)
+    try:
+        import numba
+
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ArgumentError(INSTALL_HINT) from None
+    return ray
+
+
+def _llm_flow_cause(exc: BaseException) -> LlmFlowError | None:
+    """The llm-flow error behind Ray's wrappers, if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LlmFlowError) and type(exc).__module__ == "llm_flow.errors":
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

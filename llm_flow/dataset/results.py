@@ -1,0 +1,157 @@
+"""Reading a results folder back, and the tables the figures and the page show.
+
+Pure functions over pandas DataFrames: a metric per component as a layers x heads grid (plus
+FFN and residual columns), the difference between two folders, and the prompts in which one
+component mattered most.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llm_flow.dataset.reduce import POSITION_CLASSES, parse_component_id
+from llm_flow.dataset.store import (
+    COMPONENTS_FILE,
+    COMPONENTS_SCHEMA,
+    METADATA_FILE,
+    PARTS_DIR,
+    PROMPT_COMPONENTS_FILE,
+    PROMPT_COMPONENTS_SCHEMA,
+    PROMPTS_FILE,
+    PROMPTS_SCHEMA,
+    read_frame,
+    read_metadata,
+)
+from llm_flow.errors import DatasetError
+
+#: What a heatmap can show, and how the page names it.
+METRICS = {
+    "frequency": "how often on a route (share of route graphs)",
+    "mean_contribution": "mean contribution per route graph",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetResults:
+    """A finished results folder, as tables."""
+
+    folder: Path
+    metadata: dict
+    prompts: pd.DataFrame  # one row per prompt
+    prompt_components: pd.DataFrame  # per prompt, component and position class
+    components: pd.DataFrame  # per component and position class, over the dataset
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.metadata["model"]["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.metadata["model"]["n_heads"])
+
+    @property
+    def label(self) -> str:
+        """``code (smollm2-135m, 24 prompts, last token, t = 0.04)``: what a figure title says."""
+        config, counts = self.metadata["config"], self.metadata["prompts"]
+        targets = "last token" if config["targets"] == "last" else "every token"
+        return (
+            f"{self.folder.name} ({config['model']}, {counts['ok']} prompts, {targets}, "
+            f"t = {config['threshold']})"
+        )
+
+
+def load_results(folder: str | os.PathLike[str]) -> DatasetResults:
+    """Read a folder written by `analyse_dataset`; a clear `DatasetError` for anything else."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"no results folder at {folder}: give the --out folder of `llm-flow dataset`")
+    if not (folder / METADATA_FILE).is_file():
+        raise DatasetError(f"{folder} holds no llm-flow results ({METADATA_FILE} is missing)")
+    metadata = read_metadata(folder)
+    missing = [name for name in (PROMPTS_FILE, PROMPT_COMPONENTS_FILE, COMPONENTS_FILE) if not (folder / name).is_file()]
+    if missing or (folder / PARTS_DIR).is_dir() or not metadata.get("model"):
+        raise DatasetError(
+            f"the run in {folder} did not finish ({', '.join(missing) or 'checkpoints left'}); run "
+            "`llm-flow dataset` again with the same --out to finish it"
+        )
+    return DatasetResults(
+        folder=folder,
+        metadata=metadata,
+        prompts=read_frame(folder / PROMPTS_FILE, PROMPTS_SCHEMA),
+        prompt_components=read_frame(folder / PROMPT_COMPONENTS_FILE, PROMPT_COMPONENTS_SCHEMA),
+        components=read_frame(folder / COMPONENTS_FILE, COMPONENTS_SCHEMA),
+    )
+
+
+@dataclass(frozen=True)
+class ComponentGrid:
+    """One metric for every component: heads as a [layers, heads] grid, FFN and residual per layer."""
+
+    heads: np.ndarray  # [n_layers, n_heads]
+    ffn: np.ndarray  # [n_layers]
+    residual: np.ndarray  # [n_layers]
+    metric: str
+    position_class: str
+    title: str
+
+
+def component_grid(results: DatasetResults, metric: str = "frequency", position_class: str = "all") -> ComponentGrid:
+    _check_choice(metric, position_class)
+    rows = results.components[results.components["position_class"] == position_class]
+    heads = np.zeros((results.n_layers, results.n_heads))
+    ffn, residual = np.zeros(results.n_layers), np.zeros(results.n_layers)
+    for kind, layer, head, value in rows[["kind", "layer", "head", metric]].itertuples(index=False):
+        if kind == "head":
+            heads[layer, head] = value
+        else:
+            (ffn if kind == "ffn" else residual)[layer] = value
+    return ComponentGrid(heads, ffn, residual, metric, position_class, results.label)
+
+
+def difference_grid(
+    first: DatasetResults, second: DatasetResults, metric: str = "frequency", position_class: str = "all"
+) -> ComponentGrid:
+    """``first - second`` per component; both folders must come from models of the same shape."""
+    if (first.n_layers, first.n_heads) != (second.n_layers, second.n_heads):
+        raise DatasetError(
+            f"cannot compare {first.folder.name} ({first.n_layers} layers x {first.n_heads} heads) with "
+            f"{second.folder.name} ({second.n_layers} layers x {second.n_heads} heads): different models"
+        )
+    a, b = component_grid(first, metric, position_class), component_grid(second, metric, position_class)
+    return ComponentGrid(
+        a.heads - b.heads, a.ffn - b.ffn, a.residual - b.residual, metric, position_class,
+        f"{first.folder.name} minus {second.folder.name}",
+    )  # fmt: skip
+
+
+def top_prompts(
+    results: DatasetResults, component: str, position_class: str = "all", limit: int = 10
+) -> pd.DataFrame:
+    """The prompts in which `component` (``"L3.H5"``) contributed most, largest first.
+
+    Columns: prompt_id, text, contribution (summed over the prompt's graphs), routes, n_targets,
+    top_target (the target whose graph it contributed most to) and that target's token.
+    """
+    _check_choice("frequency", position_class)
+    parse_component_id(component)  # a clear ValueError for a malformed id
+    rows = results.prompt_components
+    rows = rows[(rows["component"] == component) & (rows["position_class"] == position_class)]
+    table = rows[["prompt_id", "contribution", "routes", "top_target"]].merge(
+        results.prompts[["prompt_id", "text", "tokens", "n_targets"]], on="prompt_id"
+    )
+    table = table.sort_values(["contribution", "prompt_id"], ascending=[False, True], kind="stable").head(limit)
+    table["target_token"] = [tokens[target] for tokens, target in zip(table["tokens"], table["top_target"])]
+    columns = ["prompt_id", "text", "contribution", "routes", "n_targets", "top_target", "target_token"]
+    return table[columns].reset_index(drop=True)
+
+
+def _check_choice(metric: str, position_class: str) -> None:
+    if metric not in METRICS:
+        raise DatasetError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    if position_class not in POSITION_CLASSES:
+        raise DatasetError(f"unknown position class {position_class!r}: use one of {', '.join(POSITION_CLASSES)}")
