@@ -16,7 +16,7 @@ from llm_flow.ui import keys
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.figures.route import route_figure
 from llm_flow.routes.nodes import NodeId
-from llm_flow.ui.resources import ModelKey, get_model, get_run
+from llm_flow.ui.resources import ModelKey, get_model
 from llm_flow.views.heads import edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons

@@ -18,7 +18,7 @@ from llm_flow.errors import ArgumentError
 if TYPE_CHECKING:
     import networkx as nx
 
-    from llm_flow.interventions import Outcome, RouteCheck
+    from llm_flow.interventions import Outcome
     from llm_flow.models.run import Run
 
 MAX_DRAWS = 1000  # as llm_flow.interventions.checks.MAX_DRAWS, without importing torch here

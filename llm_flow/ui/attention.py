@@ -17,16 +17,20 @@ import streamlit as st
 from llm_flow.checks import PAIR_PARTS
 from llm_flow.errors import LlmFlowError
 from llm_flow.export import table_csv
-from llm_flow.figures.attention import head_view_figure, model_view_figure, neuron_view_figure
+from llm_flow.figures.attention import (
+    head_view_figure,
+    model_view_figure,
+    neuron_view_figure,
+)
 from llm_flow.models.run import Run
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import EdgeId, NodeId
 from llm_flow.ui import frame, keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.ui.widgets import token_slider
 from llm_flow.views.attention import attention_table, attention_view, token_window
 from llm_flow.views.attention_scores import neuron_table, neuron_view
-from llm_flow.views.tokens import display_token
 
 VIEW = "attention_view"
 WEIGHT = "attention_weight"
@@ -125,11 +129,7 @@ def _controls(run: Run) -> str:
         "Head", range(info.n_heads), key=HEAD,
         help="The neuron view's head, and the head the Explorer button opens.",
     )  # fmt: skip
-    st.select_slider(
-        "Token", options=list(range(run.n_tokens)), key=keys.TARGET,
-        format_func=lambda i: f"{i}: {display_token(run.str_tokens[i])}",
-        help="The neuron view's query, the centre of the window, and the Explorer's token (shared with it).",
-    )  # fmt: skip
+    token_slider(run, "Token", help="The neuron view's query, the centre of the window, and the Explorer's token (shared with it).")
     with st.expander("Window, heads and sentence pairs", expanded=run.n_tokens > 64):
         row = st.columns(4)
         row[0].number_input(

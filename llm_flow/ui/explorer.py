@@ -19,6 +19,7 @@ from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.ui.route_check import route_check_panel
+from llm_flow.ui.widgets import token_slider
 from llm_flow.views.tokens import display_token
 
 _GRAPH_MEMO = "explorer_graph_memo"  # the last graph built in this session, with its inputs
@@ -29,12 +30,7 @@ def explorer_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    labels = [f"{i}: {display_token(token)}" for i, token in enumerate(run.str_tokens)]
-    st.select_slider(
-        "Token to explain", options=list(range(run.n_tokens)), key=keys.TARGET,
-        format_func=labels.__getitem__,  # not a closure over the Run: Streamlit keeps widget formatters
-        help="The route explains the model's prediction of the token that follows this one.",
-    )  # fmt: skip
+    token_slider(run, "Token to explain", help="The route explains the model's prediction of the token that follows this one.")
     target = st.session_state[keys.TARGET]
     try:
         with st.spinner("Building the route…"):

@@ -20,7 +20,12 @@ from llm_flow.ui import keys
 from llm_flow.ui.analysis import Request, activate, requested
 from llm_flow.ui.permalink import read_link, write_link
 from llm_flow.ui.resources import ModelKey, get_run, settle_caches
-from llm_flow.ui.sidebar import init_state, model_controls, prompt_controls, route_controls
+from llm_flow.ui.sidebar import (
+    init_state,
+    model_controls,
+    prompt_controls,
+    route_controls,
+)
 
 
 @dataclass(frozen=True)

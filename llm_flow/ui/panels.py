@@ -17,7 +17,13 @@ from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons
 from llm_flow.views.predictions import top_predictions
-from llm_flow.views.promoted import Promotion, block_update, head_output, neuron_output, promoted_tokens
+from llm_flow.views.promoted import (
+    Promotion,
+    block_update,
+    head_output,
+    neuron_output,
+    promoted_tokens,
+)
 from llm_flow.views.tokens import display_token
 
 _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}

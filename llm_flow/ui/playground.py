@@ -23,8 +23,15 @@ from llm_flow.models.run import Run
 from llm_flow.ui import frame, keys
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis
+from llm_flow.ui.widgets import token_slider
 from llm_flow.views.anatomy import Anatomy, anatomy
-from llm_flow.views.generation import Generation, generate, predicting_positions, round_trips, step
+from llm_flow.views.generation import (
+    Generation,
+    generate,
+    predicting_positions,
+    round_trips,
+    step,
+)
 from llm_flow.views.sampling import SamplingSettings, sampling_stages, seeded_generator
 from llm_flow.views.tokens import display_token
 from llm_flow.wording import plural, sentence
@@ -71,7 +78,7 @@ def playground_page(analysis: Analysis) -> None:
         st.info(st.session_state.pop(MESSAGE))
     sampling_column, anatomy_column = st.columns([1, 1], gap="large")
     with sampling_column:
-        sampling_panel(run)
+        sampling_panel()
         _actions(run, history)
         _generated_tokens(run, history)
     with anatomy_column:
@@ -118,9 +125,10 @@ def _generated_count(history: list[Entry]) -> int:
 
 
 @st.fragment
-def sampling_panel(run: Run) -> None:
+def sampling_panel() -> None:
     """Controls and stage bars: a fragment, so moving a slider redraws only this, from the logits
-    already in the Run."""
+    already in the Run (fetched, not kept: see :func:`llm_flow.ui.frame.active_run`)."""
+    run = frame.active_run()
     st.subheader("Next token")
     temperature, top_k, top_p, seed = st.columns(4)
     temperature.slider("Temperature", 0.0, 2.0, step=0.05, key=TEMPERATURE,
@@ -230,11 +238,7 @@ def _generated_tokens(run: Run, history: list[Entry]) -> None:
 
 def _anatomy_panel(run: Run, history: list[Entry]) -> None:
     st.subheader("Anatomy of one prediction")
-    st.select_slider(
-        "Token", options=list(range(run.n_tokens)), key=keys.TARGET,
-        format_func=lambda i: f"{i}: {display_token(run.str_tokens[i])}",
-        help="The prediction made at this token (of the one that follows it).",
-    )  # fmt: skip
+    token_slider(run, "Token", help="The prediction made at this token (of the one that follows it).")
     target = st.session_state[keys.TARGET]
     st.radio("Explain", [NEXT_IN_TEXT, TOP_PREDICTION], key=EXPLAIN, horizontal=True,
              help="Whose rank the lens follows, when the text goes on after this token.")  # fmt: skip
