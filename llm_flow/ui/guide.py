@@ -40,6 +40,26 @@ the prediction.
 * **An FFN block**: its neurons ranked by contribution, with their activations; pick a neuron to
   see which tokens its output promotes and suppresses.
 
+### The other pages
+
+All pages work on the same model, prompt and token (chosen in the sidebar and the token slider),
+and every page's settings are kept when you move between them.
+
+* **Attention**: BertViz-style head, model and neuron views of the attention patterns, with a
+  switch between *attention weight*, *attention × value norm* (what a head could move) and the
+  *ALTI contribution* (what it did move, the numbers behind the route). Works on long prompts
+  through a window around the chosen token and top-k sources.
+* **Attribution**: which input tokens made the model say each token of a continuation
+  (gradients, integrated gradients, occlusion, attention, ALTI rollout), with step scores and
+  contrastive "why this and not that" targets.
+* **Playground**: the next-token distribution through temperature, top-k and top-p, one stage
+  at a time; step or generate, and open any generated token's route; the *anatomy* of one
+  prediction layer by layer.
+* **Dataset**: route statistics over many prompts (computed with `llm-flow dataset`): which heads
+  and FFN blocks are on routes in general, and how two sets of prompts differ.
+* In the Explorer, **Check this route** re-runs the model with only the route, or without it,
+  against random parts of the same size; **Remove this edge** shows what one edge changes.
+
 ### Settings
 
 * **Contribution threshold**: edges at or below it are dropped (default 0.04). Lower values show
