@@ -138,3 +138,21 @@ def test_anatomy_shows_the_explained_token(app):
     app.radio(key=page.EXPLAIN).set_value(page.TOP_PREDICTION).run()
     table = next(df.value for df in app.dataframe if "lens top token" in df.value.columns)
     assert table.iloc[-1, -1] == 0  # the top prediction has rank 0 after the last layer
+
+
+def test_the_page_keeps_no_run_alive(app):
+    """History, generator and memos hold ids and numbers, not Runs: once the shared cache lets a
+    Run go, it is freed, and the page rebuilds it when it is needed again."""
+    import gc
+    import weakref
+
+    from llm_flow.ui.resources import cached_runs
+
+    button(app, page.STEP).click().run()
+    app.slider(key=page.TOP_P).set_value(0.8).run()  # a fragment run
+    seen = weakref.ref(active_run(app))
+    cached_runs().clear()
+    gc.collect()
+    assert seen() is None
+    app.slider(key=page.TOP_P).set_value(0.7).run()
+    assert not app.exception and any("can be drawn" in c.value for c in app.caption)

@@ -27,7 +27,8 @@ IDLE_JS = """() => !document.querySelector('[data-testid="stStatusWidget"]')
 
 
 def settle(page) -> None:
-    """Wait until the script run is over and nothing on the page is stale."""
+    """Wait until the script run is over and nothing on the page is stale (no tooltip left)."""
+    page.mouse.move(5, 5)
     page.wait_for_timeout(500)
     page.wait_for_function(IDLE_JS, timeout=180_000)
     page.wait_for_timeout(1000)

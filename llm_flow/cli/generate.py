@@ -17,7 +17,6 @@ from llm_flow.wording import plural
 if TYPE_CHECKING:
     from llm_flow.models.base import TransparentLlm
     from llm_flow.views.generation import GeneratedToken, Generation
-    from llm_flow.views.sampling import SamplingSettings
 
 
 def register(commands) -> None:
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     seed = "" if settings.greedy else f", seed {args.seed}" if args.seed is not None else ", unseeded"
     print(f"Model     {model.info.name} ({model.info.architecture}, {plural(model.info.n_layers, 'layer')})")
     print(f"Prompt    {plural(len(generation.prompt_ids), 'token')}: {prompt!r}")
-    print(f"Sampling  {_describe(settings)}{seed}")
+    print(f"Sampling  {settings.describe()}{seed}")
     print(f"\n{'#':>3} {'pos':>5}  {'token':<18} {'p drawn':>8} {'p model':>8} {'rank':>5}")
     progress("generating…")
     generation = generate(
@@ -59,15 +58,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     )
     _print_ending(model, generation)
     return 0
-
-
-def _describe(settings: "SamplingSettings") -> str:
-    if settings.greedy:
-        return "greedy (temperature 0: always the most likely token)"
-    parts = [f"temperature {settings.temperature:g}"]
-    parts.append(f"top-k {settings.top_k}" if settings.top_k else "top-k off")
-    parts.append(f"top-p {settings.top_p:g}" if settings.top_p < 1 else "top-p off")
-    return ", ".join(parts)
 
 
 def _token_printer() -> Callable[["GeneratedToken"], None]:

@@ -108,7 +108,8 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.2, 0.35],
         subplot_titles=["what makes up the residual after each layer (click: open the block)",
-                        "residual norm", f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
+                        "residual norm",
+                        f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
     )  # fmt: skip
     attention_nodes = [
         str(NodeId("I" if result.parallel else "A", r.layer, position)) for r in layers

@@ -21,6 +21,7 @@ from llm_flow.errors import LlmFlowError, PromptError
 from llm_flow.figures.playground import anatomy_figure, heads_figure, sampling_figure
 from llm_flow.models.run import Run
 from llm_flow.ui import frame, keys
+from llm_flow.ui.downloads import figure_downloads
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.widgets import token_slider
@@ -140,17 +141,20 @@ def sampling_panel() -> None:
     seed.number_input("Seed", 0, 2**31 - 1, step=1, key=SEED,
                       help="The same seed repeats the same draws (Step by step or Generate N alike).")  # fmt: skip
     stages = sampling_stages(run.logits[-1], settings())
-    st.plotly_chart(
-        sampling_figure(stages, run.model.decode_tokens, n=st.session_state[BARS]),
-        key="playground_stages_chart", width="stretch", config={"displayModeBar": False},
-    )  # fmt: skip
+    figure = sampling_figure(stages, run.model.decode_tokens, n=st.session_state[BARS])
+    st.plotly_chart(figure, key="playground_stages_chart", width="stretch", config={"displayModeBar": False})
     best = stages.probs.max().item()
     st.caption(
         f"After {display_token(run.str_tokens[-1])!r}: {plural(stages.n_kept, 'token')} of "
         f"{run.model.info.vocab_size:,} can be drawn; the most likely has {best:.1%}. Grey bars are cut "
         "(shown at the probability they had before the cut)."
     )
-    st.slider("Tokens shown", 5, 40, key=BARS)
+    shown, export = st.columns([3, 1], vertical_alignment="bottom")
+    shown.slider("Tokens shown", 5, 40, key=BARS)
+    with export.popover("Export", icon=":material/download:", width="stretch"):
+        title = f"{run.model.name}: next token after {run.prompt!r}, {settings().describe()}"
+        stem = f"sampling-{run.model.name}-{settings().describe()}"
+        figure_downloads(figure, title, stem, key="playground_stages_export")
 
 
 def _actions(run: Run, history: list[Entry]) -> None:
@@ -160,13 +164,15 @@ def _actions(run: Run, history: list[Entry]) -> None:
     count_column.number_input("Tokens", 1, 64, key=COUNT)
     generated = generate_column.button(f"Generate {st.session_state[COUNT]}", key=GENERATE, width="stretch",
                                        icon=":material/fast_forward:", help="Generate several tokens at once (KV cache).")
-    undone = undo_column.button("Undo", key=UNDO, icon=":material/undo:", width="stretch", disabled=not history)  # fmt: skip
+    undone = undo_column.button("Undo", key=UNDO, icon=":material/undo:", width="stretch",
+                                disabled=not history)  # fmt: skip
     try:
         if stepped:
             _advance(run, history, lambda g: step(run, settings(), g)[1])
         elif generated:
             with st.spinner(f"Generating {plural(st.session_state[COUNT], 'token')}…"):
-                _advance(run, history, lambda g: generate(run.model, run.prompt, st.session_state[COUNT], settings(), g))
+                count = st.session_state[COUNT]
+                _advance(run, history, lambda g: generate(run.model, run.prompt, count, settings(), g))
         elif undone:
             _undo(history)
     except LlmFlowError as exc:
@@ -215,7 +221,11 @@ def _generated_tokens(run: Run, history: list[Entry]) -> None:
     """Every generated token as a pill; a click opens the route of the position that predicted it."""
     if not history:
         return
-    tokens = [(t, position) for e in history for t, position in zip(e.generation.tokens, predicting_positions(run, e.generation))]
+    tokens = [
+        (token, position)
+        for entry in history
+        for token, position in zip(entry.generation.tokens, predicting_positions(run, entry.generation))
+    ]
     labels = {
         k: f"{display_token(t.token)} {t.probability:.0%}" + (" (end)" if t.eos else "")
         for k, (t, _) in enumerate(tokens)
@@ -252,7 +262,8 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
         "it into what the layer's attention, its FFN and the incoming residual contributed; click a bar to "
         "open that block in the Explorer."
     )
-    event = st.plotly_chart(anatomy_figure(result), key=ANATOMY_CHART, on_select="rerun", selection_mode="points",
+    figure = anatomy_figure(result)
+    event = st.plotly_chart(figure, key=ANATOMY_CHART, on_select="rerun", selection_mode="points",
                             width="stretch", config={"displayModeBar": False})  # fmt: skip
     node = clicked_element(event)
     if node is not None:
@@ -262,6 +273,11 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
                         config={"displayModeBar": False})  # fmt: skip
     with st.expander("Numbers"):
         st.dataframe(_anatomy_table(result), hide_index=True, width="stretch", key="playground_anatomy_table")
+        st.caption("The download icon at the top right of the table saves it as CSV.")
+    with st.popover("Export", icon=":material/download:"):
+        title = (f"{run.model.name}: anatomy of the prediction {display_token(result.token)!r} → "
+                 f"{display_token(result.target)!r} at token {target} of {run.prompt!r}")  # fmt: skip
+        figure_downloads(figure, title, f"anatomy-{run.model.name}-token{target}", key="playground_anatomy_export")
 
 
 def _anatomy(run: Run, position: int, target_id: int | None) -> Anatomy:

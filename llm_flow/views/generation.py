@@ -187,7 +187,8 @@ def _append(
     start_position = len(generation.ids)
     new = tuple(_token(model, t, start_position + k, s, stops) for k, (t, s) in enumerate(chosen))
     tokens = generation.tokens + new
-    return replace(generation, tokens=tokens, continuation=_continuation(model, generation.prompt_ids, tokens), stop=stop)
+    continuation = _continuation(model, generation.prompt_ids, tokens)
+    return replace(generation, tokens=tokens, continuation=continuation, stop=stop)
 
 
 def _continuation(model: TransparentLlm, prompt_ids: tuple[int, ...], tokens: tuple[GeneratedToken, ...]) -> str:

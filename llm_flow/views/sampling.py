@@ -38,6 +38,14 @@ class SamplingSettings:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def describe(self) -> str:
+        """The settings in words, for titles and the CLI."""
+        if self.greedy:
+            return "greedy (temperature 0: always the most likely token)"
+        top_k = f"top-k {self.top_k}" if self.top_k else "top-k off"
+        top_p = f"top-p {self.top_p:g}" if self.top_p < 1 else "top-p off"
+        return f"temperature {self.temperature:g}, {top_k}, {top_p}"
+
 
 @dataclass(frozen=True, eq=False)
 class SamplingStages:
