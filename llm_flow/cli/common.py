@@ -27,7 +27,10 @@ def load(args: argparse.Namespace, config: "Config") -> "TransparentLlm":
     from llm_flow.models.loading import load_model
 
     name = args.model or config.default_model
-    return load_model(name, device=args.device, dtype=args.dtype, config=config, progress=progress)
+    try:
+        return load_model(name, device=args.device, dtype=args.dtype, config=config, progress=progress)
+    finally:
+        end_progress()
 
 
 def prompt_or_default(prompt: str | None, config: "Config") -> str:
@@ -40,4 +43,22 @@ def prompt_or_default(prompt: str | None, config: "Config") -> str:
 
 
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """On a terminal, each message replaces the last (downloads report every second); in a log,
+    one line each."""
+    global _progress_line_open
+    if sys.stderr.isatty():
+        print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
+        _progress_line_open = True
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def end_progress() -> None:
+    """Close a terminal progress line, so what comes next starts on its own line."""
+    global _progress_line_open
+    if _progress_line_open:
+        print(file=sys.stderr, flush=True)
+        _progress_line_open = False
+
+
+_progress_line_open = False

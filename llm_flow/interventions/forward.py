@@ -68,7 +68,7 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
         hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
     # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
     # modules are dropped as in `BridgeLlm.run` (they would pile up to L full [H, T, T] copies).
-    with model.lock, torch.inference_mode(), model._no_kept_patterns():
+    with model.lock, torch.inference_mode(), model.no_kept_patterns():
         logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
     return logits[0].float()
 
@@ -131,7 +131,7 @@ class _LayerSurgery:
         removed = torch.einsum("rhk,hkd->rd", mixed, w_o)  # [r, d]
         if self.post_norms:
             scale = self.seen.pop("scale")[rows]  # [r, 1], rms of the whole attention output
-            removed = removed * self.model._post_norm_gain(self.layer, "ln1_post", scale)
+            removed = removed * self.model.post_norm_gain(self.layer, "ln1_post", scale)
         return rows, removed
 
     def _ffn_out(self, out: torch.Tensor, hook) -> torch.Tensor:

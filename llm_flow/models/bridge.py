@@ -197,8 +197,8 @@ class BridgeLlm(TransparentLlm):
         block = f"blocks.{layer}"
         attn_gain = mlp_gain = None
         if self._post_norms:
-            attn_gain = self._post_norm_gain(layer, "ln1_post", store[f"{block}.ln1_post.hook_scale"])
-            mlp_gain = self._post_norm_gain(layer, "ln2_post", store[f"{block}.ln2_post.hook_scale"])
+            attn_gain = self.post_norm_gain(layer, "ln1_post", store[f"{block}.ln1_post.hook_scale"])
+            mlp_gain = self.post_norm_gain(layer, "ln2_post", store[f"{block}.ln2_post.hook_scale"])
         return LayerActivations(
             resid_pre=store[f"{block}.hook_resid_pre"],
             resid_mid=None if self._parallel else store[f"{block}.hook_resid_mid"],
@@ -211,7 +211,7 @@ class BridgeLlm(TransparentLlm):
             mlp_gain=mlp_gain,
         )
 
-    def _post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
+    def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
         """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts
         (docs/method.md#post-norms)."""
         weight = getattr(self._bridge.blocks[layer], norm).original_component.weight.float()

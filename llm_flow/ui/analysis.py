@@ -71,7 +71,8 @@ def _try(request: Request, active: Request | None) -> Run | None:
     box = st.empty()  # the progress box goes away whatever happens
     try:
         with box.container(), st.status(f"Analysing with {request.model.source}…", expanded=True) as status:
-            run = get_run(request.model, request.prompt, progress=status.write)
+            latest = st.empty()  # progress arrives every second: show the latest message only
+            run = get_run(request.model, request.prompt, progress=latest.write)
     except LlmFlowError as exc:
         box.empty()
         _refuse(request, active, str(exc))
