@@ -28,6 +28,9 @@ WEIGHTING_SCALES = {"attention": "Blues", "norm": "Oranges", "alti": "Purples"}
 # under _FAINTEST of the strongest are not drawn: invisible anyway, and most of the bytes.
 _SHADES = ((0.1, 0.15, 1.0), (0.3, 0.3, 1.5), (0.6, 0.55, 2.0), (1.0, 0.9, 3.0))
 _FAINTEST = 0.01
+# Beyond these a figure is tens of MB and the browser stalls: refused with what to change.
+MAX_LINES = 200_000
+MAX_CELLS = 2_000_000
 _ROW_PX = 18
 
 
@@ -62,6 +65,12 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     row_px = max(_ROW_PX, min(30, 600 // n))  # short prompts get room, long ones 18 px a token
     y = -np.arange(n, dtype=np.float32)
     top = strongest(view)
+    drawn = int((view.weights >= _FAINTEST * top).sum())
+    if drawn > MAX_LINES:
+        raise ArgumentError(
+            f"the head view would draw {drawn:,} lines (at most {MAX_LINES:,}): set top-k sources, "
+            "a smaller window or fewer heads"
+        )
     fig = go.Figure()
     for b, label in enumerate(view.head_labels):
         weights = view.weights[0, b]  # [W, W]
@@ -179,6 +188,11 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
     A marker at the centre of each tile carries ``customdata = [layer, head]`` so a click can open
     that head large (the app does)."""
     n_layers, n_cols, w, _ = view.weights.shape
+    if view.weights.size > MAX_CELLS:
+        raise ArgumentError(
+            f"the model view would draw {view.weights.size:,} cells (at most {MAX_CELLS:,}): show fewer "
+            f"layers or heads, or a window of at most {int((MAX_CELLS / (n_layers * n_cols)) ** 0.5)} tokens"
+        )
     mosaic = view.weights.transpose(0, 2, 1, 3).reshape(n_layers * w, n_cols * w)
     tokens = [f"{p} {display_token(t)}" for p, t in zip(view.positions, view.tokens)]
     rows = [f"layer {layer} · query {token}" for layer in view.layers for token in tokens]
