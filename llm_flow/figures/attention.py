@@ -17,7 +17,8 @@ from llm_flow.views.attention import AttentionView
 from llm_flow.views.attention_scores import NeuronView
 from llm_flow.views.tokens import display_token
 
-HEAD_COLORS = qualitative.Plotly + qualitative.Dark24
+HEAD_COLORS = qualitative.Plotly + qualitative.Dark24  # a head keeps its colour whatever is filtered
+_AGGREGATE_COLOR = "#4c4c8c"
 WEIGHTING_NAMES = {
     "attention": "attention weight",
     "norm": "attention × ‖(v+b_V)W_O‖₂",
@@ -76,7 +77,7 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
         weights = view.weights[0, b]  # [W, W]
         if focus is not None:
             weights = np.where(np.arange(n)[:, None] == focus - positions[0], weights, 0.0)
-        _add_head_lines(fig, weights, y, top, label, color_of(view.heads[b] if len(view.head_labels) > 1 else 0))
+        _add_head_lines(fig, weights, y, top, label, _AGGREGATE_COLOR if view.aggregate else color_of(view.heads[b]))
     labels = [display_token(t) for t in view.tokens]
     for side, x, anchor in (("query", 0.0, "middle left"), ("source", 1.0, "middle right")):
         fig.add_trace(go.Scatter(
@@ -203,7 +204,7 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
         hovertemplate="%{y}<br>%{x}<br>weight %{z:.3g}<extra></extra>",
     ))  # fmt: skip
     centre = w // 2
-    heads = view.heads if len(view.head_labels) > 1 else (-1,)
+    heads = (-1,) if view.aggregate else view.heads  # -1: no single head to open
     fig.add_trace(go.Scatter(
         x=[cols[b * w + centre] for _ in view.layers for b in range(n_cols)],
         y=[rows[a * w + centre] for a in range(n_layers) for _ in range(n_cols)],

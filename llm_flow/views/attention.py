@@ -65,6 +65,7 @@ class AttentionView:
     layers: tuple[int, ...]
     heads: tuple[int, ...]  # model heads aggregated or shown one by one
     head_labels: tuple[str, ...]  # one per weights[:, b]: "head 3", or "mean of 9 heads"
+    aggregate: str | None  # "mean" or "max" when the heads are folded into one
     positions: np.ndarray  # [W] int token positions of the window
     tokens: tuple[str, ...]  # [W] the window's tokens as decoded
     weights: np.ndarray  # [layers, head_labels, W, W] float32, query x source
@@ -221,6 +222,7 @@ def attention_view(
         layers=layers,
         heads=heads,
         head_labels=labels,
+        aggregate=aggregate,
         positions=positions,
         tokens=tuple(run.str_tokens[p] for p in positions),
         weights=weights.numpy().astype(np.float32),
