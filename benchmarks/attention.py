@@ -2,6 +2,7 @@
 
     python -m benchmarks.attention            # T = 256 and 1000, best of 3
     python -m benchmarks.attention --quick    # T = 256, one trial
+    python -m benchmarks.attention --threads 1   # torch on one thread (a machine shared with others)
 
 Server time is what the app spends per view after the prompt has been run once: the view's data
 from the Run, the plotly figure, and its JSON (what Streamlit sends). Memos are cleared before
@@ -13,6 +14,7 @@ neuron view is also timed "warm" (another head of a layer already captured). Siz
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,8 +78,15 @@ def measure(run, name: str, build: Callable, trials: int) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T = 256 only, one trial")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    import torch
+
     import llm_flow
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}; load average before: {os.getloadavg()[0]:.1f}", flush=True)
 
     model = llm_flow.load_model("smollm2-135m")
     lengths, trials = ((256,), 1) if args.quick else ((256, 1000), 3)
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| T | view | server time | figure size |\n|---:|---|---:|---:|")
     for n_tokens, name, seconds, size in rows:
         print(f"| {n_tokens} | {name} | {seconds:.2f} s | {size / 1e6:.2f} MB |")
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     long = [r for r in rows if r[0] >= 1000]
     misses = [r for r in long if r[2] >= TARGET_SECONDS or r[3] >= TARGET_BYTES]
     if long:

@@ -377,3 +377,20 @@ def test_figures_stay_small_for_a_long_prompt(tiny_models):
     grid = model_view_figure(model_view(run, window=token_window(run, -1, 32))).to_json()
     neuron = neuron_view_figure(neuron_view(run, 2, 1, -1)).to_json()
     assert len(head) < 1_000_000 and len(grid) < 500_000 and len(neuron) < 500_000
+
+
+def test_views_too_big_to_draw_are_refused_with_what_to_change(family_runs, monkeypatch):
+    from llm_flow.figures import attention as figures
+    from llm_flow.views import attention as views
+
+    run, _, _ = family_runs("llama")
+    monkeypatch.setattr(figures, "MAX_LINES", 50)
+    monkeypatch.setattr(figures, "MAX_CELLS", 1000)
+    with pytest.raises(ArgumentError, match="the head view would draw .* lines .*: set top-k sources"):
+        head_view_figure(head_view(run, 1))
+    assert head_view_figure(head_view(run, 1, heads=[0], top_k=1))  # within the budget
+    with pytest.raises(ArgumentError, match=r"a window of at most 9 tokens"):
+        model_view_figure(model_view(run, window=token_window(run, -1, 20)))
+    monkeypatch.setattr(views, "MAX_ROW_ELEMENTS", 100)
+    with pytest.raises(ArgumentError, match="too much to compute at once"):
+        model_view(run)

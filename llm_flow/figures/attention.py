@@ -17,7 +17,8 @@ from llm_flow.views.attention import AttentionView
 from llm_flow.views.attention_scores import NeuronView
 from llm_flow.views.tokens import display_token
 
-HEAD_COLORS = qualitative.Plotly + qualitative.Dark24
+HEAD_COLORS = qualitative.Plotly + qualitative.Dark24  # a head keeps its colour whatever is filtered
+_AGGREGATE_COLOR = "#4c4c8c"
 WEIGHTING_NAMES = {
     "attention": "attention weight",
     "norm": "attention × ‖(v+b_V)W_O‖₂",
@@ -28,6 +29,9 @@ WEIGHTING_SCALES = {"attention": "Blues", "norm": "Oranges", "alti": "Purples"}
 # under _FAINTEST of the strongest are not drawn: invisible anyway, and most of the bytes.
 _SHADES = ((0.1, 0.15, 1.0), (0.3, 0.3, 1.5), (0.6, 0.55, 2.0), (1.0, 0.9, 3.0))
 _FAINTEST = 0.01
+# Beyond these a figure is tens of MB and the browser stalls: refused with what to change.
+MAX_LINES = 200_000
+MAX_CELLS = 2_000_000
 _ROW_PX = 18
 
 
@@ -62,12 +66,18 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     row_px = max(_ROW_PX, min(30, 600 // n))  # short prompts get room, long ones 18 px a token
     y = -np.arange(n, dtype=np.float32)
     top = strongest(view)
+    drawn = int((view.weights >= _FAINTEST * top).sum())
+    if drawn > MAX_LINES:
+        raise ArgumentError(
+            f"the head view would draw {drawn:,} lines (at most {MAX_LINES:,}): set top-k sources, "
+            "a smaller window or fewer heads"
+        )
     fig = go.Figure()
     for b, label in enumerate(view.head_labels):
         weights = view.weights[0, b]  # [W, W]
         if focus is not None:
             weights = np.where(np.arange(n)[:, None] == focus - positions[0], weights, 0.0)
-        _add_head_lines(fig, weights, y, top, label, color_of(view.heads[b] if len(view.head_labels) > 1 else 0))
+        _add_head_lines(fig, weights, y, top, label, _AGGREGATE_COLOR if view.aggregate else color_of(view.heads[b]))
     labels = [display_token(t) for t in view.tokens]
     for side, x, anchor in (("query", 0.0, "middle left"), ("source", 1.0, "middle right")):
         fig.add_trace(go.Scatter(
@@ -179,6 +189,11 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
     A marker at the centre of each tile carries ``customdata = [layer, head]`` so a click can open
     that head large (the app does)."""
     n_layers, n_cols, w, _ = view.weights.shape
+    if view.weights.size > MAX_CELLS:
+        raise ArgumentError(
+            f"the model view would draw {view.weights.size:,} cells (at most {MAX_CELLS:,}): show fewer "
+            f"layers or heads, or a window of at most {int((MAX_CELLS / (n_layers * n_cols)) ** 0.5)} tokens"
+        )
     mosaic = view.weights.transpose(0, 2, 1, 3).reshape(n_layers * w, n_cols * w)
     tokens = [f"{p} {display_token(t)}" for p, t in zip(view.positions, view.tokens)]
     rows = [f"layer {layer} · query {token}" for layer in view.layers for token in tokens]
@@ -189,7 +204,7 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
         hovertemplate="%{y}<br>%{x}<br>weight %{z:.3g}<extra></extra>",
     ))  # fmt: skip
     centre = w // 2
-    heads = view.heads if len(view.head_labels) > 1 else (-1,)
+    heads = (-1,) if view.aggregate else view.heads  # -1: no single head to open
     fig.add_trace(go.Scatter(
         x=[cols[b * w + centre] for _ in view.layers for b in range(n_cols)],
         y=[rows[a * w + centre] for a in range(n_layers) for _ in range(n_cols)],

@@ -18,6 +18,8 @@ what a query sends to tokens before the window is kept as one number per row (``
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,10 @@ from llm_flow.checks import check_aggregation, check_count, check_pair_part, che
 from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows
+
+
+#: Largest [layers, heads, window, sources] block computed at once (256 MB of float32).
+MAX_ROW_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class AttentionView:
     layers: tuple[int, ...]
     heads: tuple[int, ...]  # model heads aggregated or shown one by one
     head_labels: tuple[str, ...]  # one per weights[:, b]: "head 3", or "mean of 9 heads"
+    aggregate: str | None  # "mean" or "max" when the heads are folded into one
     positions: np.ndarray  # [W] int token positions of the window
     tokens: tuple[str, ...]  # [W] the window's tokens as decoded
     weights: np.ndarray  # [layers, head_labels, W, W] float32, query x source
@@ -97,35 +104,68 @@ def token_window(run: Run, center: int | None = None, size: int | None = None) -
     return TokenWindow(start, start + size)
 
 
-def layer_rows(run: Run, layer: int, weighting: str, queries: Sequence[int]) -> torch.Tensor:
-    """Weights of every head from each query to sources ``0 .. max(queries)``: [H, Q, S] float32
-    on the CPU (zero for sources after the query)."""
+def window_rows(run: Run, layers: Sequence[int], weighting: str, window: TokenWindow) -> torch.Tensor:
+    """Weights of every head of `layers` from each query of `window` to sources ``0 .. stop - 1``:
+    [L, H, W, stop] float32 on the CPU, zero for sources after the query.
+
+    A handful of tensor operations for all layers together (a model view has 30 of them): on a
+    busy CPU each small operation costs far more than its arithmetic."""
     check_weighting(weighting)
-    layer = check_layer(run, layer)
-    n_sources = max(queries) + 1
+    layers = [check_layer(run, layer) for layer in layers]
     if weighting == "alti":
-        rows = contribution_rows(run, layer, list(queries))
-        out = torch.zeros(len(rows), n_sources, run.model.info.n_heads)
-        for k, row in enumerate(rows):
-            out[k, : row.position + 1] = row.heads
-        return out.permute(2, 0, 1).contiguous()
-    pattern = run.layer(layer).pattern.rows(torch.tensor(list(queries)), n_sources).float()  # [Q, H, S]
+        return _alti_rows(run, layers, window)
+    device = run.layer(0).pattern.packed.device
+    index, causal = _packed_index(window, device)
+    rows = torch.stack([run.layer(layer).pattern.packed[:, index] for layer in layers]).float()  # [L, H, W, stop]
+    rows = rows.masked_fill_(~causal, 0.0)
     if weighting == "norm":
-        pattern = pattern * value_norms(run, layer, n_sources).T[None].to(pattern)
-    return pattern.permute(1, 0, 2).cpu().contiguous()
+        rows = rows.mul_(value_norms(run, layers, window.stop).to(rows).permute(0, 2, 1)[:, :, None, :])
+    return rows.cpu()
 
 
-def value_norms(run: Run, layer: int, n_sources: int) -> torch.Tensor:
-    """``‖(v[j, kv(h)] + b_V) W_O[h]‖₂`` for sources ``0 .. n_sources - 1``: [S, H].
+def value_norms(run: Run, layers: Sequence[int], n_sources: int) -> torch.Tensor:
+    """``‖(v[j, kv(h)] + b_V) W_O[h]‖₂`` for sources ``0 .. n_sources - 1``: [L, S, H].
 
-    Through the d_head x d_head Gram matrix ``W_O[h] W_O[h]ᵀ`` (in float64: the quadratic form
-    must not cancel), so no [T, H, d_model] tensor is built: ~10x less work at d_head 64."""
-    values = run.layer(layer).values[:n_sources].double()  # [S, n_kv, d_head]
-    w_o = run.model.attention_output_weight(layer).double()  # [H, d_head, d_model]
-    gram = w_o @ w_o.transpose(1, 2)  # [H, d_head, d_head]
-    values = values.repeat_interleave(w_o.shape[0] // values.shape[1], dim=1)  # [S, H, d_head]
-    squared = (torch.einsum("shk,hkl->shl", values, gram) * values).sum(-1)
-    return squared.clamp_min(0).sqrt().float()
+    As the quadratic form ``v G_h vᵀ`` with the d_head x d_head Gram matrix ``G_h = W_O[h] W_O[h]ᵀ``
+    (float64, so it cannot cancel): no [T, H, d_model] tensor, ~10x less work at d_head 64."""
+    values = torch.stack([run.layer(layer).values[:n_sources] for layer in layers]).double()  # [L, S, kv, d_head]
+    grams = torch.stack([_gram(run.model, layer) for layer in layers]).to(values.device)  # [L, H, d_head, d_head]
+    values = values.repeat_interleave(grams.shape[1] // values.shape[2], dim=2)  # [L, S, H, d_head]
+    squared = (torch.einsum("lshk,lhkm->lshm", values, grams) * values).sum(-1)
+    return squared.clamp_min_(0).sqrt_().float()
+
+
+_GRAMS: "weakref.WeakKeyDictionary[object, dict[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_GRAMS_LOCK = threading.Lock()
+
+
+def _gram(model, layer: int) -> torch.Tensor:
+    """``W_O[h] W_O[h]ᵀ`` of one layer, [H, d_head, d_head] float64, kept per loaded model (the
+    weights never change; 9 MB for SmolLM2)."""
+    with _GRAMS_LOCK:
+        known = _GRAMS.setdefault(model, {})
+        if layer not in known:
+            w_o = model.attention_output_weight(layer).double()  # [H, d_head, d_model]
+            known[layer] = w_o @ w_o.transpose(1, 2)
+        return known[layer]
+
+
+def _packed_index(window: TokenWindow, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where query q (of the window) and source s sit in a packed causal pattern, [W, stop]
+    (0 where s > q), and the causal mask [W, stop]."""
+    queries = torch.arange(window.start, window.stop, device=device)[:, None]
+    sources = torch.arange(window.stop, device=device)[None, :]
+    causal = sources <= queries
+    return torch.where(causal, queries * (queries + 1) // 2 + sources, 0), causal
+
+
+def _alti_rows(run: Run, layers: list[int], window: TokenWindow) -> torch.Tensor:
+    """The route engine's contribution rows (computed once per Run and remembered by it)."""
+    out = torch.zeros(len(layers), window.stop, len(window), run.model.info.n_heads)  # [L, S, W, H]
+    for k, layer in enumerate(layers):
+        for q, row in enumerate(contribution_rows(run, layer, list(window.positions))):
+            out[k, : row.position + 1, q] = row.heads
+    return out.permute(0, 3, 2, 1).contiguous()  # [L, H, W, S]
 
 
 def attention_view(
@@ -155,16 +195,21 @@ def attention_view(
     check_count(top_k, "top-k")
     _check_split(run, split, part)
     window = window or token_window(run)
-    queries = list(window.positions)
-    weights, outside = [], []
-    for layer in layers:
-        rows = layer_rows(run, layer, weighting, queries)[list(heads)]  # [h, W, stop]
-        if aggregate is not None:
-            rows = rows.mean(0, keepdim=True) if aggregate == "mean" else rows.amax(0, keepdim=True)
+    size = len(layers) * run.model.info.n_heads * len(window) * window.stop
+    if size > MAX_ROW_ELEMENTS:
+        raise ArgumentError(
+            f"{len(layers)} layers over a {len(window)}-token window is too much to compute at once "
+            f"({size:,} weights): choose fewer layers or a smaller window"
+        )
+    rows = window_rows(run, layers, weighting, window)  # [L, H, W, stop]
+    if len(heads) < rows.shape[1]:
+        rows = rows[:, list(heads)]
+    if aggregate is not None:
+        rows = rows.mean(1, keepdim=True) if aggregate == "mean" else rows.amax(1, keepdim=True)
+    if part != "all" and split is not None:
         rows = rows * _pair_mask(window, split, part)
-        outside.append(rows[:, :, : window.start].sum(-1))
-        weights.append(rows[:, :, window.start :])
-    weights = torch.stack(weights)  # [L, h, W, W]
+    outside = rows[..., : window.start].sum(-1)  # [L, h, W]
+    weights = rows[..., window.start :]  # [L, h, W, W]
     if top_k is not None:
         weights = _keep_top_k(weights, top_k)
     if aggregate is None:
@@ -177,10 +222,11 @@ def attention_view(
         layers=layers,
         heads=heads,
         head_labels=labels,
+        aggregate=aggregate,
         positions=positions,
         tokens=tuple(run.str_tokens[p] for p in positions),
         weights=weights.numpy().astype(np.float32),
-        outside=torch.stack(outside).numpy().astype(np.float32),
+        outside=outside.numpy().astype(np.float32),
         top_k=top_k,
         split=split,
         part=part,
@@ -205,10 +251,8 @@ def _check_split(run: Run, split: int | None, part: str) -> None:
         )
 
 
-def _pair_mask(window: TokenWindow, split: int | None, part: str) -> torch.Tensor:
+def _pair_mask(window: TokenWindow, split: int, part: str) -> torch.Tensor:
     """[W, stop] 1 where query (window) -> source (0 .. stop - 1) belongs to the chosen part."""
-    if part == "all" or split is None:
-        return torch.ones(len(window), window.stop)
     query_b = torch.arange(window.start, window.stop) >= split
     source_b = torch.arange(window.stop) >= split
     want_query_b, want_source_b = part[0] == "B", part[-1] == "B"
