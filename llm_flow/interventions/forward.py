@@ -68,7 +68,7 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
         hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
     # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
     # modules are dropped as in `BridgeLlm.run` (they would pile up to L full [H, T, T] copies).
-    with model.lock, torch.inference_mode(), model._no_kept_patterns():
+    with model.lock, torch.inference_mode(), model.no_kept_patterns():
         logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
     return logits[0].float()
 
