@@ -316,3 +316,13 @@ def test_bad_arguments(runs):
     short = run.model.run("The capital")
     with pytest.raises(llm_flow.ArgumentError, match="token prompt"):
         ablated_logits(short, ablation(run, []))
+
+
+@pytest.mark.real_model
+def test_smollm2_route_beats_random_parts_of_its_size(smollm2):
+    """On the real model the route's own parts carry far more of " Paris" than random ones."""
+    run = smollm2.run("The capital of France is")
+    assert (ablated_logits(run, ablation(run, [])) - run.logits).abs().max().item() <= 1e-5
+    check = check_route(run, llm_flow.build_graph(run, threshold=0.04), draws=3, seed=0)
+    assert check.token == " Paris" and check.unmodified.rank == 1
+    assert check.route_only.probability > 10 * max(o.probability for o in check.random_only)

@@ -114,8 +114,10 @@ def _display_table(check: RouteCheck) -> pd.DataFrame:
     n_draws = len(check.random_only)
     versus = []
     for row in table.itertuples():
-        if not pd.isna(row.percentile):
+        if row.condition == "route only":
             versus.append(f"above {row.percentile:.0f}% of the draws")
+        elif row.condition == "route removed":
+            versus.append(f"below {100 - row.percentile:.0f}% of the draws")
         elif not pd.isna(row.low):
             versus.append(f"{n_draws} draws: {row.low:.2g} … {row.high:.2g}")
         else:
