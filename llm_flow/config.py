@@ -39,6 +39,7 @@ class ModelEntry(_Strict):
     description: str = ""
     prepend_bos: bool | Literal["auto"] = "auto"
     trust_remote_code: bool = False
+    chat_template: bool = False
 
     @field_validator("prepend_bos", mode="before")
     @classmethod

@@ -105,7 +105,9 @@ class BridgeLlm(TransparentLlm):
         )
 
     def _validated_ids(self, prompt: str) -> list[int]:
-        ids = self.encode(check_prompt_text(prompt))
+        return self._check_length(self.encode(check_prompt_text(prompt)))
+
+    def _check_length(self, ids: list[int]) -> list[int]:
         limits = [(self.info.n_ctx, "the model's context length")]
         if self.max_prompt_tokens is not None:
             limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
@@ -122,7 +124,17 @@ class BridgeLlm(TransparentLlm):
     # --- the forward pass ---------------------------------------------------------------------
 
     def run(self, prompt: str) -> Run:
-        ids = self._validated_ids(prompt)
+        return self._run(self._validated_ids(prompt), prompt)
+
+    def run_ids(self, token_ids: list[int], prompt: str | None = None) -> Run:
+        """A Run over token ids as given: a prompt followed by generated tokens, or a chat
+        template, must not be decoded and re-tokenised (the split could change)."""
+        ids = self._check_length([int(i) for i in token_ids])
+        return self._run(ids, self._tokenizer.decode(ids) if prompt is None else prompt)
+
+    def _run(self, ids: list[int], prompt: str) -> Run:
+        """Refused before the pass if it would not fit in memory; an allocation failure during it
+        becomes a MemoryLimitError."""
         check_run_fits(self.info, len(ids), self.max_run_bytes)
         with out_of_memory_as_error(self.info, len(ids)):
             return self._forward(prompt, ids)

@@ -1,0 +1,65 @@
+"""`attribute`: one call from a prompt and a continuation to an :class:`Attribution`."""
+
+from __future__ import annotations
+
+from llm_flow.attribution.base import FUNCTIONS, Method, Problem, Progress, check_choice
+from llm_flow.attribution.registry import get_method
+from llm_flow.attribution.result import Attribution
+from llm_flow.attribution.scores import step_scores
+from llm_flow.attribution.targets import encode_foil, prepare
+from llm_flow.models.bridge import BridgeLlm
+
+
+def attribute(
+    model: BridgeLlm,
+    prompt: str,
+    method: str | Method = "integrated_gradients",
+    *,
+    continuation: str | None = None,
+    generate: int | None = None,
+    foil: str | None = None,
+    function: str | None = None,
+    chat_template: bool = False,
+    progress: Progress | None = None,
+    **options: object,
+) -> Attribution:
+    """Which input tokens made the model produce each token of the continuation.
+
+    The continuation is `continuation` (text, tokenised without special tokens) or `generate`
+    greedy tokens (default: one). `method` is a name from `METHODS` (its options as keyword
+    arguments) or a `Method`. Gradient and perturbation methods explain `function` of the
+    output: the target's ``"probability"`` (the default) or ``"logit"``; with a `foil` token
+    (``" London"``) they explain the difference f(target) - f(foil), by default of the logits.
+    Attention and ALTI rollout read the forward pass and ignore both.
+    `progress(done, total)` is called after each step.
+    """
+    method = method if isinstance(method, Method) else get_method(method, **options)
+    foil_id = encode_foil(model, foil) if foil is not None else None
+    if function is None:
+        function = "logit" if foil_id is not None else "probability"
+    check_choice("function", function, FUNCTIONS)
+    sequence = prepare(model, prompt, continuation, generate, chat_template)
+    explained = function if method.uses_output else None
+    problem = Problem(model, sequence, explained, foil_id if method.uses_output else None, progress)
+    output = method.compute(problem)
+    ids = list(sequence.ids)
+    special = set(model.tokenizer.all_special_ids)
+    return Attribution(
+        model=model.name,
+        method=method.name,
+        options=method.settings(),
+        function=explained,
+        foil=foil,
+        tokens=model.decode_tokens(ids),
+        token_ids=ids,
+        special=[i in special for i in ids],
+        n_prompt=sequence.n_prompt,
+        spans=[(p, p + 1) for p in range(len(ids) - 1)],
+        scores=output.scores,
+        step_scores=step_scores(model, sequence, foil_id),
+        deltas=output.deltas,
+        scale=method.scale,
+        prompt=prompt,
+        generated=continuation is None,
+        chat_template=chat_template,
+    )

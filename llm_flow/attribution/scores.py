@@ -1,0 +1,38 @@
+"""Step scores: what the model thought of each target token when it produced it.
+
+One forward pass over the prompt and the continuation (without its last token) answers every
+step at once: causal attention makes the logits at position ``n_prompt + t - 1`` exactly those
+that step t's prediction came from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_flow.attribution.targets import Sequence
+from llm_flow.models.bridge import BridgeLlm
+
+
+def step_scores(model: BridgeLlm, sequence: Sequence, foil: int | None = None) -> dict[str, list[float]]:
+    """Per step: ``probability`` and ``logit`` of the target, ``entropy`` of the distribution
+    (nats); with a foil also ``foil_probability``, ``foil_logit``, ``probability_difference``
+    (target minus foil) and ``logit_difference``."""
+    hf = model.hf_model
+    device = next(hf.parameters()).device
+    ids = torch.tensor([sequence.ids[:-1]], device=device)
+    with model.lock, torch.no_grad():
+        logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
+    log_probs = logits.log_softmax(-1)
+    targets = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
+    rows = torch.arange(sequence.n_steps, device=device)
+    scores = {
+        "probability": log_probs[rows, targets].exp(),
+        "logit": logits[rows, targets],
+        "entropy": torch.special.entr(log_probs.exp()).sum(-1),  # 0 log 0 = 0
+    }
+    if foil is not None:
+        scores["foil_probability"] = log_probs[:, foil].exp()
+        scores["foil_logit"] = logits[:, foil]
+        scores["probability_difference"] = scores["probability"] - scores["foil_probability"]
+        scores["logit_difference"] = scores["logit"] - scores["foil_logit"]
+    return {name: values.cpu().tolist() for name, values in scores.items()}

@@ -1,0 +1,133 @@
+"""What an attribution explains: a prompt and the continuation whose every token is a target.
+
+Step ``t`` explains continuation token ``t`` from the prompt and the continuation before it, so
+all steps share one token sequence. Token ids are kept as ids from here on: a generated
+continuation decoded and re-tokenised could split differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_flow.checks import check_prompt_text
+from llm_flow.errors import ArgumentError, PromptError
+from llm_flow.models.bridge import BridgeLlm
+from llm_flow.wording import plural
+
+#: Most tokens one request may generate: every one is a separate attribution step.
+MAX_GENERATE = 64
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Prompt and continuation as token ids; the continuation tokens are the targets."""
+
+    ids: tuple[int, ...]  # [n_prompt + n_steps]
+    n_prompt: int
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+    def context(self, step: int) -> list[int]:
+        """What step `step` sees: the prompt and the continuation before its target."""
+        return list(self.ids[: self.n_prompt + step])
+
+    def target(self, step: int) -> int:
+        return self.ids[self.n_prompt + step]
+
+
+def encode_prompt(model: BridgeLlm, prompt: str, chat_template: bool = False) -> list[int]:
+    """The prompt's ids; with `chat_template`, as a user turn followed by the assistant's turn."""
+    check_prompt_text(prompt)
+    if not chat_template:
+        return model.encode(prompt)
+    tokenizer = model.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise ArgumentError(
+            f"{model.name} has no chat template: set chat_template to false for this model"
+        )
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def encode_foil(model: BridgeLlm, foil: str) -> int:
+    """A contrastive foil must be exactly one token (``" London"``, with its leading space)."""
+    if not isinstance(foil, str) or not foil:
+        raise ArgumentError("the foil is empty: give one token, e.g. ' London'")
+    ids = model.tokenizer(foil, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = ", ".join(repr(t) for t in model.decode_tokens(ids))
+        raise ArgumentError(
+            f"the foil {foil!r} is {plural(len(ids), 'token')} ({pieces}); give a single token "
+            "(mind the leading space: ' London' is not 'London')"
+        )
+    return int(ids[0])
+
+
+def prepare(
+    model: BridgeLlm,
+    prompt: str,
+    continuation: str | None = None,
+    generate: int | None = None,
+    chat_template: bool = False,
+) -> Sequence:
+    """Prompt ids plus a continuation typed by the user or generated greedily (`generate` tokens;
+    generation stops early after an end-of-sequence token, which is then the last target)."""
+    if continuation is not None and generate is not None:
+        raise ArgumentError("give either a continuation or a number of tokens to generate, not both")
+    prompt_ids = encode_prompt(model, prompt, chat_template)
+    if not prompt_ids:
+        raise PromptError("the prompt produced no tokens")
+    if continuation is not None:
+        if not continuation:
+            raise ArgumentError("the continuation is empty: type the text to explain, or generate tokens")
+        new_ids = list(model.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        if not new_ids:
+            raise ArgumentError(f"the continuation {continuation!r} produced no tokens")
+        _check_length(model, len(prompt_ids) + len(new_ids))
+    else:
+        n = 1 if generate is None else generate
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_GENERATE:
+            raise ArgumentError(f"the number of tokens to generate must be 1..{MAX_GENERATE} (got {n!r})")
+        _check_length(model, len(prompt_ids) + n)
+        new_ids = greedy(model, prompt_ids, n)
+    return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids))
+
+
+def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
+    """`n` greedy tokens after the prompt (fewer if the model ends the sequence)."""
+    hf = model.hf_model
+    device = next(hf.parameters()).device
+    tokens = torch.tensor([prompt_ids], device=device)
+    eos = model.tokenizer.eos_token_id
+    with model.lock, torch.no_grad():
+        out = hf.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=n,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=eos,
+            pad_token_id=eos if eos is not None else 0,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def _check_length(model: BridgeLlm, n_tokens: int) -> None:
+    """Prompt and continuation together must fit the model and the configured limit."""
+    limits = [(model.info.n_ctx, "the model's context length")]
+    if model.max_prompt_tokens is not None:
+        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
+    limit, reason = min(limits)
+    if n_tokens > limit:
+        raise PromptError(
+            f"prompt and continuation are {plural(n_tokens, 'token')}, over {reason} of "
+            f"{plural(limit, 'token')}: shorten the prompt or the continuation"
+        )

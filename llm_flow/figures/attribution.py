@@ -1,0 +1,101 @@
+"""Attribution figures: a token x token heatmap (rows: generated tokens; columns: the prompt and
+the continuation before each of them) and the text of one step coloured by its scores."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import plotly.graph_objects as go
+
+from llm_flow.attribution.result import Attribution
+from llm_flow.views.tokens import display_token
+
+#: Above this many columns only every k-th source label is written on the axis.
+MAX_LABELS = 60
+_POSITIVE = (214, 39, 40)
+_NEGATIVE = (31, 119, 180)
+_SCALE_WORDS = {
+    "sum": "signed: red raised the explained output, blue lowered it",
+    "norm": "gradient norm: larger means more sensitive",
+    "share": "share of the prediction's representation: each row sums to 1",
+}
+
+
+def target_labels(result: Attribution) -> list[str]:
+    """``3 ·Paris  p=0.77``: step, token, and the probability the model gave it."""
+    probabilities = result.step_scores["probability"]
+    return [f"{step} {display_token(token)}  p={p:.2f}" for step, (token, p) in enumerate(zip(result.targets, probabilities))]
+
+
+def attribution_heatmap(result: Attribution, title: str | None = None) -> go.Figure:
+    """The scores as a heatmap; blank cells are sources a step cannot see (at or after its
+    target). Signed methods use a diverging scale centred on 0."""
+    sources = [display_token(s) for s in result.sources]
+    n_columns = len(sources)
+    signed = result.scale == "sum"
+    limit = float(np.nanmax(np.abs(result.scores))) if np.isfinite(result.scores).any() else 1.0
+    hover = np.array([[f"{t} ← {s}" for s in sources] for t in result.targets], dtype=object)
+    figure = go.Figure(go.Heatmap(
+        z=result.scores, x=list(range(n_columns)), y=list(range(result.n_steps)),
+        customdata=hover, hovertemplate="%{customdata}: %{z:.4g}<extra></extra>",
+        colorscale="RdBu_r" if signed else "Reds", zmid=0 if signed else None,
+        zmin=-limit if signed else 0, zmax=limit or 1.0, hoverongaps=False,
+        colorbar=dict(title=dict(text="score", side="right"), thickness=12),
+    ))  # fmt: skip
+    every = max(1, -(-n_columns // MAX_LABELS))
+    ticks = list(range(0, n_columns, every))
+    figure.update_xaxes(tickvals=ticks, ticktext=[sources[c] for c in ticks], tickangle=-60,
+                        title_text="source (prompt | continuation)", showgrid=False)  # fmt: skip
+    figure.update_yaxes(tickvals=list(range(result.n_steps)), ticktext=target_labels(result),
+                        autorange="reversed", title_text="generated token", showgrid=False)  # fmt: skip
+    boundary = result.n_prompt_columns - 0.5
+    if boundary < n_columns - 0.5:
+        figure.add_vline(x=boundary, line=dict(color="#444", width=1, dash="dot"))
+    what = result.method.replace("_", " ")
+    contrast = f" vs {display_token(result.foil)}" if result.foil else ""
+    explained = f" of the {result.function}{' difference' if result.foil else ''}{contrast}" if result.function else ""
+    figure.update_layout(
+        title=dict(text=title or f"{what}{explained} — {_SCALE_WORDS[result.scale]}", font=dict(size=14)),
+        height=max(260, 120 + 26 * result.n_steps), margin=dict(l=10, r=10, t=50, b=10),
+        plot_bgcolor="white", paper_bgcolor="white",
+    )  # fmt: skip
+    return figure
+
+
+def step_html(result: Attribution, step: int) -> str:
+    """The text step `step` saw, each source's background coloured by its score (red up, blue
+    down; intensity relative to the step's largest magnitude), then the target token outlined."""
+    row = result.step_row(step)
+    peak = float(np.max(np.abs(row))) if row.size else 0.0
+    spans = []
+    for text, score in zip(result.sources, row):
+        strength = abs(score) / peak if peak > 0 else 0.0
+        red, green, blue = _POSITIVE if score >= 0 else _NEGATIVE
+        spans.append(
+            f'<span title="{score:.4g}" style="background: rgba({red},{green},{blue},{strength:.3f}); '
+            f'border-radius: 3px; padding: 1px 0">{_text(text)}</span>'
+        )
+    target = result.targets[step % result.n_steps]
+    spans.append(
+        f'<span style="outline: 2px solid #222; border-radius: 3px; padding: 1px 2px" '
+        f'title="target">{_text(target)}</span>'
+    )
+    return ('<div style="font-family: ui-monospace, monospace; font-size: 15px; line-height: 1.9; '
+            'white-space: pre-wrap">' + "".join(spans) + "</div>")  # fmt: skip
+
+
+def standalone_html(result: Attribution) -> str:
+    """A standalone HTML page: the heatmap (plotly included) and every step's coloured text."""
+    figure = attribution_heatmap(result).to_html(full_html=False, include_plotlyjs=True)
+    steps = "".join(
+        f"<h3>{html.escape(label)}</h3>{step_html(result, step)}"
+        for step, label in enumerate(target_labels(result))
+    )
+    title = html.escape(f"{result.method} — {result.model}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body style='font-family: sans-serif; background: white'><h2>{title}</h2>{figure}{steps}</body></html>")  # fmt: skip
+
+
+def _text(token: str) -> str:
+    return html.escape(token).replace("\n", "↵<br>")
