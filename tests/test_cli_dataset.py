@@ -49,6 +49,7 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
         (["--engine", "ray", "--workers", "0"], "workers must be a whole number >= 1"),
         (["--top", "0"], "--top must be at least 1"),
         (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1 and is for the in-process engine"),
     ],
 )
 def test_bad_options_are_one_clear_line(tiny_config, prompt_file, tmp_path, capsys, extra, message):
