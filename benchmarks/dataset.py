@@ -95,14 +95,8 @@ def bench(count: int, workers: int) -> list[dict]:
             timed(run_inprocess(model, settings, [PromptItem("0", texts[0])], lambda info: None, progress=False))  # warm-up
             stamps = timed(run_inprocess(model, settings, items, lambda info: None, progress=False))
             row = summarise("in-process", mean_tokens, 1, stamps) | {"threads": thread_count}
-            if thread_count == 1:  # the forward pass alone, on the same prompts
-                forward = []
-                for text in texts[1:]:
-                    started = time.perf_counter()
-                    model.run(text)
-                    forward.append(time.perf_counter() - started)
-                row["forward_s"] = sum(forward) / count
-                row["routes_s"] = stamps[-1] / count - row["forward_s"]
+            if thread_count == 1:
+                row |= split(model, settings, items)
             rows.append(row)
             report(rows[-1])
         threads(default_threads)
@@ -119,14 +113,29 @@ def bench(count: int, workers: int) -> list[dict]:
     return rows
 
 
+def split(model, settings, items) -> dict:
+    """Per prompt, the forward pass alone and then the whole analysis, back to back (so that a
+    change in the machine's load hits both alike): the difference is routes plus statistics."""
+    from llm_flow.dataset import analyse_prompt
+
+    forward = whole = 0.0
+    for item in items:
+        started = time.perf_counter()
+        model.run(item.text)
+        middle = time.perf_counter()
+        analyse_prompt(model, item, settings)
+        forward, whole = forward + middle - started, whole + time.perf_counter() - middle
+    return {"forward_s": forward / len(items), "routes_s": (whole - forward) / len(items)}
+
+
 def threads(count: int | None = None) -> int:
     """Set torch's and numba's thread counts (if `count`); return torch's."""
-    import numba
     import torch
 
+    from llm_flow.dataset.inprocess import use_threads
+
     if count is not None:
-        torch.set_num_threads(count)
-        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+        use_threads(count)
     return torch.get_num_threads()
 
 

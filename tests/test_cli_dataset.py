@@ -23,7 +23,8 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
     out = tmp_path / "results"
     args = ["--config", str(tiny_config), "dataset", "--model", "tiny-gpt2", "--prompts", str(prompt_file),
             "--targets", "all", "--threshold", "0.05", "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
+    html = tmp_path / "heads.html"
+    assert main(args + ["--html", str(html)]) == 0
     printed = capsys.readouterr().out
     assert "Analysed 3 prompts (0 already done" in printed
     assert "2 ok, 1 error, " in printed and "Errors  first: prompt b: the prompt is empty" in printed
@@ -36,6 +37,8 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
     assert metadata["config"]["max_prompt_tokens"] == 64  # the config's limit
     stats = pq.read_table(out / "components.parquet").to_pandas()
     assert stats["graphs"].iloc[0] == prompts["n_targets"].sum()
+    page = html.read_text()
+    assert f"Figure written to {html}" in printed and "L0.H0" in page and "results (tiny-gpt2, 2 prompts" in page
 
     assert main(args) == 0  # again: nothing left but the error row, which is retried
     assert "Analysed 1 prompt (2 already done" in capsys.readouterr().out
@@ -49,6 +52,9 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
         (["--engine", "ray", "--workers", "0"], "workers must be a whole number >= 1"),
         (["--top", "0"], "--top must be at least 1"),
         (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1 and is for the in-process engine"),
+        (["--svg", "heads.png"], "--svg heads.png: the file name must end in .svg"),
+        (["--html", "/no/such/dir/h.html"], "cannot write /no/such/dir/h.html"),
     ],
 )
 def test_bad_options_are_one_clear_line(tiny_config, prompt_file, tmp_path, capsys, extra, message):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llm_flow.cli.common import add_model_arguments, progress
+from llm_flow.cli.common import add_model_arguments, check_writable, progress
 from llm_flow.config import Config
 from llm_flow.wording import plural
 
@@ -32,7 +32,14 @@ def register(commands) -> None:
     parser.add_argument("--workers", type=int,
                         help="Ray actors, one model each (default: one per CPU, or per GPU with --device cuda)")
     parser.add_argument("--address", help="address of an existing Ray cluster (default: start a local Ray)")
+    parser.add_argument("--threads", type=int,
+                        help="in-process compute threads (default: one per core; 1 is faster on a busy machine)")
     parser.add_argument("--top", type=int, default=5, help="how many heads and FFN blocks to list (default: 5)")
+    parser.add_argument("--metric", choices=("frequency", "mean_contribution"), default="frequency",
+                        help="what the exported heatmap shows (default: frequency)")
+    parser.add_argument("--html", type=Path, help="write the heatmap of heads and FFN blocks as standalone HTML")
+    parser.add_argument("--svg", type=Path, help="write the heatmap as SVG (needs Chromium: apt-get install chromium)")
+    parser.add_argument("--png", type=Path, help="write the heatmap as PNG (needs Chromium)")
     parser.set_defaults(handler=run)
 
 
@@ -48,8 +55,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_engine(args.engine, args.workers, args.address)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
+    if args.threads is not None and (args.threads < 1 or args.engine != "inprocess"):
+        raise ArgumentError(f"--threads must be at least 1 and is for the in-process engine (got {args.threads})")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ArgumentError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
+    figures = [path for suffix, path in ((".html", args.html), (".svg", args.svg), (".png", args.png)) if path]
+    for suffix, path in ((".html", args.html), (".svg", args.svg), (".png", args.png)):
+        if path is not None and path.suffix.lower() != suffix:
+            raise ArgumentError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
+        if path is not None:
+            check_writable(path)
     items = read_prompts(args.prompts)
     source = args.model or config.default_model
     spec = resolved(ModelSpec(source, args.device, args.dtype, str(config.path), args.max_tokens))
@@ -57,10 +72,27 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     from llm_flow.dataset.run import analyse_dataset
 
+    if args.threads is not None:
+        from llm_flow.dataset.inprocess import use_threads
+
+        use_threads(args.threads)
     progress(f"Routes for {plural(len(items), 'prompt')} of {args.prompts} with {source} ({args.engine})…")
     summary = analyse_dataset(items, args.out, spec, settings, engine=args.engine, workers=args.workers, address=args.address)
     _print_summary(summary, args)
+    if figures:
+        _write_figures(summary.folder, args.metric, figures)
     return 0
+
+
+def _write_figures(folder: Path, metric: str, paths: list[Path]) -> None:
+    from llm_flow.dataset.results import component_grid, load_results
+    from llm_flow.export import save_figure
+    from llm_flow.figures.dataset import component_heatmap
+
+    grid = component_grid(load_results(folder), metric)
+    for path in paths:
+        save_figure(component_heatmap(grid), path, title=f"{grid.title}: {metric.replace('_', ' ')}")
+        print(f"Figure written to {path}.")
 
 
 def _print_summary(summary, args: argparse.Namespace) -> None:

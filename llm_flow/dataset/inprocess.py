@@ -25,3 +25,17 @@ def run_inprocess(
     on_model(model_info(loaded))
     for item in tqdm(items, desc="Routes", unit="prompt", disable=not progress):
         yield analyse_prompt(loaded, item, settings)
+
+
+def use_threads(count: int) -> None:
+    """Set torch's and numba's compute threads. A Ray actor uses as many as it has CPUs; on a
+    busy machine fewer threads than cores can be much faster (threads waiting for each other)."""
+    import torch
+
+    torch.set_num_threads(count)
+    try:
+        import numba
+
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from llm_flow.dataset.analyse import PromptResult, analyse_prompt
+from llm_flow.dataset.inprocess import use_threads
 from llm_flow.dataset.prompts import PromptItem
 from llm_flow.dataset.serial import result_from_json, result_to_json
 from llm_flow.dataset.settings import INSTALL_HINT, Settings
@@ -23,7 +24,7 @@ class RouteActor:
 
     def __init__(self, spec: ModelSpec, settings: Settings, cpus: float) -> None:
         if not spec.device.startswith("cuda"):
-            _use_threads(max(1, int(cpus)))
+            use_threads(max(1, int(cpus)))
         self.model = spec.load()
         self.settings = settings
         self.info = json.dumps(model_info(self.model), sort_keys=True)
@@ -68,7 +69,7 @@ def run_ray(
             fn_constructor_kwargs={"spec": spec, "settings": settings, "cpus": cpus_per_worker},
             batch_format="pyarrow",
             batch_size=batch_size,
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             **resources,
         )
         seen_info = None
@@ -89,19 +90,6 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _use_threads(count: int) -> None:
-    """As many compute threads as the actor has CPUs: more would fight the other actors."""
-    import torch
-
-    torch.set_num_threads(count)
-    try:
-        import numba
-
-        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
 
 
 def _import_ray():

@@ -112,7 +112,7 @@ class ResultsWriter:
         self.checkpoint_seconds = checkpoint_seconds
         previous = check_folder(self.folder, config)
         self.model_info: dict | None = previous.get("model") if previous else None
-        prompts, _ = _stored_tables(self.folder)
+        prompts, _ = _stored_tables(self.folder, with_components=False)
         ok = prompts[prompts["status"] == "ok"]
         self.done = set(zip(ok["prompt_id"], ok["text_hash"]))
         self._buffer: list[PromptResult] = []
@@ -268,9 +268,10 @@ def _check_same_settings(folder: Path, previous: dict, config: dict) -> None:
         )
 
 
-def _stored_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _stored_tables(folder: Path, with_components: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The folder's merged tables plus its checkpoints; for a prompt id stored more than once the
-    latest row wins (finals first, then parts in order), with its component rows."""
+    latest row wins (finals first, then parts in order), with its component rows (not read
+    unless `with_components`: knowing what is done needs only the prompts)."""
     sources = [(folder / PROMPTS_FILE, folder / PROMPT_COMPONENTS_FILE)]
     for prompts_part in sorted((folder / PARTS_DIR).glob("part-*-prompts.parquet")):
         sources.append((prompts_part, prompts_part.with_name(prompts_part.name.replace("-prompts", "-components"))))
@@ -279,10 +280,13 @@ def _stored_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not prompts_path.is_file():
             continue
         prompt_frames.append(read_frame(prompts_path, PROMPTS_SCHEMA).assign(_seq=sequence))
-        component_frames.append(read_frame(components_path, PROMPT_COMPONENTS_SCHEMA).assign(_seq=sequence))
+        if with_components:
+            component_frames.append(read_frame(components_path, PROMPT_COMPONENTS_SCHEMA).assign(_seq=sequence))
     if not prompt_frames:
         return _empty(PROMPTS_SCHEMA), _empty(PROMPT_COMPONENTS_SCHEMA)
     prompts = pd.concat(prompt_frames, ignore_index=True).drop_duplicates("prompt_id", keep="last")
+    if not with_components:
+        return _sorted_prompts(prompts.drop(columns="_seq")), None
     components = pd.concat(component_frames, ignore_index=True)
     components = components.merge(prompts[["prompt_id", "_seq"]], on=["prompt_id", "_seq"])
     return _sorted_prompts(prompts.drop(columns="_seq")), _sorted_components(components.drop(columns="_seq"))

@@ -3,6 +3,7 @@ prompts in which one component mattered most, each one click away from the Explo
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -17,8 +18,10 @@ from llm_flow.dataset.results import (
     top_prompts,
 )
 from llm_flow.errors import LlmFlowError
+from llm_flow.export import table_csv
 from llm_flow.figures.dataset import component_heatmap
 from llm_flow.ui import frame
+from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
@@ -81,6 +84,7 @@ def dataset_page(analysis: Analysis) -> None:
         figure = component_heatmap(grid, difference=view == _VIEWS[2], selected=st.session_state[COMPONENT])
         st.plotly_chart(figure, key=CHART, on_select=_on_click, selection_mode="points", width="stretch",
                         height=int(figure.layout.height), config={"displaylogo": False})  # fmt: skip
+        _exports(figure, grid, first if view != _VIEWS[1] else second)
         st.caption(f"{first.metadata['prompts']['graphs']} route graphs in {first.folder.name}"
                    + (f", {second.metadata['prompts']['graphs']} in {second.folder.name}" if second else "")
                    + ". Click a cell to list the prompts where that component matters most.")  # fmt: skip
@@ -89,6 +93,17 @@ def dataset_page(analysis: Analysis) -> None:
                      help="Heads L{layer}.H{head}, FFN blocks L{layer}.FFN, residual streams L{layer}.res")  # fmt: skip
         for index, results in enumerate((first, second) if second is not None else (first,)):
             _top_prompts(results, st.session_state[COMPONENT], position_class, index, several=second is not None)
+
+
+def _exports(figure, grid, results: DatasetResults) -> None:
+    stem = f"dataset-{grid.title}-{grid.metric}-{grid.position_class}"
+    with st.popover("Export", icon=":material/download:"):
+        figure_downloads(figure, f"{grid.title}: {grid.metric.replace('_', ' ')}", stem, key="dataset_export")
+        st.download_button(
+            f"Statistics of {results.folder.name} as CSV", data=partial(table_csv, results.components),
+            file_name=f"{safe_stem(results.folder.name)}-components.csv", mime="text/csv",
+            key="dataset_export_csv_button", width="stretch", on_click="ignore",
+        )  # fmt: skip
 
 
 def _results(path: str, where) -> DatasetResults | None:
