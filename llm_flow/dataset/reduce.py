@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from llm_flow.errors import ArgumentError
+
 POSITION_CLASSES = ("all", "target", "previous", "first", "other")
 CLASS_DESCRIPTIONS = {
     "all": "every part, whatever its position",
@@ -59,10 +61,10 @@ class Component:
 
 
 def parse_component_id(text: str) -> Component:
-    """Inverse of `Component.id`; raises ValueError on anything else."""
+    """Inverse of `Component.id`; anything else is an ArgumentError with an example."""
     layer_part, _, rest = text.partition(".")
     if not layer_part.startswith("L") or not layer_part[1:].isdigit():
-        raise ValueError(f"not a component id: {text!r}")
+        raise ArgumentError(f"not a component id: {text!r} (e.g. 'L3.H5', 'L3.FFN', 'L3.res')")
     layer = int(layer_part[1:])
     if rest == "FFN":
         return Component("ffn", layer)
@@ -70,7 +72,7 @@ def parse_component_id(text: str) -> Component:
         return Component("residual", layer)
     if rest.startswith("H") and rest[1:].isdigit():
         return Component("head", layer, int(rest[1:]))
-    raise ValueError(f"not a component id: {text!r}")
+    raise ArgumentError(f"not a component id: {text!r} (e.g. 'L3.H5', 'L3.FFN', 'L3.res')")
 
 
 def all_components(n_layers: int, n_heads: int) -> list[Component]:

@@ -138,7 +138,7 @@ def top_prompts(
     top_target (the target whose graph it contributed most to) and that target's token.
     """
     _check_choice("frequency", position_class)
-    parse_component_id(component)  # a clear ValueError for a malformed id
+    parse_component_id(component)  # a clear ArgumentError for a malformed id
     rows = results.prompt_components
     rows = rows[(rows["component"] == component) & (rows["position_class"] == position_class)]
     table = rows[["prompt_id", "contribution", "routes", "top_target"]].merge(
