@@ -10,7 +10,7 @@ gradient SHAP (captum, on the plain transformers model), occlusion (captum's fea
 attention weights and ALTI rollout (from a route Run).
 """
 
-from llm_flow.attribution.api import attribute
+from llm_flow.attribution.api import attribute, attribute_sequence
 from llm_flow.attribution.base import BASELINES, FUNCTIONS, Method
 from llm_flow.attribution.internals import alti_rollout, layer_mixing
 from llm_flow.attribution.registry import METHODS, get_method
@@ -28,6 +28,7 @@ __all__ = [
     "Sequence",
     "alti_rollout",
     "attribute",
+    "attribute_sequence",
     "get_method",
     "layer_mixing",
     "load_attribution",

@@ -6,7 +6,7 @@ from llm_flow.attribution.base import FUNCTIONS, Method, Problem, Progress, chec
 from llm_flow.attribution.registry import get_method
 from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import step_scores
-from llm_flow.attribution.targets import encode_foil, prepare
+from llm_flow.attribution.targets import Sequence, encode_foil, prepare
 from llm_flow.models.bridge import BridgeLlm
 
 
@@ -34,11 +34,24 @@ def attribute(
     `progress(done, total)` is called after each step.
     """
     method = method if isinstance(method, Method) else get_method(method, **options)
-    foil_id = encode_foil(model, foil) if foil is not None else None
-    if function is None:
-        function = "logit" if foil_id is not None else "probability"
-    check_choice("function", function, FUNCTIONS)
+    foil_id, function = _explained(model, foil, function)
     sequence = prepare(model, prompt, continuation, generate, chat_template)
+    return attribute_sequence(model, sequence, method, foil=foil, function=function, progress=progress)
+
+
+def attribute_sequence(
+    model: BridgeLlm,
+    sequence: Sequence,
+    method: str | Method,
+    *,
+    foil: str | None = None,
+    function: str | None = None,
+    progress: Progress | None = None,
+    **options: object,
+) -> Attribution:
+    """`attribute` for a sequence already made by `prepare` (one generation, many methods)."""
+    method = method if isinstance(method, Method) else get_method(method, **options)
+    foil_id, function = _explained(model, foil, function)
     explained = function if method.uses_output else None
     problem = Problem(model, sequence, explained, foil_id if method.uses_output else None, progress)
     output = method.compute(problem)
@@ -59,7 +72,16 @@ def attribute(
         step_scores=step_scores(model, sequence, foil_id),
         deltas=output.deltas,
         scale=method.scale,
-        prompt=prompt,
-        generated=continuation is None,
-        chat_template=chat_template,
+        prompt=sequence.prompt,
+        generated=sequence.generated,
+        chat_template=sequence.chat_template,
     )
+
+
+def _explained(model: BridgeLlm, foil: str | None, function: str | None) -> tuple[int | None, str]:
+    """The foil's token id and the output function (logit by default when there is a foil)."""
+    foil_id = encode_foil(model, foil) if foil is not None else None
+    if function is None:
+        function = "logit" if foil_id is not None else "probability"
+    check_choice("function", function, FUNCTIONS)
+    return foil_id, function

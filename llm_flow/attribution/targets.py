@@ -22,10 +22,14 @@ MAX_GENERATE = 64
 
 @dataclass(frozen=True)
 class Sequence:
-    """Prompt and continuation as token ids; the continuation tokens are the targets."""
+    """Prompt and continuation as token ids; the continuation tokens are the targets. Made once
+    (generation is the slow part) and attributed by any number of methods."""
 
     ids: tuple[int, ...]  # [n_prompt + n_steps]
     n_prompt: int
+    prompt: str = ""  # as typed (the ids include the chat template if one was applied)
+    generated: bool = False  # the continuation was generated greedily, not given
+    chat_template: bool = False
 
     @property
     def n_steps(self) -> int:
@@ -96,7 +100,7 @@ def prepare(
             raise ArgumentError(f"the number of tokens to generate must be 1..{MAX_GENERATE} (got {n!r})")
         _check_length(model, len(prompt_ids) + n)
         new_ids = greedy(model, prompt_ids, n)
-    return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids))
+    return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids), prompt, continuation is None, chat_template)
 
 
 def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
@@ -131,3 +135,13 @@ def _check_length(model: BridgeLlm, n_tokens: int) -> None:
             f"prompt and continuation are {plural(n_tokens, 'token')}, over {reason} of "
             f"{plural(limit, 'token')}: shorten the prompt or the continuation"
         )
+
+
+def context_text(model: BridgeLlm, ids: list[int] | tuple[int, ...]) -> str:
+    """Token ids as a prompt that `model.encode` turns back into (nearly) the same ids: special
+    tokens kept (chat markers), except a leading BOS that encoding adds again by itself."""
+    ids = list(ids)
+    bos = model.tokenizer.bos_token_id
+    if ids and bos is not None and ids[0] == bos and model.encode("a")[:1] == [bos]:
+        ids = ids[1:]
+    return model.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -45,3 +45,21 @@ FRAME_WIDGETS = (MODEL_CHOICE, CUSTOM_MODEL_INPUT, DEVICE, DTYPE, PROMPT_CHOICE,
 #: Widgets whose state Streamlit owns (charts' selections, buttons): a page names their keys with
 #: one of these endings, and the frame leaves them alone.
 UNKEPT_SUFFIXES = ("_chart", "_button", "_form")
+
+# --- the Attribution page ----------------------------------------------------------------------
+ATTR_SOURCE = "attribution_source"  # "Generate" or "Type" the continuation
+ATTR_GENERATE = "attribution_generate"  # how many tokens to generate
+ATTR_CONTINUATION = "attribution_continuation"  # the typed continuation
+ATTR_METHOD = "attribution_method"
+ATTR_FOIL = "attribution_foil"
+ATTR_FUNCTION = "attribution_function"  # probability or logit
+ATTR_WORDS = "attribution_words"  # aggregate sub-word tokens into words
+ATTR_STEP = "attribution_step"  # the generated token whose coloured text is shown
+ATTR_IG_STEPS = "attribution_ig_steps"
+ATTR_BASELINE = "attribution_baseline"
+ATTR_SAMPLES = "attribution_samples"
+ATTR_WINDOW = "attribution_window"
+ATTR_LAYER = "attribution_layer"
+ATTR_HEADS = "attribution_heads"
+ATTR_CACHE = "attribution_cache"  # recent sequences and results of this session
+ATTR_CHART = "attribution_heatmap_chart"

@@ -6,6 +6,7 @@ import streamlit as st
 
 from llm_flow.ui import frame
 from llm_flow.ui.attention import attention_page
+from llm_flow.ui.attribution import attribution_page
 from llm_flow.ui.dataset import dataset_page
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
@@ -19,6 +20,8 @@ def pages() -> dict[str, st.Page]:
                             icon=":material/account_tree:", url_path="explorer", default=True),
         "attention": st.Page(lambda: attention_page(frame.current()), title="Attention",
                              icon=":material/visibility:", url_path="attention"),
+        "attribution": st.Page(lambda: attribution_page(frame.current()), title="Attribution",
+                               icon=":material/highlight:", url_path="attribution"),
         "playground": st.Page(lambda: playground_page(frame.current()), title="Playground",
                               icon=":material/casino:", url_path="playground"),
         "dataset": st.Page(lambda: dataset_page(frame.current()), title="Dataset",

@@ -1,0 +1,97 @@
+"""The Attribution page driven headlessly with AppTest on the tiny models: what it shows is what
+the library computes for the same request, the method is one click, a bad foil is a message, and
+every generated token opens in the Explorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_flow.attribution import attribute_sequence, prepare
+from llm_flow.attribution.targets import context_text
+from llm_flow.models.bridge import BridgeLlm
+from llm_flow.ui import keys
+from tests.app_helpers import active_run, goto, start
+
+
+@pytest.fixture
+def app(tiny_config, monkeypatch):
+    return goto(start(tiny_config, monkeypatch), "attribution")
+
+
+def step_table(app):
+    return next(df.value for df in app.dataframe if "entropy" in df.value.columns)
+
+
+def shown_result(app):
+    """The result the page holds for its current request (the newest entry of its cache)."""
+    cache = app.session_state[keys.ATTR_CACHE]
+    return next(value for key, value in reversed(cache.items()) if key[0] == "result")
+
+
+def test_generated_continuation_with_integrated_gradients_by_default(app):
+    assert not app.error and not app.exception
+    run = active_run(app)
+    model = run.model
+    sequence = prepare(model, run.prompt, generate=3)
+    expected = attribute_sequence(model, sequence, "integrated_gradients", n_steps=32, baseline="mean")
+    table = step_table(app)
+    assert list(table["probability"]) == pytest.approx(expected.step_scores["probability"], abs=1e-6)
+    assert list(table["IG delta"]) == pytest.approx(expected.deltas, abs=1e-5)
+    np.testing.assert_allclose(shown_result(app).scores, expected.scores, rtol=1e-5, atol=1e-7)
+    assert len(app.pills(key=keys.ATTR_STEP).options) == 3
+    assert [b.label for b in app.download_button] == ["JSON (reloadable)", "CSV (long table)", "HTML (heatmap and text)"]
+
+
+def test_a_method_is_one_click_and_never_reruns_the_route_model(app, monkeypatch):
+    calls = []
+    real = BridgeLlm.run
+    monkeypatch.setattr(BridgeLlm, "run", lambda self, prompt: calls.append(prompt) or real(self, prompt))
+    app.segmented_control(key=keys.ATTR_METHOD).set_value("alti_rollout").run()
+    assert not app.error and not app.exception
+    result = shown_result(app)
+    assert result.method == "alti_rollout" and "IG delta" not in step_table(app).columns
+    np.testing.assert_allclose(np.nansum(result.scores, 1), 1.0, atol=1e-5)  # shares of each step
+    app.segmented_control(key=keys.ATTR_METHOD).set_value("attention").run()
+    app.number_input(key=keys.ATTR_LAYER).set_value(0).run()
+    assert shown_result(app).options == {"layer": 0, "heads": "mean"}
+    assert calls == []  # the frame's Run is reused, no route pass for a method change
+
+
+def test_typed_continuation_with_a_foil_and_words(app):
+    app.segmented_control(key=keys.ATTR_SOURCE).set_value("Type").run()
+    app.text_input(key=keys.ATTR_CONTINUATION).input(" Paris. The").run()
+    app.text_input(key=keys.ATTR_FOIL).input(" John").run()
+    assert not app.error
+    result = shown_result(app)
+    assert not result.generated and result.foil == " John"
+    assert {"probability_difference", "logit_difference"} <= set(step_table(app).columns)
+    app.toggle(key=keys.ATTR_WORDS).set_value(True).run()
+    assert not app.error and not app.exception
+    app.text_input(key=keys.ATTR_FOIL).input(" Mary").run()
+    assert [e.value for e in app.error] == ["The foil ' Mary' is 2 tokens (' Mar', 'y'); give a single token "
+                                           "(mind the leading space: ' London' is not 'London')."]  # fmt: skip
+
+
+def test_each_generated_token_opens_in_the_explorer(app):
+    run = active_run(app)
+    result = shown_result(app)
+    app.button(key="attribution_explore_2_button").click().run()
+    assert not app.exception
+    context = context_text(run.model, result.token_ids[: result.n_prompt + 2])
+    opened = active_run(app)
+    assert app.session_state[keys.ACTIVE].prompt == context
+    assert opened.tokens.tolist() == result.token_ids[: result.n_prompt + 2]  # the same tokens again
+    assert app.session_state[keys.TARGET] == opened.n_tokens - 1  # its route explains that token
+    assert any("Token to explain" in s.label for s in app.select_slider)
+
+
+def test_settings_survive_a_page_switch(app):
+    app.segmented_control(key=keys.ATTR_METHOD).set_value("saliency").run()
+    app.number_input(key=keys.ATTR_GENERATE).set_value(2).run()
+    goto(app, "guide")
+    app.run()
+    goto(app, "attribution")
+    assert app.segmented_control(key=keys.ATTR_METHOD).value == "saliency"
+    assert app.number_input(key=keys.ATTR_GENERATE).value == 2
+    assert shown_result(app).n_steps == 2
