@@ -47,7 +47,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
     if args.out is not None and args.out.suffix.lower() not in OUTPUTS:
         raise ArgumentError(f"--out must end in {', '.join(OUTPUTS)} (got {args.out.name!r})")
-    check_writable(args.out)
+    if args.out is not None:
+        check_writable(args.out)
     prompt = prompt_or_default(args.prompt, config)
     options = dict(_option(text) for text in args.option)
     from llm_flow.attribution import attribute, get_method
