@@ -291,6 +291,9 @@ def test_ray_engine_writes_the_same_files_as_in_process(tiny_folders, tiny_model
         summary = analyse_dataset(
             prompts, tmp_path / "ray", str(tiny_folders["llama"]), Settings("last"), engine="ray", workers=2
         )
+        # a model that cannot load in the workers: llm-flow's own message, not Ray's traceback
+        with pytest.raises(llm_flow.ModelNotFoundError, match=r"unknown model .*nowhere.* \(in a Ray worker\)"):
+            analyse_dataset(prompts, tmp_path / "bad", str(tmp_path / "nowhere"), engine="ray", workers=1)
     finally:
         ray.shutdown()
     assert (summary.ok, summary.errors, summary.processed) == (3, 1, 4)

@@ -32,8 +32,6 @@ def register(commands) -> None:
     parser.add_argument("--workers", type=int,
                         help="Ray actors, one model each (default: one per CPU, or per GPU with --device cuda)")
     parser.add_argument("--address", help="address of an existing Ray cluster (default: start a local Ray)")
-    parser.add_argument("--threads", type=int,
-                        help="in-process compute threads (default: one per core; 1 is faster on a busy machine)")
     parser.add_argument("--top", type=int, default=5, help="how many heads and FFN blocks to list (default: 5)")
     parser.add_argument("--metric", choices=("frequency", "mean_contribution"), default="frequency",
                         help="what the exported heatmap shows (default: frequency)")
@@ -55,8 +53,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_engine(args.engine, args.workers, args.address)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
-    if args.threads is not None and (args.threads < 1 or args.engine != "inprocess"):
-        raise ArgumentError(f"--threads must be at least 1 and is for the in-process engine (got {args.threads})")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ArgumentError(f"--max-tokens must be at least 1 (got {args.max_tokens})")
     figures = [path for suffix, path in ((".html", args.html), (".svg", args.svg), (".png", args.png)) if path]
@@ -72,10 +68,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     from llm_flow.dataset.run import analyse_dataset
 
-    if args.threads is not None:
-        from llm_flow.dataset.inprocess import use_threads
-
-        use_threads(args.threads)
     progress(f"Routes for {plural(len(items), 'prompt')} of {args.prompts} with {source} ({args.engine})…")
     summary = analyse_dataset(items, args.out, spec, settings, engine=args.engine, workers=args.workers, address=args.address)
     _print_summary(summary, args)

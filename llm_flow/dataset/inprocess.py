@@ -28,8 +28,8 @@ def run_inprocess(
 
 
 def use_threads(count: int) -> None:
-    """Set torch's and numba's compute threads. A Ray actor uses as many as it has CPUs; on a
-    busy machine fewer threads than cores can be much faster (threads waiting for each other)."""
+    """Set torch's and numba's compute threads: a Ray actor uses as many as it has CPUs, so that
+    actors sharing a machine do not fight over its cores."""
     import torch
 
     torch.set_num_threads(count)

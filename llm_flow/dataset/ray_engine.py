@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 
 from llm_flow.dataset.analyse import PromptResult, analyse_prompt
@@ -17,6 +18,7 @@ from llm_flow.dataset.prompts import PromptItem
 from llm_flow.dataset.serial import result_from_json, result_to_json
 from llm_flow.dataset.settings import INSTALL_HINT, Settings
 from llm_flow.dataset.spec import ModelSpec, model_info
+from llm_flow import errors
 from llm_flow.errors import ArgumentError, LlmFlowError, ModelLoadError
 
 class RouteActor:
@@ -85,7 +87,7 @@ def run_ray(
         except Exception as exc:  # Ray wraps a failing actor (model load) in its own types
             cause = _llm_flow_cause(exc)
             if cause is not None:
-                raise type(cause)(str(cause)) from None
+                raise type(cause)(f"{cause} (in a Ray worker)") from None
             raise ModelLoadError(f"the Ray engine failed: {_first_line(exc)}") from exc
     finally:
         if started_here:
@@ -102,13 +104,22 @@ def _import_ray():
 
 
 def _llm_flow_cause(exc: BaseException) -> LlmFlowError | None:
-    """The llm-flow error behind Ray's wrappers, if there is one."""
+    """The llm-flow error behind Ray's wrappers, if there is one. A failed actor constructor
+    (the model did not load) reaches the driver only as text, whose last traceback line names
+    the error: ``llm_flow.errors.ModelNotFoundError: unknown model ...``."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, LlmFlowError) and type(exc).__module__ == "llm_flow.errors":
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, LlmFlowError) and type(current).__module__ == "llm_flow.errors":
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    found = re.findall(r"llm_flow\.errors\.(\w+): (.+)", str(exc))
+    if found:
+        name, message = found[-1]
+        error_class = getattr(errors, name, None)
+        if isinstance(error_class, type) and issubclass(error_class, LlmFlowError):
+            return error_class(message.strip())
     return None
 
 
