@@ -108,3 +108,11 @@ def test_out_of_range_choices_are_one_clear_line(tiny_config, capsys, args, mess
     assert attention(tiny_config, *args) == 2
     err = capsys.readouterr().err
     assert f"llm-flow: error: {message}" in err and "Traceback" not in err
+
+
+def test_head_view_query_keeps_only_that_tokens_lines_and_rows(tiny_config, tmp_path, capsys):
+    csv = tmp_path / "focus.csv"
+    assert attention(tiny_config, "--layer", "2", "--query", "7", "--weight", "norm", "--csv", str(csv)) == 0
+    table = read(csv)
+    assert set(table["query"]) == {7} and table["source"].max() <= 7
+

@@ -129,8 +129,11 @@ def _build(run_: "Run", args: argparse.Namespace, layers, heads) -> tuple[object
         window=window, top_k=args.top_k, aggregate=args.aggregate, split=args.split, part=args.part,
     )  # fmt: skip
     if args.view == "head":
-        focus = None if args.query is None else run_.position(args.query)
-        return head_view_figure(view, focus=focus), attention_table(view)
+        table = attention_table(view)
+        if args.query is None:
+            return head_view_figure(view), table
+        focus = run_.position(args.query)  # only this query's lines, and only its rows
+        return head_view_figure(view, focus=focus), table[table["query"] == focus]
     return model_view_figure(view), attention_table(view)
 
 
