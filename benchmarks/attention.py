@@ -2,7 +2,6 @@
 
     python -m benchmarks.attention            # T = 256 and 1000, best of 3
     python -m benchmarks.attention --quick    # T = 256, one trial
-    python -m benchmarks.attention --threads 1   # torch on one thread (a machine shared with others)
 
 Server time is what the app spends per view after the prompt has been run once: the view's data
 from the Run, the plotly figure, and its JSON (what Streamlit sends); it is also given as a
@@ -80,15 +79,10 @@ def measure(run, name: str, build: Callable, trials: int) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T = 256 only, one trial")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    import torch
-
     import llm_flow
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}; load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
 
     model = llm_flow.load_model("smollm2-135m")
     lengths, trials = ((256,), 1) if args.quick else ((256, 1000), 3)
