@@ -253,7 +253,7 @@ def test_token_window_stays_inside_the_prompt(family_runs):
 
 
 def test_window_is_a_block_of_the_full_pattern_with_the_rest_summed(family_runs):
-    run, _, patterns = family_runs("llama")
+    run, _, _ = family_runs("llama")
     window = token_window(run, 12, 6)
     for weighting in ("attention", "norm", "alti"):
         full = head_view(run, 1, weighting=weighting)
@@ -290,7 +290,7 @@ def test_head_aggregation_is_mean_or_max_of_the_chosen_heads(family_runs):
 
 
 def test_sentence_pair_parts_split_the_pattern(family_runs):
-    run, _, patterns = family_runs("gpt_neox")
+    run, _, _ = family_runs("gpt_neox")
     split = 7
     full = head_view(run, 1).weights[0]
     parts = {part: head_view(run, 1, split=split, part=part).weights[0] for part in ("A->A", "B->A", "B->B", "A->B")}
