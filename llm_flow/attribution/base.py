@@ -128,6 +128,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     label: ClassVar[str]
+    summary: ClassVar[str]  # one sentence for the app and the CLI
     #: True for methods that explain a function of the output (gradients, perturbation);
     #: False for methods that read the forward pass only (attention, ALTI).
     uses_output: ClassVar[bool] = True

@@ -115,8 +115,7 @@ def _method_controls(model: BridgeLlm) -> tuple[str, dict[str, object]]:
         columns[1].segmented_control("Heads", ["mean", "max"], key=keys.ATTR_HEADS, required=True)
         options["layer"] = int(st.session_state[keys.ATTR_LAYER])
         options["heads"] = st.session_state[keys.ATTR_HEADS]
-    doc = " ".join((METHODS[method].__doc__ or "").split("\n\n")[0].split())
-    st.caption(doc)
+    st.caption(METHODS[method].summary)
     return method, options
 
 
