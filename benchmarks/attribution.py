@@ -3,6 +3,7 @@ of 64, 256 and 1,000 tokens and 5 generated tokens (5 attribution steps).
 
     python -m benchmarks.attribution            # T = 64, 256, 1000 (the 1,000-token row takes long)
     python -m benchmarks.attribution --quick    # T = 64 and 256
+    python -m benchmarks.attribution --threads 1  # torch threads (1 is faster on a busy machine)
 
 Each (T, method) case runs in a fresh child process, so its peak memory is its own. The prompt is
 a fixed English text cut to exactly T tokens; the 5-token continuation is generated greedily
@@ -59,8 +60,10 @@ def case(n_tokens: int, method: str) -> dict:
     }  # fmt: skip
 
 
-def run_case(n_tokens: int, method: str) -> dict:
+def run_case(n_tokens: int, method: str, threads: int | None) -> dict:
     command = [sys.executable, "-m", "benchmarks.attribution", "--case", str(n_tokens), method]
+    if threads:
+        command += ["--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     line = next((l for l in done.stdout.splitlines() if l.startswith("CASE ")), None)
     if done.returncode != 0 or line is None:
@@ -93,8 +96,13 @@ def table(rows: list[dict], lengths: tuple[int, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="T = 64 and 256 only")
+    parser.add_argument("--threads", type=int, help="torch threads per case (default: torch's choice)")
     parser.add_argument("--case", nargs=2, metavar=("T", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.case:
         print("CASE " + json.dumps(case(int(args.case[0]), args.case[1])), flush=True)
         return 0
@@ -104,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n_tokens in lengths:
         for method in METHODS:
-            rows.append(run_case(n_tokens, method))
+            rows.append(run_case(n_tokens, method, args.threads))
             r = rows[-1]
             print(f"T={n_tokens:<5} {method:<22} " + (f"{r['seconds']:.1f} s, {r['peak_mib']:.0f} MiB"
                   if "error" not in r else f"failed: {r['error']}"), file=sys.stderr, flush=True)  # fmt: skip
-    print(f"SmolLM2-135M, float32, {os.cpu_count()} CPU cores; {N_GENERATED} generated tokens = "
+    threads = args.threads or "default"
+    print(f"SmolLM2-135M, float32, {os.cpu_count()} CPU cores, torch threads: {threads}; {N_GENERATED} generated tokens = "
           f"{N_GENERATED} attribution steps; default options; {memory.DESCRIPTION}\n")  # fmt: skip
     print(table(rows, lengths))
     RESULTS.mkdir(exist_ok=True)

@@ -34,7 +34,7 @@ def test_generated_continuation_with_integrated_gradients_by_default(app):
     run = active_run(app)
     model = run.model
     sequence = prepare(model, run.prompt, generate=3)
-    expected = attribute_sequence(model, sequence, "integrated_gradients", n_steps=32, baseline="mean")
+    expected = attribute_sequence(model, sequence, "integrated_gradients", n_steps=32, baseline="zeros")
     table = step_table(app)
     assert list(table["probability"]) == pytest.approx(expected.step_scores["probability"], abs=1e-6)
     assert list(table["IG delta"]) == pytest.approx(expected.deltas, abs=1e-5)

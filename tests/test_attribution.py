@@ -11,7 +11,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm_flow.attribution import METHODS, Attribution, attribute, get_method, load_attribution
+from llm_flow.attribution import (
+    METHODS,
+    Attribution,
+    attribute,
+    attribute_sequence,
+    get_method,
+    load_attribution,
+    prepare,
+)
 from llm_flow.errors import ArgumentError, PromptError
 from tests.reference import reference_contributions, reference_layers
 
@@ -81,29 +89,31 @@ def test_saliency_and_input_x_gradient_equal_autograd(tiny_models, plain, family
         np.testing.assert_allclose(visible(ixg, step), products, rtol=1e-3, atol=1e-5 * np.abs(products).max())
 
 
-@pytest.mark.parametrize("family, function, n_steps, tolerance", [
-    ("gpt2", "probability", 64, 1e-4),
-    ("gpt2", "logit", 64, 0.01),
+@pytest.mark.parametrize("family, function, baseline, n_steps, tolerance", [
+    ("gpt2", "probability", "zeros", 64, 1e-4),
+    ("gpt2", "logit", "mean", 64, 0.01),
     # the tiny random Llama is far rougher along the path (large init, RMSNorm): more points
-    ("llama", "logit", 256, 0.2),
+    ("llama", "logit", "mean", 256, 0.2),
 ])  # fmt: skip
-def test_integrated_gradients_completeness(tiny_models, plain, family, function, n_steps, tolerance):
+def test_integrated_gradients_completeness(tiny_models, plain, family, function, baseline, n_steps, tolerance):
     """Scores of a step sum to f(x) - f(baseline) within what the step count allows, and closer
-    than with 4 points. Baseline: the mean embedding at every position but the first (the
-    default), computed here from the plain model's embedding table."""
+    than with 4 points. The baseline (zero or mean embeddings at every position but the first)
+    is built here from the plain model's embedding table."""
     model, reference = tiny_models(family), plain(family)
-    coarse = attribute(model, PROMPT, "integrated_gradients", continuation=CONTINUATION, function=function, n_steps=4)
-    fine = attribute(model, PROMPT, "integrated_gradients", continuation=CONTINUATION, function=function, n_steps=n_steps)
+    options = dict(continuation=CONTINUATION, function=function, baseline=baseline)
+    coarse = attribute(model, PROMPT, "integrated_gradients", n_steps=4, **options)
+    fine = attribute(model, PROMPT, "integrated_gradients", n_steps=n_steps, **options)
     ids = fine.token_ids
     coarse_errors, fine_errors = [], []
     for step in range(fine.n_steps):
         context, target = ids[: fine.n_prompt + step], ids[fine.n_prompt + step]
         with torch.no_grad():
             table = reference.get_input_embeddings().weight
-            baseline = table.mean(0).expand(1, len(context), -1).clone()
-            baseline[0, 0] = table[context[0]]
+            reference_input = (table.mean(0) if baseline == "mean" else torch.zeros_like(table[0]))
+            reference_input = reference_input.expand(1, len(context), -1).clone()
+            reference_input[0, 0] = table[context[0]]
             at_input = explained(reference, context, target, function=function)
-            at_baseline = explained(reference, None, target, function=function, embeds=baseline)
+            at_baseline = explained(reference, None, target, function=function, embeds=reference_input)
         difference = float(at_input - at_baseline)
         for result, errors in ((coarse, coarse_errors), (fine, fine_errors)):
             total = visible(result, step).sum()
@@ -300,3 +310,45 @@ def test_bad_requests_say_what_to_change(limited, kwargs, error, message):
     method = kwargs.pop("method", "saliency")
     with pytest.raises(error, match=message):
         attribute(limited, PROMPT, method, **kwargs)  # the prompt is 30 tokens
+
+
+# --- a sanity check on the real model -----------------------------------------------------------
+
+SANITY_PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "It was raining all morning, so we stayed inside and read books. The capital of France is",
+    "Yesterday I bought some bread, milk and eggs. In the evening we played chess. Monday, Tuesday, Wednesday,",
+    "The opposite of hot is cold, and the opposite of up is",
+    "One, two, three, four,",
+]
+
+
+@pytest.fixture(scope="module")
+def deletions(smollm2):
+    """Per prompt: the greedy next token, and how much its probability drops when each prompt
+    token from position 1 on is deleted (all deletions in one batch of equal-length rows)."""
+    cases = []
+    for prompt in SANITY_PROMPTS:
+        sequence = prepare(smollm2, prompt, generate=1)
+        ids, target = list(sequence.ids[:-1]), sequence.ids[-1]
+        shortened = torch.tensor([ids[:j] + ids[j + 1 :] for j in range(1, len(ids))])
+        with smollm2.lock, torch.no_grad():
+            before = smollm2.hf_model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].softmax(-1)[target]
+            after = smollm2.hf_model(shortened, logits_to_keep=1).logits[:, -1].softmax(-1)[:, target]
+        cases.append((sequence, float(before), (before - after).numpy()))
+    return cases
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "attention"])
+def test_removing_the_top_token_hurts_more_than_removing_another(smollm2, deletions, method):
+    """Delete the top-scored token from the prompt: the greedy next token's probability drops
+    more than when an average other token is deleted (the mean drop over all of them). Position 0
+    (the attention sink, kept out of the baselines) is left out of both."""
+    for sequence, before, drops in deletions:
+        result = attribute_sequence(smollm2, sequence, method)
+        top = int(np.argmax(result.scores[0, 1 : sequence.n_prompt]))
+        others = np.delete(drops, top).mean()
+        print(f"{method} {sequence.prompt[-28:]!r} -> {result.targets[0]!r} p={before:.3f}: removing the top "
+              f"token {result.tokens[top + 1]!r} drops it by {drops[top]:.3f}, another by {others:.3f} on average")
+        assert drops[top] > others, (sequence.prompt, result.tokens[top + 1], drops[top], others)

@@ -22,7 +22,7 @@ def test_json_output_is_the_library_result(tiny_config, tiny_models, tmp_path, c
                "--method", "integrated_gradients", "--option", "n_steps=8", "--foil", " John", "--out", str(out))  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Method  integrated_gradients {'n_steps': 8, 'baseline': 'mean', 'keep_first': True, 'internal_batch_size': None}" in printed
+    assert "Method  integrated_gradients {'n_steps': 8, 'baseline': 'zeros', 'keep_first': True, 'internal_batch_size': None}" in printed
     assert "explains the target's logit minus that of the foil ' John'" in printed
     assert "IG convergence delta" in printed and f"Written to {out}" in printed
     saved = load_attribution(out)

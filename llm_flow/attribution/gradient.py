@@ -64,6 +64,7 @@ class Saliency(_GradientMethod):
 
     name: ClassVar[str] = "saliency"
     label: ClassVar[str] = "Saliency"
+    summary: ClassVar[str] = "How strongly the output reacts to each input token: the size of its gradient."
     scale: ClassVar[str] = "norm"
 
     def _one_step(self, problem, forward, embeds):
@@ -77,6 +78,9 @@ class InputXGradient(_GradientMethod):
 
     name: ClassVar[str] = "input_x_gradient"
     label: ClassVar[str] = "Input × gradient"
+    summary: ClassVar[str] = (
+        "Each token's embedding times the output's gradient: a signed, first-order share."
+    )
 
     def _one_step(self, problem, forward, embeds):
         attribution = CaptumInputXGradient(forward).attribute(embeds)
@@ -87,19 +91,25 @@ class InputXGradient(_GradientMethod):
 class IntegratedGradients(_GradientMethod):
     """Gradients integrated along the straight line from a baseline input to the real one
     (Sundararajan et al. 2017), captum's Gauss-Legendre rule with `n_steps` points. The scores of a
-    step add up to f(x) - f(baseline) up to the reported convergence delta. Baselines: the mean
-    embedding of the vocabulary (default), zero embeddings, or the end-of-sequence token's
+    step add up to f(x) - f(baseline) up to the reported convergence delta. Baselines: zero
+    embeddings (default), the mean embedding of the vocabulary, or the end-of-sequence token's
     embedding, at every position but the first unless `keep_first` is off (see
-    `Problem.baseline`: zero embeddings and a moving first position make the path pass through
-    inputs no layer norm was built for, and the delta shows it). `internal_batch_size`
-    (default: what fits the memory budget at this length) bounds how many interpolation points
-    go through the model at once."""
+    `Problem.baseline`: a moving first position makes the path pass through states the model
+    never sees, and the delta shows it). Deleting the top-scored token of seven SmolLM2 prompts
+    hurt the prediction more than deleting an average other token with the zero baseline on
+    all seven, with the mean or EOS baseline on three (README, Input attribution).
+    `internal_batch_size` (default: what fits the memory budget at this length) bounds how many
+    interpolation points go through the model at once."""
 
     name: ClassVar[str] = "integrated_gradients"
     label: ClassVar[str] = "Integrated gradients"
+    summary: ClassVar[str] = (
+        "Gradients averaged on the way from a neutral input to the real one; a step's scores add "
+        "up to the change in the output (the IG delta says how exactly)."
+    )
 
     n_steps: int = 32
-    baseline: str = "mean"
+    baseline: str = "zeros"
     keep_first: bool = True
     internal_batch_size: int | None = None
 
@@ -132,6 +142,10 @@ class GradientShap(_GradientMethod):
 
     name: ClassVar[str] = "gradient_shap"
     label: ClassVar[str] = "Gradient SHAP"
+    summary: ClassVar[str] = (
+        "Input-times-gradient averaged over random points between the input and random-token "
+        "baselines."
+    )
 
     n_samples: int = 8
     n_baselines: int = 8

@@ -34,6 +34,10 @@ class Attention(Method):
 
     name: ClassVar[str] = "attention"
     label: ClassVar[str] = "Attention"
+    summary: ClassVar[str] = (
+        "The attention weights of one layer from the predicting position (mean or maximum over "
+        "heads); no output is explained."
+    )
     uses_output: ClassVar[bool] = False
     scale: ClassVar[str] = "share"
 
@@ -78,6 +82,10 @@ class AltiRollout(Method):
 
     name: ClassVar[str] = "alti_rollout"
     label: ClassVar[str] = "ALTI rollout"
+    summary: ClassVar[str] = (
+        "Each input token's share in the final state of the predicting position: the route "
+        "engine's exact contributions multiplied through all layers."
+    )
     uses_output: ClassVar[bool] = False
     scale: ClassVar[str] = "share"
 

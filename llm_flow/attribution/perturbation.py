@@ -34,6 +34,10 @@ class Occlusion(Method):
 
     name: ClassVar[str] = "occlusion"
     label: ClassVar[str] = "Occlusion"
+    summary: ClassVar[str] = (
+        "How much the output drops when a token is replaced by the end-of-sequence token (one "
+        "forward pass per token and step)."
+    )
 
     window: int = 1
     baseline: str = "eos"

@@ -26,7 +26,7 @@ _KEPT = 12  # sequences and results a session keeps (switching back to a method 
 _DEFAULTS = {
     keys.ATTR_SOURCE: "Generate", keys.ATTR_GENERATE: 3, keys.ATTR_CONTINUATION: "",
     keys.ATTR_METHOD: "integrated_gradients", keys.ATTR_FOIL: "", keys.ATTR_FUNCTION: "probability",
-    keys.ATTR_WORDS: False, keys.ATTR_IG_STEPS: 32, keys.ATTR_BASELINE: "mean", keys.ATTR_SAMPLES: 8,
+    keys.ATTR_WORDS: False, keys.ATTR_IG_STEPS: 32, keys.ATTR_BASELINE: "zeros", keys.ATTR_SAMPLES: 8,
     keys.ATTR_WINDOW: 1, keys.ATTR_HEADS: "mean",
 }  # fmt: skip
 
@@ -115,8 +115,7 @@ def _method_controls(model: BridgeLlm) -> tuple[str, dict[str, object]]:
         columns[1].segmented_control("Heads", ["mean", "max"], key=keys.ATTR_HEADS, required=True)
         options["layer"] = int(st.session_state[keys.ATTR_LAYER])
         options["heads"] = st.session_state[keys.ATTR_HEADS]
-    doc = " ".join((METHODS[method].__doc__ or "").split("\n\n")[0].split())
-    st.caption(doc)
+    st.caption(METHODS[method].summary)
     return method, options
 
 
