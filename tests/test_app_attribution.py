@@ -40,7 +40,9 @@ def test_generated_continuation_with_integrated_gradients_by_default(app):
     assert list(table["IG delta"]) == pytest.approx(expected.deltas, abs=1e-5)
     np.testing.assert_allclose(shown_result(app).scores, expected.scores, rtol=1e-5, atol=1e-7)
     assert len(app.pills(key=keys.ATTR_STEP).options) == 3
-    assert [b.label for b in app.download_button] == ["JSON (reloadable)", "CSV (long table)", "HTML (heatmap and text)"]
+    assert [b.label for b in app.download_button] == [
+        "Result as JSON (reloadable)", "Result as CSV (long table)", "Heatmap and text as HTML", "HTML", "SVG", "PNG",
+    ]  # fmt: skip
 
 
 def test_a_method_is_one_click_and_never_reruns_the_route_model(app, monkeypatch):

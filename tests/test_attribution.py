@@ -320,18 +320,27 @@ SANITY_PROMPTS = [
     "Yesterday I bought some bread, milk and eggs. In the evening we played chess. Monday, Tuesday, Wednesday,",
     "The opposite of hot is cold, and the opposite of up is",
     "One, two, three, four,",
+    "The Eiffel Tower is located in the city of",
+    "She poured the water into the glass and then drank the",
+    "def add(a, b):\n    return a",
 ]
+# Methods whose top token is the more harmful deletion on every prompt above (README, Input
+# attribution, has the table for all methods).
+EVERY_PROMPT = {"integrated_gradients", "occlusion"}
 
 
 @pytest.fixture(scope="module")
 def deletions(smollm2):
-    """Per prompt: the greedy next token, and how much its probability drops when each prompt
-    token from position 1 on is deleted (all deletions in one batch of equal-length rows)."""
+    """Per prompt: the greedy next token, and how much its probability drops when each context
+    token is deleted, computed on the plain transformers model. Positions 1..n-2 only: position
+    0 is the attention sink (kept out of the baselines, so it scores 0), and deleting the last
+    token moves the prediction to another position, which would make any method that points at
+    it (attention, occlusion) win for free."""
     cases = []
     for prompt in SANITY_PROMPTS:
         sequence = prepare(smollm2, prompt, generate=1)
         ids, target = list(sequence.ids[:-1]), sequence.ids[-1]
-        shortened = torch.tensor([ids[:j] + ids[j + 1 :] for j in range(1, len(ids))])
+        shortened = torch.tensor([ids[:j] + ids[j + 1 :] for j in range(1, len(ids) - 1)])
         with smollm2.lock, torch.no_grad():
             before = smollm2.hf_model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].softmax(-1)[target]
             after = smollm2.hf_model(shortened, logits_to_keep=1).logits[:, -1].softmax(-1)[:, target]
@@ -340,15 +349,20 @@ def deletions(smollm2):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "attention"])
-def test_removing_the_top_token_hurts_more_than_removing_another(smollm2, deletions, method):
-    """Delete the top-scored token from the prompt: the greedy next token's probability drops
-    more than when an average other token is deleted (the mean drop over all of them). Position 0
-    (the attention sink, kept out of the baselines) is left out of both."""
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_deleting_the_top_token_hurts_more_than_deleting_another(smollm2, deletions, method):
+    """Delete the top-scored context token: the greedy next token's probability drops more than
+    when a random other context token is deleted (expected drop: the mean over all of them), on
+    average over the prompts for every method, and on every prompt for the methods in
+    EVERY_PROMPT."""
+    top_drops, other_drops = [], []
     for sequence, before, drops in deletions:
         result = attribute_sequence(smollm2, sequence, method)
-        top = int(np.argmax(result.scores[0, 1 : sequence.n_prompt]))
-        others = np.delete(drops, top).mean()
-        print(f"{method} {sequence.prompt[-28:]!r} -> {result.targets[0]!r} p={before:.3f}: removing the top "
-              f"token {result.tokens[top + 1]!r} drops it by {drops[top]:.3f}, another by {others:.3f} on average")
-        assert drops[top] > others, (sequence.prompt, result.tokens[top + 1], drops[top], others)
+        top = int(np.argmax(result.scores[0, 1 : sequence.n_prompt - 1]))
+        top_drops.append(drops[top])
+        other_drops.append(np.delete(drops, top).mean())
+        print(f"{method} {sequence.prompt[-28:]!r} -> {result.targets[0]!r} p={before:.3f}: deleting the top "
+              f"token {result.tokens[top + 1]!r} drops it by {drops[top]:.3f}, another by {other_drops[-1]:.3f} on average")
+    assert np.mean(top_drops) > np.mean(other_drops)
+    if method in EVERY_PROMPT:
+        assert all(np.greater(top_drops, other_drops)), list(zip(top_drops, other_drops))

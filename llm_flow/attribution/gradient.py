@@ -95,11 +95,11 @@ class IntegratedGradients(_GradientMethod):
     embeddings (default), the mean embedding of the vocabulary, or the end-of-sequence token's
     embedding, at every position but the first unless `keep_first` is off (see
     `Problem.baseline`: a moving first position makes the path pass through states the model
-    never sees, and the delta shows it). Deleting the top-scored token of seven SmolLM2 prompts
-    hurt the prediction more than deleting an average other token with the zero baseline on
-    all seven, with the mean or EOS baseline on three (README, Input attribution).
-    `internal_batch_size` (default: what fits the memory budget at this length) bounds how many
-    interpolation points go through the model at once."""
+    never sees, and the delta shows it). Zero is the default because deleting the top-scored
+    token of eight SmolLM2 prompts hurt the prediction more than deleting an average other token
+    on all eight with it, on only three (mean) and two (EOS) with the others (README, Input
+    attribution). `internal_batch_size` (default: what fits the memory budget at this length)
+    bounds how many interpolation points go through the model at once."""
 
     name: ClassVar[str] = "integrated_gradients"
     label: ClassVar[str] = "Integrated gradients"

@@ -18,6 +18,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.figures.attribution import attribution_heatmap, standalone_html, step_html, target_labels
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import frame, keys
+from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
 from llm_flow.wording import sentence
@@ -178,7 +179,7 @@ def _results(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
     _explorer_links(model, sequence, result)
     st.subheader("Step scores")
     st.dataframe(step_table(result), hide_index=True)
-    _exports(result)
+    _exports(result, figure)
 
 
 def _on_heatmap_click() -> None:
@@ -212,12 +213,19 @@ def step_table(result: Attribution) -> pd.DataFrame:
     return table
 
 
-def _exports(result: Attribution) -> None:
-    stem = f"attribution-{result.method}"
-    left, middle, right = st.columns(3)
-    left.download_button("JSON (reloadable)", json.dumps(result.to_dict(), indent=1), f"{stem}.json",
-                         "application/json", key="attribution_json_button")  # fmt: skip
-    middle.download_button("CSV (long table)", result.to_frame().to_csv(index=False), f"{stem}.csv",
-                           "text/csv", key="attribution_csv_button")  # fmt: skip
-    right.download_button("HTML (heatmap and text)", standalone_html(result), f"{stem}.html", "text/html",
-                          key="attribution_html_button")  # fmt: skip
+def _exports(result: Attribution, figure) -> None:
+    """Files are built when a button is pressed: the result as JSON (reloadable with
+    `load_attribution`), CSV (one row per step and source) and standalone HTML (heatmap and
+    coloured text), and the heatmap alone as HTML, SVG or PNG."""
+    stem = safe_stem(f"attribution-{result.method}-{result.model}")
+    files = (
+        ("Result as JSON (reloadable)", lambda: json.dumps(result.to_dict(), indent=1), "json", "application/json"),
+        ("Result as CSV (long table)", lambda: result.to_frame().to_csv(index=False), "csv", "text/csv"),
+        ("Heatmap and text as HTML", lambda: standalone_html(result), "html", "text/html"),
+    )
+    with st.popover("Export", icon=":material/download:"):
+        for label, data, suffix, mime in files:
+            st.download_button(label, data=data, file_name=f"{stem}.{suffix}", mime=mime, width="stretch",
+                               key=f"attribution_export_{suffix}_button", on_click="ignore")  # fmt: skip
+        st.caption("The heatmap alone, titled for a paper:")
+        figure_downloads(figure, figure.layout.title.text, stem, key="attribution_export_figure")
