@@ -418,6 +418,17 @@ def test_head_view_figure_draws_one_line_per_kept_weight(family_runs):
         head_view_figure(model_view(run))
 
 
+def test_only_the_head_views_html_carries_the_hover_script(family_runs):
+    """Hover isolation is the exported page's script (tests/test_browser_attention_export.py runs
+    it); the copy `save_figure` styles keeps it, and it names the page's plot."""
+    from llm_flow.export import figure_bytes
+
+    run, _, _ = family_runs("llama")
+    page = figure_bytes(head_view_figure(head_view(run, 1, top_k=3)), "html", title="head").decode()
+    assert "gd.on('plotly_hover'" in page and "document.getElementById('llm-flow-figure')" in page
+    assert "gd.on('plotly_hover'" not in figure_bytes(model_view_figure(model_view(run)), "html").decode()
+
+
 def test_model_view_figure_is_one_mosaic_with_click_targets(family_runs):
     run, _, _ = family_runs("qwen2")
     view = model_view(run, heads=[1, 3], window=token_window(run, -1, 8), weighting="alti")
