@@ -242,7 +242,7 @@ def _block_inputs(run: Run, block: int) -> tuple[tuple, dict]:
 def _capture(run: Run, layer: int, source: int) -> QueryKeys:
     """q and k of `layer`: block `layer` called on the Run's ``resid_pre`` with the other inputs
     block `source` received, and stopped once q and k are known (after the rotary hooks when the
-    attention fires them, else when it has the scores), before the softmax, values and MLP."""
+    attention fires them, else when it has the scores): no softmax, attention output or MLP."""
     model = run.model
     bridge = model.bridge
     block = bridge.blocks[layer]
