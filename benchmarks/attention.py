@@ -6,10 +6,10 @@
 Server time is what the app spends per view after the prompt has been run once: the view's data
 from the Run, the plotly figure, and its JSON (what Streamlit sends); it is also given as a
 fraction of the forward pass (``model.run``) measured in the same process, which says more than
-seconds on a shared machine. Memos are cleared before
-each trial, so ALTI rows and the neuron view's hooked pass are paid every time ("cold"); the
-neuron view is also timed "warm" (another head of a layer already captured). Size is
-``len(fig.to_json())``. Targets at 1,000 tokens: under 2 s and under 5 MB per view.
+seconds on a shared machine. Memos are cleared before each trial, so ALTI rows and the neuron
+view's queries and keys (block l alone on the Run's ``resid_pre``, checked over the whole layer)
+are paid every time ("cold"); the neuron view is also timed "warm" (another head of a layer
+already captured). Size is ``len(fig.to_json())``. Targets at 1,000 tokens: under 2 s and under 5 MB per view.
 """
 
 from __future__ import annotations

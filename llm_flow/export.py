@@ -7,6 +7,9 @@ One helper for the app's download buttons and the CLI's output flags:
   background, readable fonts, a title saying what the figure shows);
 * a table becomes CSV.
 
+A figure can carry JavaScript for its standalone HTML (:func:`attach_html_script`): behaviour
+the page has no other way to get, such as the head view's hover isolation.
+
 SVG and PNG are drawn by kaleido 1.x, which drives a Chrome-family browser: Debian's
 ``chromium`` package, Google Chrome, or the one ``kaleido_get_chrome`` downloads. ``BROWSER_PATH``
 names one explicitly. Nothing heavy is imported at module level, so the CLI can call
@@ -37,6 +40,7 @@ DEFAULT_SIZE = (1000, 700)
 _FONT = dict(family="Arial, Helvetica, sans-serif", size=14, color="#222222")
 _TITLE_CHARS = 90  # longer prompts are cut in titles
 _RENDER_TIMEOUT_S = 120
+_HTML_SCRIPT = "_llm_flow_html_script"  # plotly figures accept attributes named with a leading "_"
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -98,6 +102,19 @@ def save_figure(
     return path
 
 
+def attach_html_script(fig: "go.Figure", script: str) -> "go.Figure":
+    """Have `fig`'s standalone HTML run `script` once the plot is drawn; ``{plot_id}`` in it
+    becomes the id of the plot's div. Kept by `paper_figure`, lost by a copy (``go.Figure(fig)``).
+    Returns `fig`."""
+    setattr(fig, _HTML_SCRIPT, script)
+    return fig
+
+
+def html_script(fig: "go.Figure") -> str | None:
+    """The script attached with `attach_html_script`, if any."""
+    return getattr(fig, _HTML_SCRIPT, None)
+
+
 def figure_bytes(
     fig: "go.Figure",
     fmt: str,
@@ -117,7 +134,7 @@ def figure_bytes(
         if width is not None or height is not None:
             styled.update_layout(width=width, height=height, autosize=False)
         page = styled.to_html(
-            include_plotlyjs=True, full_html=True, div_id="llm-flow-figure",
+            include_plotlyjs=True, full_html=True, div_id="llm-flow-figure", post_script=html_script(styled),
             config={"displaylogo": False, "responsive": True},
         )  # fmt: skip
         return _titled_page(page, title).encode("utf-8")
@@ -131,11 +148,15 @@ def figure_bytes(
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
     """A copy of `fig` styled for print: white background, dark readable text, the title on top.
 
-    Axis settings, traces and sizes are kept; only colours, fonts and the title change.
+    Axis settings, traces, sizes and an attached HTML script are kept; only colours, fonts and
+    the title change.
     """
     import plotly.graph_objects as go
 
     styled = go.Figure(fig)
+    script = html_script(fig)
+    if script is not None:
+        attach_html_script(styled, script)
     margin = styled.layout.margin
     styled.update_layout(
         template="plotly_white", paper_bgcolor="white", plot_bgcolor="white", font=_FONT,

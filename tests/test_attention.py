@@ -14,7 +14,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+)
 
 import llm_flow
 from llm_flow.errors import ArgumentError, UnsupportedModelError
@@ -213,6 +219,69 @@ def test_neuron_view_applies_a_sliding_window(tmp_path):
     assert {query_keys(run, l).sliding_window for l in range(run.n_layers)} == {4, None}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_neuron_view_of_a_layer_computes_no_other_layer_nor_its_attention_or_mlp(family_runs, family):
+    """Block l runs alone on the Run's resid_pre and stops at q and k: only its input norm
+    finishes; no other block runs, and neither attention nor MLP of block l. (Gemma 2's full
+    layer 1 takes its inputs from the first full block, itself: block 0, sliding, runs whole.)"""
+    run, _, _ = family_runs(family)
+    bridge = run.model.bridge
+    finished: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda *_, name=f"{i}.{part}": finished.append(name))
+        for i, block in enumerate(bridge.blocks)
+        for part, module in (("ln1", block.ln1), ("attn", block.attn), ("mlp", block.mlp), ("block", block))
+    ]
+    attention_scores._MEMO.pop(run, None)
+    try:
+        for layer in (run.n_layers - 1, 1):
+            finished.clear()
+            neuron_view(run, layer, 0, run.n_tokens - 1)
+            whole = ["0.ln1", "0.attn", "0.mlp", "0.block"] if (family, layer) == ("gemma2", 1) else []
+            assert sorted(finished) == sorted(whole + [f"{layer}.ln1"])
+            finished.clear()
+            neuron_view(run, layer, 3, 4)  # another head and query of the layer: nothing runs
+            assert finished == []
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(attention_scores._MEMO[run]) == [1, run.n_layers - 1]  # only the layers asked for
+
+
+def _tiny_gemma3(folder):
+    """Gemma 3: sliding layers rotate with base 10^4, the full layer (1) with base 10^6."""
+    tokenizer = tiny_tokenizer()
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+    config = Gemma3TextConfig(**_small(len(tokenizer), num_key_value_heads=2, head_dim=16, sliding_window=4,
+                                       layer_types=layer_types))  # fmt: skip
+    torch.manual_seed(2)
+    Gemma3ForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return llm_flow.load_model(str(folder)).run(PROMPT), hf_model(folder)
+
+
+def test_neuron_view_on_layers_with_their_own_rotary_tables(tmp_path, monkeypatch):
+    """Gemma 3 hands its full layers other cos/sin than its first (sliding) block: the first
+    block's inputs do not reproduce layer 1, which must then use a block of its own type, or its
+    own inputs, and still equal transformers' weights."""
+    run, model = _tiny_gemma3(tmp_path)
+    patterns = hf_attentions(model, run.tokens.tolist())
+    first_inputs = attention_scores._capture(run, 1, 0)
+    assert attention_scores._layer_error(run, first_inputs) > 1e-2  # the wrong rotary shows
+    query = run.n_tokens - 1
+
+    def check_all_layers():
+        attention_scores._MEMO.pop(run, None)
+        for layer, pattern in enumerate(patterns):
+            for head in range(pattern.shape[0]):
+                view = neuron_view(run, layer, head, query)
+                np.testing.assert_allclose(view.probabilities, pattern[head, query].numpy(), atol=1e-5)
+
+    check_all_layers()  # through the first full block's inputs (the config's layer types)
+    monkeypatch.setattr(attention_scores, "_input_sources", lambda run, layer: list(dict.fromkeys((0, layer))))
+    check_all_layers()  # block 0's inputs first: refused by the layer check, then the layer's own
+
+
 def test_neuron_view_refuses_what_it_cannot_reproduce(family_runs):
     run, _, _ = family_runs("llama")
     qk = query_keys(run, 2)
@@ -347,6 +416,17 @@ def test_head_view_figure_draws_one_line_per_kept_weight(family_runs):
     assert set(starts.tolist()) == {-10.0} and len(starts) == (view.weights[0, :, 10] >= 0.01).sum()
     with pytest.raises(ArgumentError, match="one layer"):
         head_view_figure(model_view(run))
+
+
+def test_only_the_head_views_html_carries_the_hover_script(family_runs):
+    """Hover isolation is the exported page's script (tests/test_browser_attention_export.py runs
+    it); the copy `save_figure` styles keeps it, and it names the page's plot."""
+    from llm_flow.export import figure_bytes
+
+    run, _, _ = family_runs("llama")
+    page = figure_bytes(head_view_figure(head_view(run, 1, top_k=3)), "html", title="head").decode()
+    assert "gd.on('plotly_hover'" in page and "document.getElementById('llm-flow-figure')" in page
+    assert "gd.on('plotly_hover'" not in figure_bytes(model_view_figure(model_view(run)), "html").decode()
 
 
 def test_model_view_figure_is_one_mosaic_with_click_targets(family_runs):

@@ -13,6 +13,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from llm_flow.errors import ArgumentError
+from llm_flow.export import attach_html_script
 from llm_flow.views.attention import AttentionView
 from llm_flow.views.attention_scores import NeuronView
 from llm_flow.views.tokens import display_token
@@ -33,6 +34,55 @@ _FAINTEST = 0.01
 MAX_LINES = 200_000
 MAX_CELLS = 2_000_000
 _ROW_PX = 18
+# Standalone HTML of the head view: hovering a token (the traces named "query tokens" and "source
+# tokens") dims every line but its own (out of a query, into a source); leaving it restores them.
+# The token's segments are drawn again on top of the dimmed line traces (read from `_fullData`,
+# where plotly has decoded the arrays it was sent). Changes are chained so that fast mouse moves
+# apply in order. Streamlit's chart gives no hover events, so the app isolates on click instead.
+HOVER_ISOLATION_JS = """
+const gd = document.getElementById('{plot_id}');
+const DIM = 0.12;
+let shown = null, queue = Promise.resolve();
+const later = (step) => { queue = queue.then(step, step); };
+const isLines = (t) => t.mode === 'lines' && t.showlegend === false && t.meta !== 'hover';
+function restore() {
+  if (shown === null) return;
+  const s = shown; shown = null;
+  const n = gd.data.length;
+  const added = Array.from({length: s.added}, (_, k) => n - s.added + k);
+  return Promise.resolve(added.length ? Plotly.deleteTraces(gd, added) : null)
+    .then(() => s.lines.length ? Plotly.restyle(gd, {opacity: s.opacities}, s.lines) : null);
+}
+function isolate(y, column, key) {
+  const lines = [], opacities = [], overlays = [];
+  for (const t of gd._fullData) {
+    const input = gd.data[t.index];
+    if (!isLines(input)) continue;
+    lines.push(t.index);
+    opacities.push(input.opacity === undefined ? 1 : input.opacity);
+    if (t.visible !== true) continue;
+    const xs = [], ys = [];
+    for (let k = 0; k + 1 < t.y.length; k += 3) {
+      if (t.y[k + column] === y) { xs.push(0, 1, null); ys.push(t.y[k], t.y[k + 1], null); }
+    }
+    if (xs.length) overlays.push({type: 'scatter', mode: 'lines', x: xs, y: ys, meta: 'hover',
+      line: {color: t.line.color, width: t.line.width}, opacity: t.opacity, name: t.name,
+      legendgroup: t.legendgroup, showlegend: false, hoverinfo: 'skip'});
+  }
+  shown = {key: key, lines: lines, opacities: opacities, added: overlays.length};
+  return Plotly.restyle(gd, {opacity: opacities.map((o) => o * DIM)}, lines)
+    .then(() => overlays.length ? Plotly.addTraces(gd, overlays) : null);
+}
+gd.on('plotly_hover', (event) => {
+  const point = event.points[0];
+  const column = {'query tokens': 0, 'source tokens': 1}[point.data.name];  // lines out of / into it
+  if (column === undefined) return;
+  const key = column + ':' + point.y;
+  later(() => (shown !== null && shown.key === key) ? null
+    : Promise.resolve(restore()).then(() => isolate(point.y, column, key)));
+});
+gd.on('plotly_unhover', () => later(restore));
+"""
 
 
 def color_of(head_index: int) -> str:
@@ -55,7 +105,8 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     """Queries (left) joined to the sources they weight (right), one colour per head.
 
     Click a legend entry to hide or show a head; `focus` (a token position in the window) keeps
-    only that query's lines, which the app sets when a token is clicked.
+    only that query's lines, which the app sets when a token is clicked. In the exported HTML,
+    hovering a token dims the other tokens' lines (`HOVER_ISOLATION_JS`).
     """
     if len(view.layers) != 1:
         raise ArgumentError("the head view shows one layer: pick a single layer")
@@ -100,7 +151,7 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
         hovermode="closest",
         clickmode="event+select",
     )
-    return fig
+    return attach_html_script(fig, HOVER_ISOLATION_JS)
 
 
 def _add_head_lines(fig: go.Figure, weights: np.ndarray, y: np.ndarray, top: float, label: str, color: str) -> None:

@@ -1,9 +1,10 @@
 """The Attention page: BertViz's head, model and neuron views over the active Run, weighted by
 attention, by the norm-based view or by ALTI contributions, usable at 1,000 tokens.
 
-Nothing here re-runs the model except the neuron view's one hooked pass (once per Run and
-layer). Clicking a token (head view) isolates its lines; clicking a tile (model view) opens that
-layer and head in the head view; any head can be opened in the Explorer's route panel.
+Nothing here re-runs the model except, for the neuron view, the layer's own block up to its
+queries and keys (once per Run and layer). Clicking a token (head view) isolates its lines;
+clicking a tile (model view) opens that layer and head in the head view; any head can be opened
+in the Explorer's route panel.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _build(run: Run, view, weighting, layer, head, token, window, top_k, aggrega
 
 def _working_message(view: str) -> str:
     if view == "neuron":
-        return "Capturing queries and keys (one forward pass up to this layer, once per layer)…"
+        return "Computing this layer's queries and keys (once per layer)…"
     return "Drawing…"
 
 

@@ -2,9 +2,14 @@
 
 For layer ``l``, head ``h`` and query ``i``: the query vector, each key vector (after rotary
 embeddings; for grouped-query attention the key head that serves ``h``), their elementwise
-product, the scaled (and, for Gemma 2, soft-capped) dot products, the mask and the softmax. The
-Run does not keep queries and keys, so one hooked forward pass up to layer ``l`` captures them;
-the result is checked against the weights the model used before anything is shown.
+product, the scaled (and, for Gemma 2, soft-capped) dot products, the mask and the softmax.
+
+The Run does not keep queries and keys, but it keeps ``resid_pre`` of every layer: exactly the
+input of block ``l``. So block ``l`` alone is called on it, with the positions, rotary cos/sin and
+mask the model hands its blocks (taken from a pass stopped as it enters the first block: only the
+embeddings and rotary tables are computed), and stopped as soon as q and k are known: the
+attention, the MLP and the other layers are never computed. The result is checked against the
+weights the model used, over the whole layer, before anything is shown.
 """
 
 from __future__ import annotations
@@ -69,21 +74,22 @@ class NeuronView:
 
 _MEMO: "weakref.WeakKeyDictionary[Run, dict[int, QueryKeys]]" = weakref.WeakKeyDictionary()
 _MEMO_LOCK = threading.Lock()
+_ROWS_PER_CHECK = 256  # query rows scored at once by the layer check: [H, 256, T] floats
 
 
 def query_keys(run: Run, layer: int) -> QueryKeys:
-    """Queries and keys of `layer` from one hooked pass that stops after that layer. The pass
-    computes every earlier layer anyway, so all of them are remembered with the Run: other heads,
-    queries and lower layers then cost nothing (memory: T x (H + n_kv) x d_head floats a layer)."""
+    """Queries and keys of `layer`, computed by block `layer` alone from the Run's ``resid_pre``
+    and remembered with the Run, so other heads and queries of the layer cost nothing (memory:
+    T x (H + n_kv) x d_head floats a layer)."""
     layer = check_layer(run, layer)
     with _MEMO_LOCK:
         known = _MEMO.get(run, {}).get(layer)
     if known is not None:
         return known
-    captured = _capture(run, layer)
+    captured = _reproducing(run, layer)
     with _MEMO_LOCK:
-        _MEMO.setdefault(run, {}).update(captured)
-    return captured[layer]
+        _MEMO.setdefault(run, {})[layer] = captured
+    return captured
 
 
 def neuron_view(
@@ -109,12 +115,7 @@ def neuron_view(
     keys = qk.keys[: query + 1, kv_head]  # [S, d_head]
     products = keys * q
     dots = products.sum(-1)
-    scores = dots * qk.scale
-    if qk.softcap is not None:
-        scores = qk.softcap * torch.tanh(scores / qk.softcap)
-    sources = torch.arange(query + 1)
-    if qk.sliding_window is not None:
-        scores = scores.masked_fill(sources <= query - qk.sliding_window, float("-inf"))
+    scores = _scores(qk, dots[None], torch.tensor([query]))[0]
     probabilities = torch.softmax(scores, -1)
     model_weights = run.layer(layer).pattern.row(query)[head].float().cpu()
     max_error = float((probabilities - model_weights).abs().max())
@@ -160,10 +161,21 @@ def _shown_sources(
     return shown
 
 
+def _scores(qk: QueryKeys, dots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Dot products [..., r, S] of the queries at positions `queries` [r] with sources 0..S-1,
+    scaled, soft-capped and masked as the model does (-inf where a query may not look)."""
+    scores = dots * qk.scale
+    if qk.softcap is not None:
+        scores = qk.softcap * torch.tanh(scores / qk.softcap)
+    sources = torch.arange(dots.shape[-1])
+    hidden = sources[None, :] > queries[:, None]
+    if qk.sliding_window is not None:
+        hidden |= sources[None, :] <= queries[:, None] - qk.sliding_window
+    return scores.masked_fill(hidden, float("-inf"))
+
+
 def _check_reproduced(run: Run, layer: int, max_error: float) -> None:
-    dtype = run.layer(layer).resid_pre.dtype
-    tolerance = _TOLERANCE.get(dtype, _HALF_TOLERANCE)
-    if not max_error <= tolerance:
+    if not max_error <= _tolerance(run, layer):
         raise UnsupportedModelError(
             f"the neuron view cannot reproduce layer {layer}'s attention weights of "
             f"{run.model.info.architecture} (largest difference {max_error:.2g}): its attention "
@@ -171,43 +183,130 @@ def _check_reproduced(run: Run, layer: int, max_error: float) -> None:
         )
 
 
-def _capture(run: Run, last: int) -> dict[int, QueryKeys]:
-    """One forward pass over the shared bridge, stopped after layer `last`, keeping q and k of
-    layers 0..last."""
+def _tolerance(run: Run, layer: int) -> float:
+    return _TOLERANCE.get(run.layer(layer).resid_pre.dtype, _HALF_TOLERANCE)
+
+
+def _reproducing(run: Run, layer: int) -> QueryKeys:
+    """Block `layer`'s q and k from the first block inputs that reproduce the layer's weights.
+
+    A model hands every block of one type the same positions, rotary cos/sin and mask, so the
+    inputs of the first block of `layer`'s type serve: block 0 (nothing but the embeddings runs)
+    unless the config gives layers types (Gemma 2 and 3: sliding and full; Gemma 3 rotates them
+    with different bases). Failing that, the layer's own inputs (a pass up to it). When neither
+    reproduces, the last is returned and `neuron_view` refuses it with the reason."""
+    for source in _input_sources(run, layer):
+        captured = _capture(run, layer, source)
+        if _layer_error(run, captured) <= _tolerance(run, layer):
+            break
+    return captured
+
+
+def _input_sources(run: Run, layer: int) -> list[int]:
+    """Blocks whose inputs to try, cheapest first: the first block of `layer`'s type, `layer`."""
+    types = getattr(run.model.bridge.original_model.config, "layer_types", None)
+    first = list(types).index(types[layer]) if types is not None and len(types) > layer else 0
+    return list(dict.fromkeys((first, layer)))
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a pass as soon as what it was run for is known."""
+
+
+def _block_inputs(run: Run, block: int) -> tuple[tuple, dict]:
+    """The arguments the model passes to `block` besides the hidden states (positions, rotary
+    cos/sin, mask), from a pass over the prompt stopped as it enters that block. The caller holds
+    ``model.lock``."""
+    bridge = run.model.bridge
+    seen: dict[str, object] = {}
+
+    def grab(module, args, kwargs) -> None:
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _Stop
+
+    handle = bridge.blocks[block].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        bridge(run.tokens[None], return_type=None, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in seen:
+        raise UnsupportedModelError(
+            f"the neuron view cannot see the inputs of block {block} of {run.model.info.architecture}: "
+            "the model does not call it during a forward pass; head and model views still work"
+        )
+    return seen["args"], seen["kwargs"]
+
+
+def _capture(run: Run, layer: int, source: int) -> QueryKeys:
+    """q and k of `layer`: block `layer` called on the Run's ``resid_pre`` with the other inputs
+    block `source` received, and stopped once q and k are known (after the rotary hooks when the
+    attention fires them, else when it has the scores): no softmax, attention output or MLP."""
     model = run.model
     bridge = model.bridge
-    store: dict[tuple[int, str], torch.Tensor] = {}
+    block = bridge.blocks[layer]
+    store: dict[str, torch.Tensor] = {}
 
-    def keep(layer: int, short: str):
+    def keep(short: str):
         def hook(tensor: torch.Tensor, hook) -> None:
-            store[(layer, short)] = tensor[0].detach().float().cpu()
+            store[short] = tensor[0].detach().float().cpu()
+            if short == "rot_k" and "rot_q" in store:
+                raise _Stop
 
         return hook
 
+    def stop(tensor: torch.Tensor, hook) -> None:
+        raise _Stop
+
     hooks = [
-        (f"blocks.{layer}.attn.hook_{short}", keep(layer, short))
-        for layer in range(last + 1)
+        (f"blocks.{layer}.attn.hook_{short}", keep(short))
         for short in ("q", "k", "rot_q", "rot_k", "cos", "sin")
         if f"blocks.{layer}.attn.hook_{short}" in bridge.hook_dict
     ]
+    hooks.append((f"blocks.{layer}.attn.hook_attn_scores", stop))
+    weight = next(block.parameters())
     with model.lock, torch.inference_mode(), model.no_kept_patterns():
-        bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, stop_at_layer=last + 1)
-    captured = {}
-    for layer in range(last + 1):
-        queries, keys, rotation = _rotated({short: t for (l, short), t in store.items() if l == layer})
-        hf_attn = bridge.blocks[layer].attn.original_component
-        softcap = getattr(hf_attn, "attn_logit_softcapping", None)
-        window = getattr(hf_attn, "sliding_window", None)
-        captured[layer] = QueryKeys(
-            layer=layer,
-            queries=queries,
-            keys=keys,
-            scale=float(getattr(hf_attn, "scaling", None) or queries.shape[-1] ** -0.5),
-            softcap=float(softcap) if softcap else None,
-            sliding_window=int(window) if window else None,
-            rotation=rotation,
-        )
-    return captured
+        args, kwargs = _block_inputs(run, source)
+        hidden = run.layer(layer).resid_pre[None].to(device=weight.device, dtype=weight.dtype)  # [1, T, d_model]
+        if "hidden_states" in kwargs:
+            kwargs = {**kwargs, "hidden_states": hidden}
+        else:
+            args = (hidden, *args[1:])
+        with bridge.hooks(fwd_hooks=hooks):
+            try:
+                block(*args, **kwargs)
+            except _Stop:
+                pass
+    queries, keys, rotation = _rotated(store)
+    hf_attn = block.attn.original_component
+    softcap = getattr(hf_attn, "attn_logit_softcapping", None)
+    window = getattr(hf_attn, "sliding_window", None)
+    return QueryKeys(
+        layer=layer,
+        queries=queries,
+        keys=keys,
+        scale=float(getattr(hf_attn, "scaling", None) or queries.shape[-1] ** -0.5),
+        softcap=float(softcap) if softcap else None,
+        sliding_window=int(window) if window else None,
+        rotation=rotation,
+    )
+
+
+def _layer_error(run: Run, qk: QueryKeys) -> float:
+    """Largest |softmax(scores) - the model's weight| over every head, query and source."""
+    pattern = run.layer(qk.layer).pattern
+    n_heads, n_kv = qk.queries.shape[1], qk.keys.shape[1]
+    keys = qk.keys.repeat_interleave(n_heads // n_kv, dim=1)  # [T, H, d_head]: head h reads kv head h // group
+    worst = 0.0
+    for start in range(0, pattern.n_tokens, _ROWS_PER_CHECK):
+        rows = torch.arange(start, min(start + _ROWS_PER_CHECK, pattern.n_tokens))  # [r]
+        stop = int(rows[-1]) + 1  # sources a row of this chunk can see
+        dots = torch.einsum("rhd,shd->hrs", qk.queries[rows], keys[:stop])  # [H, r, stop]
+        probabilities = torch.softmax(_scores(qk, dots, rows), -1)
+        used = pattern.rows(rows, stop).float().cpu().transpose(0, 1)  # [H, r, stop]
+        worst = max(worst, float((probabilities - used).abs().max()))
+    return worst
 
 
 def _rotated(store: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, str]:
