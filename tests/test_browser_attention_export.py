@@ -65,7 +65,7 @@ def test_hovering_a_token_isolates_its_lines_in_the_exported_head_view(browser, 
         ends = [segment[column] for segment in during["segments"]]
         assert set(ends) == {-float(token)}  # only this token's lines are drawn on top
         assert len(ends) == (out_of if column == 0 else into)[-float(token)]  # all of them
-        page.screenshot(path=str(SHOTS / shot), full_page=True, timeout=SHOT_TIMEOUT)
+        page.screenshot(path=str(SHOTS / shot), timeout=SHOT_TIMEOUT)
 
         page.mouse.move(550, 5)  # off every token
         page.wait_for_function(f"() => ({STATE_JS})().hover === 0", timeout=30_000)
