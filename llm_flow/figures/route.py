@@ -112,7 +112,7 @@ def _edge_markers(graph: nx.DiGraph, position: dict) -> go.Scatter:
         sizes.append(4 + 4 * data["weight"])
         colors.append(_COLORS[data["kind"]])
     return go.Scatter(
-        x=xs, y=ys, mode="markers", name="edges (click)", customdata=ids, hovertext=texts,
+        x=xs, y=ys, mode="markers", name="edge (midpoint)", customdata=ids, hovertext=texts,
         hoverinfo="text", marker=dict(size=sizes, color=colors, opacity=0.35, symbol="diamond"),
     )  # fmt: skip
 
