@@ -16,3 +16,14 @@ def sentence(message: str) -> str:
 def plural(count: int, noun: str) -> str:
     """``plural(1, "token") == "1 token"``, ``plural(3, "token") == "3 tokens"``."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def time_left(done: int, total: int, elapsed: float) -> str:
+    """What a progress bar adds after `done` of `total` equal steps took `elapsed` seconds:
+    ``"about 40 s left"``, ``"about 3 min left"``; nothing before the first step is done."""
+    if done <= 0 or done >= total:
+        return ""
+    seconds = elapsed / done * (total - done)
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s left"
+    return f"about {round(seconds / 60)} min left"

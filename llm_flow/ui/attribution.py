@@ -5,6 +5,7 @@ foil makes it contrastive; every generated token opens in the Explorer in one cl
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from llm_flow.ui import frame, keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import sentence
+from llm_flow.wording import sentence, time_left
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
 _DEFAULTS = {
@@ -152,9 +153,11 @@ def _prepare(model: BridgeLlm, target: _Target) -> Sequence:
 
 def _attribute(model, sequence: Sequence, method: str, options: dict, foil: str | None, function: str) -> Attribution:
     bar = st.progress(0.0, text=f"{METHODS[method].label}: step 0 of {sequence.n_steps}")
+    started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"{METHODS[method].label}: step {done} of {total}")
+        left = time_left(done, total, time.perf_counter() - started)
+        bar.progress(done / total, text=f"{METHODS[method].label}: step {done} of {total}" + (f", {left}" if left else ""))
 
     try:
         return attribute_sequence(model, sequence, method, foil=foil, function=function, progress=progress, **options)

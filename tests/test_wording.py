@@ -1,0 +1,25 @@
+"""How the app words counts and waiting times."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_flow.wording import plural, sentence, time_left
+
+
+def test_sentence_and_plural():
+    assert sentence("the prompt is empty") == "The prompt is empty."
+    assert sentence("Done!") == "Done!"
+    assert plural(1, "token") == "1 token" and plural(1200, "token") == "1,200 tokens"
+
+
+@pytest.mark.parametrize("done, total, elapsed, expected", [
+    (0, 5, 3.0, ""),  # nothing measured yet
+    (5, 5, 30.0, ""),  # finished
+    (1, 5, 10.0, "about 40 s left"),  # 4 more steps of 10 s
+    (2, 5, 10.0, "about 15 s left"),
+    (1, 3, 0.1, "about 1 s left"),  # never "0 s"
+    (1, 6, 60.0, "about 5 min left"),  # 300 s
+])  # fmt: skip
+def test_time_left_extrapolates_the_steps_done(done, total, elapsed, expected):
+    assert time_left(done, total, elapsed) == expected
