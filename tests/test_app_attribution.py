@@ -10,6 +10,7 @@ import pytest
 from llm_flow.attribution import attribute_sequence, prepare
 from llm_flow.attribution.targets import context_text
 from llm_flow.models.bridge import BridgeLlm
+from llm_flow.ui import attribution as attribution_page
 from llm_flow.ui import keys
 from tests.app_helpers import active_run, goto, start
 
@@ -97,3 +98,29 @@ def test_settings_survive_a_page_switch(app):
     assert app.segmented_control(key=keys.ATTR_METHOD).value == "saliency"
     assert app.number_input(key=keys.ATTR_GENERATE).value == 2
     assert shown_result(app).n_steps == 2
+
+
+def test_a_long_request_waits_for_compute_and_a_cheap_one_does_not(tiny_config, monkeypatch):
+    """Above the page's limit (lowered here: the tiny prompt stands for a long one) nothing is
+    computed until *Compute*; what is computed equals the library's result; methods that read
+    the Run never ask; a result already made is shown again without asking."""
+    monkeypatch.setattr(attribution_page, "ASK_ABOVE_TOKEN_PASSES", 10)
+    app = goto(start(tiny_config, monkeypatch), "attribution")
+    assert not app.error and not app.exception
+    assert "runs the model" in app.info[0].value and "Compute" in [b.label for b in app.button]
+    assert not any("entropy" in df.value.columns for df in app.dataframe)  # nothing computed
+    assert keys.ATTR_CACHE not in app.session_state or not any(
+        key[0] == "result" for key in app.session_state[keys.ATTR_CACHE]
+    )  # fmt: skip
+
+    app.button(key="attribution_compute_button").click().run()
+    run = active_run(app)
+    expected = attribute_sequence(run.model, prepare(run.model, run.prompt, generate=3), "integrated_gradients")
+    np.testing.assert_allclose(shown_result(app).scores, expected.scores, rtol=1e-5, atol=1e-7)
+
+    app.segmented_control(key=keys.ATTR_METHOD).set_value("alti_rollout").run()
+    assert not app.info and shown_result(app).method == "alti_rollout"
+    app.segmented_control(key=keys.ATTR_METHOD).set_value("integrated_gradients").run()
+    assert not app.info and shown_result(app).method == "integrated_gradients"  # made before
+    app.number_input(key=keys.ATTR_IG_STEPS).set_value(8).run()
+    assert "runs the model 30 times" in app.info[0].value  # (8 points + 2 for the delta) x 3 steps

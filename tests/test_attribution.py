@@ -312,6 +312,37 @@ def test_bad_requests_say_what_to_change(limited, kwargs, error, message):
         attribute(limited, PROMPT, method, **kwargs)  # the prompt is 30 tokens
 
 
+# --- cost ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, options", [
+    ("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 6}),
+    ("gradient_shap", {"n_samples": 5}), ("occlusion", {"window": 1}), ("occlusion", {"window": 4}),
+    ("attention", {}), ("alti_rollout", {}),
+])  # fmt: skip
+def test_work_counts_the_token_passes_the_method_runs(tiny_models, method, options):
+    """The cost the app weighs before a long request equals what goes through the model: every
+    sample of every forward pass of the plain transformers model on input embeddings (the step
+    scores' own pass takes ids), counted by a hook, times its length (three times for methods
+    with a backward pass)."""
+    model = tiny_models("llama")
+    sequence = prepare(model, PROMPT, continuation=CONTINUATION)
+    chosen = get_method(method, **options)
+    counted = []
+
+    def count(module, args, kwargs):
+        if kwargs.get("inputs_embeds") is not None:  # methods pass embeddings; step scores pass ids
+            counted.append(kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1])
+
+    handle = model.hf_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        attribute_sequence(model, sequence, chosen)
+    finally:
+        handle.remove()
+    assert chosen.work(sequence) == sum(counted) * (3 if chosen.uses_gradients else 1)
+    assert (chosen.work(sequence) == 0) == (method in ("attention", "alti_rollout"))
+
+
 # --- a sanity check on the real model -----------------------------------------------------------
 
 SANITY_PROMPTS = [

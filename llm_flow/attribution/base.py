@@ -136,9 +136,24 @@ class Method(ABC):
     #: "share": non-negative weights that sum to 1 per step.
     scale: ClassVar[str] = "sum"
 
+    #: True for methods that run backward passes (each costs about two forward passes).
+    uses_gradients: ClassVar[bool] = False
+
     @abstractmethod
     def compute(self, problem: Problem) -> MethodOutput:
         """Scores for every step of `problem`."""
+
+    def forward_passes(self, n_tokens: int) -> int:
+        """Forward passes over a context of `n_tokens` that one step costs (as samples: a
+        batch of 8 counts 8). 0 for methods that read the route Run."""
+        return 0
+
+    def work(self, sequence: Sequence) -> int:
+        """The whole request in token passes, a backward pass counted as two forward ones: what
+        the app weighs before it starts something that takes minutes."""
+        per_pass = 3 if self.uses_gradients else 1
+        contexts = (len(sequence.context(step)) for step in range(sequence.n_steps))
+        return sum(self.forward_passes(n) * n * per_pass for n in contexts)
 
     @classmethod
     def options(cls) -> list[str]:

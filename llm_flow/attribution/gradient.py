@@ -38,6 +38,11 @@ from llm_flow.errors import ArgumentError
 class _GradientMethod(Method):
     """Loops over the steps; a subclass says what captum computes for one of them."""
 
+    uses_gradients: ClassVar[bool] = True
+
+    def forward_passes(self, n_tokens: int) -> int:
+        return 1
+
     def compute(self, problem: Problem) -> MethodOutput:
         rows: list[torch.Tensor] = []
         deltas: list[float] = []
@@ -113,6 +118,9 @@ class IntegratedGradients(_GradientMethod):
     keep_first: bool = True
     internal_batch_size: int | None = None
 
+    def forward_passes(self, n_tokens: int) -> int:
+        return self.n_steps + 2  # the points, then f(input) and f(baseline) for the delta
+
     def __post_init__(self) -> None:
         check_positive("n_steps", self.n_steps, 2, 1024)
         check_choice("baseline", self.baseline, BASELINES)
@@ -152,6 +160,9 @@ class GradientShap(_GradientMethod):
     stdevs: float = 0.0
     keep_first: bool = True
     seed: int = 0
+
+    def forward_passes(self, n_tokens: int) -> int:
+        return self.n_samples
 
     def __post_init__(self) -> None:
         check_positive("n_samples", self.n_samples, 1, 1024)

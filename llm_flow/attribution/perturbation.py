@@ -48,6 +48,9 @@ class Occlusion(Method):
         check_choice("baseline", self.baseline, BASELINES)
         check_flag("keep_first", self.keep_first)
 
+    def forward_passes(self, n_tokens: int) -> int:
+        return 1 + -(-n_tokens // self.window)  # the input, then one pass per window
+
     def compute(self, problem: Problem) -> MethodOutput:
         rows = []
         sequence = problem.sequence

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from llm_flow.attribution import MAX_GENERATE, METHODS, Attribution, Sequence, attribute_sequence, prepare
+from llm_flow.attribution import (
+    MAX_GENERATE,
+    METHODS,
+    Attribution,
+    Method,
+    Sequence,
+    attribute_sequence,
+    get_method,
+    prepare,
+)
 from llm_flow.attribution.base import BASELINES
 from llm_flow.attribution.targets import context_text
 from llm_flow.errors import LlmFlowError
@@ -25,6 +34,9 @@ from llm_flow.views.tokens import display_token
 from llm_flow.wording import sentence, time_left
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
+#: Above this many token passes (`Method.work`) the page asks before computing: ~2 min on the
+#: 2-core development machine under load (benchmarks.attribution), seconds on a GPU.
+ASK_ABOVE_TOKEN_PASSES = 30_000
 _DEFAULTS = {
     keys.ATTR_SOURCE: "Generate", keys.ATTR_GENERATE: 3, keys.ATTR_CONTINUATION: "",
     keys.ATTR_METHOD: "integrated_gradients", keys.ATTR_FOIL: "", keys.ATTR_FUNCTION: "probability",
@@ -57,12 +69,12 @@ def attribution_page(analysis: Analysis) -> None:
     target = _target_controls(run.prompt, bool(entry and entry.chat_template))
     method, options = _method_controls(model)
     foil, function = _contrast_controls()
+    request = ("result", target, method, tuple(sorted(options.items())), foil, function)
     try:
         sequence = _cached(("sequence", target), lambda: _prepare(model, target))
-        result = _cached(
-            ("result", target, method, tuple(sorted(options.items())), foil, function),
-            lambda: _attribute(model, sequence, method, options, foil, function),
-        )  # fmt: skip
+        if not _go_ahead(request, sequence, get_method(method, **options)):
+            return
+        result = _cached(request, lambda: _attribute(model, sequence, method, options, foil, function))
     except LlmFlowError as exc:
         st.error(sentence(str(exc)))
         return
@@ -144,6 +156,27 @@ def _cached(key: tuple, compute):
             cache.popitem(last=False)
     cache.move_to_end(key)
     return cache[key]
+
+
+def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
+    """Start at once unless the request would take minutes: then say what it costs and wait
+    for *Compute* (a page that computes on every change must not freeze on a long prompt)."""
+    state = st.session_state
+    if request in state.get(keys.ATTR_CACHE, {}) or state.get(keys.ATTR_CONFIRMED) == request:
+        return True
+    if method.work(sequence) <= ASK_ABOVE_TOKEN_PASSES:
+        return True
+    passes = sum(method.forward_passes(len(sequence.context(step))) for step in range(sequence.n_steps))
+    with_gradients = " with a backward pass each" if method.uses_gradients else ""
+    st.info(
+        f"{method.label} here runs the model {passes:,} times over up to {len(sequence.ids) - 1:,} tokens"
+        f"{with_gradients}: minutes on a CPU. Saliency, Attention and ALTI rollout are much quicker; fewer "
+        "integration points or samples, a wider occlusion window or fewer generated tokens make this one quicker."
+    )  # fmt: skip
+    if st.button("Compute", key="attribution_compute_button", type="primary"):
+        state[keys.ATTR_CONFIRMED] = request
+        return True
+    return False
 
 
 def _prepare(model: BridgeLlm, target: _Target) -> Sequence:

@@ -62,4 +62,5 @@ ATTR_WINDOW = "attribution_window"
 ATTR_LAYER = "attribution_layer"
 ATTR_HEADS = "attribution_heads"
 ATTR_CACHE = "attribution_cache"  # recent sequences and results of this session
+ATTR_CONFIRMED = "attribution_confirmed"  # the long request the user chose to compute
 ATTR_CHART = "attribution_heatmap_chart"
