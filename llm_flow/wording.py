@@ -27,3 +27,12 @@ def time_left(done: int, total: int, elapsed: float) -> str:
     if seconds < 90:
         return f"about {max(1, round(seconds))} s left"
     return f"about {round(seconds / 60)} min left"
+
+
+def shortened(text: str, limit: int = 200) -> str:
+    """`text` cut in the middle to at most `limit` characters, keeping its start and its end
+    (where the next token is predicted): a long prompt must not push a page's controls away."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) * 2 // 5
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flow.wording import plural, sentence, time_left
+from llm_flow.wording import plural, sentence, shortened, time_left
 
 
 def test_sentence_and_plural():
@@ -23,3 +23,12 @@ def test_sentence_and_plural():
 ])  # fmt: skip
 def test_time_left_extrapolates_the_steps_done(done, total, elapsed, expected):
     assert time_left(done, total, elapsed) == expected
+
+
+def test_shortened_keeps_start_and_end_within_the_limit():
+    assert shortened("short prompt") == "short prompt"
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    cut = shortened(text, 50)
+    assert len(cut) == 50 and "…" in cut
+    start, end = cut.split("…")
+    assert text.startswith(start) and text.endswith(end) and len(start) < len(end)

@@ -31,7 +31,7 @@ from llm_flow.ui import frame, keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import sentence, time_left
+from llm_flow.wording import sentence, shortened, time_left
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
 #: Above this many token passes (`Method.work`) the page asks before computing: ~2 min on the
@@ -86,7 +86,7 @@ def attribution_page(analysis: Analysis) -> None:
 
 
 def _target_controls(prompt: str, chat_template: bool) -> _Target:
-    st.caption(f"Prompt: {prompt!r}" + (" (in the model's chat template)" if chat_template else ""))
+    st.caption(f"Prompt: {shortened(prompt)!r}" + (" (in the model's chat template)" if chat_template else ""))
     source, detail = st.columns([1, 3], vertical_alignment="bottom")
     source.segmented_control("Continuation", ["Generate", "Type"], key=keys.ATTR_SOURCE, required=True)
     generated = st.session_state[keys.ATTR_SOURCE] == "Generate"
