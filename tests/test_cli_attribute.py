@@ -21,7 +21,8 @@ def test_json_output_is_the_library_result(tiny_config, tiny_models, tmp_path, c
     code = cli(tiny_config, "--prompt", "The capital of France is", "--continuation", " Paris. The",
                "--method", "integrated_gradients", "--option", "n_steps=8", "--foil", " John", "--out", str(out))  # fmt: skip
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "Method  integrated_gradients {'n_steps': 8, 'baseline': 'zeros', 'keep_first': True, 'internal_batch_size': None}" in printed
     assert "explains the target's logit minus that of the foil ' John'" in printed
     assert "IG convergence delta" in printed and f"Written to {out}" in printed
@@ -35,6 +36,11 @@ def test_json_output_is_the_library_result(tiny_config, tiny_models, tmp_path, c
     for name, values in direct.step_scores.items():
         assert saved.step_scores[name] == pytest.approx(values, rel=1e-5, abs=1e-7)
     assert printed.count("\nStep ") == saved.n_steps
+    # progress on stderr, one line per step when it is not a terminal, with the time left
+    n = saved.n_steps
+    steps = [line for line in captured.err.splitlines() if line.startswith("Integrated gradients: step")]
+    assert [line.split(",")[0] for line in steps] == [f"Integrated gradients: step {i} of {n}" for i in range(1, n + 1)]
+    assert steps[0].endswith(" left") and steps[-1] == f"Integrated gradients: step {n} of {n}"
 
 
 def test_generated_words_to_csv_and_html(tiny_config, tmp_path, capsys):

@@ -5,11 +5,20 @@ request, the full result as JSON, CSV or a standalone HTML page."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.cli.common import (
+    add_model_arguments,
+    check_writable,
+    end_progress,
+    load,
+    progress,
+    prompt_or_default,
+)
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
+from llm_flow.wording import time_left
 
 #: Kept in step with `llm_flow.attribution.METHODS` by a test (that module imports torch).
 METHOD_NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "occlusion",
@@ -57,10 +66,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     model = load(args, config)
     entry = config.model(args.model or config.default_model)
     chat = args.chat_template if args.chat_template is not None else bool(entry and entry.chat_template)
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        left = time_left(done, total, time.perf_counter() - started)
+        progress(f"{method.label}: step {done} of {total}" + (f", {left}" if left else ""))
+
     result = attribute(
         model, prompt, method, continuation=args.continuation, generate=args.generate, foil=args.foil,
-        function=args.function, chat_template=chat,
+        function=args.function, chat_template=chat, progress=report,
     )  # fmt: skip
+    end_progress()
     if args.words:
         result = result.by_words()
     _print_summary(result, args.top)
