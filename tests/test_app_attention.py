@@ -147,6 +147,26 @@ def test_settings_that_no_longer_fit_a_shorter_prompt_are_put_back_in_range(app)
     assert shown_figure(app)
 
 
+def test_a_window_cut_to_a_short_prompt_grows_back_with_a_longer_one(app):
+    """A short prompt cuts the window to its length; the next, longer prompt gets the default
+    window again (not the few tokens the short one had); a window the user chose stays."""
+
+    def analyse(text: str):
+        app.text_area(key=keys.NEW_PROMPT).input(text)
+        next(b for b in app.button if b.label == "Analyse new prompt").click().run()
+        assert not app.exception and not app.error
+        return active_run(app)
+
+    short = analyse("One, two")
+    assert app.session_state[page.WINDOW] == short.n_tokens < page.DEFAULT_WINDOW["head"]
+    long = analyse("One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve")
+    assert long.n_tokens > short.n_tokens
+    assert app.session_state[page.WINDOW] == min(page.DEFAULT_WINDOW["head"], long.n_tokens)
+    set_value(app, page.WINDOW, 7)
+    analyse("One, two, three, four, five, six, seven, eight, nine, ten")
+    assert app.session_state[page.WINDOW] == 7
+
+
 def test_the_explorers_edge_panel_opens_its_head_here(app):
     run = active_run(app)
     set_value(app, page.LAYER, run.n_layers - 1)

@@ -40,6 +40,7 @@ LAYERS = "attention_layers"
 HEADS = "attention_heads"
 HEAD = "attention_head"
 WINDOW = "attention_window"
+WINDOW_CUT_TO = "attention_window_cut_to"  # the prompt length the window equals, if it does
 TOP_K = "attention_top_k"
 AGGREGATE = "attention_aggregate"
 SPLIT = "attention_split"
@@ -109,8 +110,12 @@ def _init_state(run: Run) -> None:
     for key, count in ((HEADS, info.n_heads), (LAYERS, info.n_layers)):
         chosen = [i for i in state.get(key, []) if 0 <= i < count]
         state[key] = chosen or list(range(count))
-    if not 1 <= state.get(WINDOW, 0) <= run.n_tokens:
+    # A window cut down to a short prompt's length means "all of it": a longer prompt gets the
+    # default window again rather than a few tokens of its end.
+    cut = state.get(WINDOW_CUT_TO)
+    if not 1 <= state.get(WINDOW, 0) <= run.n_tokens or state[WINDOW] == cut != run.n_tokens:
         state[WINDOW] = min(DEFAULT_WINDOW[state[VIEW]], run.n_tokens)
+    state[WINDOW_CUT_TO] = run.n_tokens if state[WINDOW] == run.n_tokens else None
     if not 0 <= state[SPLIT] < run.n_tokens:
         state[SPLIT] = 0
     if state.get(FOCUS) is not None and not 0 <= state[FOCUS] < run.n_tokens:
