@@ -18,6 +18,13 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
+def step_progress(label: str, done: int, total: int, elapsed: float) -> str:
+    """``"Saliency: step 2 of 5, about 40 s left"``: what the page's progress bar and the CLI
+    say after each step of a long computation."""
+    left = time_left(done, total, elapsed)
+    return f"{label}: step {done} of {total}" + (f", {left}" if left else "")
+
+
 def time_left(done: int, total: int, elapsed: float) -> str:
     """What a progress bar adds after `done` of `total` equal steps took `elapsed` seconds:
     ``"about 40 s left"``, ``"about 3 min left"``; nothing before the first step is done."""

@@ -328,11 +328,12 @@ def test_work_counts_the_token_passes_the_method_runs(tiny_models, method, optio
     model = tiny_models("llama")
     sequence = prepare(model, PROMPT, continuation=CONTINUATION)
     chosen = get_method(method, **options)
-    counted = []
+    counted, samples = [], []
 
     def count(module, args, kwargs):
         if kwargs.get("inputs_embeds") is not None:  # methods pass embeddings; step scores pass ids
             counted.append(kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1])
+            samples.append(kwargs["inputs_embeds"].shape[0])
 
     handle = model.hf_model.register_forward_pre_hook(count, with_kwargs=True)
     try:
@@ -340,6 +341,7 @@ def test_work_counts_the_token_passes_the_method_runs(tiny_models, method, optio
     finally:
         handle.remove()
     assert chosen.work(sequence) == sum(counted) * (3 if chosen.uses_gradients else 1)
+    assert chosen.passes(sequence) == sum(samples)
     assert (chosen.work(sequence) == 0) == (method in ("attention", "alti_rollout"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flow.wording import plural, sentence, shortened, time_left
+from llm_flow.wording import plural, sentence, shortened, step_progress, time_left
 
 
 def test_sentence_and_plural():
@@ -32,3 +32,8 @@ def test_shortened_keeps_start_and_end_within_the_limit():
     assert len(cut) == 50 and "…" in cut
     start, end = cut.split("…")
     assert text.startswith(start) and text.endswith(end) and len(start) < len(end)
+
+
+def test_step_progress_names_the_step_and_the_time_left():
+    assert step_progress("Saliency", 1, 5, 10.0) == "Saliency: step 1 of 5, about 40 s left"
+    assert step_progress("Saliency", 5, 5, 50.0) == "Saliency: step 5 of 5"

@@ -148,12 +148,15 @@ class Method(ABC):
         batch of 8 counts 8). 0 for methods that read the route Run."""
         return 0
 
+    def passes(self, sequence: Sequence) -> int:
+        """Forward passes over the whole request (each step over its own context)."""
+        return sum(self.forward_passes(n) for n in _context_lengths(sequence))
+
     def work(self, sequence: Sequence) -> int:
         """The whole request in token passes, a backward pass counted as two forward ones: what
         the app weighs before it starts something that takes minutes."""
         per_pass = 3 if self.uses_gradients else 1
-        contexts = (len(sequence.context(step)) for step in range(sequence.n_steps))
-        return sum(self.forward_passes(n) * n * per_pass for n in contexts)
+        return sum(self.forward_passes(n) * n * per_pass for n in _context_lengths(sequence))
 
     @classmethod
     def options(cls) -> list[str]:
@@ -161,6 +164,11 @@ class Method(ABC):
 
     def settings(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.options()}
+
+
+def _context_lengths(sequence: Sequence) -> range:
+    """Tokens each step sees: the prompt, then one more per target before it."""
+    return range(sequence.n_prompt, len(sequence.ids))
 
 
 def stack_rows(rows: list[torch.Tensor], n_sources: int) -> np.ndarray:

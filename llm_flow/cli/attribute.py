@@ -18,7 +18,7 @@ from llm_flow.cli.common import (
 )
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
-from llm_flow.wording import time_left
+from llm_flow.wording import step_progress
 
 #: Kept in step with `llm_flow.attribution.METHODS` by a test (that module imports torch).
 METHOD_NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "occlusion",
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     started = time.perf_counter()
 
     def report(done: int, total: int) -> None:
-        left = time_left(done, total, time.perf_counter() - started)
-        progress(f"{method.label}: step {done} of {total}" + (f", {left}" if left else ""))
+        progress(step_progress(method.label, done, total, time.perf_counter() - started))
 
     result = attribute(
         model, prompt, method, continuation=args.continuation, generate=args.generate, foil=args.foil,

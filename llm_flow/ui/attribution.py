@@ -31,7 +31,7 @@ from llm_flow.ui import frame, keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import sentence, shortened, time_left
+from llm_flow.wording import sentence, shortened, step_progress
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
 #: Above this many token passes (`Method.work`) the page asks before computing: ~2 min on the
@@ -72,9 +72,10 @@ def attribution_page(analysis: Analysis) -> None:
     request = ("result", target, method, tuple(sorted(options.items())), foil, function)
     try:
         sequence = _cached(("sequence", target), lambda: _prepare(model, target))
-        if not _go_ahead(request, sequence, get_method(method, **options)):
+        chosen = get_method(method, **options)
+        if not _go_ahead(request, sequence, chosen):
             return
-        result = _cached(request, lambda: _attribute(model, sequence, method, options, foil, function))
+        result = _cached(request, lambda: _attribute(model, sequence, chosen, foil, function))
     except LlmFlowError as exc:
         st.error(sentence(str(exc)))
         return
@@ -166,7 +167,7 @@ def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
         return True
     if method.work(sequence) <= ASK_ABOVE_TOKEN_PASSES:
         return True
-    passes = sum(method.forward_passes(len(sequence.context(step))) for step in range(sequence.n_steps))
+    passes = method.passes(sequence)
     with_gradients = " with a backward pass each" if method.uses_gradients else ""
     st.info(
         f"{method.label} here runs the model {passes:,} times over up to {len(sequence.ids) - 1:,} tokens"
@@ -184,16 +185,15 @@ def _prepare(model: BridgeLlm, target: _Target) -> Sequence:
         return prepare(model, target.prompt, target.continuation, target.generate, target.chat_template)
 
 
-def _attribute(model, sequence: Sequence, method: str, options: dict, foil: str | None, function: str) -> Attribution:
-    bar = st.progress(0.0, text=f"{METHODS[method].label}: step 0 of {sequence.n_steps}")
+def _attribute(model, sequence: Sequence, method: Method, foil: str | None, function: str) -> Attribution:
+    bar = st.progress(0.0, text=step_progress(method.label, 0, sequence.n_steps, 0.0))
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
-        left = time_left(done, total, time.perf_counter() - started)
-        bar.progress(done / total, text=f"{METHODS[method].label}: step {done} of {total}" + (f", {left}" if left else ""))
+        bar.progress(done / total, text=step_progress(method.label, done, total, time.perf_counter() - started))
 
     try:
-        return attribute_sequence(model, sequence, method, foil=foil, function=function, progress=progress, **options)
+        return attribute_sequence(model, sequence, method, foil=foil, function=function, progress=progress)
     finally:
         bar.empty()
 
