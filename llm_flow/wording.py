@@ -43,3 +43,11 @@ def shortened(text: str, limit: int = 200) -> str:
         return text
     head = (limit - 1) * 2 // 5
     return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+
+
+def probability_text(probability: float) -> str:
+    """A probability as people read it, small ones included: ``"77.3%"``, ``"0.4%"``,
+    ``"6.9e-09"`` (a fixed number of decimals would print the last as 0)."""
+    if probability >= 0.001:
+        return f"{probability:.1%}"
+    return f"{probability:.2g}"

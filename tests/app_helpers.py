@@ -6,8 +6,8 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
-from llm_flow.ui import keys
 from llm_flow.ui.resources import get_run
+from llm_flow.ui.state import STATE_KEY, SessionState, widget_key
 from tests.conftest import REPO
 
 TIMEOUT = 300
@@ -35,5 +35,13 @@ def goto(app: AppTest, url_path: str) -> AppTest:
 
 def active_run(app: AppTest):
     """The very Run the app is showing (from the shared registry, not a new forward pass)."""
-    request = app.session_state[keys.ACTIVE]
+    request = state(app).source.active
     return get_run(request.model, request.prompt)
+
+
+def state(app: AppTest) -> SessionState:
+    """The session's state object (every setting of every page)."""
+    return app.session_state[STATE_KEY]
+
+
+__all__ = ["TIMEOUT", "active_run", "goto", "start", "state", "widget_key"]
