@@ -84,10 +84,9 @@ def _fit_to_run(run: Run) -> None:
     state = get_state().attention
     info = run.model.info
     notices = []
-    if state.layer is None or not 0 <= state.layer < info.n_layers:
-        if state.layer is not None:
-            notices.append(f"Layer {state.layer} does not exist in {run.model.name} (0–{info.n_layers - 1}).")
-        state.layer = info.n_layers // 2
+    if state.layer is not None and not 0 <= state.layer < info.n_layers:
+        notices.append(f"Layer {state.layer} does not exist in {run.model.name} (0–{info.n_layers - 1}).")
+        state.layer = None
     if not 0 <= state.head < info.n_heads:
         notices.append(f"Head {state.head} does not exist in {run.model.name} (0–{info.n_heads - 1}).")
         state.head = 0
@@ -106,6 +105,13 @@ def _fit_to_run(run: Run) -> None:
         st.warning(" ".join(notices) + " Showing the nearest valid view.")
 
 
+def shown_layer(run: Run) -> int:
+    """The layer drawn: the user's, else the middle one (kept out of the state, and so out of
+    links, until the user chooses)."""
+    chosen = get_state().attention.layer
+    return run.model.info.n_layers // 2 if chosen is None else chosen
+
+
 def window(run: Run, view: str) -> int:
     """The tokens drawn: the user's window, else the view's default, never more than the prompt."""
     chosen = get_state().attention.window
@@ -122,7 +128,8 @@ def _controls(run: Run) -> str:
         "Weighting", list(WEIGHTINGS), format_func=WEIGHTINGS.get, horizontal=True,
         disabled=view == "neuron", help=" ".join(_HELP.values()), **bind("attention.weighting"),
     )  # fmt: skip
-    top[2].selectbox("Layer", range(info.n_layers), disabled=view == "model", **bind("attention.layer"))
+    top[2].selectbox("Layer", range(info.n_layers), disabled=view == "model",
+                     **bind("attention.layer", to_widget=lambda _: shown_layer(run)))  # fmt: skip
     top[3].selectbox(
         "Head", range(info.n_heads), help="The neuron view's head, and the head the Explorer button opens.",
         **bind("attention.head"),
@@ -168,7 +175,7 @@ def _settings(run: Run, view: str) -> dict:
     split = state.split or None
     info = run.model.info
     return dict(
-        view=view, weighting=state.weighting, layer=state.layer, head=state.head, token=route.position,
+        view=view, weighting=state.weighting, layer=shown_layer(run), head=state.head, token=route.position,
         window=window(run, view), top_k=min(state.top_k, run.n_tokens) or None, aggregate=state.aggregate or None,
         heads=state.heads or tuple(range(info.n_heads)), layers=state.layers or tuple(range(info.n_layers)),
         split=split, part=state.part if split else "all", focus=state.focus if view == "head" else None,
@@ -295,7 +302,7 @@ def explorer_edge(run: Run, layer: int, head: int, token: int, threshold: float,
 
 def _explorer_link(run: Run, analysis: Analysis) -> None:
     state = get_state()
-    layer, head, token = state.attention.layer, state.attention.head, state.route.position
+    layer, head, token = shown_layer(run), state.attention.head, state.route.position
     label = f"Open L{layer} H{head} at token {token} in the Explorer"
     if not st.button(label, icon=":material/account_tree:", key="attention_explorer_button"):
         return
@@ -312,7 +319,7 @@ def _explorer_link(run: Run, analysis: Analysis) -> None:
 
 def _exports(run: Run, figure, table, title: str, view: str) -> None:
     state = get_state().attention
-    stem = f"attention-{view}-{run.model.name}-L{state.layer}-{state.weighting}"
+    stem = f"attention-{view}-{run.model.name}-L{shown_layer(run)}-{state.weighting}"
     with st.popover("Export", icon=":material/download:"):
         figure_downloads(figure, title, stem, key="attention_export")
         st.download_button(

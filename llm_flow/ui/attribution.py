@@ -106,10 +106,9 @@ def _fit_to_model(model: TransparentLlm) -> None:
     if state.baseline not in BASELINES:
         notices.append(f"There is no baseline {state.baseline!r}; using zeros.")
         state.baseline = "zeros"
-    if state.layer is None or not 0 <= state.layer < model.info.n_layers:
-        if state.layer is not None:
-            notices.append(f"Layer {state.layer} does not exist in {model.name}; using the last layer.")
-        state.layer = model.info.n_layers - 1
+    if state.layer is not None and not 0 <= state.layer < model.info.n_layers:
+        notices.append(f"Layer {state.layer} does not exist in {model.name}; using the last layer.")
+        state.layer = None
     if notices:
         st.warning(" ".join(notices))
 
@@ -159,9 +158,10 @@ def _method_controls(model: TransparentLlm) -> tuple[str, dict[str, object]]:
                              **bind("attribution.baseline"))  # fmt: skip
         options["baseline"] = state.baseline
     if method == "attention":
-        columns[0].number_input("Layer", 0, model.info.n_layers - 1, **bind("attribution.layer"))
+        last = model.info.n_layers - 1  # until the user chooses (kept out of links)
+        columns[0].number_input("Layer", 0, last, **bind("attribution.layer", to_widget=lambda layer: last if layer is None else layer))
         columns[1].segmented_control("Heads", ["mean", "max"], required=True, **bind("attribution.heads"))
-        options["layer"] = int(state.layer)
+        options["layer"] = last if state.layer is None else int(state.layer)
         options["heads"] = state.heads
     st.caption(METHODS[method].summary)
     return method, options

@@ -28,7 +28,7 @@ from llm_flow.ui.frame import active_run, sync_link
 from llm_flow.ui.long_work import Progress, cancellable
 from llm_flow.ui.state import bind, get_state
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import probability_text
+from llm_flow.wording import plural, probability_text
 
 _results: weakref.WeakKeyDictionary[Run, dict[tuple, object]] = weakref.WeakKeyDictionary()
 _results_lock = threading.Lock()
@@ -49,7 +49,8 @@ def route_check_panel(graph: nx.DiGraph) -> None:
     if state.pending == "check":
         state.pending = None
     state.shown = settings in state.asked
-    with st.expander("Check this route on the model", icon=":material/science:", expanded=state.shown):
+    previous = _previous_check(run, state, route) if not state.shown else None
+    with st.expander("Check this route on the model", icon=":material/science:", expanded=state.shown or bool(previous)):
         st.caption(
             "Re-runs the model keeping only the route's parts at the nodes it reaches (*route only*), and "
             "without the route's attention and FFN parts (*route removed*), against the same number of "
@@ -62,11 +63,14 @@ def route_check_panel(graph: nx.DiGraph) -> None:
         st.button("Check this route", key="check_route_button", type="primary", icon=":material/play_arrow:",
                   on_click=_ask, args=("check",))  # fmt: skip
         _say_cancelled(state)
-        check = None
+        check = previous
         if state.shown:
             draws, seed = state.draws, state.seed
             check = _found(run, ("check", *settings)) or _compute(run, ("check", *settings), lambda progress: check_route(
                 run, graph, draws=draws, seed=seed, progress=progress), "Re-running the model", "check")  # fmt: skip
+        elif previous is not None:
+            st.caption(f"Below: the previous check of this route ({plural(len(previous.random_only), 'random draw')}, "
+                       f"seed {previous.seed}).")  # fmt: skip
         if isinstance(check, RouteCheck):
             _show_check(run, check)
             _curve_section(run, graph, route, check)
@@ -98,6 +102,13 @@ def edge_removal_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
         f"{result.n_parts:,} parts removed. Before: p = {probability_text(before.probability)}, rank {before.rank}, "
         f"logit {before.logit:.2f}. After: rank {after.rank}, logit {after.logit:.2f}."
     )
+
+
+def _previous_check(run: Run, state, route: tuple) -> RouteCheck | None:
+    """After a Cancel, the check of this route that was on screen before, if any."""
+    if not state.cancelled or not state.asked or state.asked[-1][:3] != route:
+        return None
+    return _found(run, ("check", *state.asked[-1]))
 
 
 def _ask(what: str) -> None:
