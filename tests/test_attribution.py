@@ -302,7 +302,7 @@ def test_unknown_method_lists_the_valid_ones():
     (dict(continuation=""), ArgumentError, "the continuation is empty"),
     (dict(generate=0), ArgumentError, "must be 1..64"),
     (dict(generate=2, continuation=" x"), ArgumentError, "not both"),
-    (dict(generate=20), PromptError, "are 50 tokens, over the configured limit"),
+    (dict(generate=20), PromptError, "are 50 tokens long, over the configured limit"),
     (dict(function="log-probability", generate=1), ArgumentError, "function must be one of probability, logit"),
     (dict(method="attention", layer=7, generate=1), ArgumentError, "layer 7 is out of range"),
 ])  # fmt: skip

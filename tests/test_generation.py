@@ -132,7 +132,7 @@ def test_generation_respects_the_prompt_length_limit(tiny_folders):
     assert len(generation.tokens) == 3 and generation.stop == STOP_LIMIT
     assert generate(model, PROMPT, 2, SamplingSettings(temperature=0)).stop == STOP_COUNT
     model.max_prompt_tokens = n_prompt
-    with pytest.raises(PromptError, match=rf"{n_prompt} tokens long.*limits.max_prompt_tokens"):
+    with pytest.raises(PromptError, match=rf"{n_prompt + 1} tokens long.*limits.max_prompt_tokens.*nothing more"):
         generate(model, PROMPT, 1)
     with pytest.raises(PromptError, match="shorten"):
         step(model.run(PROMPT), SamplingSettings())
@@ -170,3 +170,24 @@ def test_a_retokenised_text_disowns_the_positions_after_the_change(tiny_models):
     assert run.tokens.tolist() == [*prompt_ids, *merged]
     # The first piece was predicted by the last prompt token (same context); the others were not.
     assert predicting_positions(run, generation) == [len(prompt_ids) - 1, None, None, None, None]
+
+
+def test_analysis_generation_and_attribution_ask_the_model_for_one_length_limit(tiny_folders, monkeypatch):
+    """The limit lives in `TransparentLlm.token_limit` alone: a model that reports another limit
+    is refused at that limit by every consumer, with the limit's own name in the message."""
+    from llm_flow.attribution import prepare
+
+    model = llm_flow.load_model(str(tiny_folders["gpt2"]))
+    n_prompt = len(model.encode(PROMPT))
+    monkeypatch.setattr(model, "token_limit", lambda: (n_prompt + 2, "the test's limit"))
+    model.run(PROMPT)  # at or under the limit: accepted
+    longer = PROMPT + " Paris and"
+    with pytest.raises(PromptError, match=rf"{len(model.encode(longer))} tokens long, over the test's limit of {n_prompt + 2}"):
+        model.run(longer)
+    generation = generate(model, PROMPT, 5, SamplingSettings(temperature=0))
+    assert len(generation.tokens) == 2 and generation.stop == STOP_LIMIT
+    with pytest.raises(PromptError, match="the test's limit.*nothing more can be generated"):
+        generate(model, generation, 1)
+    assert prepare(model, PROMPT, generate=2).n_steps == 2
+    with pytest.raises(PromptError, match=rf"are {n_prompt + 3} tokens long, over the test's limit"):
+        prepare(model, PROMPT, generate=3)

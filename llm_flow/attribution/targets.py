@@ -18,6 +18,8 @@ from llm_flow.wording import plural
 
 #: Most tokens one request may generate: every one is a separate attribution step.
 MAX_GENERATE = 64
+#: How `check_length` words a request over the limit.
+_TOO_LONG = ("prompt and continuation are", "shorten the prompt or the continuation")
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,12 @@ def prepare(
         new_ids = list(model.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         if not new_ids:
             raise ArgumentError(f"the continuation {continuation!r} produced no tokens")
-        _check_length(model, len(prompt_ids) + len(new_ids))
+        model.check_length(len(prompt_ids) + len(new_ids), *_TOO_LONG)
     else:
         n = 1 if generate is None else generate
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_GENERATE:
             raise ArgumentError(f"the number of tokens to generate must be 1..{MAX_GENERATE} (got {n!r})")
-        _check_length(model, len(prompt_ids) + n)
+        model.check_length(len(prompt_ids) + n, *_TOO_LONG)
         new_ids = greedy(model, prompt_ids, n)
     return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids), prompt, continuation is None, chat_template)
 
@@ -122,19 +124,6 @@ def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
             pad_token_id=eos if eos is not None else 0,
         )
     return out[0, len(prompt_ids) :].tolist()
-
-
-def _check_length(model: BridgeLlm, n_tokens: int) -> None:
-    """Prompt and continuation together must fit the model and the configured limit."""
-    limits = [(model.info.n_ctx, "the model's context length")]
-    if model.max_prompt_tokens is not None:
-        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-    limit, reason = min(limits)
-    if n_tokens > limit:
-        raise PromptError(
-            f"prompt and continuation are {plural(n_tokens, 'token')}, over {reason} of "
-            f"{plural(limit, 'token')}: shorten the prompt or the continuation"
-        )
 
 
 def context_text(model: BridgeLlm, ids: list[int] | tuple[int, ...]) -> str:

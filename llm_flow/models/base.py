@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_flow.errors import PromptError
 from llm_flow.models.run import Run
+from llm_flow.wording import plural
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,20 @@ class TransparentLlm(ABC):
     @property
     def name(self) -> str:
         return self.info.name
+
+    def token_limit(self) -> tuple[int, str]:
+        """The most tokens one pass may analyse, and which limit that is (the model's context
+        length or the configured ``limits.max_prompt_tokens``, whichever is lower)."""
+        limits = [(self.info.n_ctx, "the model's context length")]
+        if self.max_prompt_tokens is not None:
+            limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
+        return min(limits)
+
+    def check_length(self, n_tokens: int, what: str = "the prompt is", fix: str = "shorten it") -> None:
+        """Refuse `n_tokens` over `token_limit`: the one length check for prompts, generated text
+        and attribution requests. `what` names the text and its verb, `fix` says what to change."""
+        limit, reason = self.token_limit()
+        if n_tokens > limit:
+            raise PromptError(
+                f"{what} {plural(n_tokens, 'token')} long, over {reason} of {plural(limit, 'token')}: {fix}"
+            )

@@ -16,7 +16,6 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
-from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
@@ -108,15 +107,7 @@ class BridgeLlm(TransparentLlm):
         return self._check_length(self.encode(check_prompt_text(prompt)))
 
     def _check_length(self, ids: list[int]) -> list[int]:
-        limits = [(self.info.n_ctx, "the model's context length")]
-        if self.max_prompt_tokens is not None:
-            limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-        limit, reason = min(limits)
-        if len(ids) > limit:
-            raise PromptError(
-                f"the prompt is {plural(len(ids), 'token')} long, over {reason} of {plural(limit, 'token')}: "
-                "shorten it"
-            )
+        self.check_length(len(ids))
         if not ids:
             raise PromptError("the prompt produced no tokens")
         return ids

@@ -80,24 +80,12 @@ def from_run(run: Run) -> Generation:
     return Generation(run.prompt, tuple(run.tokens.tolist()))
 
 
-def token_limit(model: TransparentLlm) -> tuple[int, str]:
-    """The longest prompt `model.run` accepts, and which limit it is."""
-    limits = [(model.info.n_ctx, "the model's context length")]
-    if model.max_prompt_tokens is not None:
-        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-    return min(limits)
-
-
 def _room(model: TransparentLlm, n_tokens: int) -> int:
     """How many tokens may still be generated after `n_tokens` so the text can be analysed."""
-    limit, reason = token_limit(model)
-    if n_tokens >= limit:
-        where = "at" if n_tokens == limit else "over"
-        raise PromptError(
-            f"the text is {n_tokens} tokens long, {where} {reason} of {limit} tokens: nothing more can "
-            "be generated and analysed; shorten the prompt"
-        )
-    return limit - n_tokens
+    model.check_length(
+        n_tokens + 1, "the text and one more token are", "nothing more can be generated and analysed; shorten the prompt"
+    )
+    return model.token_limit()[0] - n_tokens
 
 
 def eos_ids(model: TransparentLlm) -> frozenset[int]:
