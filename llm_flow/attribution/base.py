@@ -15,7 +15,7 @@ import torch
 
 from llm_flow.attribution.targets import Sequence
 from llm_flow.errors import ArgumentError
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 
 #: What a target step's score can be a function of: the target token's probability or its logit.
 FUNCTIONS = ("probability", "logit")
@@ -32,7 +32,7 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 class Problem:
     """One attribution request: the model, the token sequence, and what is explained per step."""
 
-    model: BridgeLlm
+    model: TransparentLlm
     sequence: Sequence
     function: str | None  # "probability" | "logit"; None for methods that read no output
     foil: int | None  # contrastive foil token id: explain f(target) - f(foil)

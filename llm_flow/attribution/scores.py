@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from llm_flow.attribution.targets import Sequence
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 
 
-def step_scores(model: BridgeLlm, sequence: Sequence, foil: int | None = None) -> dict[str, list[float]]:
+def step_scores(model: TransparentLlm, sequence: Sequence, foil: int | None = None) -> dict[str, list[float]]:
     """Per step: ``probability`` and ``logit`` of the target, ``entropy`` of the distribution
     (nats); with a foil also ``foil_probability``, ``foil_logit``, ``probability_difference``
     (target minus foil) and ``logit_difference``."""

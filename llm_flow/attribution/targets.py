@@ -13,7 +13,7 @@ import torch
 
 from llm_flow.checks import check_prompt_text
 from llm_flow.errors import ArgumentError, PromptError
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 from llm_flow.wording import plural
 
 #: Most tokens one request may generate: every one is a separate attribution step.
@@ -45,7 +45,7 @@ class Sequence:
         return self.ids[self.n_prompt + step]
 
 
-def encode_prompt(model: BridgeLlm, prompt: str, chat_template: bool = False) -> list[int]:
+def encode_prompt(model: TransparentLlm, prompt: str, chat_template: bool = False) -> list[int]:
     """The prompt's ids; with `chat_template`, as a user turn followed by the assistant's turn."""
     check_prompt_text(prompt)
     if not chat_template:
@@ -61,7 +61,7 @@ def encode_prompt(model: BridgeLlm, prompt: str, chat_template: bool = False) ->
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_foil(model: BridgeLlm, foil: str) -> int:
+def encode_foil(model: TransparentLlm, foil: str) -> int:
     """A contrastive foil must be exactly one token (``" London"``, with its leading space)."""
     if not isinstance(foil, str) or not foil:
         raise ArgumentError("the foil is empty: give one token, e.g. ' London'")
@@ -76,7 +76,7 @@ def encode_foil(model: BridgeLlm, foil: str) -> int:
 
 
 def prepare(
-    model: BridgeLlm,
+    model: TransparentLlm,
     prompt: str,
     continuation: str | None = None,
     generate: int | None = None,
@@ -105,7 +105,7 @@ def prepare(
     return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids), prompt, continuation is None, chat_template)
 
 
-def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
+def greedy(model: TransparentLlm, prompt_ids: list[int], n: int) -> list[int]:
     """`n` greedy tokens after the prompt (fewer if the model ends the sequence)."""
     hf = model.hf_model
     device = next(hf.parameters()).device
@@ -126,7 +126,7 @@ def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
     return out[0, len(prompt_ids) :].tolist()
 
 
-def context_text(model: BridgeLlm, ids: list[int] | tuple[int, ...]) -> str:
+def context_text(model: TransparentLlm, ids: list[int] | tuple[int, ...]) -> str:
     """Token ids as a prompt that `model.encode` turns back into (nearly) the same ids: special
     tokens kept (chat markers), except a leading BOS that encoding adds again by itself."""
     ids = list(ids)

@@ -26,7 +26,7 @@ from llm_flow.attribution.base import BASELINES
 from llm_flow.attribution.targets import context_text
 from llm_flow.errors import LlmFlowError
 from llm_flow.figures.attribution import attribution_heatmap, standalone_html, step_html, target_labels
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 from llm_flow.ui import frame, keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
@@ -61,7 +61,7 @@ def attribution_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    model: BridgeLlm = run.model
+    model: TransparentLlm = run.model
     for key, value in _DEFAULTS.items():
         st.session_state.setdefault(key, value)
     st.session_state.setdefault(keys.ATTR_LAYER, model.info.n_layers - 1)
@@ -103,7 +103,7 @@ def _target_controls(prompt: str, chat_template: bool) -> _Target:
     )  # fmt: skip
 
 
-def _method_controls(model: BridgeLlm) -> tuple[str, dict[str, object]]:
+def _method_controls(model: TransparentLlm) -> tuple[str, dict[str, object]]:
     st.segmented_control(
         "Method", list(METHODS), key=keys.ATTR_METHOD, required=True,
         format_func=lambda name: METHODS[name].label,
@@ -180,7 +180,7 @@ def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
     return False
 
 
-def _prepare(model: BridgeLlm, target: _Target) -> Sequence:
+def _prepare(model: TransparentLlm, target: _Target) -> Sequence:
     with st.spinner("Generating the continuation…" if target.generate else "Tokenising…"):
         return prepare(model, target.prompt, target.continuation, target.generate, target.chat_template)
 
@@ -201,7 +201,7 @@ def _attribute(model, sequence: Sequence, method: Method, foil: str | None, func
 # --- results ----------------------------------------------------------------------------------
 
 
-def _results(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
+def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
     figure = attribution_heatmap(result)
     st.plotly_chart(figure, key=keys.ATTR_CHART, on_select=_on_heatmap_click, selection_mode="points",
                     width="stretch", config={"displaylogo": False})  # fmt: skip
@@ -229,7 +229,7 @@ def _on_heatmap_click() -> None:
         st.session_state[keys.ATTR_STEP] = points[0]["y"]
 
 
-def _explorer_links(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
+def _explorer_links(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
     """One button per generated token: its context becomes the active prompt in the Explorer,
     whose route then explains the prediction of that very token."""
     st.caption("Open in the Explorer: the route to the prediction of")
