@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from llm_flow.checks import check_prompt_text
 from llm_flow.errors import ArgumentError, PromptError
 from llm_flow.models.base import TransparentLlm
+from llm_flow.views.generation import Generation, generate
+from llm_flow.views.sampling import SamplingSettings
 from llm_flow.wording import plural
 
 #: Most tokens one request may generate: every one is a separate attribution step.
@@ -106,24 +106,10 @@ def prepare(
 
 
 def greedy(model: TransparentLlm, prompt_ids: list[int], n: int) -> list[int]:
-    """`n` greedy tokens after the prompt (fewer if the model ends the sequence)."""
-    hf = model.hf_model
-    device = next(hf.parameters()).device
-    tokens = torch.tensor([prompt_ids], device=device)
-    eos = model.tokenizer.eos_token_id
-    with model.lock, torch.no_grad():
-        out = hf.generate(
-            tokens,
-            attention_mask=torch.ones_like(tokens),
-            max_new_tokens=n,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=eos,
-            pad_token_id=eos if eos is not None else 0,
-        )
-    return out[0, len(prompt_ids) :].tolist()
+    """`n` greedy tokens after the prompt (fewer if the model ends the sequence), decoded as the
+    Playground and `llm-flow generate` decode them."""
+    generation = generate(model, Generation("", tuple(prompt_ids)), n, SamplingSettings(temperature=0))
+    return [t.token_id for t in generation.tokens]
 
 
 def context_text(model: TransparentLlm, ids: list[int] | tuple[int, ...]) -> str:

@@ -18,7 +18,7 @@ from llm_flow.wording import plural
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,14 @@ class TransparentLlm(ABC):
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         """Wrap any hooked pass over `bridge`: drops the full attention patterns some modules keep
         after they return, which would otherwise pile up over the layers of a long prompt."""
+
+    @abstractmethod
+    def generate_ids(
+        self, token_ids: list[int], max_new_tokens: int, last_processor: LogitsProcessor, eos_ids: frozenset[int]
+    ) -> list[int]:
+        """Up to `max_new_tokens` ids after `token_ids` by the library's own decoding (``generate``
+        with its KV cache), greedy over what `last_processor` makes of each step's logits (it sees
+        them raw, and may leave one token to pick), stopping after any of `eos_ids`."""
 
     @abstractmethod
     def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
