@@ -399,3 +399,21 @@ def test_deleting_the_top_token_hurts_more_than_deleting_another(smollm2, deleti
     assert np.mean(top_drops) > np.mean(other_drops)
     if method in EVERY_PROMPT:
         assert all(np.greater(top_drops, other_drops)), list(zip(top_drops, other_drops))
+
+
+def test_target_never_names_a_token_id_in_the_attribution_package():
+    """Elsewhere "target" is a position (the graph's explained token); here the token a step
+    explains is its *target token* (`Sequence.target_token_id`), so the bare name is unused."""
+    import ast
+
+    from tests.conftest import REPO
+
+    bare = []
+    for path in sorted((REPO / "llm_flow" / "attribution").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(node, "arg", None) or getattr(node, "id", None) or getattr(node, "attr", None)
+            if isinstance(node, ast.FunctionDef):
+                name = node.name
+            if name == "target":
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, bare

@@ -23,11 +23,11 @@ def step_scores(model: TransparentLlm, sequence: Sequence, foil: int | None = No
     with model.lock, torch.no_grad():
         logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
     log_probs = logits.log_softmax(-1)
-    targets = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
+    target_ids = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
     rows = torch.arange(sequence.n_steps, device=device)
     scores = {
-        "probability": log_probs[rows, targets].exp(),
-        "logit": logits[rows, targets],
+        "probability": log_probs[rows, target_ids].exp(),
+        "logit": logits[rows, target_ids],
         "entropy": torch.special.entr(log_probs.exp()).sum(-1),  # 0 log 0 = 0
     }
     if foil is not None:

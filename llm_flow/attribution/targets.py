@@ -41,7 +41,8 @@ class Sequence:
         """What step `step` sees: the prompt and the continuation before its target."""
         return list(self.ids[: self.n_prompt + step])
 
-    def target(self, step: int) -> int:
+    def target_token_id(self, step: int) -> int:
+        """The id of the token step `step` explains."""
         return self.ids[self.n_prompt + step]
 
 
