@@ -12,6 +12,7 @@ from llm_flow.attribution.targets import context_text
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import attribution as attribution_page
 from tests.app_helpers import active_run, goto, start, state, widget_key
+from tests.test_generation import plain_generate, plain_model
 
 
 @pytest.fixture
@@ -28,10 +29,13 @@ def shown_result(app):
     return app.session_state[attribution_page.CACHE][state(app).attribution.shown]
 
 
-def test_generated_continuation_with_integrated_gradients_by_default(app):
+def test_generated_continuation_with_integrated_gradients_by_default(app, tiny_folders):
     assert not app.error and not app.exception
     run = active_run(app)
     model = run.model
+    shown = shown_result(app)
+    greedy = plain_generate(plain_model(tiny_folders["llama"]), run.tokens.tolist(), 3, do_sample=False)
+    assert shown.token_ids == run.tokens.tolist() + greedy  # the config's default model is the tiny Llama
     sequence = prepare(model, run.prompt, generate=3)
     expected = attribute_sequence(model, sequence, "integrated_gradients", n_steps=32, baseline="zeros")
     table = step_table(app)

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, TemperatureLogitsWarper, TopKLogi
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import playground as page
 from tests.app_helpers import active_run, goto, start, state, widget_key
+from tests.test_generation import plain_generate
 
 
 @pytest.fixture
@@ -91,6 +92,8 @@ def test_step_generate_and_undo_move_the_active_text(app, tiny_folders):
     app.number_input(key=widget_key("playground.count")).set_value(3).run()
     button(app, page.GENERATE).click().run()
     assert len(history(app)) == 2 and len(history(app)[-1].generation.tokens) == 3
+    generated = [t.token_id for t in history(app)[-1].generation.tokens]
+    assert generated == plain_generate(plain, second.tokens.tolist(), 3, do_sample=False)
     third = active_run(app)
     assert third.prompt.startswith(second.prompt) and len(third.prompt) > len(second.prompt)
     assert len(app.pills(key=page.TOKENS).options) == 4

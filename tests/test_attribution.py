@@ -302,7 +302,7 @@ def test_unknown_method_lists_the_valid_ones():
     (dict(continuation=""), ArgumentError, "the continuation is empty"),
     (dict(generate=0), ArgumentError, "must be 1..64"),
     (dict(generate=2, continuation=" x"), ArgumentError, "not both"),
-    (dict(generate=20), PromptError, "are 50 tokens, over the configured limit"),
+    (dict(generate=20), PromptError, "are 50 tokens long, over the configured limit"),
     (dict(function="log-probability", generate=1), ArgumentError, "function must be one of probability, logit"),
     (dict(method="attention", layer=7, generate=1), ArgumentError, "layer 7 is out of range"),
 ])  # fmt: skip
@@ -399,3 +399,21 @@ def test_deleting_the_top_token_hurts_more_than_deleting_another(smollm2, deleti
     assert np.mean(top_drops) > np.mean(other_drops)
     if method in EVERY_PROMPT:
         assert all(np.greater(top_drops, other_drops)), list(zip(top_drops, other_drops))
+
+
+def test_target_never_names_a_token_id_in_the_attribution_package():
+    """Elsewhere "target" is a position (the graph's explained token); here the token a step
+    explains is its *target token* (`Sequence.target_token_id`), so the bare name is unused."""
+    import ast
+
+    from tests.conftest import REPO
+
+    bare = []
+    for path in sorted((REPO / "llm_flow" / "attribution").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(node, "arg", None) or getattr(node, "id", None) or getattr(node, "attr", None)
+            if isinstance(node, ast.FunctionDef):
+                name = node.name
+            if name == "target":
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, bare

@@ -74,13 +74,13 @@ def _token_printer() -> Callable[["GeneratedToken"], None]:
 
 
 def _print_ending(model: "TransparentLlm", generation: "Generation") -> None:
-    from llm_flow.views.generation import STOP_EOS, STOP_LIMIT, round_trips, token_limit
+    from llm_flow.views.generation import STOP_EOS, STOP_LIMIT, round_trips
 
     n = len(generation.tokens)
     if generation.stop == STOP_EOS:
         reason = "the model ended the text (end-of-sequence token)"
     elif generation.stop == STOP_LIMIT:
-        limit, which = token_limit(model)
+        limit, which = model.token_limit()
         reason = f"the text reached {which} of {limit} tokens"
     else:
         reason = "the requested number of tokens"

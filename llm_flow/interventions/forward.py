@@ -67,7 +67,7 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
     for layer, layer_removal in removal.layers.items():
         hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
     # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
-    # modules are dropped as in `BridgeLlm.run` (they would pile up to L full [H, T, T] copies).
+    # modules are dropped as in `TransparentLlm.run` (they would pile up to L full [H, T, T] copies).
     with model.lock, torch.inference_mode(), model.no_kept_patterns():
         logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
     return logits[0].float()
