@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TemperatureLogitsWarper, TopKLogi
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import playground as page
 from tests.app_helpers import active_run, goto, start, state, widget_key
-from tests.test_generation import plain_generate
+from tests.test_generation import plain_generate, plain_model
 
 
 @pytest.fixture
@@ -158,3 +158,33 @@ def test_the_page_keeps_no_run_alive(app):
     assert seen() is None
     app.slider(key=widget_key("playground.top_p")).set_value(0.7).run()
     assert not app.exception and any("can be drawn" in c.value for c in app.caption)
+
+
+def test_a_link_reopens_the_generated_tokens_by_their_ids(app, tiny_config, tiny_folders, monkeypatch):
+    app.slider(key=widget_key("playground.temperature")).set_value(0.0).run()
+    button(app, page.STEP).click().run()
+    goto(app, "playground")
+    button(app, page.STEP).click().run()
+    goto(app, "playground")
+    ids = [t.token_id for entry in history(app) for t in entry.generation.tokens]
+    link = {k: v[0] if isinstance(v, list) else v for k, v in dict(app.query_params).items()}
+    assert link["play_ids"] == ",".join(map(str, ids)) and link["play_temp"] == "0.0"
+
+    other = goto(start(tiny_config, monkeypatch, params=link), "playground")
+    restored = history(other)
+    assert len(restored) == 1 and [t.token_id for t in restored[0].generation.tokens] == ids
+    assert len(other.pills(key=page.TOKENS).options) == len(ids)
+    assert any("Reopened from a link" in i.value for i in other.info)
+    run = active_run(other)
+    plain = plain_model(tiny_folders["llama"])  # the model's own probabilities, from plain transformers
+    with torch.no_grad():
+        probs = torch.softmax(plain(run.tokens[None]).logits[0].double(), -1)
+    for token in restored[0].generation.tokens:
+        assert token.model_probability == pytest.approx(float(probs[token.position - 1, token.token_id]), rel=1e-4)
+        assert token.rank == int((probs[token.position - 1] > probs[token.position - 1, token.token_id]).sum())
+
+
+def test_a_link_whose_ids_do_not_end_its_text_says_so(tiny_config, monkeypatch):
+    other = goto(start(tiny_config, monkeypatch, params={"play_ids": "5,6,7"}), "playground")
+    assert any("not the last tokens of its text" in w.value for w in other.warning)
+    assert not history(other) and "play_ids" not in dict(other.query_params)

@@ -30,6 +30,7 @@ from llm_flow.views.anatomy import Anatomy, anatomy
 from llm_flow.views.generation import (
     Generation,
     generate,
+    generation_in_run,
     predicting_positions,
     round_trips,
     step,
@@ -86,6 +87,16 @@ def _history(run: Run) -> list[Entry]:
     state = get_state().playground
     if state.history and state.history[-1].after != run.prompt:
         state.history, state.generated = [], ()
+    if not state.history and state.generated:  # a link: the generated ids, the text to analyse
+        generation = generation_in_run(run, state.generated)
+        if generation is None:
+            st.warning("The link's generated tokens are not the last tokens of its text; they are not marked.")
+            state.generated = ()
+        else:
+            start = seeded_generator(state.seed, next(run.model.hf_model.parameters()).device).get_state()
+            state.history = [Entry(generation.prompt, run.prompt, generation, start)]
+            state.message = ("Reopened from a link: the percentages are the model's own probabilities (the "
+                             "sampling settings each token was drawn with are not in the link).")  # fmt: skip
     return state.history
 
 

@@ -14,7 +14,7 @@ which position of a re-analysed Run predicted it, and None where the ids no long
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -226,3 +226,27 @@ def round_trips(model: TransparentLlm, generation: Generation) -> bool:
     """True when the generated text, tokenised again, gives back the generated ids (EOS aside)."""
     analysable = generation.prompt_ids + tuple(t.token_id for t in generation.tokens if not t.eos)
     return tuple(model.encode(generation.text)) == analysable
+
+
+def generation_in_run(run: Run, generated: Sequence[int]) -> Generation | None:
+    """The generation behind `run`'s text when its last tokens are `generated` (what a link
+    keeps: ids survive re-tokenisation, text does not), or None when they are not its last
+    tokens. Each token's model probability and rank come from the Run's own logits; the
+    distribution it was drawn from is not known, so its `probability` is the model's."""
+    ids = run.tokens.tolist()
+    count = len(generated)
+    if not 0 < count < len(ids) or tuple(ids[-count:]) != tuple(generated):
+        return None
+    prompt_ids = tuple(ids[:-count])
+    prompt = run.model.tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+    if not run.prompt.startswith(prompt):
+        return None
+    tokens = []
+    for position in range(len(prompt_ids), len(ids)):
+        logits = run.logits[position - 1].double()
+        token_id = ids[position]
+        probability = float(torch.softmax(logits, -1)[token_id])
+        rank = int((logits > logits[token_id]).sum())
+        decoded = run.model.decode_tokens([token_id])[0]
+        tokens.append(GeneratedToken(token_id, decoded, position, probability, probability, rank))
+    return Generation(prompt, prompt_ids, tuple(tokens), run.prompt[len(prompt):])
