@@ -48,12 +48,10 @@ def test_run_nbytes_counts_everything_it_holds(tiny_models, family):
     run = tiny_models(family).run(LONG)
     assert run.nbytes == held_bytes(run)
     llm_flow.build_graph(run, -1, 0.04)
-    rows = [row[0] for row in run._memo.rows.values()]
-    assert rows, "the graph memoised contribution rows"
-    assert run.nbytes == held_bytes(run) + sum(r.numel() * r.element_size() for r in rows)
-    llm_flow.full_contributions(run)  # every row becomes a view of one [T, T, H] tensor per layer
-    info = run.model.info
-    assert run.nbytes == held_bytes(run) + info.n_layers * run.n_tokens**2 * info.n_heads * 4
+    rows = [run.derived_store.peek(key) for key in run.derived_store.keys()]
+    assert rows, "the graph kept its contribution rows"
+    row_tensors = sum(row.heads.numel() * row.heads.element_size() for row in rows)
+    assert run.nbytes - held_bytes(run) == run.derived_store.nbytes >= row_tensors
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -206,6 +204,32 @@ def test_run_cache_stays_under_its_byte_limit(resources, tiny_folders, tmp_path)
     assert max(kept_counts) >= 2 and kept_counts[-1] < len(prompts)
     first_again = resources.get_run(key, prompts[0])
     assert first_again.nbytes < limit and resources.cached_runs().keys()[-1] == (key, prompts[0])
+
+
+def test_run_cache_sees_a_cached_run_grow_and_settles_under_its_limit(resources, tiny_folders, tmp_path):
+    """All positions' contributions make a cached run several times larger: the cache's total
+    grows by exactly that, and settling evicts older runs until it is back under the limit."""
+    prompts = [f"{LONG} Prompt number {i}." for i in range(3)]
+    probe = llm_flow.load_model(str(tiny_folders["llama"])).run(prompts[0])
+    fresh = probe.nbytes
+    llm_flow.full_contributions(probe)
+    grown = probe.nbytes
+    # room for three fresh runs, or for a grown one and a fresh one, but not a grown one and two fresh
+    limit = (max(3 * fresh, grown + fresh) + grown + 2 * fresh) / 2
+    assert max(3 * fresh, grown + fresh) < limit < grown + 2 * fresh
+    path = cache_config(tiny_folders, tmp_path, run_cache_mb=limit / MIB)
+    config = load_config(path)
+    key = resources.ModelKey("tiny-llama", "cpu", "float32", str(path))
+    runs = [resources.get_run(key, prompt) for prompt in prompts]  # three fresh runs fit
+    cache = resources.cached_runs()
+    before = cache.nbytes()
+    assert len(cache.keys()) == 3
+    llm_flow.full_contributions(runs[-1])
+    assert cache.nbytes() - before == runs[-1].nbytes - fresh > 0, "the cache sees the growth"
+    assert cache.nbytes() > config.run_cache_bytes
+    resources.settle_caches(config)
+    assert cache.nbytes() <= config.run_cache_bytes
+    assert [p for _, p in cache.keys()] == prompts[1:], "the oldest went, the grown one stays"
 
 
 def test_evicted_model_is_released_with_its_runs(resources, tiny_folders, tmp_path):

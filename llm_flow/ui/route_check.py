@@ -1,16 +1,16 @@
 """The Explorer's checks on the model itself: "Check this route" (route only, route removed,
 random baselines, threshold curve) and "Remove this edge".
 
-Each result costs forward passes, so it is computed only on a click and then kept with the Run
-(shared by the sessions that show that Run, dropped with it) under the settings it was made
-with: reruns for anything else, or coming back to the same settings, never recompute it.
+Each result costs forward passes, so it is computed only on a click and then kept in the Run's
+derived store (shared by the sessions that show that Run, counted in its bytes, dropped with it)
+under the settings it was made with: reruns for anything else, or coming back to the same
+settings, never recompute it.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import networkx as nx
@@ -22,6 +22,7 @@ from llm_flow.export import table_csv
 from llm_flow.figures.route_check import route_check_figure, threshold_curve_figure
 from llm_flow.interventions import RouteCheck, check_edge, check_route, threshold_curve
 from llm_flow.models.run import Run
+from llm_flow.routes.graph import RouteOf
 from llm_flow.routes.nodes import EdgeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import active_run
@@ -31,8 +32,27 @@ DRAWS = "check_draws"
 SEED = "check_seed"
 _DEFAULTS = {DRAWS: 20, SEED: 0}
 
-_results: weakref.WeakKeyDictionary[Run, dict[tuple, object]] = weakref.WeakKeyDictionary()
-_results_lock = threading.Lock()
+# Keys of the panel's results in the Run's derived store: the route's settings and their own.
+
+
+@dataclass(frozen=True)
+class CurveOf(RouteOf):
+    """The threshold curve that starts from a route."""
+
+
+@dataclass(frozen=True)
+class CheckOf(RouteOf):
+    """A route's check, with the draws and seed of its random baselines."""
+
+    draws: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EdgeRemovalOf(RouteOf):
+    """The removal of one edge ("source->dest") of a route."""
+
+    edge: str
 
 
 @st.fragment
@@ -44,8 +64,8 @@ def route_check_panel(graph: nx.DiGraph) -> None:
     for key, value in _DEFAULTS.items():
         st.session_state.setdefault(key, value)
     route = _route_key(graph)
-    settings = (*route, st.session_state[DRAWS], st.session_state[SEED])
-    check = _found(run, ("check", *settings))
+    key = CheckOf(*route, st.session_state[DRAWS], st.session_state[SEED])
+    check = run.derived_store.peek(key)
     with st.expander("Check this route on the model", icon=":material/science:", expanded=check is not None):
         st.caption(
             "Re-runs the model keeping only the route's parts at the nodes it reaches (*route only*), and "
@@ -58,7 +78,7 @@ def route_check_panel(graph: nx.DiGraph) -> None:
         clicked = st.button("Check this route", key="check_route_button", type="primary", icon=":material/play_arrow:")
         if check is None and clicked:
             draws = st.session_state[DRAWS]
-            check = _compute(run, ("check", *settings), partial(check_route, run, graph, draws=draws,
+            check = _compute(run, key, partial(check_route, run, graph, draws=draws,
                              seed=st.session_state[SEED]), f"Re-running the model {2 * draws + 2} times…")  # fmt: skip
         if isinstance(check, RouteCheck):
             _show_check(run, check)
@@ -67,8 +87,8 @@ def route_check_panel(graph: nx.DiGraph) -> None:
 
 def edge_removal_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     """ "Remove this edge": the target token's probability with this edge's parts taken out."""
-    key = ("edge", *_route_key(graph), str(edge))
-    result = _found(run, key)
+    key = EdgeRemovalOf(*_route_key(graph), str(edge))
+    result = run.derived_store.peek(key)
     clicked = st.button(
         "Remove this edge", key="check_edge_button", icon=":material/content_cut:",
         help="Re-run the model without this edge's parts (all its heads; the FFN for an FFN edge; the residual "
@@ -133,8 +153,8 @@ def _display_table(check: RouteCheck) -> pd.DataFrame:
 
 def _curve_section(run: Run, graph: nx.DiGraph, route: tuple, check: RouteCheck) -> None:
     """How small can the route be? Route only at thresholds 0.01..0.2 (one pass each)."""
-    key = ("curve", *route)
-    curve = _found(run, key)
+    key = CurveOf(*route)
+    curve = run.derived_store.peek(key)
     clicked = st.button("Threshold curve", key="check_curve_button", icon=":material/show_chart:",
                         help="Route only at thresholds from 0.01 to 0.2: one forward pass per threshold.")  # fmt: skip
     if curve is None and clicked:
@@ -157,19 +177,11 @@ def _route_key(graph: nx.DiGraph) -> tuple:
     return attrs["target"], attrs["threshold"], attrs["renormalize"]
 
 
-def _found(run: Run, key: tuple) -> object | None:
-    with _results_lock:
-        return _results.get(run, {}).get(key)
-
-
-def _compute(run: Run, key: tuple, compute: Callable[[], object], message: str) -> object | None:
+def _compute(run: Run, key: RouteOf, compute: Callable[[], object], message: str) -> object | None:
     """Compute once and keep with the run; a refused request shows its reason instead."""
     try:
         with st.spinner(message):
-            result = compute()
+            return run.derived(key, compute)
     except LlmFlowError as exc:
         st.error(str(exc))
         return None
-    with _results_lock:
-        _results.setdefault(run, {})[key] = result
-    return result
