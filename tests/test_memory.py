@@ -248,3 +248,58 @@ def test_evicted_model_is_released_with_its_runs(resources, tiny_folders, tmp_pa
     assert all(k[0] == gpt2 for k in resources.cached_runs().keys()), "its runs went with it"
     gc.collect()
     assert alive() is None, "nothing keeps the evicted model alive"
+
+
+class Sized:
+    """A cache value whose size the test sets, and may change after it was cached (as a Run's)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def test_byte_budget_cache_keeps_the_newest_and_sees_values_grow():
+    from llm_flow.ui.resources import ByteBudgetCache
+
+    evicted = []
+    cache = ByteBudgetCache(lambda value: value.nbytes, on_evict=evicted.append)
+    a, b, c = Sized(30), Sized(30), Sized(30)
+    for key, value in (("a", a), ("b", b), ("c", c)):
+        assert cache.get(key, lambda value=value: value, 100) is value
+    assert cache.keys() == ["a", "b", "c"] and cache.nbytes() == 90 and evicted == []
+    assert cache.get("a", lambda: pytest.fail("built again"), 100) is a
+    assert cache.keys() == ["b", "c", "a"], "a use makes it the most recent"
+    c.nbytes = 60  # grew after it was cached
+    cache.settle(100)
+    assert cache.keys() == ["c", "a"] and evicted == ["b"], "the growth is seen; the least recent goes"
+    huge = Sized(500)
+    assert cache.get("huge", lambda: huge, 100) is huge
+    assert cache.keys() == ["huge"] and evicted == ["b", "c", "a"], "a value over the limit stays, alone"
+    cache.get("a", lambda: a, 100)
+    assert cache.keys() == ["a"] and evicted[-1] == "huge"
+    cache.get("b", lambda: b, 40)  # a smaller limit from another config applies at once
+    assert cache.keys() == ["b"] and evicted[-1] == "a"
+    cache.discard(lambda key: key != "b")
+    assert cache.keys() == [] and evicted[-1] == "b"
+
+
+def test_byte_budget_cache_builds_a_missing_value_once_for_concurrent_callers():
+    import threading
+
+    from llm_flow.ui.resources import ByteBudgetCache
+
+    cache = ByteBudgetCache(lambda value: value.nbytes)
+    builds, results = [], []
+    release = threading.Event()
+
+    def build():
+        builds.append(1)
+        release.wait(5)
+        return Sized(10)
+
+    threads = [threading.Thread(target=lambda: results.append(cache.get("k", build, 100))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(results) == 4 and all(r is results[0] for r in results)
