@@ -10,8 +10,9 @@ in the Explorer's route panel.
 from __future__ import annotations
 
 import html
-import weakref
+from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import streamlit as st
 
@@ -35,7 +36,6 @@ from llm_flow.views.attention import attention_table, attention_view, token_wind
 from llm_flow.views.attention_scores import neuron_table, neuron_view
 
 CHART = "attention_chart"  # the plotly chart's selection state (Streamlit's own)
-_MEMO = "attention_memo"  # the last figure and table built in this session, with their inputs
 
 VIEWS = {"head": "Head view", "model": "Model view", "neuron": "Neuron view"}
 WEIGHTINGS = {"attention": "Attention weight", "norm": "Norm-based", "alti": "ALTI contribution"}
@@ -188,12 +188,28 @@ def _settings(run: Run, view: str) -> dict:
 def _built(run: Run, view: str):
     """The figure, its numbers and its export title; rebuilt only when a setting changed."""
     settings = _settings(run, view)
-    memo = st.session_state.get(_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != settings:
-        # a weak reference: the session must not keep alive a run the shared cache has dropped
-        memo = (weakref.ref(run), settings, _build(run, **settings))
-        st.session_state[_MEMO] = memo
-    return memo[2]
+    return run.derived(AttentionFigure(**settings), partial(_build, run, **settings))
+
+
+@dataclass(frozen=True)
+class AttentionFigure:
+    """Key of a built figure in the Run's derived store: every setting `_build` takes. Figures
+    are cheap to rebuild and one per slider position, so only the last few stay."""
+
+    keep: ClassVar[int] = 8
+    view: str
+    weighting: str
+    layer: int
+    head: int
+    token: int
+    window: int
+    top_k: int | None
+    aggregate: str | None
+    heads: tuple[int, ...]
+    layers: tuple[int, ...]
+    split: str | None
+    part: str
+    focus: int | None
 
 
 def _build(run: Run, view, weighting, layer, head, token, window, top_k, aggregate, heads, layers, split, part, focus):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from functools import partial
 
 import networkx as nx
@@ -12,7 +11,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.export import route_title
 from llm_flow.figures.route import figure_height, route_figure
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import build_graph, graph_json
+from llm_flow.routes.graph import graph_json, shared_graph
 from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
@@ -23,8 +22,8 @@ from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
 from llm_flow.views.tokens import display_token
 
-_GRAPH_MEMO = "explorer_graph_memo"  # the last graph built in this session, with its inputs
 CHART = "explorer_route_chart"  # the plotly chart's selection state (Streamlit's own)
+
 
 
 def explorer_page(analysis: Analysis) -> None:
@@ -37,7 +36,7 @@ def explorer_page(analysis: Analysis) -> None:
     position = state.route.position
     try:
         with st.spinner("Building the route…"):
-            graph = route_graph(run, position, analysis.threshold, analysis.renormalize)
+            graph = shared_graph(run, position, analysis.threshold, analysis.renormalize)  # kept with the Run
     except LlmFlowError as exc:
         st.error(str(exc))
         return
@@ -87,17 +86,6 @@ def _exports(run: Run, graph: nx.DiGraph, compact: bool) -> None:
             mime="application/json", key="explorer_export_json_button", width="stretch", on_click="ignore",
         )  # fmt: skip
         st.caption("Tables: the download icon at the top right of each table saves it as CSV.")
-
-
-def route_graph(run: Run, target: int, threshold: float, renormalize: bool) -> nx.DiGraph:
-    """The route, rebuilt only when the run or a route setting changed (not for a panel click)."""
-    settings = (target, threshold, renormalize)
-    memo = st.session_state.get(_GRAPH_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != settings:
-        # a weak reference: the session must not keep alive a run the shared cache has dropped
-        memo = (weakref.ref(run), settings, build_graph(run, target, threshold, renormalize))
-        st.session_state[_GRAPH_MEMO] = memo
-    return memo[2]
 
 
 def _on_graph_click() -> None:

@@ -10,7 +10,6 @@ says where the analysis tokenised the text differently.
 from __future__ import annotations
 
 import html
-import weakref
 from dataclasses import dataclass
 
 import pandas as pd
@@ -26,7 +25,7 @@ from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis, sync_link
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
-from llm_flow.views.anatomy import Anatomy, anatomy
+from llm_flow.views.anatomy import Anatomy, shared_anatomy
 from llm_flow.views.generation import (
     Generation,
     generate,
@@ -39,7 +38,6 @@ from llm_flow.views.sampling import SamplingSettings, sampling_stages, seeded_ge
 from llm_flow.views.tokens import display_token
 from llm_flow.wording import plural, sentence
 
-_ANATOMY_MEMO = "playground_anatomy_memo"
 STEP, GENERATE, UNDO = "playground_step_button", "playground_generate_button", "playground_undo_button"
 TOKENS = "playground_tokens_button"
 ANATOMY_CHART = "playground_anatomy_chart"
@@ -257,7 +255,7 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
              help="Whose rank the lens follows, when the text goes on after this token.")  # fmt: skip
     follows = target + 1 < run.n_tokens and session.playground.explain == "next"
     target_id = int(run.tokens[target + 1]) if follows else None
-    result = _anatomy(run, target, target_id)
+    result = shared_anatomy(run, target, target_id)  # kept with the Run: not again for a slider
     final = result.rows[-1]
     st.caption(
         f"At {target}: {display_token(result.token)!r} → {display_token(result.target)!r}: probability "
@@ -281,16 +279,6 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
         title = (f"{run.model.name}: anatomy of the prediction {display_token(result.token)!r} → "
                  f"{display_token(result.target)!r} at token {target} of {run.prompt!r}")  # fmt: skip
         figure_downloads(figure, title, f"anatomy-{run.model.name}-token{target}", key="playground_anatomy_export")
-
-
-def _anatomy(run: Run, position: int, target_id: int | None) -> Anatomy:
-    """Computed once per Run, token and explained token (not again for a slider in the sampling panel)."""
-    inputs = (position, target_id)
-    memo = st.session_state.get(_ANATOMY_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != inputs:
-        memo = (weakref.ref(run), inputs, anatomy(run, position, target_id))
-        st.session_state[_ANATOMY_MEMO] = memo
-    return memo[2]
 
 
 def _anatomy_table(result: Anatomy) -> pd.DataFrame:

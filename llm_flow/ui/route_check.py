@@ -1,16 +1,16 @@
 """The Explorer's checks on the model itself: "Check this route" (route only, route removed,
 random baselines, threshold curve) and "Remove this edge".
 
-Each result costs forward passes, so it is computed only on a click and then kept with the Run
-(shared by the sessions that show that Run, dropped with it) under the settings it was made
-with: reruns for anything else, or coming back to the same settings, never recompute it.
+Each result costs forward passes, so it is computed only on a click and then kept in the Run's
+derived store (shared by the sessions that show that Run, counted in its bytes, dropped with it)
+under the settings it was made with: reruns for anything else, or coming back to the same
+settings, never recompute it.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import networkx as nx
@@ -22,6 +22,7 @@ from llm_flow.export import table_csv
 from llm_flow.figures.route_check import route_check_figure, threshold_curve_figure
 from llm_flow.interventions import RouteCheck, check_edge, check_route, threshold_curve
 from llm_flow.models.run import Run
+from llm_flow.routes.graph import RouteOf
 from llm_flow.routes.nodes import EdgeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import active_run, sync_link
@@ -30,8 +31,27 @@ from llm_flow.ui.state import bind, get_state
 from llm_flow.views.tokens import display_token
 from llm_flow.wording import plural, probability_text
 
-_results: weakref.WeakKeyDictionary[Run, dict[tuple, object]] = weakref.WeakKeyDictionary()
-_results_lock = threading.Lock()
+# Keys of the panel's results in the Run's derived store: the route's settings and their own.
+
+
+@dataclass(frozen=True)
+class CurveOf(RouteOf):
+    """The threshold curve that starts from a route."""
+
+
+@dataclass(frozen=True)
+class CheckOf(RouteOf):
+    """A route's check, with the draws and seed of its random baselines."""
+
+    draws: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EdgeRemovalOf(RouteOf):
+    """The removal of one edge ("source->dest") of a route."""
+
+    edge: str
 
 
 @st.fragment
@@ -66,7 +86,7 @@ def route_check_panel(graph: nx.DiGraph) -> None:
         check = previous
         if state.shown:
             draws, seed = state.draws, state.seed
-            check = _found(run, ("check", *settings)) or _compute(run, ("check", *settings), lambda progress: check_route(
+            check = _found(run, CheckOf(*settings)) or _compute(run, CheckOf(*settings), lambda progress: check_route(
                 run, graph, draws=draws, seed=seed, progress=progress), "Re-running the model", "check")  # fmt: skip
         elif previous is not None:
             st.caption(f"Below: the previous check of this route ({plural(len(previous.random_only), 'random draw')}, "
@@ -80,7 +100,7 @@ def route_check_panel(graph: nx.DiGraph) -> None:
 def edge_removal_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     """ "Remove this edge": the target token's probability with this edge's parts taken out."""
     state = get_state().check
-    key = ("edge", *_route_key(graph), str(edge))
+    key = EdgeRemovalOf(*_route_key(graph), str(edge))
     st.button(
         "Remove this edge", key="check_edge_button", icon=":material/content_cut:", on_click=_ask_edge, args=(str(edge),),
         help="Re-run the model without this edge's parts (all its heads; the FFN for an FFN edge; the residual "
@@ -108,7 +128,7 @@ def _previous_check(run: Run, state, route: tuple) -> RouteCheck | None:
     """After a Cancel, the check of this route that was on screen before, if any."""
     if not state.cancelled or not state.asked or state.asked[-1][:3] != route:
         return None
-    return _found(run, ("check", *state.asked[-1]))
+    return _found(run, CheckOf(*state.asked[-1]))
 
 
 def _ask(what: str) -> None:
@@ -183,7 +203,7 @@ def _display_table(check: RouteCheck) -> pd.DataFrame:
 
 def _curve_section(run: Run, graph: nx.DiGraph, route: tuple, check: RouteCheck) -> None:
     """How small can the route be? Route only at thresholds 0.01..0.2 (one pass each)."""
-    key = ("curve", *route)
+    key = CurveOf(*route)
     state = get_state().check
     st.button("Threshold curve", key="check_curve_button", icon=":material/show_chart:", on_click=_ask, args=("curve",),
               help="Route only at thresholds from 0.01 to 0.2: one forward pass per threshold.")  # fmt: skip
@@ -213,12 +233,11 @@ def _route_key(graph: nx.DiGraph) -> tuple:
     return attrs["target"], attrs["threshold"], attrs["renormalize"]
 
 
-def _found(run: Run, key: tuple) -> object | None:
-    with _results_lock:
-        return _results.get(run, {}).get(key)
+def _found(run: Run, key: RouteOf) -> object | None:
+    return run.derived_store.peek(key)
 
 
-def _compute(run: Run, key: tuple, compute: Callable[[Progress], object], label: str, what: str) -> object | None:
+def _compute(run: Run, key: RouteOf, compute: Callable[[Progress], object], label: str, what: str) -> object | None:
     """Compute once (with progress and Cancel) and keep with the run; a refused request shows
     its reason instead, and is not asked again until the user clicks."""
     try:
@@ -228,6 +247,4 @@ def _compute(run: Run, key: tuple, compute: Callable[[Progress], object], label:
         _cancel(what)
         get_state().check.cancelled = None
         return None
-    with _results_lock:
-        _results.setdefault(run, {})[key] = result
-    return result
+    return run.derived(key, lambda: result)

@@ -18,6 +18,7 @@ For position ``i`` and the token it is asked to explain (by default the model's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -55,6 +56,21 @@ class Anatomy:
     @property
     def layers(self) -> tuple[LayerAnatomy, ...]:
         return self.rows[1:]
+
+
+@dataclass(frozen=True)
+class AnatomyOf:
+    """Key of an anatomy in a Run's derived store: the arguments `anatomy` took."""
+
+    position: int  # non-negative
+    target_id: int | None
+    normalize: bool
+
+
+def shared_anatomy(run: Run, position: int = -1, target_id: int | None = None, normalize: bool = True) -> Anatomy:
+    """`anatomy`, kept with the Run (pages redraw it on every rerun, for every session)."""
+    position = run.position(position)
+    return run.derived(AnatomyOf(position, target_id, normalize), partial(anatomy, run, position, target_id, normalize))
 
 
 def anatomy(run: Run, position: int = -1, target_id: int | None = None, normalize: bool = True) -> Anatomy:
