@@ -163,3 +163,37 @@ def test_a_cancelled_check_leaves_the_previous_result(tiny_server, browser):  # 
     assert page.get_by_role("button", name="Cancel").count() == 0
     assert page.get_by_test_id("stDataFrame").filter(has_text="route only").inner_text() == first
     page.screenshot(path=str(SHOTS / "state_03_check_cancelled.png"), timeout=SHOT_TIMEOUT)
+
+
+def heatmap_title(page) -> str:
+    page.wait_for_function("() => { const g = document.querySelector('.js-plotly-plot'); return g && g.layout; }",
+                           timeout=120_000)  # fmt: skip
+    return page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+
+
+def test_a_cancelled_attribution_leaves_the_previous_result(tiny_server, browser):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+    page.goto(f"{tiny_server}/attribution?attr_method=saliency")
+    page.get_by_text("Step scores").wait_for(timeout=120_000)
+    settle(page)
+    assert "saliency" in heatmap_title(page)
+
+    # Integrated gradients over 40 generated tokens at 256 points: ten thousand passes and more.
+    page.get_by_role("spinbutton", name="Tokens to generate (greedy)").fill("40")
+    page.get_by_role("spinbutton", name="Tokens to generate (greedy)").press("Enter")
+    settle(page)  # saliency of the 40 tokens: quick
+    title = heatmap_title(page)
+    page.get_by_text("Integrated gradients", exact=True).click()
+    settle(page)
+    page.get_by_role("spinbutton", name="Integration points").fill("256")
+    page.get_by_role("spinbutton", name="Integration points").press("Enter")
+    page.get_by_role("button", name="Compute").click()
+    page.get_by_role("button", name="Cancel").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Integrated gradients was cancelled").wait_for(timeout=60_000)
+    settle(page)
+    no_exception(page, "after Cancel on the Attribution page")
+    assert page.get_by_role("button", name="Cancel").count() == 0
+    page.get_by_text("the previous result").wait_for()
+    assert heatmap_title(page) == title
+    page.screenshot(path=str(SHOTS / "state_04_attribution_cancelled.png"), timeout=SHOT_TIMEOUT)
