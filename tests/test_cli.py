@@ -45,7 +45,7 @@ def test_models_lists_the_config(tiny_config, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["routes", "--threshold", "2"], "threshold must be a number from 0.001 to 0.5"),
+        (["routes", "--threshold", "2"], "the threshold must be a number from 0.001 to 0.5"),
         (["routes", "--prompt", ""], "the prompt is empty"),
         (["routes", "--model", "./missing"], "unknown model './missing'"),
         (["routes", "--target", "40", "--prompt", "hi"], "target position 40 is out of range"),

@@ -47,7 +47,7 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--threshold", "3"], "threshold must be a number from 0.001 to 0.5"),
+        (["--threshold", "3"], "the threshold must be a number from 0.001 to 0.5"),
         (["--workers", "2"], "workers and address are for the Ray engine"),
         (["--engine", "ray", "--workers", "0"], "workers must be a whole number >= 1"),
         (["--top", "0"], "--top must be at least 1"),

@@ -23,7 +23,7 @@ from llm_flow.ui.analysis import Request, activate, requested
 from llm_flow.ui.permalink import link_from_state, state_from_link
 from llm_flow.ui.resources import ModelKey, get_run, settle_caches
 from llm_flow.ui.sidebar import model_controls, prompt_controls, route_controls
-from llm_flow.ui.state import STATE_KEY, SessionState, get_state
+from llm_flow.ui.state import STATE_KEY, SessionState, get_state, init_state
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def page_run(config: Config) -> Iterator[Analysis]:
 def prepare(config: Config) -> tuple[Analysis, st.delta_generator.DeltaGenerator]:
     """Everything that comes before the page: state, link, analysis, sidebar, messages; and the
     sidebar's place for the link, filled once the page has drawn (and maybe changed settings)."""
-    state = get_state(config)
+    state = init_state(config)
     if not state.link_read:
         state = _apply_link(config)
     run = activate(requested(str(config.path)), fallback=_defaults(config, state))
@@ -91,10 +91,7 @@ def prepare(config: Config) -> tuple[Analysis, st.delta_generator.DeltaGenerator
 
 def current() -> Analysis:
     """The Analysis the frame prepared for this run (what a page function receives)."""
-    analysis = getattr(_current, "analysis", None)
-    if analysis is None:
-        raise RuntimeError("no page is being drawn in this thread")
-    return analysis
+    return _current.analysis
 
 
 def active_run() -> Run:

@@ -30,9 +30,7 @@ def linked(param: str, default: Any, *, choices: tuple | None = None, low: float
     from `default`). `choices` or `low`..`high` are what a link may ask for; anything else is
     reported and ignored. Ranges that depend on the model or prompt are checked by the page."""
     meta = {"param": param, "choices": choices, "low": low, "high": high}
-    if isinstance(default, (list, dict)):
-        raise TypeError("linked fields hold immutable values (use a tuple)")
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta)  # dataclasses refuse a mutable default themselves
 
 
 # --- what is analysed ----------------------------------------------------------------------------
@@ -190,22 +188,24 @@ class SessionState:
 SECTIONS = tuple(f.name for f in fields(SessionState) if f.name != "link_read")
 
 
-def get_state(config: Config | None = None) -> SessionState:
-    """This session's state, made on first use (which needs the config)."""
-    state = st.session_state.get(STATE_KEY)
-    if state is None:
-        if config is None:
-            raise RuntimeError("the session state is made by the frame, which passes the config")
-        state = st.session_state[STATE_KEY] = SessionState.initial(config)
-    return state
+def init_state(config: Config) -> SessionState:
+    """This session's state; a new session's is made from the config (by the frame, which runs
+    before anything else reads the state)."""
+    if STATE_KEY not in st.session_state:
+        st.session_state[STATE_KEY] = SessionState.initial(config)
+    return st.session_state[STATE_KEY]
+
+
+def get_state() -> SessionState:
+    """This session's state (made by the frame's :func:`init_state`)."""
+    return st.session_state[STATE_KEY]
 
 
 def resolve(state: SessionState, path: str) -> tuple[object, str]:
     """``"route.threshold"`` -> (state.route, "threshold")."""
     section, name = path.split(".")
     owner = getattr(state, section)
-    if not hasattr(owner, name):
-        raise AttributeError(f"no setting {path!r}")
+    getattr(owner, name)  # a misspelt setting fails here, not when the widget first changes
     return owner, name
 
 
