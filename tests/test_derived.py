@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import llm_flow
+from llm_flow.errors import ArgumentError
 from llm_flow.models.derived import DerivedStore, nbytes_of
 from llm_flow.routes.contributions import AllPositions
 from llm_flow.routes.graph import shared_graph
@@ -75,7 +76,7 @@ def test_store_keeps_the_first_value_and_counts_it():
 @pytest.mark.parametrize("key", [(1, 2), "rows", Square, {"layer": 1}])
 def test_keys_say_what_was_computed(key):
     """Keys are frozen dataclasses: an ad-hoc tuple or string could collide with another kind."""
-    with pytest.raises(TypeError, match="frozen dataclass"):
+    with pytest.raises(ArgumentError, match="frozen dataclass"):
         DerivedStore().get(key, lambda: 1)
 
 

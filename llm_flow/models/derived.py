@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llm_flow.errors import ArgumentError
+
 V = TypeVar("V")
 _Block = tuple[Hashable | None, int]  # (what owns the memory, or None when nothing else can share it; bytes)
 
@@ -67,7 +69,7 @@ class DerivedStore:
         """Store `value` under `key` unless a value is there already; return the stored one."""
         _check_key(key)
         if value is None:
-            raise ValueError("None cannot be stored: it means 'not computed yet'")
+            raise ArgumentError("None cannot be stored: it means 'not computed yet'")
         blocks = list(_blocks(value, set()))  # measured outside the lock
         with self._lock:
             if key in self._values:
@@ -160,7 +162,7 @@ def _storage(tensor: torch.Tensor) -> _Block:
 def _check_key(key: object) -> None:
     params = getattr(key, "__dataclass_params__", None)
     if isinstance(key, type) or params is None or not params.frozen:
-        raise TypeError(f"a derived result's key must be an instance of a frozen dataclass (got {key!r})")
+        raise ArgumentError(f"a derived result's key must be an instance of a frozen dataclass (got {key!r})")
 
 
 def _blocks(value: object, seen: set[int]) -> Iterator[_Block]:
