@@ -4,6 +4,7 @@ in a results folder (Parquet), in-process or on Ray. A re-run over the same fold
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from llm_flow.cli.common import add_model_arguments, check_writable, progress
@@ -20,8 +21,10 @@ def register(commands) -> None:
                         help='.txt (one prompt per line), .jsonl ("text", optional "id"), .csv or .parquet ("text" column)')
     parser.add_argument("--out", type=Path, required=True,
                         help="results folder (created; an earlier one with the same settings is resumed)")
-    parser.add_argument("--targets", choices=("last", "all"), default="last",
+    parser.add_argument("--positions", choices=("last", "all"), default="last",
                         help="route graphs for the last token of each prompt, or for every token (default: last)")
+    parser.add_argument("--targets", choices=("last", "all"), dest="positions", action=_Renamed,
+                        help=argparse.SUPPRESS)  # the flag's name before --positions; still accepted
     parser.add_argument("--threshold", type=float, default=0.04, help="drop contributions <= this (default: 0.04)")
     parser.add_argument("--no-renormalize", dest="renormalize", action="store_false",
                         help="do not rescale surviving contributions to sum to 1")
@@ -41,6 +44,14 @@ def register(commands) -> None:
     parser.set_defaults(handler=run)
 
 
+class _Renamed(argparse.Action):
+    """A flag kept under its old name: it works, and says which name to use now."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"llm-flow dataset: {option_string} is now called --positions; the old name will go", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     from llm_flow.dataset.prompts import read_prompts
     from llm_flow.dataset.settings import Settings, check_engine
@@ -49,7 +60,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from llm_flow.errors import ArgumentError
 
     # Everything a user can get wrong is refused here, before torch or a model loads.
-    settings = Settings(args.targets, args.threshold, args.renormalize)
+    settings = Settings(args.positions, args.threshold, args.renormalize)
     check_engine(args.engine, args.workers, args.address)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
