@@ -26,6 +26,7 @@ from llm_flow.routes.nodes import EdgeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import active_run
 from llm_flow.views.tokens import display_token
+from llm_flow.wording import probability
 
 DRAWS = "check_draws"
 SEED = "check_seed"
@@ -80,11 +81,11 @@ def edge_removal_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
         return
     before, after = result.unmodified, result.removed
     st.metric(
-        f"p({display_token(result.token)!r}) without this edge", f"{after.probability:.2%}",
+        f"p({display_token(result.token)!r}) without this edge", probability(after.probability),
         delta=f"{100 * (after.probability - before.probability):+.2f} points", delta_color="normal",
     )  # fmt: skip
     st.caption(
-        f"{result.n_parts:,} parts removed. Before: p = {before.probability:.2%}, rank {before.rank}, "
+        f"{result.n_parts:,} parts removed. Before: p = {probability(before.probability)}, rank {before.rank}, "
         f"logit {before.logit:.2f}. After: rank {after.rank}, logit {after.logit:.2f}."
     )
 
@@ -124,7 +125,7 @@ def _display_table(check: RouteCheck) -> pd.DataFrame:
             versus.append("")
     return pd.DataFrame({
         "condition": table["condition"],
-        "probability": [f"{p:.3g}" for p in table["probability"]],
+        "probability": [probability(p) for p in table["probability"]],
         "logit": [f"{v:.2f}" for v in table["logit"]],
         "rank": [f"{r:,.0f}" for r in table["rank"]],
         "against random": versus,
