@@ -20,6 +20,15 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
+def probability(p: float) -> str:
+    """A probability as every page and command prints it: ``"77.25%"`` from 1 % up, three
+    significant digits below (``"6.85e-09"``), ``"0"`` for zero. A fixed number of decimals would
+    print the probabilities left after an ablation (1e-9 and less) as 0."""
+    if p == 0:
+        return "0"
+    return f"{p:.2%}" if p >= 0.01 else f"{p:.2e}"
+
+
 def step_progress(label: str, done: int, total: int, elapsed: float) -> str:
     """``"Saliency: step 2 of 5, 00:15 left"``: what the page's progress bar and the CLI say after
     each step of a long computation. The time left is tqdm's own estimate and format (the rate of
@@ -36,10 +45,3 @@ def shortened(text: str, limit: int = 200) -> str:
     head = (limit - 1) * 2 // 5
     return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
 
-
-def probability_text(probability: float) -> str:
-    """A probability as people read it, small ones included: ``"77.3%"``, ``"0.4%"``,
-    ``"6.9e-09"`` (a fixed number of decimals would print the last as 0)."""
-    if probability >= 0.001:
-        return f"{probability:.1%}"
-    return f"{probability:.2g}"

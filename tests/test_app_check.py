@@ -7,7 +7,7 @@ import pytest
 import llm_flow
 import llm_flow.ui.route_check as route_check_ui
 from llm_flow.interventions import check_edge, check_route
-from llm_flow.wording import probability_text
+from llm_flow.wording import probability
 from tests.app_helpers import active_run, goto, start, widget_key
 
 
@@ -50,7 +50,7 @@ def test_check_this_route_shows_the_library_result_and_is_not_recomputed(app, co
     expected = check_route(run, llm_flow.build_graph(run, -1, 0.04, True), draws=3, seed=0)
     shown = result_table(app)
     assert list(shown["condition"]) == list(expected.table()["condition"])
-    assert list(shown["probability"]) == [f"{p:.3g}" for p in expected.table()["probability"]]
+    assert list(shown["probability"]) == [probability(p) for p in expected.table()["probability"]]
     assert shown["against random"][1] == f"above {expected.only_percentile:.0f}% of the draws"
     assert any("higher probability than" in m.value for m in app.markdown)
     assert counted["check"] == 1
@@ -83,7 +83,7 @@ def test_remove_this_edge(app, counted):
     assert not app.exception and not app.error
     expected = check_edge(run, graph, source, dest)
     metric = app.metric[0]
-    assert metric.value == probability_text(expected.removed.probability)
+    assert metric.value == probability(expected.removed.probability)
     assert f"{expected.n_parts:,} parts removed" in " ".join(c.value for c in app.caption)
     app.number_input(key=widget_key("explorer.temperature")).set_value(1.5).run()
     assert app.metric[0].value == metric.value and counted["edge"] == 1

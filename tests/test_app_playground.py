@@ -139,7 +139,7 @@ def test_anatomy_shows_the_explained_token(app):
     assert len(table) == run.n_layers + 1
     app.radio(key=widget_key("playground.explain")).set_value("top").run()
     table = next(df.value for df in app.dataframe if "lens top token" in df.value.columns)
-    assert table.iloc[-1, -1] == 0  # the top prediction has rank 0 after the last layer
+    assert table.iloc[-1, -1] == 1  # the top prediction has rank 1 after the last layer
 
 
 def test_the_page_keeps_no_run_alive(app):

@@ -36,6 +36,13 @@ def test_routes_defaults_to_the_configured_model_and_first_prompt(tiny_config, c
     assert "Target  position 2" in printed
 
 
+def test_loading_shows_llm_flows_progress_and_no_library_bar(tiny_config, capsys):
+    assert main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2", "--prompt", "One, two"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading tiny-gpt2…" in err  # llm-flow's own progress
+    assert "Loading weights" not in err and "it/s]" not in err, err  # transformers' tqdm bar
+
+
 def test_models_lists_the_config(tiny_config, capsys):
     assert main(["--config", str(tiny_config), "models"]) == 0
     printed = capsys.readouterr().out

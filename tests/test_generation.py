@@ -72,7 +72,7 @@ def test_greedy_generation_equals_transformers_generate(tiny_models, tiny_folder
     assert [t.token_id for t in generation.tokens] == expected
     assert generation.prompt_ids == tuple(model.encode(PROMPT))
     assert all(t.probability == 1.0 for t in generation.tokens)
-    assert all(t.rank == 0 for t in generation.tokens)  # greedy: always the model's top token
+    assert all(t.rank == 1 for t in generation.tokens)  # greedy: always the model's top token
     if name == "smollm2":
         assert generation.continuation.startswith(" Paris.\n\nThe answer")  # issue 18: was " Paris-----"
 
@@ -106,7 +106,7 @@ def test_probabilities_of_generated_tokens_are_those_generate_sampled_from(tiny_
         logits, warped = logits[0], scores[0]
         assert token.model_probability == pytest.approx(float(torch.softmax(logits, -1)[token.token_id]), abs=1e-5)
         assert token.probability == pytest.approx(float(torch.softmax(warped, -1)[token.token_id]), abs=1e-5)
-        assert token.rank == int((logits > logits[token.token_id]).sum())
+        assert token.rank == int((logits > logits[token.token_id]).sum()) + 1  # ranks count from 1
         assert token.token == model.decode_tokens([token.token_id])[0]
     assert len({t.probability for t in generation.tokens}) > 1  # not all drawn with certainty
 

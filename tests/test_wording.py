@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flow.wording import plural, sentence, shortened, step_progress
+from llm_flow.wording import plural, probability, sentence, shortened, step_progress
 
 
 def test_sentence_and_plural():
     assert sentence("the prompt is empty") == "The prompt is empty."
     assert sentence("Done!") == "Done!"
     assert plural(1, "token") == "1 token" and plural(1200, "token") == "1,200 tokens"
+
+
+@pytest.mark.parametrize("p, expected", [
+    (0.7725, "77.25%"), (1.0, "100.00%"), (0.01, "1.00%"),
+    (0.0099, "9.90e-03"), (6.85e-09, "6.85e-09"), (0.0, "0"),  # small values keep three digits
+])  # fmt: skip
+def test_probability_keeps_small_values(p, expected):
+    assert probability(p) == expected
+    if p:
+        assert float(expected.rstrip("%")) / (100 if expected.endswith("%") else 1) == pytest.approx(p, rel=5e-3)
 
 
 @pytest.mark.parametrize("done, total, elapsed, left", [

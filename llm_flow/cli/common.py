@@ -23,14 +23,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, config: "Config") -> "TransparentLlm":
-    """The model named by ``--model`` (or the config's default), with progress on stderr."""
+    """The model named by ``--model`` (or the config's default), with llm-flow's progress on
+    stderr and none of `transformers`' own bars ("Loading weights", "Writing model shards"):
+    one line per step, not a bar per library call."""
+    from transformers.utils import logging as transformers_logging
+
     from llm_flow.models.loading import load_model
 
     name = args.model or config.default_model
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         return load_model(name, device=args.device, dtype=args.dtype, config=config, progress=progress)
     finally:
         end_progress()
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 def prompt_or_default(prompt: str | None, config: "Config") -> str:

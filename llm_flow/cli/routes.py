@@ -12,7 +12,7 @@ from llm_flow.cli.common import add_model_arguments, check_writable, load, promp
 from llm_flow.cli.route_check import add_check_arguments, check_check_arguments, print_check
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
-from llm_flow.wording import plural
+from llm_flow.wording import plural, probability
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -90,7 +90,7 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
     print(f"Prompt  {plural(run.n_tokens, 'token')}: " + "".join(f"[{t}]" for t in run.str_tokens))
     print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts next:")
     for rank, p in enumerate(top_predictions(run, target, args.top), 1):
-        print(f"  {rank:>2}. {p.token!r:<20} {p.probability:7.2%}")
+        print(f"  {rank:>2}. {p.token!r:<20} {probability(p.probability):>8}")
     summary = summarize_route(graph)
     renorm = "renormalised" if args.renormalize else "not renormalised"
     print(f"\nRoute   threshold {args.threshold} ({renorm}): {graph.number_of_nodes()} nodes, "

@@ -18,6 +18,7 @@ from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
 from llm_flow.views.tokens import display_token
+from llm_flow.wording import probability
 
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}  # as the route graph
 _KEPT, _CUT, _CHOSEN, _LOGIT = "#4c78a8", "#d9d9d9", "#e45756", "#72b7b2"
@@ -138,10 +139,10 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lens = [f"{display_token(r.lens_token)} {r.lens_probability:.0%}" for r in rows]
     fig.add_trace(
         go.Scatter(
-            x=x, y=[r.target_rank + 1 for r in rows], mode="lines+markers+text", name="lens",
+            x=x, y=[r.target_rank for r in rows], mode="lines+markers+text", name="lens",
             text=_changes([display_token(r.lens_token) for r in rows]), textposition="top center",
             textfont=dict(size=10, family="monospace"), customdata=nodes, line=dict(color=_COLORS["attention"]),
-            hovertext=[f"{r.node}: rank {r.target_rank}, p {r.target_probability:.2%}<br>lens top: {t}"
+            hovertext=[f"{r.node}: rank {r.target_rank}, p {probability(r.target_probability)}<br>lens top: {t}"
                        for r, t in zip(rows, lens)],
             hoverinfo="text", showlegend=False,
         ),
@@ -149,8 +150,8 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     )  # fmt: skip
     fig.update_xaxes(categoryorder="array", categoryarray=x)  # "emb" first on every panel
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
-    deepest = math.log10(max(r.target_rank for r in rows) + 1)
-    fig.update_yaxes(type="log", range=[deepest + 0.3, -0.5], title_text="rank + 1", row=3, col=1)  # rank 0 on top
+    deepest = math.log10(max(r.target_rank for r in rows))
+    fig.update_yaxes(type="log", range=[deepest + 0.3, -0.5], title_text="rank", row=3, col=1)  # rank 1 on top
     fig.update_layout(
         barmode="stack", height=600, margin=dict(l=10, r=10, t=40, b=50), plot_bgcolor="white",
         clickmode="event+select", legend=dict(orientation="h", yanchor="top", y=-0.06, x=0),

@@ -31,6 +31,7 @@ import torch
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
 from llm_flow.models.run import Run
+from llm_flow.views.tokens import ranks
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def outcome(logits: torch.Tensor, token: int) -> Outcome:
     return Outcome(
         probability=float(torch.softmax(logits, -1)[token]),
         logit=float(value),
-        rank=int((logits > value).sum()) + 1,
+        rank=ranks(logits, [token])[0],
     )
 
 

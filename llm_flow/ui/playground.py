@@ -36,7 +36,7 @@ from llm_flow.views.generation import (
 )
 from llm_flow.views.sampling import SamplingSettings, sampling_stages, seeded_generator
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import plural, sentence
+from llm_flow.wording import plural, probability, sentence
 
 STEP, GENERATE, UNDO = "playground_step_button", "playground_generate_button", "playground_undo_button"
 TOKENS = "playground_tokens_button"
@@ -140,7 +140,7 @@ def sampling_panel() -> None:
     best = stages.probs.max().item()
     st.caption(
         f"After {display_token(run.str_tokens[-1])!r}: {plural(stages.n_kept, 'token')} of "
-        f"{run.model.info.vocab_size:,} can be drawn; the most likely has {best:.1%}. Grey bars are cut "
+        f"{run.model.info.vocab_size:,} can be drawn; the most likely has {probability(best)}. Grey bars are cut "
         "(shown at the probability they had before the cut)."
     )
     shown, export = st.columns([3, 1], vertical_alignment="bottom")
@@ -227,7 +227,7 @@ def _generated_tokens(run: Run, history: list[Entry]) -> None:
         for token, position in zip(entry.generation.tokens, predicting_positions(run, entry.generation))
     ]
     labels = {
-        k: f"{display_token(t.token)} {t.probability:.0%}" + (" (end)" if t.eos else "")
+        k: f"{display_token(t.token)} {probability(t.probability)}" + (" (end)" if t.eos else "")
         for k, (t, _) in enumerate(tokens)
     }  # fmt: skip
     chosen = st.pills(
@@ -259,7 +259,7 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
     final = result.rows[-1]
     st.caption(
         f"At {target}: {display_token(result.token)!r} → {display_token(result.target)!r}: probability "
-        f"{final.target_probability:.1%}, rank {final.target_rank}. Each layer's bar splits the residual after "
+        f"{probability(final.target_probability)}, rank {final.target_rank}. Each layer's bar splits the residual after "
         "it into what the layer's attention, its FFN and the incoming residual contributed; click a bar to "
         "open that block in the Explorer."
     )

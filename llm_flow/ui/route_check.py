@@ -29,7 +29,7 @@ from llm_flow.ui.frame import active_run, sync_link
 from llm_flow.ui.long_work import Progress, cancellable
 from llm_flow.ui.state import bind, get_state
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import plural, probability_text
+from llm_flow.wording import plural, probability
 
 # Keys of the panel's results in the Run's derived store: the route's settings and their own.
 
@@ -115,11 +115,11 @@ def edge_removal_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
         return
     before, after = result.unmodified, result.removed
     st.metric(
-        f"p({display_token(result.token)!r}) without this edge", probability_text(after.probability),
+        f"p({display_token(result.token)!r}) without this edge", probability(after.probability),
         delta=f"{100 * (after.probability - before.probability):+.2f} points", delta_color="normal",
     )  # fmt: skip
     st.caption(
-        f"{result.n_parts:,} parts removed. Before: p = {probability_text(before.probability)}, rank {before.rank}, "
+        f"{result.n_parts:,} parts removed. Before: p = {probability(before.probability)}, rank {before.rank}, "
         f"logit {before.logit:.2f}. After: rank {after.rank}, logit {after.logit:.2f}."
     )
 
@@ -194,7 +194,7 @@ def _display_table(check: RouteCheck) -> pd.DataFrame:
             versus.append("")
     return pd.DataFrame({
         "condition": table["condition"],
-        "probability": [f"{p:.3g}" for p in table["probability"]],
+        "probability": [probability(p) for p in table["probability"]],
         "logit": [f"{v:.2f}" for v in table["logit"]],
         "rank": [f"{r:,.0f}" for r in table["rank"]],
         "against random": versus,

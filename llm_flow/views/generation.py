@@ -25,6 +25,7 @@ from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.run import Run
 from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
+from llm_flow.views.tokens import ranks
 
 #: Why generation stopped.
 STOP_EOS = "eos"  # the model produced an end-of-sequence token
@@ -39,7 +40,7 @@ class GeneratedToken:
     position: int  # where it sits in the generated ids; position - 1 predicted it
     probability: float  # in the distribution it was drawn from (after temperature, top-k, top-p)
     model_probability: float  # softmax of the raw logits: the model's own belief
-    rank: int  # 0-based rank in the raw logits (0: the model's top choice)
+    rank: int  # in the raw logits, from 1 (the model's top choice), as `views.tokens.ranks`
     eos: bool = False  # an end-of-sequence token: ends generation, not part of the text
 
 
@@ -177,14 +178,13 @@ def generate(
 def _token(
     model: TransparentLlm, token_id: int, position: int, stages: SamplingStages, stops: frozenset[int]
 ) -> GeneratedToken:
-    logits = stages.logits
     return GeneratedToken(
         token_id=token_id,
         token=model.decode_tokens([token_id])[0],
         position=position,
         probability=float(stages.probs[token_id]),
         model_probability=float(stages.model_probs[token_id]),
-        rank=int((logits > logits[token_id]).sum()),
+        rank=ranks(stages.logits, [token_id])[0],
         eos=token_id in stops,
     )
 
