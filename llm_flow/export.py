@@ -19,6 +19,7 @@ names one explicitly. Nothing heavy is imported at module level, so the CLI can 
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import tempfile
@@ -39,6 +40,8 @@ BROWSER_ENV = "BROWSER_PATH"
 DEFAULT_SIZE = (1000, 700)
 _FONT = dict(family="Arial, Helvetica, sans-serif", size=14, color="#222222")
 _TITLE_CHARS = 90  # longer prompts are cut in titles
+_TITLE_SIZE = 16
+_TITLE_PAD = 12  # pixels between the title and the top edge
 _RENDER_TIMEOUT_S = 120
 _HTML_SCRIPT = "_llm_flow_html_script"  # plotly figures accept attributes named with a leading "_"
 
@@ -158,18 +161,36 @@ def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
     if script is not None:
         attach_html_script(styled, script)
     margin = styled.layout.margin
+    top = max(margin.t or 0, 30)  # the figure's own room above the plot (subplot titles live there)
+    height = title_height(title)
     styled.update_layout(
         template="plotly_white", paper_bgcolor="white", plot_bgcolor="white", font=_FONT,
-        margin=dict(t=max(margin.t or 0, 30), l=max(margin.l or 0, 40)), hoverlabel=dict(font_size=13),
+        margin=dict(t=top + height, l=max(margin.l or 0, 40)), hoverlabel=dict(font_size=13),
     )  # fmt: skip
     if title:
+        first_baseline = _TITLE_PAD + _TITLE_SIZE  # from the top edge
         styled.update_layout(
             title=dict(
                 text=title, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
-                pad=dict(b=14), automargin=True, font=dict(size=16),
+                pad=dict(b=top + height - first_baseline), automargin=False, font=dict(size=_TITLE_SIZE),
             )
-        )
+        )  # fmt: skip
     return styled
+
+
+def title_height(title: str | None) -> int:
+    """The room a title takes above the figure's own top margin, in pixels.
+
+    Computed rather than left to plotly's ``title.automargin``: plotly.js moves the axes but not
+    the traces when that margin grows (plotly.js issue 7750), so every point was drawn a fixed
+    number of pixels off its axis labels (the embeddings on the "L0" line in route exports).
+    Plotly sets lines of text 1.3 font sizes apart and, anchored at the bottom, puts the first
+    line's baseline at the anchor with the other lines below it; titles here never wrap.
+    """
+    if not title:
+        return 0
+    lines = len(re.split(r"<br\s*/?>", title, flags=re.IGNORECASE))
+    return _TITLE_PAD + math.ceil(1.3 * _TITLE_SIZE * lines)
 
 
 def route_title(
