@@ -200,13 +200,18 @@ def route_title(
 
     Plotly titles read a little HTML, so user text is escaped and the prompt is shortened.
     """
-    shown = prompt if len(prompt) <= _TITLE_CHARS else prompt[: _TITLE_CHARS - 1] + "…"
+    shown = short_prompt(prompt)
     renorm = "renormalised" if renormalize else "not renormalised"
     return (
         f"<b>Information-flow routes</b> · {html.escape(model)} · token {position} "
         f"{html.escape(repr(token))} · threshold {threshold:g} ({renorm})"
         f"<br><span style='font-size:13px'>{html.escape(repr(shown))}</span>"
     )
+
+
+def short_prompt(prompt: str) -> str:
+    """A prompt cut to a length a figure title can show on one line (titles never wrap)."""
+    return prompt if len(prompt) <= _TITLE_CHARS else prompt[: _TITLE_CHARS - 1] + "…"
 
 
 def table_csv(frame: "pd.DataFrame") -> bytes:

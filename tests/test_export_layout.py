@@ -8,12 +8,19 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from llm_flow.export import figure_bytes, save_figure
+import llm_flow
+
+from llm_flow.export import figure_bytes, route_title, save_figure
+from llm_flow.figures.playground import anatomy_figure, anatomy_title
+from llm_flow.figures.route import route_figure
 from llm_flow.routes.nodes import NodeId
-from tests.test_export import CHROMIUM, SHOTS, SVG, needs_chromium
+from llm_flow.views.anatomy import anatomy
+from tests.test_browser import browser  # noqa: F401  (fixture: one headless Chromium per module)
+from tests.test_export import PROMPT, SHOTS, SVG, needs_chromium
 from tests.test_export import route  # noqa: F401  (fixture: a tiny Llama's route, figure and two-line title)
 
 TRANSLATE = re.compile(r"translate\(\s*([-0-9.e]+)[ ,]\s*([-0-9.e]+)\s*\)")
@@ -108,24 +115,88 @@ EMBEDDINGS_JS = """() => {
 
 @needs_chromium
 @pytest.mark.browser
-def test_exported_html_shows_the_embeddings_on_the_emb_label_in_chromium(route, tmp_path):  # noqa: F811
+def test_exported_html_shows_the_embeddings_on_the_emb_label_in_chromium(route, browser, tmp_path):  # noqa: F811
     graph, fig, title = route
-    playwright_sync = pytest.importorskip("playwright.sync_api")
-    path = save_figure(fig, tmp_path / "route.html", title)
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(path.as_uri())
-            page.locator("#llm-flow-figure .scatterlayer path.point").first.wait_for(timeout=30_000)
-            drawn = page.evaluate(EMBEDDINGS_JS)
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOTS / "route-html-axes.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(save_figure(fig, tmp_path / "route.html", title).as_uri())
+    page.locator("#llm-flow-figure .scatterlayer path.point").first.wait_for(timeout=30_000)
+    drawn = page.evaluate(EMBEDDINGS_JS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "route-html-axes.png"), full_page=True)
+    page.close()
     labels, markers = drawn["labels"], drawn["markers"]
     assert len(markers) == sum(1 for n in graph if n.startswith("X"))
-    spacing = labels["emb"] - labels["L0"]  # two levels: emb, A0, L0
-    assert spacing > 10
+    assert labels["emb"] - labels["L0"] > 10  # two levels apart: emb, A0, L0
     for y in markers:
         assert abs(y - labels["emb"]) < 2, f"an embedding at {y:.1f}; 'emb' at {labels['emb']:.1f}, 'L0' {labels['L0']:.1f}"
+
+
+BOXES_JS = """() => {
+  const boxes = selector => [...document.querySelectorAll(selector)].map(e => {
+    const r = e.getBoundingClientRect(); return {text: e.textContent, box: [r.left, r.top, r.right, r.bottom]}; });
+  const svg = document.querySelector('svg.main-svg');
+  return {title: boxes('.gtitle'), annotations: boxes('.annotation-text'), xticks: boxes('.xtick text'),
+          legend: boxes('.legend .legendtext'), symbols: boxes('.legend .legendpoints'), size: [svg.width.baseVal.value, svg.height.baseVal.value]};
+}"""
+
+
+def drawn_boxes(browser, path: Path, width: int = 1000, height: int = 900) -> dict:  # noqa: F811
+    """Bounding boxes of a rendered figure's texts (title, subplot titles, x tick labels, legend
+    entries), as Chromium lays them out, for a figure file (SVG or HTML)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    if path.suffix == ".svg":  # inline in a page: Chromium does not screenshot a bare SVG document
+        page.set_content(f"<html><body style='margin:0'>{path.read_text(encoding='utf-8')}</body></html>")
+    else:
+        page.goto(path.as_uri())
+    page.locator("svg.main-svg").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(200)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"layout-{path.stem}.png"), full_page=True)
+    boxes = page.evaluate(BOXES_JS)
+    page.close()
+    return boxes
+
+
+def overlaps(first: list[dict], second: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes intersect (by more than a pixel)."""
+    def meet(a, b):
+        return min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1
+
+    return [(a["text"], b["text"]) for a in first for b in second if meet(a["box"], b["box"])]
+
+
+@needs_chromium
+@pytest.mark.browser
+def test_exported_anatomy_title_clears_the_subplot_titles_and_carries_no_click_hint(tiny_models, browser, tmp_path):  # noqa: F811
+    run = tiny_models("llama").run(PROMPT)
+    result = anatomy(run, 5)
+    path = tmp_path / "anatomy.svg"
+    path.write_bytes(figure_bytes(anatomy_figure(result), "svg", anatomy_title("tiny-llama", run.prompt, result)))
+    boxes = drawn_boxes(browser, path)
+    assert len(boxes["title"]) == 1 and len(boxes["annotations"]) == 3
+    assert overlaps(boxes["title"], boxes["annotations"]) == []
+    texts = " ".join(ET.parse(path).getroot().itertext()).lower()
+    assert "anatomy of the prediction" in texts and "click" not in texts, "UI hints stay in the app"
+
+
+@needs_chromium
+@pytest.mark.browser
+def test_turned_token_labels_of_a_long_prompt_clear_the_legend(tiny_models, browser, tmp_path):  # noqa: F811
+    prompt = "When Mary and John went to the supermarket yesterday, extraordinarily_long_identifiers appeared. " * 3
+    run = tiny_models("llama").run(prompt)
+    graph = llm_flow.build_graph(run, target=-1, threshold=0.04, renormalize=True)
+    title = route_title("tiny-llama", prompt, run.str_tokens[-1], run.n_tokens - 1, 0.04, True)
+    for compact in (False, True):
+        fig = route_figure(graph, compact=compact)
+        assert fig.layout.xaxis.tickangle != 0, "enough columns to turn the labels"
+        app_like = tmp_path / f"route-app-{compact}.html"  # the figure as the page draws it, 900 px wide
+        app_like.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
+        exported = tmp_path / f"route-export-{compact}.svg"
+        exported.write_bytes(figure_bytes(fig, "svg", title, width=1000, height=832))
+        for path, width in ((app_like, 900), (exported, 1000)):
+            boxes = drawn_boxes(browser, path, width=width)
+            assert len(boxes["legend"]) == 5 and len(boxes["xticks"]) == len(fig.layout.xaxis.ticktext)
+            legend = boxes["legend"] + boxes["symbols"]
+            assert overlaps(boxes["xticks"], legend) == [], f"{path.name}: labels run into the legend"
+            bottom = max(box["box"][3] for group in ("xticks", "legend", "symbols") for box in boxes[group])
+            assert bottom <= boxes["size"][1], f"{path.name}: cut at the bottom edge"

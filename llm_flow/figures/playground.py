@@ -7,6 +7,7 @@ click can open that node in the Explorer.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from llm_flow.export import short_prompt
 from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
@@ -107,7 +109,7 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lx = x[1:]
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.2, 0.35],
-        subplot_titles=["what makes up the residual after each layer (click: open the block)",
+        subplot_titles=["what makes up the residual after each layer",
                         "residual norm",
                         f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
     )  # fmt: skip
@@ -157,6 +159,18 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
         font=dict(size=12),
     )  # fmt: skip
     return fig
+
+
+def anatomy_title(model: str, prompt: str, result: Anatomy) -> str:
+    """The title of an exported anatomy figure: which prediction of which prompt, by which model
+    (plotly reads titles as a little HTML, so the texts are escaped)."""
+    def text(value: str) -> str:
+        return html.escape(value, quote=False)
+
+    return (
+        f"{text(model)}: anatomy of the prediction {text(repr(display_token(result.token)))} → "
+        f"{text(repr(display_token(result.target)))} at token {result.position} of {text(repr(short_prompt(prompt)))}"
+    )
 
 
 def _changes(labels: list[str]) -> list[str]:

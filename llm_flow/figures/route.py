@@ -8,6 +8,8 @@ thousands of edges is still a handful of traces.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass
 
 import networkx as nx
@@ -20,6 +22,11 @@ _BUCKETS = 6
 _VERTICAL_MARKER_SHIFT = 0.12
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}
 _LEGEND_ORDER = "XAIM"  # node traces drawn (and listed) in this order
+_LEGEND_SIZE = 11
+_LEGEND_ROOM = 34  # one row of legend at the bottom, with a little space above it
+_TICK_ANGLE = -60  # token labels are turned when there are many columns
+_TICK_GAP = 8  # pixels between the plot and its tick labels, as plotly draws them
+_LABEL_CHARS = 20
 
 
 @dataclass(frozen=True)
@@ -169,22 +176,25 @@ def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter |
 
 def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool) -> None:
     tokens = graph.graph["tokens"]
-    labels = [f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i]) for i in columns]
+    labels = [_label(f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i])) for i in columns]
     n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
     layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
     step = max(1, n_layers // 15)
+    angle = _TICK_ANGLE if len(columns) > 8 else 0
+    size = 11 if len(columns) <= 40 else 9
     fig.update_layout(
         height=figure_height(graph),
-        margin=dict(l=10, r=10, t=36, b=10),
+        margin=dict(l=10, r=10, t=36, b=_label_room(labels, angle, size) + _LEGEND_ROOM),
         dragmode="pan",
         clickmode="event+select",
         hovermode="closest",
-        legend=dict(orientation="h", yanchor="top", y=-0.06, x=0, font=dict(size=11)),
+        # under the token labels, whatever their length: the bottom margin holds both
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0, font=dict(size=_LEGEND_SIZE)),
         plot_bgcolor="white",
         xaxis=dict(
             tickmode="array", tickvals=list(range(len(columns))), ticktext=labels,
-            tickangle=-60 if len(columns) > 8 else 0, range=[-0.6, len(columns) - 0.4],
-            tickfont=dict(size=11 if len(columns) <= 40 else 9), showgrid=False, zeroline=False,
+            tickangle=angle, range=[-0.6, len(columns) - 0.4],
+            tickfont=dict(size=size), showgrid=False, zeroline=False,
         ),
         yaxis=dict(
             tickmode="array", tickvals=[0.0] + layer_y[::step],
@@ -192,3 +202,23 @@ def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool
             showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False,
         ),
     )  # fmt: skip
+
+
+def _label(text: str) -> str:
+    """A token column's label, cut to a length the margin can hold (the hover shows it whole)."""
+    return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "…"
+
+
+def _label_room(labels: list[str], angle: float, size: float) -> int:
+    """Pixels under the plot that tick labels of font `size`, turned by `angle` degrees, need.
+
+    Text widths are estimated generously (Arial averages about half an em a character; wide
+    East Asian characters take a whole em), so the legend placed below never meets them.
+    """
+    width = max((_text_width(label, size) for label in labels), default=0.0)
+    turn = math.radians(abs(angle))
+    return math.ceil(width * math.sin(turn) + 1.3 * size * math.cos(turn)) + _TICK_GAP
+
+
+def _text_width(text: str, size: float) -> float:
+    return size * sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in text)
