@@ -203,10 +203,16 @@ def route_title(
     shown = short_prompt(prompt)
     renorm = "renormalised" if renormalize else "not renormalised"
     return (
-        f"<b>Information-flow routes</b> · {html.escape(model)} · token {position} "
-        f"{html.escape(repr(token))} · threshold {threshold:g} ({renorm})"
-        f"<br><span style='font-size:13px'>{html.escape(repr(shown))}</span>"
+        f"<b>Information-flow routes</b> · {title_text(model)} · token {position} "
+        f"{title_text(repr(token))} · threshold {threshold:g} ({renorm})"
+        f"<br><span style='font-size:13px'>{title_text(repr(shown))}</span>"
     )
+
+
+def title_text(text: str) -> str:
+    """User text made safe for a plotly title, which reads a little HTML: ``<``, ``>`` and ``&``
+    are escaped; quotes are not (plotly would show ``&quot;`` as typed)."""
+    return html.escape(text, quote=False)
 
 
 def short_prompt(prompt: str) -> str:

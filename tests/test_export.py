@@ -188,3 +188,10 @@ def test_route_title_escapes_and_shortens_the_prompt():
     title = route_title("gpt2", "<b>" + "x" * 200, " is", 7, 0.04, False)
     assert "<b>x" not in title and "&lt;b&gt;" in title
     assert "…" in title and "token 7" in title and "threshold 0.04 (not renormalised)" in title
+
+
+def test_titles_show_quotes_as_typed():
+    """Plotly reads titles as a little HTML but does not decode ``&quot;``: quotes stay as they are."""
+    title = route_title("it's-a-model", "John's <b>book</b> & \"more\"", " it's", 3, 0.04, True)
+    assert "&quot;" not in title and "&#x27;" not in title
+    assert "John\\'s &lt;b&gt;book&lt;/b&gt; &amp;" in title and "it's-a-model" in title

@@ -4,7 +4,6 @@ SVG, PNG), a CSV of the numbers behind them, and a short summary on the terminal
 from __future__ import annotations
 
 import argparse
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_count(args.top_k, "--top-k")
     check_pair_part(args.part, args.split)
     prompt = prompt_or_default(args.prompt, config)
-    from llm_flow.export import save_figure, save_table
+    from llm_flow.export import save_figure, save_table, title_text
 
     model = load(args, config)
     run_ = model.run(prompt)
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
           f"{model.info.n_kv_heads} key/value heads)")  # fmt: skip
     print(f"Prompt  {run_.n_tokens} tokens")
     _print_strongest(table, args.view)
-    title = f"{html.escape(model.info.name)} · {figure.layout.title.text}"
+    title = f"{title_text(model.info.name)} · {figure.layout.title.text}"
     for path in figures:
         save_figure(figure, path, title=title)
         print(f"Figure written to {path}.")

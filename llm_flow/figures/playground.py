@@ -7,7 +7,6 @@ click can open that node in the Explorer.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from llm_flow.export import short_prompt
+from llm_flow.export import short_prompt, title_text
 from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
@@ -162,14 +161,11 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
 
 
 def anatomy_title(model: str, prompt: str, result: Anatomy) -> str:
-    """The title of an exported anatomy figure: which prediction of which prompt, by which model
-    (plotly reads titles as a little HTML, so the texts are escaped)."""
-    def text(value: str) -> str:
-        return html.escape(value, quote=False)
-
+    """The title of an exported anatomy figure: which prediction of which prompt, by which model."""
+    token, target = (title_text(repr(display_token(t))) for t in (result.token, result.target))
     return (
-        f"{text(model)}: anatomy of the prediction {text(repr(display_token(result.token)))} → "
-        f"{text(repr(display_token(result.target)))} at token {result.position} of {text(repr(short_prompt(prompt)))}"
+        f"{title_text(model)}: anatomy of the prediction {token} → {target} at token {result.position} "
+        f"of {title_text(repr(short_prompt(prompt)))}"
     )
 
 
