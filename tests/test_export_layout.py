@@ -151,7 +151,7 @@ def drawn_boxes(browser, path: Path, width: int = 1000, height: int = 900) -> di
     page.locator("svg.main-svg").first.wait_for(timeout=30_000)
     page.wait_for_timeout(200)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"layout-{path.stem}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"layout-{path.stem}-{width}.png"), full_page=True)
     boxes = page.evaluate(BOXES_JS)
     page.close()
     return boxes
@@ -189,11 +189,11 @@ def test_turned_token_labels_of_a_long_prompt_clear_the_legend(tiny_models, brow
     for compact in (False, True):
         fig = route_figure(graph, compact=compact)
         assert fig.layout.xaxis.tickangle != 0, "enough columns to turn the labels"
-        app_like = tmp_path / f"route-app-{compact}.html"  # the figure as the page draws it, 900 px wide
+        app_like = tmp_path / f"route-app-{compact}.html"  # the figure as the page draws it
         app_like.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
         exported = tmp_path / f"route-export-{compact}.svg"
         exported.write_bytes(figure_bytes(fig, "svg", title, width=1000, height=832))
-        for path, width in ((app_like, 900), (exported, 1000)):
+        for path, width in ((app_like, 900), (app_like, 560), (exported, 1000)):  # 560: the legend wraps
             boxes = drawn_boxes(browser, path, width=width)
             assert len(boxes["legend"]) == 5 and len(boxes["xticks"]) == len(fig.layout.xaxis.ticktext)
             legend = boxes["legend"] + boxes["symbols"]
