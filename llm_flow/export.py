@@ -38,6 +38,10 @@ FIGURE_FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".png": "png"}
 BROWSER_ENV = "BROWSER_PATH"
 #: Static exports without an explicit size use the figure's own size, else this.
 DEFAULT_SIZE = (1000, 700)
+#: What an export may ask for: width and height in CSS pixels, and the PNG's pixels per CSS pixel.
+#: The largest PNG is then 16,000 pixels a side, about what Chromium can still draw in one piece.
+SIZE_RANGE = (100, 4000)
+SCALE_RANGE = (0.25, 4.0)
 _FONT = dict(family="Arial, Helvetica, sans-serif", size=14, color="#222222")
 _TITLE_CHARS = 90  # longer prompts are cut in titles
 _TITLE_SIZE = 16
@@ -95,8 +99,8 @@ def save_figure(
     """Write `fig` as HTML, SVG or PNG (by suffix) with paper styling; return the path.
 
     `width` and `height` are the layout size in CSS pixels (default: the figure's own, else
-    1000 x 700); a PNG has ``scale`` times as many pixels each way. HTML keeps the figure's
-    responsive width unless `width` is given.
+    1000 x 700); a PNG has ``scale`` times as many pixels each way (SVG and HTML ignore it). HTML
+    keeps the figure's responsive width unless `width` is given. Limits: :func:`check_figure_size`.
     """
     fmt = figure_format(path)
     path = check_writable(path)
@@ -130,8 +134,7 @@ def figure_bytes(
     """The exported file's content, in memory (for download buttons). `fmt`: html, svg or png."""
     if fmt not in ("html", "svg", "png"):
         raise ArgumentError(f"unknown figure format {fmt!r}: use 'html', 'svg' or 'png'")
-    if not scale > 0:
-        raise ArgumentError(f"scale must be positive (got {scale!r})")
+    check_figure_size(width, height, scale)
     styled = paper_figure(fig, title)
     if fmt == "html":
         if width is not None or height is not None:
@@ -145,7 +148,24 @@ def figure_bytes(
         width or styled.layout.width or DEFAULT_SIZE[0],
         height or styled.layout.height or DEFAULT_SIZE[1],
     )
-    return _render_static(styled, fmt, size, scale)
+    return _render_static(styled, fmt, size, scale if fmt == "png" else 1.0)  # an SVG has no pixels to multiply
+
+
+def check_figure_size(width: int | None = None, height: int | None = None, scale: float = 1.0) -> None:
+    """Refuse a size no export should be made at (the app's Export menu and the CLI's
+    ``--width/--height/--scale`` both ask here). ``None`` keeps the figure's own size."""
+    low, high = SIZE_RANGE
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ArgumentError(f"the figure {name} must be a whole number of pixels from {low} to {high} (got {value!r})")
+    low, high = SCALE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise ArgumentError(
+            f"the PNG scale must be a number from {low:g} to {high:g} (got {scale!r}); "
+            "2 gives twice the pixels each way, for print"
+        )
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":

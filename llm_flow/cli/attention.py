@@ -14,7 +14,14 @@ from llm_flow.checks import (
     check_count,
     check_pair_part,
 )
-from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.cli.common import (
+    add_figure_size_arguments,
+    add_model_arguments,
+    check_writable,
+    figure_size,
+    load,
+    prompt_or_default,
+)
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
 
@@ -55,12 +62,14 @@ def register(commands) -> None:
     parser.add_argument("--html", type=Path, help="write the figure as standalone interactive HTML (opens offline)")
     parser.add_argument("--svg", type=Path, help="write the figure as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the figure as PNG (needs Chromium)")
+    add_figure_size_arguments(parser)
     parser.add_argument("--csv", type=Path, help="write the numbers behind the figure as CSV")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     figures = _checked_outputs(args)
+    size = figure_size(args)
     layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     if args.view in ("head", "neuron") and args.layer is None:
         raise ArgumentError(f"the {args.view} view needs --layer")
@@ -79,7 +88,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     _print_strongest(table, args.view)
     title = f"{title_text(model.info.name)} · {figure.layout.title.text}"
     for path in figures:
-        save_figure(figure, path, title=title)
+        save_figure(figure, path, title=title, **size)
         print(f"Figure written to {path}.")
     if args.csv is not None:
         save_table(table, args.csv)
