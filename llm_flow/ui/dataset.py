@@ -154,6 +154,10 @@ def _top_prompts(results: DatasetResults, component: str, position_class: str, i
     st.dataframe(shown, hide_index=True, width="stretch",
                  column_config={"contribution": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
     key = f"{PROMPT}_{index}"
+    listed = (str(results.folder), component, position_class)
+    if st.session_state.get(f"{key}_list") != listed:  # a new list opens on its top row, not on
+        st.session_state[f"{key}_list"] = listed  # whichever row the last choice now happens to be
+        st.session_state[key] = table["prompt_id"].iloc[0]
     choice = st.selectbox("Prompt", list(table["prompt_id"]), key=key,
                           format_func=lambda pid: f"{pid}: {_short(table.set_index('prompt_id').loc[pid, 'text'])}")  # fmt: skip
     row = table.set_index("prompt_id").loc[choice]
