@@ -38,14 +38,19 @@ def node_traces(fig) -> list[int]:
     return [i for i, t in enumerate(fig.data) if t.customdata is not None and "->" not in str(t.customdata[0])]
 
 
-def test_html_figure_data_puts_each_node_on_its_layer_tick(route):  # noqa: F811
-    graph, fig, title = route
-    page = figure_bytes(fig, "html", title).decode("utf-8")
+def html_figure(page: str) -> tuple[list, dict]:
+    """The traces and the layout that a standalone HTML export hands to ``Plotly.newPlot``."""
     start = page.index("Plotly.newPlot(") + len("Plotly.newPlot(")
     decoder = json.JSONDecoder()
     _, at = decoder.raw_decode(page, page.index('"llm-flow-figure"', start))
     data, at = decoder.raw_decode(page, page.index("[", at))
     layout, _ = decoder.raw_decode(page, page.index("{", at))
+    return data, layout
+
+
+def test_html_figure_data_puts_each_node_on_its_layer_tick(route):  # noqa: F811
+    graph, fig, title = route
+    data, layout = html_figure(figure_bytes(fig, "html", title).decode("utf-8"))
     tick_y = dict(zip(layout["yaxis"]["ticktext"], layout["yaxis"]["tickvals"]))
     checked = 0
     for trace in data:

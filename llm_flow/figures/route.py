@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import networkx as nx
 import plotly.graph_objects as go
 
+from llm_flow.errors import ArgumentError
 from llm_flow.routes.nodes import KINDS, EdgeId, NodeId, parse_element
 from llm_flow.views.tokens import display_token
 
@@ -27,6 +28,7 @@ _LEGEND_ROOM = 52  # the legend at the bottom: two rows (a narrow page column wr
 _TICK_ANGLE = -60  # token labels are turned when there are many columns
 _TICK_GAP = 8  # pixels between the plot and its tick labels, as plotly draws them
 _LABEL_CHARS = 20
+_Y_MARGIN = 0.8  # levels of room below the embeddings and above the top layer in a focused view
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,15 @@ def token_columns(graph: nx.DiGraph, compact: bool) -> list[int]:
     return sorted({data["position"] for _, data in graph.nodes(data=True)} | {graph.graph["target"]})
 
 
-def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool = False) -> go.Figure:
+def route_figure(
+    graph: nx.DiGraph, selected: str | None = None, compact: bool = False, focus: str | None = None
+) -> go.Figure:
     """The figure for a route graph built by :func:`llm_flow.build_graph`. `compact` leaves out
-    the token columns the route does not touch, so routes in long prompts stay readable."""
-    parallel = graph.graph["parallel"]
+    the token columns the route does not touch, so routes in long prompts stay readable. `focus`
+    (a node name) opens the view zoomed on that node (:func:`focus_ranges`); the axis ranges are
+    part of the figure, so exports show the same view."""
     columns = token_columns(graph, compact)
-    column_of = {token: index for index, token in enumerate(columns)}
-    position = {
-        name: (column_of[data["position"]] + lv.dx, lv.y)
-        for name, data in graph.nodes(data=True)
-        for lv in [level(NodeId.parse(name), parallel)]
-    }
+    position = node_positions(graph, columns)
     fig = go.Figure()
     for trace in _edge_traces(graph, position):
         fig.add_trace(trace)
@@ -79,7 +79,52 @@ def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool =
         if highlight is not None:
             fig.add_trace(highlight)
     _layout(fig, graph, columns, compact)
+    if focus is not None:
+        x_range, y_range = focus_ranges(graph, focus, compact)
+        fig.update_layout(xaxis_range=x_range, yaxis_range=y_range)
     return fig
+
+
+def node_positions(graph: nx.DiGraph, columns: list[int]) -> dict[str, tuple[float, float]]:
+    """Where each node is drawn: (x, y) in axis units, for the token `columns` shown."""
+    parallel = graph.graph["parallel"]
+    column_of = {token: index for index, token in enumerate(columns)}
+    return {
+        name: (column_of[data["position"]] + lv.dx, lv.y)
+        for name, data in graph.nodes(data=True)
+        for lv in [level(NodeId.parse(name), parallel)]
+    }
+
+
+def focus_ranges(
+    graph: nx.DiGraph, node: str, compact: bool = False, columns: int = 9, levels: int = 12
+) -> tuple[list[float], list[float]]:
+    """x and y axis ranges of a view `columns` token columns wide and `levels` node levels high
+    (two levels a layer for sequential blocks, one for parallel) with `node` in the middle.
+
+    Near the graph's edges the window slides to stay inside it (no empty margin), and a graph
+    smaller than the window is shown whole in that direction.
+    """
+    if node not in graph:
+        raise ArgumentError(f"{node!r} is not a node of this route: nothing to centre on")
+    shown = token_columns(graph, compact)
+    x, y = node_positions(graph, shown)[node]
+    top = graph.graph["n_layers"] if graph.graph["parallel"] else 2 * graph.graph["n_layers"]
+    return (
+        _window(x, columns, *_x_extent(len(shown))),
+        _window(y, levels, -_Y_MARGIN, top + _Y_MARGIN),
+    )
+
+
+def _window(centre: float, size: float, low: float, high: float) -> list[float]:
+    if high - low <= size:
+        return [low, high]
+    start = min(max(centre - size / 2, low), high - size)
+    return [start, start + size]
+
+
+def _x_extent(n_columns: int) -> tuple[float, float]:
+    return -0.6, n_columns - 0.4
 
 
 def figure_height(graph: nx.DiGraph) -> int:
@@ -193,7 +238,7 @@ def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool
         plot_bgcolor="white",
         xaxis=dict(
             tickmode="array", tickvals=list(range(len(columns))), ticktext=labels,
-            tickangle=angle, range=[-0.6, len(columns) - 0.4],
+            tickangle=angle, range=list(_x_extent(len(columns))),
             tickfont=dict(size=size), showgrid=False, zeroline=False,
         ),
         yaxis=dict(
