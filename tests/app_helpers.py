@@ -44,4 +44,22 @@ def state(app: AppTest) -> SessionState:
     return app.session_state[STATE_KEY]
 
 
-__all__ = ["TIMEOUT", "active_run", "goto", "start", "state", "widget_key"]
+def record_downloads(monkeypatch) -> dict[str, tuple[str, object]]:
+    """Watch Streamlit register the files of download buttons built on click: element id ->
+    (file name, the callable that makes the file). Streamlit's own registration still runs."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    seen: dict[str, tuple[str, object]] = {}
+    real = MediaFileManager.add_deferred
+
+    def add_deferred(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
+        seen[element_id] = (file_name, data_callable)
+        return real(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return seen
+
+
+def download_files(app: AppTest, seen: dict[str, tuple[str, object]]) -> dict[str, tuple[str, object]]:
+    """The download buttons on screen: label -> (file name, file maker)."""
+    return {button.label: seen[button.id] for button in app.download_button}

@@ -11,7 +11,7 @@ from llm_flow.attribution import attribute_sequence, prepare
 from llm_flow.attribution.targets import context_text
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.ui import attribution as attribution_page
-from tests.app_helpers import active_run, goto, start, state, widget_key
+from tests.app_helpers import active_run, download_files, goto, record_downloads, start, state, widget_key
 from tests.test_generation import plain_generate, plain_model
 
 
@@ -126,3 +126,15 @@ def test_a_long_request_waits_for_compute_and_a_cheap_one_does_not(tiny_config, 
     assert not app.info and shown_result(app).method == "integrated_gradients"  # made before
     app.number_input(key=widget_key("attribution.ig_steps")).set_value(8).run()
     assert "runs the model 30 times" in app.info[0].value  # (8 points + 2 for the delta) x 3 steps
+
+
+def test_every_export_has_its_own_file_name(tiny_config, monkeypatch):
+    seen = record_downloads(monkeypatch)
+    app = goto(start(tiny_config, monkeypatch), "attribution")
+    files = download_files(app, seen)
+    names = [name for name, _ in files.values()]
+    assert len(names) == 6 and len(set(names)) == 6, names
+    page, heatmap = files["Heatmap and text as HTML"], files["HTML"]
+    assert page[0].endswith("-heatmap-and-text.html") and heatmap[0].endswith("-heatmap.html")
+    page_html, heatmap_html = page[1](), heatmap[1]().decode("utf-8")
+    assert "Plotly.newPlot" in heatmap_html and page_html != heatmap_html

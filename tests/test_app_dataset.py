@@ -128,3 +128,23 @@ def test_demo_mode_opens_no_folders(tiny_config, tmp_path, monkeypatch):
 def test_the_pages_own_keys_are_prefixed():
     own = [value for name, value in vars(page).items() if name.isupper() and isinstance(value, str)]
     assert own and all(value.startswith("dataset_") for value in own)
+
+
+def test_each_prompt_list_opens_on_its_top_row(tiny_config, folders, monkeypatch):
+    app = goto(start(tiny_config, monkeypatch), "dataset")
+    lists = (widget_key("dataset.prompt"), widget_key("dataset.prompt_compare"))
+    app.text_input(key=widget_key("dataset.folder")).set_value(str(folders / "code")).run()
+    app.text_input(key=widget_key("dataset.compare")).set_value(str(folders / "prose")).run()
+    for component in ("L0.FFN", "L1.H2", "L2.H0"):  # each orders the prompts differently
+        app.selectbox(key=widget_key("dataset.component")).set_value(component).run()
+        for key, name in zip(lists, ("code", "prose")):
+            top = top_prompts(load_results(folders / name), component)
+            assert app.selectbox(key=key).value == str(top["prompt_id"].iloc[0]), (component, name)
+    prose = top_prompts(load_results(folders / "prose"), "L2.H0")
+    app.selectbox(key=lists[1]).set_value(str(prose["prompt_id"].iloc[2])).run()
+    app.radio(key=widget_key("dataset.metric")).set_value("mean_contribution").run()
+    assert app.selectbox(key=lists[1]).value == str(prose["prompt_id"].iloc[2]), "a choice stays chosen"
+    app.selectbox(key=widget_key("dataset.component")).set_value("L0.FFN").run()
+    app.button(key="dataset_prompt_compare_open_button").click().run()
+    top = top_prompts(load_results(folders / "prose"), "L0.FFN")
+    assert state(app).source.active.prompt == top["text"].iloc[0], "the second folder's top prompt opens"

@@ -57,6 +57,8 @@ def test_models_lists_the_config(tiny_config, capsys):
         (["routes", "--model", "./missing"], "unknown model './missing'"),
         (["routes", "--target", "40", "--prompt", "hi"], "target position 40 is out of range"),
         (["routes", "--top", "0"], "--top must be at least 1"),
+        (["routes", "--width", "50"], "the figure width must be a whole number of pixels from 100 to 4000 (got 50)"),
+        (["attention", "--layer", "0", "--scale", "0"], "the PNG scale must be a number from 0.25 to 4 (got 0.0)"),
     ],
 )
 def test_errors_are_one_clear_line(tiny_config, capsys, args, message):
@@ -105,6 +107,7 @@ def modules_loaded_by(args: list[str], config) -> tuple[int, set[str], str]:
         ["routes", "--prompt", "   "],
         ["routes", "--top", "0"],
         ["routes", "--out", "/nonexistent/dir/x.json"],
+        ["routes", "--height", "9000"],
         ["routes", "--bogus"],
     ],
 )
@@ -156,3 +159,18 @@ def test_an_unwritable_export_path_is_refused_before_any_work(tiny_config, tmp_p
 def test_an_export_flag_with_the_wrong_suffix_is_refused(tiny_config, tmp_path, capsys):
     assert main(["--config", str(tiny_config), "routes", "--svg", str(tmp_path / "route.png")]) == 2
     assert "must end in .svg" in capsys.readouterr().err
+
+
+def test_figure_size_options_reach_the_files(tiny_config, tmp_path, capsys):
+    import struct
+    import xml.etree.ElementTree as ElementTree
+
+    png, svg = tmp_path / "route.png", tmp_path / "route.svg"
+    code = main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2", "--prompt", "The capital of France is",
+                 "--png", str(png), "--svg", str(svg), "--width", "640", "--height", "480", "--scale", "2"])  # fmt: skip
+    if code == 2 and "Chromium" in capsys.readouterr().err:
+        pytest.skip("no Chrome-family browser for SVG/PNG export")
+    assert code == 0
+    assert struct.unpack(">II", png.read_bytes()[16:24]) == (1280, 960)
+    root = ElementTree.parse(svg).getroot()
+    assert (root.get("width"), root.get("height")) == ("640", "480")

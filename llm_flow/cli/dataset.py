@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llm_flow.cli.common import add_model_arguments, check_writable, progress
+from llm_flow.cli.common import add_figure_size_arguments, add_model_arguments, check_writable, figure_size, progress
 from llm_flow.config import Config
 from llm_flow.wording import plural
 
@@ -41,6 +41,7 @@ def register(commands) -> None:
     parser.add_argument("--html", type=Path, help="write the heatmap of heads and FFN blocks as standalone HTML")
     parser.add_argument("--svg", type=Path, help="write the heatmap as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the heatmap as PNG (needs Chromium)")
+    add_figure_size_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise ArgumentError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
         if path is not None:
             check_writable(path)
+    size = figure_size(args)
     items = read_prompts(args.prompts)
     source = args.model or config.default_model
     spec = resolved(ModelSpec(source, args.device, args.dtype, str(config.path), args.max_tokens))
@@ -83,18 +85,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
     summary = analyse_dataset(items, args.out, spec, settings, engine=args.engine, workers=args.workers, address=args.address)
     _print_summary(summary, args)
     if figures:
-        _write_figures(summary.folder, args.metric, figures)
+        _write_figures(summary.folder, args.metric, figures, size)
     return 0
 
 
-def _write_figures(folder: Path, metric: str, paths: list[Path]) -> None:
+def _write_figures(folder: Path, metric: str, paths: list[Path], size: dict) -> None:
     from llm_flow.dataset.results import component_grid, load_results
     from llm_flow.export import save_figure
     from llm_flow.figures.dataset import component_heatmap
 
     grid = component_grid(load_results(folder), metric)
     for path in paths:
-        save_figure(component_heatmap(grid), path, title=f"{grid.title}: {metric.replace('_', ' ')}")
+        save_figure(component_heatmap(grid), path, title=f"{grid.title}: {metric.replace('_', ' ')}", **size)
         print(f"Figure written to {path}.")
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from llm_flow.export import short_prompt, title_text
 from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
@@ -108,7 +109,7 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lx = x[1:]
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.2, 0.35],
-        subplot_titles=["what makes up the residual after each layer (click: open the block)",
+        subplot_titles=["what makes up the residual after each layer",
                         "residual norm",
                         f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
     )  # fmt: skip
@@ -158,6 +159,15 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
         font=dict(size=12),
     )  # fmt: skip
     return fig
+
+
+def anatomy_title(model: str, prompt: str, result: Anatomy) -> str:
+    """The title of an exported anatomy figure: which prediction of which prompt, by which model."""
+    token, target = (title_text(repr(display_token(t))) for t in (result.token, result.target))
+    return (
+        f"{title_text(model)}: anatomy of the prediction {token} → {target} at token {result.position} "
+        f"of {title_text(repr(short_prompt(prompt)))}"
+    )
 
 
 def _changes(labels: list[str]) -> list[str]:

@@ -282,14 +282,17 @@ def _exports(result: Attribution, figure) -> None:
     `load_attribution`), CSV (one row per step and source) and standalone HTML (heatmap and
     coloured text), and the heatmap alone as HTML, SVG or PNG."""
     stem = safe_stem(f"attribution-{result.method}-{result.model}")
-    files = (
-        ("Result as JSON (reloadable)", lambda: json.dumps(result.to_dict(), indent=1), "json", "application/json"),
-        ("Result as CSV (long table)", lambda: result.to_frame().to_csv(index=False), "csv", "text/csv"),
-        ("Heatmap and text as HTML", lambda: standalone_html(result), "html", "text/html"),
-    )
+    files = (  # label, content, file name, type, what it is
+        ("Result as JSON (reloadable)", lambda: json.dumps(result.to_dict(), indent=1), f"{stem}.json",
+         "application/json", "Every score and setting; llm_flow.attribution.load_attribution reads it back."),
+        ("Result as CSV (long table)", lambda: result.to_frame().to_csv(index=False), f"{stem}.csv",
+         "text/csv", "One row per step and source token."),
+        ("Heatmap and text as HTML", lambda: standalone_html(result), f"{stem}-heatmap-and-text.html",
+         "text/html", "One page with the heatmap and the text coloured by score; opens offline."),
+    )  # fmt: skip
     with st.popover("Export", icon=":material/download:"):
-        for label, data, suffix, mime in files:
-            st.download_button(label, data=data, file_name=f"{stem}.{suffix}", mime=mime, width="stretch",
-                               key=f"attribution_export_{suffix}_button", on_click="ignore")  # fmt: skip
+        for label, data, name, mime, what in files:
+            st.download_button(label, data=data, file_name=name, mime=mime, width="stretch", help=what,
+                               key=f"attribution_export_{name.rsplit('.', 1)[1]}_button", on_click="ignore")  # fmt: skip
         st.caption("The heatmap alone, titled for a paper:")
-        figure_downloads(figure, figure.layout.title.text, stem, key="attribution_export_figure")
+        figure_downloads(figure, figure.layout.title.text, f"{stem}-heatmap", key="attribution_export_figure")

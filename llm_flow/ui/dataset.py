@@ -161,7 +161,10 @@ def _top_prompts(results: DatasetResults, component: str, position_class: str, f
                  column_config={"contribution": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
     state = get_state().dataset
     ids = [str(pid) for pid in table["prompt_id"]]
-    if getattr(state, field) not in ids:
+    listed = (str(results.folder), component, position_class)
+    if getattr(state, f"{field}_list") != listed or getattr(state, field) not in ids:
+        # a new list opens on its top row, not on whichever row the last choice happens to be
+        setattr(state, f"{field}_list", listed)
         setattr(state, field, ids[0])
     by_id = table.assign(prompt_id=ids).set_index("prompt_id")
     labels = {pid: f"{pid}: {_short(by_id.loc[pid, 'text'])}" for pid in ids}

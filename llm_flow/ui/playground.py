@@ -17,7 +17,7 @@ import streamlit as st
 import torch
 
 from llm_flow.errors import LlmFlowError, PromptError
-from llm_flow.figures.playground import anatomy_figure, heads_figure, sampling_figure
+from llm_flow.figures.playground import anatomy_figure, anatomy_title, heads_figure, sampling_figure
 from llm_flow.models.run import Run
 from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads
@@ -276,8 +276,7 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
         st.dataframe(_anatomy_table(result), hide_index=True, width="stretch", key="playground_anatomy_table")
         st.caption("The download icon at the top right of the table saves it as CSV.")
     with st.popover("Export", icon=":material/download:"):
-        title = (f"{run.model.name}: anatomy of the prediction {display_token(result.token)!r} → "
-                 f"{display_token(result.target)!r} at token {target} of {run.prompt!r}")  # fmt: skip
+        title = anatomy_title(run.model.name, run.prompt, result)
         figure_downloads(figure, title, f"anatomy-{run.model.name}-token{target}", key="playground_anatomy_export")
 
 

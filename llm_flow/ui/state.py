@@ -162,7 +162,9 @@ class DatasetState:
     view: str = linked("data_view", "first folder")
     component: str | None = linked("data_component", None)
     prompt: str | None = None  # the prompt chosen in the component's list (first folder)
+    prompt_list: tuple | None = None  # (folder, component, position class) that list was for
     prompt_compare: str | None = None  # and in the second folder's list
+    prompt_compare_list: tuple | None = None
 
 
 @dataclass
