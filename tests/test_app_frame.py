@@ -295,3 +295,25 @@ print(json.dumps({{"captions": [c.value for c in app.caption],
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert any("blocked by the test" in message for message in seen["errors"]), seen
     assert seen["captions"] == ["Starting llm-flow…"], seen
+
+
+def test_find_a_node_selects_it_and_centres_the_graph(tiny_config, monkeypatch):
+    app = start(tiny_config, monkeypatch)
+    run = active_run(app)
+    last = run.n_tokens - 1
+    app.text_input(key=widget_key("explorer.find")).input(f"A1_{last}").run()
+    assert state(app).route.selected == f"A1_{last}" and state(app).explorer.focus == f"A1_{last}"
+    spec = json.loads(next(c for c in app.get("plotly_chart") if "explorer_route_chart" in c.proto.id).proto.spec)
+    x_range, y_range = spec["layout"]["xaxis"]["range"], spec["layout"]["yaxis"]["range"]
+    x, y = next((t["x"][i], t["y"][i]) for t in spec["data"] if t.get("customdata")
+                for i, c in enumerate(t["customdata"]) if c == f"A1_{last}")  # fmt: skip
+    assert x_range[0] < x < x_range[1] and y_range[0] < y < y_range[1], "the found node is in view"
+    xs = [v for t in spec["data"] for v in (t.get("x") or []) if isinstance(v, (int, float))]
+    assert x_range[1] - x_range[0] < max(xs) - min(xs) + 1, "and the view is zoomed on it"
+    assert "find" in dict(app.query_params) and dict(app.query_params)["focus"] in (f"A1_{last}", [f"A1_{last}"])
+
+    app.text_input(key=widget_key("explorer.find")).input("L99").run()
+    assert any("L99" in m.value or "layer" in m.value.lower() for m in (*app.error, *app.warning))
+    assert not app.exception
+    app.text_input(key=widget_key("explorer.find")).input("").run()
+    assert state(app).explorer.focus is None and "focus" not in dict(app.query_params)

@@ -197,3 +197,34 @@ def test_a_cancelled_attribution_leaves_the_previous_result(tiny_server, browser
     page.get_by_text("the previous result").wait_for()
     assert heatmap_title(page) == title
     page.screenshot(path=str(SHOTS / "state_04_attribution_cancelled.png"), timeout=SHOT_TIMEOUT)
+
+
+RANGES_JS = """(id) => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.data && g.data.some(
+      t => t.customdata && t.customdata.includes(id)));
+  const t = gd.data.find(t => t.customdata && t.customdata.includes(id));
+  const i = t.customdata.indexOf(id);
+  return {x: t.x[i], y: t.y[i], xr: gd._fullLayout.xaxis.range, yr: gd._fullLayout.yaxis.range};
+}"""
+
+
+def test_find_a_node_selects_and_centres_it(tiny_server, browser):  # noqa: F811
+    page = open_explorer(browser, tiny_server)
+    settle(page)
+    last = int(link(page)["token"])
+    box = page.get_by_role("textbox", name="Find a node")
+    box.fill(f"M1_{last}")
+    box.press("Enter")
+    page.get_by_text(f"M1_{last}: FFN of layer 1").wait_for(timeout=60_000)
+    settle(page)
+    page.wait_for_function("""(id) => [...document.querySelectorAll('.js-plotly-plot')].some(g => g.data && g.data.some(
+        t => t.customdata && t.customdata.includes(id)))""", arg=f"M1_{last}", timeout=60_000)  # redrawn
+    seen = page.evaluate(RANGES_JS, f"M1_{last}")
+    assert seen["xr"][0] < seen["x"] < seen["xr"][1] and seen["yr"][0] < seen["y"] < seen["yr"][1], seen
+    assert seen["xr"][1] - seen["xr"][0] < last, "the view is zoomed on the node, not the whole prompt"
+    no_exception(page, "after Find")
+    page.screenshot(path=str(SHOTS / "state_05_found_node.png"), timeout=SHOT_TIMEOUT)
+    box.fill("no such token anywhere")
+    box.press("Enter")
+    settle(page)
+    no_exception(page, "after a search that finds nothing")

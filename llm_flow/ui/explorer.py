@@ -12,6 +12,7 @@ from llm_flow.export import route_title
 from llm_flow.figures.route import figure_height, route_figure
 from llm_flow.models.run import Run
 from llm_flow.routes.graph import graph_json, shared_graph
+from llm_flow.routes.find import NodeSearch, find_nodes
 from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
@@ -46,6 +47,7 @@ def explorer_page(analysis: Analysis) -> None:
         state.route.selected = None
     automatic = run.n_tokens > COMPACT_FROM_TOKENS  # until the user chooses, by the prompt's length
     compact = automatic if state.explorer.compact is None else state.explorer.compact
+    search = _search(graph)  # before the figure: a found node is selected and centred
     graph_column, panel_column = st.columns([3, 2], gap="medium")
     with graph_column:
         st.caption(
@@ -56,13 +58,15 @@ def explorer_page(analysis: Analysis) -> None:
             "Only the tokens the route reaches", **bind("explorer.compact", to_widget=lambda _: compact),
             help="Leave out the token columns with no node on the route: long prompts stay readable.",
         )  # fmt: skip
-        figure = route_figure(graph, state.route.selected, compact=compact)
+        focus = state.explorer.focus
+        figure = route_figure(graph, state.route.selected, compact=compact, focus=focus)
         st.plotly_chart(
             figure, key=CHART,
             on_select=_on_graph_click, selection_mode="points", width="stretch",
             height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
         )  # fmt: skip
-        _exports(run, graph, compact)
+        _find_box(graph, search)
+        _exports(run, graph, compact, focus)
         route_check_panel(graph)
     with panel_column:
         predictions_panel(position)
@@ -73,14 +77,57 @@ def explorer_page(analysis: Analysis) -> None:
         element_panel(graph, state.route.selected)
 
 
-def _exports(run: Run, graph: nx.DiGraph, compact: bool) -> None:
+def _search(graph: nx.DiGraph) -> NodeSearch | str | None:
+    """What the *Find a node* box asks for on this route: the matches (the chosen one selected
+    and centred), a message when the query is malformed, or None when the box is empty."""
+    state = get_state()
+    explorer = state.explorer
+    if not explorer.find.strip():
+        explorer.focus = None
+        return None
+    try:
+        search = find_nodes(graph, explorer.find)
+    except LlmFlowError as exc:
+        explorer.focus = None
+        return str(exc)
+    if explorer.focus not in search.nodes:
+        explorer.focus = search.nodes[0] if search.nodes else None
+        if explorer.focus is not None:
+            state.route.selected = explorer.focus
+    return search
+
+
+def _find_box(graph: nx.DiGraph, search: NodeSearch | str | None) -> None:
+    left, right = st.columns([2, 3], vertical_alignment="bottom")
+    left.text_input(
+        "Find a node", placeholder="token, position (7), layer (L12) or node (A12_4)", **bind("explorer.find"),
+        help="Selects the node and centres the graph on it. Clear the box to see the whole route again.",
+    )  # fmt: skip
+    if isinstance(search, str):
+        right.error(search)
+    elif search is not None and not search.nodes:
+        right.warning(search.message)
+    elif search is not None:
+        right.selectbox(
+            search.message, search.nodes, format_func=lambda name: describe(graph, name),
+            **bind("explorer.focus", then=_select_focus),
+        )  # fmt: skip
+
+
+def _select_focus() -> None:
+    """Choosing another match selects it too (the panel shows what it did)."""
+    state = get_state()
+    state.route.selected = state.explorer.focus
+
+
+def _exports(run: Run, graph: nx.DiGraph, compact: bool, focus: str | None) -> None:
     """The route as files: the figure (without the selection mark) and the graph as JSON."""
     target = graph.graph["target"]
     with st.popover("Export", icon=":material/download:"):
         title = route_title(run.model.name, run.prompt, run.str_tokens[target], target,
                             graph.graph["threshold"], graph.graph["renormalize"])  # fmt: skip
         stem = f"route-{run.model.name}-token{target}-t{graph.graph['threshold']:g}"
-        figure_downloads(route_figure(graph, compact=compact), title, stem, key="explorer_export")
+        figure_downloads(route_figure(graph, compact=compact, focus=focus), title, stem, key="explorer_export")
         st.download_button(
             "Graph as JSON (node-link)", data=partial(graph_json, graph), file_name=f"{safe_stem(stem)}.json",
             mime="application/json", key="explorer_export_json_button", width="stretch", on_click="ignore",

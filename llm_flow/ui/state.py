@@ -79,7 +79,8 @@ class ExplorerState:
     head: int | None = linked("head", None)  # the head chosen in an attention edge's panel
     neuron: int | None = linked("neuron", None)  # the neuron chosen in an FFN panel
     neuron_count: int = linked("neurons", 20, low=5, high=100)
-    find: str = ""  # the "Find a node" box
+    find: str = linked("find", "")  # the "Find a node" box
+    focus: str | None = linked("focus", None)  # the found node the graph is centred on
 
 
 @dataclass
