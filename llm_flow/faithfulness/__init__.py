@@ -11,38 +11,46 @@ left.
 
 Ablations: ``patching`` (from a counterfactual prompt of the same length), ``mean`` (over
 reference prompts), ``zero``. Scorers: ``alti``, ``eap``, ``eap-ig``, ``random`` (`SCORERS`).
+Sets of prompt pairs: `read_pairs`, `evaluate_pairs`. Names are imported on first use, so that
+reading a pair file or checking settings (the CLI does both first) does not load torch.
 """
 
-from llm_flow.faithfulness.curves import BUDGETS, BudgetCurve, SmallestCircuit, area, budget_curve, smallest_circuit, top_k
-from llm_flow.faithfulness.edges import Edges
-from llm_flow.faithfulness.problem import METRICS, Contrast, Faithfulness, Problem, faithfulness, prepare
-from llm_flow.faithfulness.registry import SCORERS, get_scorer
-from llm_flow.faithfulness.scorers import SELECTIONS, Alti, Eap, EapIg, Random, Scorer
-from llm_flow.faithfulness.values import MODES, AblationSpec
+from __future__ import annotations
 
-__all__ = [
-    "BUDGETS",
-    "METRICS",
-    "MODES",
-    "SCORERS",
-    "SELECTIONS",
-    "AblationSpec",
-    "Alti",
-    "BudgetCurve",
-    "Contrast",
-    "Eap",
-    "EapIg",
-    "Edges",
-    "Faithfulness",
-    "Problem",
-    "Random",
-    "Scorer",
-    "SmallestCircuit",
-    "area",
-    "budget_curve",
-    "faithfulness",
-    "get_scorer",
-    "prepare",
-    "smallest_circuit",
-    "top_k",
-]
+from llm_flow.lazy import lazy_exports
+
+_EXPORTS = {
+    "BUDGETS": "curves",
+    "BudgetCurve": "curves",
+    "SmallestCircuit": "curves",
+    "area": "curves",
+    "budget_curve": "curves",
+    "smallest_circuit": "curves",
+    "top_k": "curves",
+    "Edges": "edges",
+    "Pair": "pairs",
+    "read_pairs": "pairs",
+    "METRICS": "settings",
+    "Contrast": "problem",
+    "Faithfulness": "problem",
+    "Problem": "problem",
+    "faithfulness": "problem",
+    "prepare": "problem",
+    "SCORERS": "registry",
+    "get_scorer": "registry",
+    "SELECTIONS": "settings",
+    "Alti": "scorers",
+    "Eap": "scorers",
+    "EapIg": "scorers",
+    "Random": "scorers",
+    "Scorer": "scorers",
+    "PairCurves": "sets",
+    "PairsResult": "sets",
+    "evaluate_pairs": "sets",
+    "MODES": "settings",
+    "SCORER_NAMES": "settings",
+    "AblationSpec": "settings",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

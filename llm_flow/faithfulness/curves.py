@@ -140,7 +140,7 @@ def budget_curve(
     signed = metrics(False)
     absolute = signed if same else metrics(True)
     return BudgetCurve(
-        scorer=scorer.name, ablation=problem.spec.mode, metric_name=problem.contrast.metric, total=total,
+        scorer=scorer.key, ablation=problem.spec.mode, metric_name=problem.contrast.metric, total=total,
         budgets=budgets, edges=tuple(sizes),
         metric=tuple(signed), faithfulness=tuple(problem.normalised(m) for m in signed),
         metric_absolute=tuple(absolute), faithfulness_absolute=tuple(problem.normalised(m) for m in absolute),

@@ -16,6 +16,7 @@ same way, so f(full graph) = 1 and f(nothing) = 0 by construction, and f can exc
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,12 +27,11 @@ import torch
 from llm_flow.views.tokens import single_token
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL, Edges
-from llm_flow.faithfulness.values import AblationSpec, PartValues, ZeroValues, ablation_values
+from llm_flow.faithfulness.settings import METRICS, AblationSpec
+from llm_flow.faithfulness.values import PartValues, ZeroValues, ablation_values
 from llm_flow.interventions.forward import ablated_logits
 from llm_flow.interventions.parts import Ablation, LayerRemoval
 from llm_flow.models.run import Run
-
-METRICS = ("logit_diff", "probability")
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,11 @@ def prepare(
     ablation: AblationSpec,
     metric: str = "logit_diff",
     target: int = -1,
+    references: Sequence[Run] | None = None,
 ) -> Problem:
     """The faithfulness problem of `run`'s prediction at `target` (answer vs foil, each one
-    token). Runs the counterfactual (patching) or the reference prompts (mean) once."""
+    token). Runs the counterfactual (patching) or the reference prompts (mean; unless their
+    runs are given as `references`, see `values.reference_runs`) once."""
     model = run.model
     if getattr(model, "bridge", None) is None:
         raise UnsupportedModelError(f"{model.name}: faithfulness checks need a model loaded through TransformerLens")
@@ -186,7 +188,8 @@ def prepare(
     if answer_id == foil_id:
         raise ArgumentError(f"the answer and the foil are the same token ({answer!r}): pick a different foil")
     contrast = Contrast(answer_id, foil_id, position, metric)
-    return Problem(run, ablation, contrast, Edges.for_target(run, position), ablation_values(run, ablation))
+    values = ablation_values(run, ablation, references)
+    return Problem(run, ablation, contrast, Edges.for_target(run, position), values)
 
 
 def faithfulness(problem: Problem, circuit: nx.DiGraph | torch.Tensor) -> Faithfulness:

@@ -31,10 +31,9 @@ import torch
 from llm_flow.checks import check_choice, check_positive, check_seed
 from llm_flow.faithfulness.gradients import NodeGradients, node_gradients
 from llm_flow.faithfulness.problem import Problem
+from llm_flow.faithfulness.settings import SELECTIONS
 from llm_flow.faithfulness.values import RunValues
 from llm_flow.routes.contributions import full_contributions
-
-SELECTIONS = ("threshold", "flow", "contribution")
 
 
 class Scorer(ABC):
@@ -54,6 +53,12 @@ class Scorer(ABC):
     def passes(self) -> int:
         """Forward passes the scores cost (a backward pass counted as two)."""
         return 0
+
+    @property
+    def key(self) -> str:
+        """The name, with the options that differ from their defaults: ``alti[selection=flow]``."""
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]  # type: ignore[arg-type]
+        return f"{self.name}[{','.join(changed)}]" if changed else self.name
 
     @classmethod
     def options(cls) -> list[str]:

@@ -17,60 +17,23 @@ model's first T positions do not see what comes after).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from llm_flow.config import REPO_CONFIG
 from llm_flow.errors import ArgumentError
+from llm_flow.faithfulness.settings import AblationSpec
 from llm_flow.models.run import Run
 from llm_flow.wording import plural
 
-MODES = ("patching", "mean", "zero")
-STATES = ("resid_pre", "resid_mid", "mlp_out")
-#: The reference prompts mean ablation uses unless told otherwise.
-SAMPLE_REFERENCE = REPO_CONFIG.parent / "datasets" / "prose.jsonl"
-
-
-@dataclass(frozen=True)
-class AblationSpec:
-    """How ablated edges are replaced. `counterfactual`: the prompt patching reads (same token
-    count as the clean prompt); `reference`: a prompt file or a list of prompts for mean ablation
-    (default: the sample prose in config/datasets/)."""
-
-    mode: str = "patching"
-    counterfactual: str | None = None
-    reference: str | os.PathLike[str] | Sequence[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ArgumentError(f"ablation must be one of {', '.join(MODES)} (got {self.mode!r})")
-        if self.mode == "patching" and (not isinstance(self.counterfactual, str) or not self.counterfactual.strip()):
-            raise ArgumentError("patching needs a counterfactual prompt (the same length as the prompt, in tokens)")
-        if self.mode != "patching" and self.counterfactual is not None:
-            raise ArgumentError(f"a counterfactual prompt is for patching, not {self.mode} ablation")
-        if self.mode != "mean" and self.reference is not None:
-            raise ArgumentError(f"reference prompts are for mean ablation, not {self.mode}")
-
-    def reference_prompts(self) -> list[str]:
-        """The texts mean ablation averages over (a file is read and checked here)."""
-        from llm_flow.dataset.prompts import read_prompts
-
-        source = SAMPLE_REFERENCE if self.reference is None else self.reference
-        if isinstance(source, (str, os.PathLike)) and not Path(source).suffix:
-            raise ArgumentError(f"reference {source!r}: give a prompt file (.txt, .jsonl, .csv, .parquet) or a list of prompts")
-        return [item.text for item in read_prompts(source)]
-
 
 class RunValues:
-    """Part values as one Run computed them."""
+    """Part values as one Run computed them, on its first `n_tokens` positions (default: all; a
+    causal model's first positions are the same whatever follows)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, n_tokens: int | None = None) -> None:
         self.run = run
-        self.n_tokens = run.n_tokens
+        self.n_tokens = run.n_tokens if n_tokens is None else min(n_tokens, run.n_tokens)
 
     def attention(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
         pattern, values, w_o, gain = self._attention(layer)
@@ -88,22 +51,23 @@ class RunValues:
         value = getattr(self.run.layer(layer), name)
         if value is None:
             raise ArgumentError(f"this model has parallel blocks: there is no {name}")
-        return value.float()
+        return value[: self.n_tokens].float()
 
     def _attention(self, layer: int):
-        acts = self.run.layer(layer)
-        pattern = acts.pattern.dense().float()  # [H, T, T]
+        acts, n = self.run.layer(layer), self.n_tokens
+        pattern = acts.pattern.block(0, n).permute(1, 0, 2).float()  # [H, T, T]
         n_heads = pattern.shape[0]
-        values = acts.values.float().repeat_interleave(n_heads // acts.values.shape[1], dim=1)  # [T, H, d_head]
+        values = acts.values[:n].float().repeat_interleave(n_heads // acts.values.shape[1], dim=1)  # [T, H, d_head]
         w_o = self.run.model.attention_output_weight(layer).float()
-        return pattern, values, w_o, acts.attn_gain
+        gain = None if acts.attn_gain is None else acts.attn_gain[:n]
+        return pattern, values, w_o, gain
 
 
 class MeanValues:
     """Position-matched means over reference Runs of any length (each covers its own positions)."""
 
     def __init__(self, runs: Sequence[Run], n_tokens: int) -> None:
-        self.sources = [RunValues(run) for run in runs]
+        self.sources = [RunValues(run, n_tokens) for run in runs]
         self.n_tokens = n_tokens
         counts = torch.zeros(n_tokens)
         for source in self.sources:
@@ -155,9 +119,10 @@ class ZeroValues:
 PartValues = RunValues | MeanValues | ZeroValues
 
 
-def ablation_values(run: Run, spec: AblationSpec) -> PartValues:
-    """The values `spec` puts in place of ablated parts of `run`'s prompt (runs the model on the
-    counterfactual or the reference prompts)."""
+def ablation_values(run: Run, spec: AblationSpec, references: Sequence[Run] | None = None) -> PartValues:
+    """The values `spec` puts in place of ablated parts of `run`'s prompt. Runs the model on the
+    counterfactual, or on the reference prompts unless their `references` runs are given (a set
+    of prompts can share them: each uses the positions it needs)."""
     model = run.model
     if spec.mode == "zero":
         return ZeroValues(run.n_tokens, model.info.d_model)
@@ -170,6 +135,10 @@ def ablation_values(run: Run, spec: AblationSpec) -> PartValues:
                 "reword the counterfactual"
             )
         return RunValues(counterfactual)
+    return MeanValues(reference_runs(model, spec, run.n_tokens) if references is None else references, run.n_tokens)
+
+
+def reference_runs(model, spec: AblationSpec, n_tokens: int | None = None) -> list[Run]:
+    """One Run per reference prompt of `spec` (blank ones skipped), cut to `n_tokens` if given."""
     texts = [text for text in spec.reference_prompts() if text.strip()]
-    runs = [model.run_ids(model.encode(text)[: run.n_tokens], prompt=text) for text in texts]
-    return MeanValues(runs, run.n_tokens)
+    return [model.run_ids(model.encode(text)[:n_tokens], prompt=text) for text in texts]
