@@ -28,6 +28,9 @@ from llm_flow.faithfulness import (
 )
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL
 from llm_flow.faithfulness.gradients import node_gradients
+from llm_flow.faithfulness.pairs import read_pairs
+from llm_flow.views.tokens import single_token
+from tests.conftest import REPO
 from tests.hf_interventions import HfModel
 from tests.tiny_models import FAMILIES, tiny_tokenizer
 
@@ -318,3 +321,25 @@ def test_bad_settings_are_refused_with_what_to_change(tiny_models):
         faithfulness(problem, torch.ones(3, dtype=torch.bool))
     with pytest.raises(ArgumentError, match="explains token 5"):
         faithfulness(problem, llm_flow.build_graph(run, target=5))
+
+
+# --- the pairs that ship -----------------------------------------------------------------------
+
+
+def test_shipped_pairs_have_equal_lengths_and_smollm2_answers_them_right(smollm2):
+    paths = sorted((REPO / "config" / "datasets").glob("pairs_*.jsonl"))
+    assert [p.name for p in paths] == ["pairs_capitals.jsonl", "pairs_ioi.jsonl", "pairs_years.jsonl"]
+    for path in paths:
+        pairs = read_pairs(path)
+        assert len(pairs) >= 40 and len({p.clean for p in pairs}) == len(pairs)
+        by_length: dict[int, list] = {}
+        for pair in pairs:
+            ids = smollm2.encode(pair.clean)
+            assert len(ids) == len(smollm2.encode(pair.counterfactual)), pair
+            tokens = single_token(smollm2, pair.answer), single_token(smollm2, pair.foil)
+            by_length.setdefault(len(ids), []).append((ids, tokens, pair))
+        for group in by_length.values():  # one batched pass per prompt length
+            with torch.no_grad():
+                logits = smollm2.hf_model(torch.tensor([ids for ids, _, _ in group])).logits[:, -1]
+            for row, (_, (answer, foil), pair) in zip(logits, group):
+                assert row[answer] > row[foil], pair
