@@ -28,7 +28,8 @@ from llm_flow.faithfulness import (
 )
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL
 from llm_flow.faithfulness.gradients import node_gradients
-from llm_flow.faithfulness.pairs import read_pairs
+from llm_flow.faithfulness.pairs import Pair, read_pairs
+from llm_flow.faithfulness.sets import evaluate_pairs
 from llm_flow.views.tokens import single_token
 from tests.conftest import REPO
 from tests.hf_interventions import HfModel
@@ -343,3 +344,20 @@ def test_shipped_pairs_have_equal_lengths_and_smollm2_answers_them_right(smollm2
                 logits = smollm2.hf_model(torch.tensor([ids for ids, _, _ in group])).logits[:, -1]
             for row, (_, (answer, foil), pair) in zip(logits, group):
                 assert row[answer] > row[foil], pair
+
+
+def test_a_set_of_pairs_averages_per_pair_and_pools_metrics_as_mib(tiny_models):
+    pairs = [Pair("a", CLEAN, COUNTERFACTUAL, " John", " a"), Pair("b", COUNTERFACTUAL, CLEAN, " John", " a"),
+             Pair("c", CLEAN, COUNTERFACTUAL, " Mary", " a")]  # fmt: skip
+    result = evaluate_pairs(tiny_models("llama"), pairs, [Random(), Alti()], "mean", budgets=(0.01, 0.5, 1.0))
+    assert [r.pair.pair_id for r in result.evaluated] == ["a", "b"] and "2 tokens" in result.results[2].error
+    row = result.summary().set_index("scorer").loc["random"]
+    curves = [r.curves["random"] for r in result.evaluated]
+    assert row["cpr_mean"] == pytest.approx(sum(c.cpr for c in curves) / 2)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    full, empty = mean([c.full for c in curves]), mean([c.empty for c in curves])
+    pooled = [(mean([c.metric[k] for c in curves]) - empty) / (full - empty) for k in range(3)]
+    assert result.pooled("random")[0] == pytest.approx(pooled)
+    assert row["cpr_pooled"] == pytest.approx(area((0.01, 0.5, 1.0), pooled))
+    frame = result.frame()
+    assert len(frame) == 2 * 2 * 3 and list(frame.columns[:3]) == ["pair", "task", "scorer"]

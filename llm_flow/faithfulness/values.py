@@ -34,6 +34,7 @@ class RunValues:
     def __init__(self, run: Run, n_tokens: int | None = None) -> None:
         self.run = run
         self.n_tokens = run.n_tokens if n_tokens is None else min(n_tokens, run.n_tokens)
+        self._layers: dict[int, tuple] = {}  # dense float32 tensors per layer, made once (every pass reads them)
 
     def attention(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
         pattern, values, w_o, gain = self._attention(layer)
@@ -54,6 +55,11 @@ class RunValues:
         return value[: self.n_tokens].float()
 
     def _attention(self, layer: int):
+        if layer not in self._layers:
+            self._layers[layer] = self._dense(layer)
+        return self._layers[layer]
+
+    def _dense(self, layer: int):
         acts, n = self.run.layer(layer), self.n_tokens
         pattern = acts.pattern.block(0, n).permute(1, 0, 2).float()  # [H, T, T]
         n_heads = pattern.shape[0]
