@@ -91,3 +91,32 @@ def check_seed(seed: object) -> int | None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ArgumentError(f"the seed must be a whole number >= 0 (got {seed!r})")
     return seed
+
+
+def check_positive(name: str, value: object, low: int = 1, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise ArgumentError(f"{name} must be an integer {bound} (got {value!r})")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ArgumentError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentError(f"{name} must be true or false (got {value!r})")
+
+
+def build_named(classes: dict, key: object, name: object, options: dict, what: str):
+    """``classes[key](**options)`` for a registry of option-carrying classes (attribution
+    methods, edge scorers), or an error that lists the names or the options there are."""
+    if key not in classes:
+        raise ArgumentError(f"unknown {what} {name!r}: use one of {', '.join(classes)}")
+    cls = classes[key]
+    unknown = sorted(set(options) - set(cls.options()))
+    if unknown:
+        valid = ", ".join(cls.options()) or "none"
+        raise ArgumentError(f"{key} has no option {unknown[0]!r} (its options: {valid})")
+    return cls(**options)

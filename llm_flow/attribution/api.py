@@ -6,8 +6,9 @@ from llm_flow.attribution.base import FUNCTIONS, Method, Problem, Progress, chec
 from llm_flow.attribution.registry import get_method
 from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import step_scores
-from llm_flow.attribution.targets import Sequence, encode_foil, prepare
+from llm_flow.attribution.targets import Sequence, prepare
 from llm_flow.models.base import TransparentLlm
+from llm_flow.views.tokens import single_token
 
 
 def attribute(
@@ -80,7 +81,7 @@ def attribute_sequence(
 
 def _explained(model: TransparentLlm, foil: str | None, function: str | None) -> tuple[int | None, str]:
     """The foil's token id and the output function (logit by default when there is a foil)."""
-    foil_id = encode_foil(model, foil) if foil is not None else None
+    foil_id = single_token(model, foil) if foil is not None else None
     if function is None:
         function = "logit" if foil_id is not None else "probability"
     check_choice("function", function, FUNCTIONS)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from llm_flow.attribution.targets import Sequence
+from llm_flow.checks import check_choice, check_flag, check_positive  # noqa: F401  (the methods' checks)
 from llm_flow.errors import ArgumentError
 from llm_flow.models.base import TransparentLlm
 
@@ -178,19 +179,3 @@ def stack_rows(rows: list[torch.Tensor], n_sources: int) -> np.ndarray:
     for step, row in enumerate(rows):
         out[step, : row.shape[0]] = row.detach().double().cpu().numpy()
     return out
-
-
-def check_positive(name: str, value: object, low: int = 1, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f"at least {low}"
-        raise ArgumentError(f"{name} must be an integer {bound} (got {value!r})")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ArgumentError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
-
-
-def check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ArgumentError(f"{name} must be true or false (got {value!r})")

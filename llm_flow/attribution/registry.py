@@ -6,7 +6,7 @@ from llm_flow.attribution.base import Method
 from llm_flow.attribution.gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from llm_flow.attribution.internals import AltiRollout, Attention
 from llm_flow.attribution.perturbation import Occlusion
-from llm_flow.errors import ArgumentError
+from llm_flow.checks import build_named
 
 #: name -> class, in the order the app and the CLI offer them.
 METHODS: dict[str, type[Method]] = {
@@ -20,11 +20,4 @@ METHODS: dict[str, type[Method]] = {
 def get_method(name: str, **options: object) -> Method:
     """The method called `name` (``-`` and ``_`` alike) with its options, checked."""
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in METHODS:
-        raise ArgumentError(f"unknown attribution method {name!r}: use one of {', '.join(METHODS)}")
-    cls = METHODS[key]
-    unknown = sorted(set(options) - set(cls.options()))
-    if unknown:
-        valid = ", ".join(cls.options()) or "none"
-        raise ArgumentError(f"{key} has no option {unknown[0]!r} (its options: {valid})")
-    return cls(**options)
+    return build_named(METHODS, key, name, options, "attribution method")

@@ -62,20 +62,6 @@ def encode_prompt(model: TransparentLlm, prompt: str, chat_template: bool = Fals
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_foil(model: TransparentLlm, foil: str) -> int:
-    """A contrastive foil must be exactly one token (``" London"``, with its leading space)."""
-    if not isinstance(foil, str) or not foil:
-        raise ArgumentError("the foil is empty: give one token, e.g. ' London'")
-    ids = model.tokenizer(foil, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = ", ".join(repr(t) for t in model.decode_tokens(ids))
-        raise ArgumentError(
-            f"the foil {foil!r} is {plural(len(ids), 'token')} ({pieces}); give a single token "
-            "(mind the leading space: ' London' is not 'London')"
-        )
-    return int(ids[0])
-
-
 def prepare(
     model: TransparentLlm,
     prompt: str,

@@ -12,7 +12,7 @@ checking settings (the CLI does both before anything slow) does not load torch.
 
 from __future__ import annotations
 
-import importlib
+from llm_flow.lazy import lazy_exports
 
 _EXPORTS = {
     "POSITION_CLASSES": "reduce",
@@ -31,9 +31,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llm_flow.dataset' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"llm_flow.dataset.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,6 +19,9 @@ What "remove" means (and what the tests check against plain `transformers`):
   scale what is left back up to the old norm and hide most of any removal.)
 * FFN parts are zeroed or replaced by the FFN's mean output over the prompt's positions in the
   unmodified run (a fixed reference, as mean ablation usually is).
+* A layer's fixed replacement vectors (``LayerRemoval.attention_added``, ``ffn_added``) are added
+  after the removals: what patching from a counterfactual prompt or a reference mean puts where
+  the removed parts were (``llm_flow.faithfulness``).
 """
 
 from __future__ import annotations
@@ -95,9 +98,9 @@ class _LayerSurgery:
             hooks.append((f"{block}.hook_resid_pre", self._keep("resid_pre")))
         if r.residual_ffn:
             hooks.append((f"{block}.hook_resid_mid", self._keep("resid_mid")))
-        if len(r.attention) or r.residual_attention:
+        if len(r.attention) or r.residual_attention or r.attention_added is not None:
             hooks.append((f"{block}.hook_attn_out", self._attention_out))
-        if r.ffn or r.residual_ffn:
+        if r.ffn or r.residual_ffn or r.ffn_added is not None:
             hooks.append((f"{block}.hook_mlp_out", self._ffn_out))
         return hooks
 
@@ -115,6 +118,8 @@ class _LayerSurgery:
         if self.removal.residual_attention:
             positions = sorted(self.removal.residual_attention)
             out[0, positions] -= self.seen.pop("resid_pre")[positions]
+        if self.removal.attention_added is not None:
+            out[0] += self.removal.attention_added.to(out)
         return out
 
     def _removed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,4 +148,6 @@ class _LayerSurgery:
         if self.removal.residual_ffn:
             positions = sorted(self.removal.residual_ffn)
             out[0, positions] -= self.seen.pop("resid_mid")[positions]
+        if self.removal.ffn_added is not None:
+            out[0] += self.removal.ffn_added.to(out)
         return out

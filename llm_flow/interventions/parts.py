@@ -59,12 +59,18 @@ Part = AttentionPart | ResidualPart | FfnPart
 
 @dataclass(frozen=True, eq=False)
 class LayerRemoval:
-    """What one layer loses. Residual sets name the representation the residual is a part of."""
+    """What one layer loses. Residual sets name the representation the residual is a part of.
+
+    The two ``*_added`` vectors go where removed parts were: patching and mean ablation remove
+    a part as the pass computes it and add the value it has elsewhere (a counterfactual prompt,
+    a reference mean). They are fixed in advance, not recomputed in the pass."""
 
     attention: torch.Tensor  # [n, 3] int64 rows (query i, source j, head h), unique, j <= i
     residual_attention: frozenset[int]  # resid_pre[i] leaves A{l}_i (parallel blocks: I{l}_i)
     residual_ffn: frozenset[int]  # resid_mid[i] leaves I{l}_i (sequential blocks only)
     ffn: frozenset[int]  # mlp_out[i] is zeroed or mean-replaced
+    attention_added: torch.Tensor | None = None  # [T, d] added to what attention adds to the residual
+    ffn_added: torch.Tensor | None = None  # [T, d] added to what the FFN adds to the residual
 
     @property
     def n_parts(self) -> int:

@@ -8,6 +8,7 @@ import torch
 
 from llm_flow.errors import ArgumentError
 from llm_flow.models.base import TransparentLlm
+from llm_flow.wording import plural
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,18 @@ def display_token(token: str) -> str:
         return "·" * len(token) if token else "∅"
     core = core.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
     return "·" * lead + core + "·" * trail
+
+
+def single_token(model: TransparentLlm, text: str, role: str = "foil") -> int:
+    """The id of `text` when it is exactly one token (``" London"``, with its leading space): a
+    contrastive foil, or the answer a faithfulness check reads (`role` names it in errors)."""
+    if not isinstance(text, str) or not text:
+        raise ArgumentError(f"the {role} is empty: give one token, e.g. ' London'")
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = ", ".join(repr(t) for t in model.decode_tokens(ids))
+        raise ArgumentError(
+            f"the {role} {text!r} is {plural(len(ids), 'token')} ({pieces}); give a single token "
+            "(mind the leading space: ' London' is not 'London')"
+        )
+    return int(ids[0])
