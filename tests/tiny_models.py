@@ -90,12 +90,51 @@ def family_configs(vocab: int) -> dict[str, object]:
 FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen2", "gemma2"]
 
 
+def other_configs(vocab: int) -> dict[str, object]:
+    """Families beyond the decoders above: encoders, mixtures of experts, encoder–decoders."""
+    from transformers import (
+        BertConfig, BertForMaskedLM, MarianConfig, MarianMTModel, MixtralConfig, MixtralForCausalLM,
+        Qwen2MoeConfig, Qwen2MoeForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config,
+        T5ForConditionalGeneration,
+    )  # fmt: skip
+
+    encoder = dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, vocab_size=vocab, initializer_range=0.3, pad_token_id=2,
+    )  # fmt: skip
+    experts = dict(num_key_value_heads=2, num_experts_per_tok=2)
+    return {
+        "bert": (BertForMaskedLM, BertConfig(**encoder)),
+        "roberta": (RobertaForMaskedLM, RobertaConfig(**encoder)),
+        "mixtral": (MixtralForCausalLM, MixtralConfig(**_small(vocab, num_local_experts=4, **experts))),
+        "qwen2_moe": (
+            Qwen2MoeForCausalLM,
+            Qwen2MoeConfig(**_small(vocab, num_experts=4, moe_intermediate_size=48, shared_expert_intermediate_size=64, **experts)),
+        ),
+        "t5": (T5ForConditionalGeneration, T5Config(
+            vocab_size=vocab, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+            decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
+        )),  # fmt: skip
+        "marian": (MarianMTModel, MarianConfig(
+            vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=256,
+            decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
+        )),  # fmt: skip
+    }
+
+
+def build_model(family: str, seed: int = 0):
+    """The family's random model (any family of `family_configs` or `other_configs`) and a tokenizer."""
+    tokenizer = tiny_tokenizer()
+    configs = {**family_configs(len(tokenizer)), **other_configs(len(tokenizer))}
+    model_class, config = configs[family]
+    torch.manual_seed(seed)
+    return model_class(config).eval(), tokenizer
+
+
 def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     """Build the family's random model and save it with the tiny tokenizer as a local folder."""
-    tokenizer = tiny_tokenizer()
-    model_class, config = family_configs(len(tokenizer))[family]
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
+    model, tokenizer = build_model(family, seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

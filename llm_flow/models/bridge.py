@@ -264,14 +264,29 @@ class BridgeLlm(TransparentLlm):
 
     def _check_supported(self, name: str) -> None:
         """Fail at load time, with the reason, for models the maths cannot decompose exactly."""
+        arch = type(self._bridge.original_model).__name__
+        if not _has_output_projection(self._bridge.blocks[0].mlp):
+            raise UnsupportedModelError(
+                f"{name}: {arch} is a mixture-of-experts model (its FFN is a router-weighted sum of "
+                "experts, with no single output projection); llm-flow cannot split FFN "
+                "contributions by expert yet"
+            )
         missing = [n for n in self._hook_names() if n not in self._bridge.hook_dict]
         if missing:
             raise UnsupportedModelError(
                 f"{name}: llm-flow cannot trace this architecture "
-                f"({type(self._bridge.original_model).__name__}); TransformerLens exposes no "
+                f"({arch}); TransformerLens exposes no "
                 f"{missing[0]!r} hook for it (e.g. mixture-of-experts or non-standard attention)"
             )
         if self._post_norms and self._bridge.cfg.normalization_type != "RMS":
             raise UnsupportedModelError(
                 f"{name}: post-block LayerNorm is not supported (only RMSNorm post-norms, as in Gemma)"
             )
+
+
+def _has_output_projection(mlp: torch.nn.Module) -> bool:
+    """Whether the FFN bridge exposes one W_out (a mixture of experts has one per expert)."""
+    try:
+        return mlp.W_out is not None
+    except AttributeError:
+        return False

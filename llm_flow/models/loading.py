@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_flow.config import CONFIG_ENV, Config, ModelEntry, PackagedFile, default_config_path, load_config
 from llm_flow.errors import (
@@ -25,13 +25,16 @@ from llm_flow.errors import (
     ConfigError,
     ModelLoadError,
     ModelNotFoundError,
+    UnsupportedModelError,
 )
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.families import model_class, refusal_reason
 from llm_flow.models.gguf import converted_folder
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
+from llm_flow.models.probe import check_parts_add_up
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,6 +65,9 @@ def load_model(
         if tokenizer is None:
             raise ArgumentError("an in-memory model needs its tokenizer: load_model(model, tokenizer=...)")
         name = getattr(source.config, "name_or_path", "") or type(source).__name__
+        refusal = refusal_reason(source.config)
+        if refusal is not None:
+            raise UnsupportedModelError(f"{name}: {refusal}")
         return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentError(f"cannot load a model from a {type(source).__name__}")
@@ -147,7 +153,7 @@ def _from_pretrained(
     offline = None if is_local else hub_offline_reason()
     try:
         with nullcontext() if is_local else quiet_hub_logs():
-            return _hf_load(folder_or_id, dtype, trust_remote_code, local_files_only=offline is not None)
+            return _hf_load(folder_or_id, source.name, dtype, trust_remote_code, local_files_only=offline is not None)
     except OSError as exc:
         if is_local:
             raise ModelLoadError(f"cannot load the model folder {folder_or_id}: {_first_line(exc)}") from exc
@@ -157,12 +163,17 @@ def _from_pretrained(
 
 
 def _hf_load(
-    folder_or_id: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
+    folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The architecture is checked from the config before any weight is read."""
+    hf_config = AutoConfig.from_pretrained(
+        folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
+    auto_class = model_class(name, hf_config)
     tokenizer = AutoTokenizer.from_pretrained(
         folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    model = AutoModelForCausalLM.from_pretrained(
+    model = auto_class.from_pretrained(
         folder_or_id,
         dtype=dtype,
         attn_implementation="eager",
@@ -219,7 +230,9 @@ def _wrap(
         )
     except Exception as exc:  # the bridge raises many types for architectures it cannot wrap
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
-    return BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
+    model = BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
+    check_parts_add_up(model)
+    return model
 
 
 def _check_device(device: str | torch.device, dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
