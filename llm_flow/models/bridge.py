@@ -253,6 +253,7 @@ class BridgeLlm(TransparentLlm):
             if normalize:
                 x = self._bridge.ln_final(x)
             logits = (x @ self._bridge.W_U + self._bridge.b_U).float()
+            logits = logits * float(getattr(self._bridge.cfg, "logit_scale", None) or 1.0)  # Cohere
             cap = float(getattr(self._bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
             return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -265,18 +266,17 @@ class BridgeLlm(TransparentLlm):
     def _check_supported(self, name: str) -> None:
         """Fail at load time, with the reason, for models the maths cannot decompose exactly."""
         arch = type(self._bridge.original_model).__name__
-        if not _has_output_projection(self._bridge.blocks[0].mlp):
+        missing = [n for n in self._hook_names() if n not in self._bridge.hook_dict]
+        if missing:
+            raise UnsupportedModelError(
+                f"{name}: llm-flow cannot trace this architecture ({arch}); TransformerLens exposes "
+                f"no {missing[0]!r} hook for it (e.g. a state-space or recurrent block, or non-standard attention)"
+            )
+        if not all(_has_output_projection(block.mlp) for block in self._bridge.blocks):
             raise UnsupportedModelError(
                 f"{name}: {arch} is a mixture-of-experts model (its FFN is a router-weighted sum of "
                 "experts, with no single output projection); llm-flow cannot split FFN "
                 "contributions by expert yet"
-            )
-        missing = [n for n in self._hook_names() if n not in self._bridge.hook_dict]
-        if missing:
-            raise UnsupportedModelError(
-                f"{name}: llm-flow cannot trace this architecture "
-                f"({arch}); TransformerLens exposes no "
-                f"{missing[0]!r} hook for it (e.g. mixture-of-experts or non-standard attention)"
             )
         if self._post_norms and self._bridge.cfg.normalization_type != "RMS":
             raise UnsupportedModelError(

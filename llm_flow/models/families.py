@@ -8,6 +8,8 @@ and are wrong. An encoder–decoder has no causal-LM class at all.
 
 from __future__ import annotations
 
+import re
+
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -16,6 +18,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from llm_flow.errors import UnsupportedModelError
+
+_OTHER_MODALITY = re.compile(r"vision|audio|image|speech|video|vq")
 
 
 def architecture_name(config: PretrainedConfig) -> str:
@@ -51,6 +55,12 @@ def model_class(name: str, config: PretrainedConfig) -> type:
 def refusal_reason(config: PretrainedConfig) -> str | None:
     """Why llm-flow refuses this kind of model, in one sentence naming it; None when it does not."""
     arch = architecture_name(config)
+    other_inputs = sorted(key for key in getattr(config, "sub_configs", {}) if _OTHER_MODALITY.search(key))
+    if other_inputs:
+        return (
+            f"{arch} is a multimodal model (it also has {', '.join(other_inputs)}); llm-flow explains "
+            "text-only language models"
+        )
     if is_encoder_decoder(config):
         return (
             f"{arch} is an encoder–decoder (translation/summarisation) model; llm-flow explains "

@@ -23,6 +23,7 @@ from llm_flow.config import CONFIG_ENV, Config, ModelEntry, PackagedFile, defaul
 from llm_flow.errors import (
     ArgumentError,
     ConfigError,
+    LlmFlowError,
     ModelLoadError,
     ModelNotFoundError,
     UnsupportedModelError,
@@ -224,14 +225,29 @@ def _wrap(
         raise ConfigError(f"{name}: prepend_bos is true but the tokenizer has no BOS token")
     # Old short names ("gpt2") make the bridge log a deprecation; give it the official name.
     bridge_name = resolve_model_alias(name) or name
+    architecture = type(hf_model).__name__
+    if not getattr(hf_model.config, "architectures", None):  # a model built in code: the bridge picks its adapter by this
+        hf_model.config.architectures = [architecture]
     try:
         bridge = TransformerBridge.boot_transformers(
             bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer, device=device, dtype=dtype
         )
     except Exception as exc:  # the bridge raises many types for architectures it cannot wrap
+        if "Could not determine supported architecture" in str(exc):
+            raise UnsupportedModelError(
+                f"{name}: TransformerLens has no adapter for {architecture}, so llm-flow cannot trace it"
+            ) from exc
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
-    model = BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
-    check_parts_add_up(model)
+    try:
+        model = BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
+        check_parts_add_up(model)
+    except LlmFlowError:
+        raise
+    except Exception as exc:  # an adapter whose modules are not what the maths reads fails in many ways
+        raise UnsupportedModelError(
+            f"{name}: llm-flow cannot trace {architecture} through TransformerLens's adapter "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     return model
 
 
