@@ -17,8 +17,6 @@ from tests.tiny_models import build_model, save_tiny_model
 REFUSED = {
     "t5": ("T5ForConditionalGeneration", "encoder–decoder"),
     "marian": ("MarianMTModel", "encoder–decoder"),
-    "bert": ("BertForMaskedLM", "bidirectional encoder"),
-    "roberta": ("RobertaForMaskedLM", "bidirectional encoder"),
     "mixtral": ("MixtralForCausalLM", "mixture-of-experts"),
     "qwen2_moe": ("Qwen2MoeForCausalLM", "mixture-of-experts"),
 }
@@ -35,21 +33,45 @@ def test_unexplainable_architectures_are_refused_from_a_folder(family, tmp_path)
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("family", ["mixtral", "t5"])
 def test_unexplainable_architectures_are_refused_in_memory(family):
     model, tokenizer = build_model(family)
     with pytest.raises(llm_flow.UnsupportedModelError, match=REFUSED[family][1]):
         llm_flow.load_model(model, tokenizer=tokenizer)
 
 
-def test_bert_as_a_causal_head_is_refused_too():
-    """The silent wrong answer of the issue: BERT weights under BertLMHeadModel (not a decoder)."""
+def test_bert_under_a_causal_lm_class_is_explained_as_the_encoder_it_is():
+    """The silent wrong answer of the issue: BERT weights under BertLMHeadModel (not a decoder)
+    were drawn with a causal mask. They are an encoder: every token reads every token."""
     from transformers import BertLMHeadModel
 
     model, tokenizer = build_model("bert")
     as_causal = BertLMHeadModel(model.config)
-    with pytest.raises(llm_flow.UnsupportedModelError, match="bidirectional encoder"):
-        llm_flow.load_model(as_causal, tokenizer=tokenizer)
+    as_causal.load_state_dict(model.state_dict())
+    loaded = llm_flow.load_model(as_causal, tokenizer=tokenizer)
+    assert loaded.info.bidirectional
+    pattern = loaded.run(PROMPT).layer(0).pattern.dense()
+    assert float(torch.triu(pattern, diagonal=1).sum()) > 1.0
+
+
+def test_bert_configured_as_a_decoder_is_refused():
+    from transformers import BertLMHeadModel
+
+    model, tokenizer = build_model("bert")
+    model.config.is_decoder = True
+    with pytest.raises(llm_flow.UnsupportedModelError, match="configured as a decoder"):
+        llm_flow.load_model(BertLMHeadModel(model.config), tokenizer=tokenizer)
+
+
+def test_encoders_without_a_bridge_adapter_are_refused():
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from tests.tiny_models import tiny_wordpiece_tokenizer
+
+    tokenizer = tiny_wordpiece_tokenizer()
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=64, hidden_dim=96, n_layers=2, n_heads=4)
+    with pytest.raises(llm_flow.UnsupportedModelError, match="DistilBertForMaskedLM is a bidirectional encoder"):
+        llm_flow.load_model(DistilBertForMaskedLM(config), tokenizer=tokenizer)
 
 
 def test_the_probe_passes_on_supported_models(tiny_models):

@@ -30,6 +30,9 @@ class ModelInfo:
     device: str
     dtype: str
     post_norms: bool = False  # block outputs normalised before the residual add (Gemma 2/3)
+    bidirectional: bool = False  # an encoder: every token attends to every token (BERT)
+    post_ln: bool = False  # LayerNorm after the residual add, residual included (BERT's post-LN)
+    no_lm_head: bool = False  # no (masked-)LM head: the input embeddings serve as the unembedding
 
 
 class TransparentLlm(ABC):

@@ -20,7 +20,7 @@ from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
-from llm_flow.models.run import CausalPattern, LayerActivations, Run
+from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
 class BridgeLlm(TransparentLlm):
@@ -34,7 +34,10 @@ class BridgeLlm(TransparentLlm):
         prepend_bos: bool | None = None,
         max_prompt_tokens: int | None = None,
         max_run_bytes: int | None = None,
+        no_lm_head: bool = False,
     ) -> None:
+        """`no_lm_head`: the checkpoint had no (masked-)LM head (a sentence encoder); predictions
+        then use the input embeddings, never the randomly initialised head."""
         self._bridge = bridge.eval()
         self._tokenizer = tokenizer
         self._prepend_bos = prepend_bos
@@ -44,6 +47,11 @@ class BridgeLlm(TransparentLlm):
         cfg = bridge.cfg
         self._parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         self._post_norms = hasattr(bridge.blocks[0], "ln1_post")
+        # Encoders the bridge wraps (BERT, RoBERTa) attend both ways and normalise after the
+        # residual add; the load-time probe checks that this reading adds up.
+        self._bidirectional = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        self._post_ln = self._bidirectional
+        self._no_lm_head = no_lm_head
         self._check_supported(name)
         first_param = next(bridge.parameters())
         self.info = ModelInfo(
@@ -62,6 +70,9 @@ class BridgeLlm(TransparentLlm):
             device=str(first_param.device),
             dtype=str(first_param.dtype).removeprefix("torch."),
             post_norms=self._post_norms,
+            bidirectional=self._bidirectional,
+            post_ln=self._post_ln,
+            no_lm_head=no_lm_head,
         )
 
     # --- the underlying modules ---------------------------------------------------------------
@@ -148,6 +159,8 @@ class BridgeLlm(TransparentLlm):
                 tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
             )
         layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
+        if self._no_lm_head:  # the bridge's logits come from a head the checkpoint did not have
+            logits = self.unembed(layers[-1].resid_post)[None]
         return Run(
             model=self,
             prompt=prompt,
@@ -163,7 +176,10 @@ class BridgeLlm(TransparentLlm):
         def storing(name: str) -> Callable:
             def hook(tensor: torch.Tensor, hook) -> None:
                 batchless = tensor[0]
-                store[name] = CausalPattern(batchless) if name.endswith("hook_pattern") else batchless.clone()
+                if name.endswith("hook_pattern"):
+                    store[name] = FullPattern(batchless) if self._bidirectional else CausalPattern(batchless)
+                else:
+                    store[name] = batchless.clone()
 
             return hook
 
@@ -190,42 +206,48 @@ class BridgeLlm(TransparentLlm):
     def _hook_names(self) -> list[str]:
         names = []
         for layer in range(self._bridge.cfg.n_layers):
-            block = f"blocks.{layer}"
-            names += [
-                f"{block}.hook_resid_pre",
-                f"{block}.hook_resid_post",
-                f"{block}.attn.hook_v",
-                f"{block}.attn.hook_pattern",
-                f"{block}.hook_mlp_out",
-                f"{block}.mlp.hook_post",
-            ]
-            if not self._parallel:
-                names.append(f"{block}.hook_resid_mid")
-            if self._post_norms:
-                names += [f"{block}.ln1_post.hook_scale", f"{block}.ln2_post.hook_scale"]
+            names += list(self._layer_hooks(layer).values())
         return names
 
-    def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
+    def _layer_hooks(self, layer: int) -> dict[str, str]:
+        """Which hook holds each activation of `layer`. Post-LN blocks (BERT) take the states
+        from their norms: TransformerLens's ``hook_resid_mid`` there is not the state after
+        attention, and the FFN is not one module, so its ``hook_post`` never fires."""
         block = f"blocks.{layer}"
-        attn_gain = mlp_gain = None
+        hooks = {
+            "resid_pre": f"{block}.hook_resid_pre",
+            "resid_post": f"{block}.hook_resid_post",
+            "values": f"{block}.attn.hook_v",
+            "pattern": f"{block}.attn.hook_pattern",
+            "mlp_out": f"{block}.hook_mlp_out",
+            "neuron_acts": f"{block}.mlp.hook_post",
+        }
+        if self._post_ln:
+            hooks |= {
+                "resid_mid": f"{block}.ln1.hook_out",
+                "neuron_acts": f"{block}.mlp.out.hook_in",
+                "attn_scale": f"{block}.ln1.hook_scale",
+                "mlp_scale": f"{block}.ln2.hook_scale",
+            }
+        elif not self._parallel:
+            hooks["resid_mid"] = f"{block}.hook_resid_mid"
         if self._post_norms:
-            attn_gain = self.post_norm_gain(layer, "ln1_post", store[f"{block}.ln1_post.hook_scale"])
-            mlp_gain = self.post_norm_gain(layer, "ln2_post", store[f"{block}.ln2_post.hook_scale"])
-        return LayerActivations(
-            resid_pre=store[f"{block}.hook_resid_pre"],
-            resid_mid=None if self._parallel else store[f"{block}.hook_resid_mid"],
-            resid_post=store[f"{block}.hook_resid_post"],
-            values=store[f"{block}.attn.hook_v"],
-            pattern=store[f"{block}.attn.hook_pattern"],
-            mlp_out=store[f"{block}.hook_mlp_out"],
-            neuron_acts=store[f"{block}.mlp.hook_post"],
-            attn_gain=attn_gain,
-            mlp_gain=mlp_gain,
-        )
+            hooks |= {"attn_scale": f"{block}.ln1_post.hook_scale", "mlp_scale": f"{block}.ln2_post.hook_scale"}
+        return hooks
+
+    def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
+        held = {key: store[name] for key, name in self._layer_hooks(layer).items()}
+        attn_gain = mlp_gain = None
+        if self._post_norms or self._post_ln:
+            first, second = ("ln1", "ln2") if self._post_ln else ("ln1_post", "ln2_post")
+            attn_gain = self.post_norm_gain(layer, first, held.pop("attn_scale"))
+            mlp_gain = self.post_norm_gain(layer, second, held.pop("mlp_scale"))
+        return LayerActivations(**{"resid_mid": None, **held}, attn_gain=attn_gain, mlp_gain=mlp_gain)
 
     def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
         """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts
-        (docs/method.md#post-norms)."""
+        (docs/method.md#post-norms); so is LayerNorm's x ↦ w ⊙ (x − mean x) / σ once σ is fixed
+        (docs/method.md#encoders; the centering is applied to the parts themselves)."""
         weight = getattr(self._bridge.blocks[layer], norm).original_component.weight.float()
         if getattr(self._bridge.cfg, "rmsnorm_uses_offset", False):
             weight = 1.0 + weight
@@ -248,8 +270,14 @@ class BridgeLlm(TransparentLlm):
         return None if bias is None else bias.detach()
 
     def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """For a masked-LM encoder, "the final norm" is its whole prediction head (dense,
+        activation, LayerNorm); without a head, the input embeddings (docs/method.md#encoders)."""
         with torch.inference_mode():
+            if self._no_lm_head:
+                return self.vocab_projection(residual)
             x = residual.to(self._bridge.W_U.dtype)
+            if normalize and self._bidirectional:
+                return _masked_lm_head(self.hf_model)(x).float()
             if normalize:
                 x = self._bridge.ln_final(x)
             logits = (x @ self._bridge.W_U + self._bridge.b_U).float()
@@ -259,7 +287,15 @@ class BridgeLlm(TransparentLlm):
 
     def vocab_projection(self, vectors: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self._no_lm_head:
+                embeddings = self.hf_model.get_input_embeddings().weight  # [vocab, d]
+                return (vectors.to(embeddings.dtype) @ embeddings.T).float()
             return (vectors.to(self._bridge.W_U.dtype) @ self._bridge.W_U).float()
+
+    def post_ln_bias(self, layer: int, norm: str) -> torch.Tensor:
+        """β of a post-LN block's LayerNorm ("ln1" after attention, "ln2" after the FFN): it
+        enters the state and belongs to no part (docs/method.md#encoders)."""
+        return getattr(self._bridge.blocks[layer], norm).original_component.bias.detach().float()
 
     # --- support check ------------------------------------------------------------------------
 
@@ -290,3 +326,11 @@ def _has_output_projection(mlp: torch.nn.Module) -> bool:
         return mlp.W_out is not None
     except AttributeError:
         return False
+
+
+def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module:
+    """The prediction head of a masked-LM encoder: ``cls`` (BERT) or ``lm_head`` (RoBERTa)."""
+    for name in ("cls", "lm_head"):
+        if hasattr(hf_model, name):
+            return getattr(hf_model, name)
+    raise UnsupportedModelError(f"{type(hf_model).__name__} has no masked-LM head llm-flow knows (cls or lm_head)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -49,12 +50,18 @@ def model_class(name: str, config: PretrainedConfig) -> type:
     refusal = refusal_reason(config)
     if refusal is not None:
         raise UnsupportedModelError(f"{name}: {refusal}")
-    return AutoModelForCausalLM
+    return AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
 
 
-def refusal_reason(config: PretrainedConfig) -> str | None:
-    """Why llm-flow refuses this kind of model, in one sentence naming it; None when it does not."""
-    arch = architecture_name(config)
+def masked_lm_class_name(config: PretrainedConfig) -> str | None:
+    """The masked-LM class of an encoder family (``BertForMaskedLM``), None if it has none."""
+    return MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(config.model_type)
+
+
+def refusal_reason(config: PretrainedConfig, architecture: str | None = None) -> str | None:
+    """Why llm-flow refuses this kind of model, in one sentence naming it (`architecture`, by
+    default the one the config names); None when it does not."""
+    arch = architecture or architecture_name(config)
     other_inputs = sorted(key for key in getattr(config, "sub_configs", {}) if _OTHER_MODALITY.search(key))
     if other_inputs:
         return (
@@ -66,11 +73,15 @@ def refusal_reason(config: PretrainedConfig) -> str | None:
             f"{arch} is an encoder–decoder (translation/summarisation) model; llm-flow explains "
             "decoder-only language models only: cross-attention routes are not implemented yet"
         )
-    if is_encoder(config):
+    if is_encoder(config) and masked_lm_class_name(config) not in SUPPORTED_ARCHITECTURES:
         return (
-            f"{arch} is a bidirectional encoder (BERT family); llm-flow explains decoder-only "
-            "language models only: loading it as a causal LM would draw a causal mask and a "
-            "next-token head the model does not have"
+            f"{arch} is a bidirectional encoder TransformerLens's bridge has no adapter for "
+            "(llm-flow explains the BERT and RoBERTa encoders it has)"
+        )
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and getattr(config, "is_decoder", False):
+        return (
+            f"{arch} is an encoder family configured as a decoder (is_decoder); llm-flow explains "
+            "it as the bidirectional encoder it was trained as: load it without is_decoder"
         )
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return (

@@ -30,7 +30,8 @@ from llm_flow.errors import (
 )
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.bridge import BridgeLlm
-from llm_flow.models.families import model_class, refusal_reason
+from llm_flow.models.encoders import as_masked_lm, load_masked_lm
+from llm_flow.models.families import is_encoder, model_class, refusal_reason
 from llm_flow.models.gguf import converted_folder
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
@@ -66,10 +67,13 @@ def load_model(
         if tokenizer is None:
             raise ArgumentError("an in-memory model needs its tokenizer: load_model(model, tokenizer=...)")
         name = getattr(source.config, "name_or_path", "") or type(source).__name__
-        refusal = refusal_reason(source.config)
+        refusal = refusal_reason(source.config, type(source).__name__)
         if refusal is not None:
             raise UnsupportedModelError(f"{name}: {refusal}")
-        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
+        has_head = True
+        if is_encoder(source.config):
+            source, has_head = as_masked_lm(source)
+        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentError(f"cannot load a model from a {type(source).__name__}")
     config = config if config is not None else _default_config()
@@ -91,8 +95,8 @@ def load_model(
     folder_or_id = _local_or_hub(resolved, source, progress)
     if progress:
         progress(f"Loading {name}…")
-    hf_model, hf_tokenizer = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
-    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
+    hf_model, hf_tokenizer, has_head = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
+    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progr
 
 def _from_pretrained(
     folder_or_id: str, source: _Source, dtype: torch.dtype, trust_remote_code: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     is_local = Path(folder_or_id).is_dir()
     offline = None if is_local else hub_offline_reason()
     try:
@@ -165,8 +169,10 @@ def _from_pretrained(
 
 def _hf_load(
     folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The architecture is checked from the config before any weight is read."""
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
+    """The model, its tokenizer and whether its prediction head is the checkpoint's own (an
+    encoder saved without one has none). The architecture is checked from the config before any
+    weight is read."""
     hf_config = AutoConfig.from_pretrained(
         folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
@@ -174,14 +180,13 @@ def _hf_load(
     tokenizer = AutoTokenizer.from_pretrained(
         folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    model = auto_class.from_pretrained(
-        folder_or_id,
-        dtype=dtype,
-        attn_implementation="eager",
-        trust_remote_code=trust_remote_code,
-        local_files_only=local_files_only,
+    options = dict(
+        dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    return model, tokenizer
+    if is_encoder(hf_config):
+        model, has_head = load_masked_lm(folder_or_id, **options)
+        return model, tokenizer, has_head
+    return auto_class.from_pretrained(folder_or_id, **options), tokenizer, True
 
 
 def _hub_failure(hub_id: str, source: _Source, offline: str | None, exc: OSError) -> str:
@@ -215,6 +220,7 @@ def _wrap(
     prepend_bos: bool | None,
     max_prompt_tokens: int | None,
     max_run_bytes: int | None,
+    has_head: bool = True,
 ) -> TransparentLlm:
     # The bridge reloads a tokenizer from its name unless told it already adds BOS; llm-flow
     # tokenises by itself, so hand the bridge a copy marked as such and keep the original.
@@ -226,8 +232,7 @@ def _wrap(
     # Old short names ("gpt2") make the bridge log a deprecation; give it the official name.
     bridge_name = resolve_model_alias(name) or name
     architecture = type(hf_model).__name__
-    if not getattr(hf_model.config, "architectures", None):  # a model built in code: the bridge picks its adapter by this
-        hf_model.config.architectures = [architecture]
+    hf_model.config.architectures = [architecture]  # the bridge picks its adapter by this name
     try:
         bridge = TransformerBridge.boot_transformers(
             bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer, device=device, dtype=dtype
@@ -239,7 +244,9 @@ def _wrap(
             ) from exc
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
     try:
-        model = BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
+        model = BridgeLlm(
+            bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes, no_lm_head=not has_head
+        )
         check_parts_add_up(model)
     except LlmFlowError:
         raise

@@ -58,7 +58,7 @@ def first_mismatch(run: Run, tolerance: float) -> str | None:
                 return f"layer {layer}'s attention parts do not add up at token {position} ({problem})"
             parts = ffn_parts(run, layer, position)
             if act.resid_mid is not None:
-                problem = _compare(parts.whole, parts.residual + act.mlp_out[position].float(), tolerance)
+                problem = _compare(parts.whole, parts.residual + parts.ffn + parts.norm_bias, tolerance)
                 if problem:
                     return f"layer {layer}'s FFN output is not what it added to the residual at token {position} ({problem})"
             problem = _compare(parts.whole, parts.residual + parts.pieces.sum(0) + parts.bias, tolerance)
