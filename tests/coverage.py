@@ -22,11 +22,12 @@ import transformers
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 
 import llm_flow
+from llm_flow.models.families import is_encoder
 from llm_flow.routes.contributions import attention_parts, ffn_parts
 from tests.reference import l1_proximity
-from tests.tiny_models import tiny_tokenizer
+from tests.tiny_models import tiny_tokenizer, tiny_wordpiece_tokenizer
 
-PROMPT = "The capital of France is Paris. When Mary and John went"
+PROMPT = "The capital of France is Paris. When Mary and John went [MASK]"
 CAPABILITIES = ("load", "routes", "attention", "neuron view", "attribution", "generation")
 # Families our users bring (issue 20) that the bridge does not list by class name.
 EXTRA = ("AlbertForMaskedLM", "BertModel", "DistilBertForMaskedLM")
@@ -121,7 +122,9 @@ def build(name: str, tokenizer) -> tuple[torch.nn.Module | None, str]:
 def check(name: str) -> Row:
     """Every capability of architecture `name`."""
     row = Row(name)
-    tokenizer = tiny_tokenizer()
+    model_class = getattr(transformers, name, None)
+    encoder = model_class is not None and is_encoder(model_class.config_class())
+    tokenizer = tiny_wordpiece_tokenizer() if encoder else tiny_tokenizer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf_model, why = build(name, tokenizer)
@@ -166,7 +169,11 @@ def _routes(run, out) -> None:
     """The states are the model's own, and contributions equal the literal formula (float64)."""
     for layer in range(run.n_layers):
         _close(run.layer(layer).resid_pre, out.hidden_states[layer][0], f"layer {layer} input")
-    _close(run.logits, out.logits[0], "logits")
+    if run.model.info.no_lm_head:  # a sentence encoder: the last state against the input embeddings
+        embeddings = run.model.hf_model.get_input_embeddings().weight
+        _close(run.logits, out.hidden_states[-1][0] @ embeddings.T, "logits")
+    else:
+        _close(run.logits, out.logits[0], "logits")
     for layer in range(run.n_layers):
         c_heads, c_res = llm_flow.attention_contributions(run, layer)
         c_ffn, _ = llm_flow.ffn_contributions(run, layer)
@@ -190,8 +197,7 @@ def _direct(run, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor,
         total = total + prox_ffn
         return prox_heads / total, prox_res / total, prox_ffn / total
     ffn = ffn_parts(run, layer, position)
-    mlp_out = run.layer(layer).mlp_out[position].double()
-    prox_ffn = l1_proximity(ffn.whole.double(), mlp_out)
+    prox_ffn = l1_proximity(ffn.whole.double(), ffn.ffn.double())
     prox_res2 = l1_proximity(ffn.whole.double(), ffn.residual.double())
     return prox_heads / total, prox_res / total, prox_ffn / (prox_ffn + prox_res2)
 

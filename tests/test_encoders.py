@@ -108,3 +108,66 @@ def test_the_route_of_the_mask_reaches_tokens_on_both_sides(runs):
     positions = {data["position"] for _, data in graph.nodes(data=True)}
     assert any(p > mask for p in positions) and any(p < mask for p in positions)
     assert f"I{run.n_layers - 1}_{mask}" in graph
+
+
+def test_the_neuron_view_equals_queries_and_keys_of_the_plain_modules(runs, folders):
+    """BertViz's neuron view numbers (q, k, q·k, softmax) from BERT's own query/key layers."""
+    from llm_flow.views.attention_scores import neuron_view
+
+    run = runs["bert"]
+    model = AutoModelForMaskedLM.from_pretrained(str(folders["bert"]), attn_implementation="eager").eval()
+    out = hf_output(folders["bert"], run)
+    n_heads, d_head = 4, 16
+    layer, head, query = 1, 2, 3
+    attention = model.bert.encoder.layer[layer].attention.self
+    with torch.no_grad():
+        hidden = out.hidden_states[layer][0]
+        q = attention.query(hidden).view(-1, n_heads, d_head)[query, head]
+        k = attention.key(hidden).view(-1, n_heads, d_head)[:, head]
+    dots = k @ q
+    view = neuron_view(run, layer, head, query)
+    assert list(view.positions) == list(range(run.n_tokens))  # every source, after the query too
+    torch.testing.assert_close(torch.from_numpy(view.query_vector), q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(view.keys), k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(view.dots), dots, atol=1e-4, rtol=1e-5)
+    expected = torch.softmax(dots / d_head**0.5, -1)
+    torch.testing.assert_close(torch.from_numpy(view.probabilities), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(view.model_weights), out.attentions[layer][0, head, query])
+
+
+def test_attention_views_show_every_source_and_both_pair_directions(runs):
+    from llm_flow.views.attention import attention_view, token_window
+
+    run = runs["bert"]
+    window = token_window(run, center=3, size=4)
+    for weighting in ("attention", "norm", "alti"):
+        view = attention_view(run, layers=[0, 1], window=window, weighting=weighting)
+        assert view.weights.shape == (2, 4, 4, 4)
+        totals = view.weights.sum(-1) + view.outside  # inside plus outside the window: every source
+        if weighting == "attention":
+            assert abs(totals - 1.0).max() < 1e-5
+        elif weighting == "alti":  # the heads' shares: all but the residual's
+            residual = llm_flow.attention_contributions(run, 0)[1][window.start : window.stop].numpy()
+            assert abs(totals[0].sum(0) - (1.0 - residual)).max() < 1e-5
+    split = run.str_tokens.index(".") + 1
+    a_reads_b = attention_view(run, layers=[0], split=split, part="A->B")
+    assert a_reads_b.weights.sum() > 0.1
+
+
+def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs):
+    from llm_flow.interventions.checks import check_route
+    from llm_flow.views.generation import generate
+    from llm_flow.views.predictions import default_target, prediction_title
+
+    run = runs["bert"]
+    mask = run.str_tokens.index("[MASK]")
+    assert default_target(run) == mask
+    assert prediction_title(run, "[MASK]") == "Predicted at '[MASK]'"
+    with pytest.raises(llm_flow.UnsupportedModelError, match="does not generate text"):
+        generate(run.model, PROMPT, 2)
+    with pytest.raises(llm_flow.UnsupportedModelError, match="decoders only"):
+        check_route(run, llm_flow.build_graph(run, mask), draws=1)
+    from llm_flow.attribution.api import attribute
+
+    with pytest.raises(llm_flow.UnsupportedModelError, match=r"\[MASK\] predictions is not implemented"):
+        attribute(run.model, PROMPT, "saliency")

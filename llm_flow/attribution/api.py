@@ -8,6 +8,7 @@ from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import step_scores
 from llm_flow.attribution.targets import Sequence, encode_foil, prepare
 from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.families import refuse_encoder
 
 
 def attribute(
@@ -33,6 +34,7 @@ def attribute(
     Attention and ALTI rollout read the forward pass and ignore both.
     `progress(done, total)` is called after each step.
     """
+    refuse_encoder(model.info, "attributing its [MASK] predictions is not implemented yet (its routes explain them)")
     method = method if isinstance(method, Method) else get_method(method, **options)
     foil_id, function = _explained(model, foil, function)
     sequence = prepare(model, prompt, continuation, generate, chat_template)

@@ -89,3 +89,10 @@ def refusal_reason(config: PretrainedConfig, architecture: str | None = None) ->
             "with a next-token head (AutoModelForCausalLM)"
         )
     return None
+
+
+def refuse_encoder(info, what: str) -> None:
+    """An UnsupportedModelError for a capability only decoders have (`what` says which and why),
+    when `info` (a ModelInfo) describes an encoder."""
+    if info.bidirectional:
+        raise UnsupportedModelError(f"{info.name}: {info.architecture} is an encoder; {what}")

@@ -16,6 +16,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
 from llm_flow.ui import keys
 from llm_flow.ui.resources import ModelKey, get_run
+from llm_flow.views.predictions import default_target
 from llm_flow.wording import plural, sentence
 
 #: Prompts longer than this open with only the route's token columns shown.
@@ -95,7 +96,7 @@ def _accept(request: Request, run: Run) -> None:
         notice = f"Token {target} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
         state[keys.NOTICES] = [*state.get(keys.NOTICES, []), notice]
         target = None
-    state[keys.TARGET] = run.n_tokens - 1 if target is None else target % run.n_tokens
+    state[keys.TARGET] = default_target(run) if target is None else target % run.n_tokens
     state[keys.SELECTED] = state.pop(keys.PENDING_SELECTED, None)
     state[keys.COMPACT] = run.n_tokens > COMPACT_FROM_TOKENS
 

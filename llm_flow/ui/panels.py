@@ -16,7 +16,7 @@ from llm_flow.ui.route_check import edge_removal_panel
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import top_neurons
-from llm_flow.views.predictions import top_predictions
+from llm_flow.views.predictions import head_note, prediction_title, top_predictions
 from llm_flow.views.promoted import (
     Promotion,
     block_update,
@@ -32,7 +32,9 @@ _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
 @st.fragment
 def predictions_panel(target: int) -> None:
     run = active_run()
-    st.subheader(f"Next token after {display_token(run.str_tokens[target])!r}")
+    st.subheader(prediction_title(run, display_token(run.str_tokens[target])))
+    if head_note(run):
+        st.caption(head_note(run))
     st.number_input(
         "Temperature", 0.05, 5.0, step=0.05, key=keys.TEMPERATURE,
         help="Divides the logits before the softmax: below 1 sharpens, above 1 flattens.",
