@@ -29,6 +29,7 @@ from llm_flow.errors import (
     UnsupportedModelError,
 )
 from llm_flow.models.base import TransparentLlm
+from llm_flow.models.archives import unpacked_folder
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.models.encoders import as_masked_lm, load_masked_lm
 from llm_flow.models.families import is_encoder, model_class, refusal_reason
@@ -132,7 +133,8 @@ def _entry_bos(entry: ModelEntry) -> bool | None:
 def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progress | None) -> str:
     """A local folder path, or a hub id to try on the hub (or in its local cache)."""
     if isinstance(resolved, PackagedFile):
-        return str(converted_folder(packaged_file(resolved, progress), progress))
+        shipped = packaged_file(resolved, progress)
+        return str(unpacked_folder(shipped) if shipped.suffix == ".zip" else converted_folder(shipped, progress))
     path = Path(resolved).expanduser()
     if resolved.lower().endswith(".gguf"):
         return str(converted_folder(path, progress))
