@@ -49,7 +49,10 @@ def reference_model(folder: str):
 
     encoder = AutoConfig.from_pretrained(folder).model_type in ENCODER_TYPES
     auto = AutoModelForMaskedLM if encoder else AutoModelForCausalLM
-    model = auto.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
+    # eager experts: transformers' grouped matrix products have no float64 kernel
+    model = auto.from_pretrained(
+        folder, dtype=torch.float64, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
     return model.requires_grad_(False)
 
 
@@ -311,3 +314,54 @@ def reference_unembed(model, x: torch.Tensor, normalize: bool = True) -> torch.T
 def reference_projection(model, vector: torch.Tensor) -> torch.Tensor:
     """An update vector against the output embedding matrix: vector @ W_U."""
     return vector @ model.get_output_embeddings().weight.T
+
+
+@dataclass
+class ReferenceMoe:
+    """One mixture-of-experts FFN node, from the plain modules in float64."""
+
+    whole: torch.Tensor  # [d] resid_post[i]
+    residual: torch.Tensor  # [d] resid_mid[i]
+    mlp_out: torch.Tensor  # [d] what the layer added
+    experts: list[int]  # chosen experts, by decreasing router weight (then -1: the shared one)
+    weights: list[float]  # their router weights (the shared gate)
+    outputs: torch.Tensor  # [k (+1), d] each expert's weighted output
+    neurons: torch.Tensor  # [k f (+ f_s), d] each neuron's part, expert after expert
+
+
+def reference_moe(folder: str, token_ids: list[int], layer: int, position: int) -> ReferenceMoe:
+    """The router re-implemented from the config (softmax, top-k, optional renormalisation) and
+    every expert computed from its own weight tensors."""
+    model = reference_model(folder)
+    block = model.model.layers[layer]
+    rec = _Recorder()
+    rec.input(block.post_attention_layernorm, "mid")
+    rec.input(block.mlp, "x")
+    rec.output(block.mlp, "mlp")
+    rec.output(block, "post")
+    _run(model, torch.tensor([token_ids]), rec)
+    s, cfg, moe = rec.saved, model.config, block.mlp
+    x = s["x"][position]
+    probabilities = torch.softmax(x @ moe.gate.weight.T, -1)
+    weights, experts = torch.topk(probabilities, cfg.num_experts_per_tok)
+    if getattr(cfg, "norm_topk_prob", cfg.model_type == "mixtral"):
+        weights = weights / weights.sum()
+    outputs, neurons = [], []
+    for expert, weight in zip(experts.tolist(), weights.tolist()):
+        gate, up = (moe.experts.gate_up_proj[expert] @ x).chunk(2)
+        acts = moe.experts.act_fn(gate) * up
+        neurons.append(weight * acts[:, None] * moe.experts.down_proj[expert].T)
+        outputs.append(neurons[-1].sum(0))
+    experts, weights = experts.tolist(), weights.tolist()
+    if getattr(moe, "shared_expert", None) is not None:
+        shared = moe.shared_expert
+        gate = float(torch.sigmoid(moe.shared_expert_gate(x)))
+        acts = shared.act_fn(shared.gate_proj(x)) * shared.up_proj(x)
+        neurons.append(gate * acts[:, None] * shared.down_proj.weight.T)
+        outputs.append(neurons[-1].sum(0))
+        experts.append(-1)
+        weights.append(gate)
+    return ReferenceMoe(
+        s["post"][position], s["mid"][position], s["mlp"][position], experts, weights,
+        torch.stack(outputs), torch.cat(neurons),
+    )  # fmt: skip

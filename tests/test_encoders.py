@@ -10,7 +10,7 @@ from transformers import AutoModelForMaskedLM
 
 import llm_flow
 from tests.reference import assert_layer_matches, reference_layers, reference_neurons
-from tests.tiny_models import ENCODERS, save_tiny_model
+from tests.tiny_models import ENCODERS, save_tiny_models
 
 PROMPT = "The capital of France is [MASK]. Mary gave a drink to John."
 ATOL = 1e-4
@@ -18,13 +18,12 @@ ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("encoders")
-    return {family: save_tiny_model(family, root / family) for family in ENCODERS}
+    return save_tiny_models(ENCODERS, tmp_path_factory.mktemp("encoders"))
 
 
 @pytest.fixture(scope="module")
 def runs(folders):
-    return {family: llm_flow.load_model(str(folders[family])).run(PROMPT) for family in ENCODERS}
+    return {family: llm_flow.load_model(str(folder)).run(PROMPT) for family, folder in folders.items()}
 
 
 @pytest.fixture(scope="module")

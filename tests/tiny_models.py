@@ -167,3 +167,8 @@ def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_models(families: list[str], root: Path) -> dict[str, Path]:
+    """`save_tiny_model` for each family, in sub-folders of `root`."""
+    return {family: save_tiny_model(family, root / family) for family in families}

@@ -33,6 +33,8 @@ class ModelInfo:
     bidirectional: bool = False  # an encoder: every token attends to every token (BERT)
     post_ln: bool = False  # LayerNorm after the residual add, residual included (BERT's post-LN)
     no_lm_head: bool = False  # no (masked-)LM head: the input embeddings serve as the unembedding
+    n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
+    experts_per_token: int = 0
 
 
 class TransparentLlm(ABC):

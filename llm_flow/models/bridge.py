@@ -20,6 +20,7 @@ from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
+from llm_flow.models.experts import ExpertRouting, MoeLayer
 from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
@@ -52,7 +53,11 @@ class BridgeLlm(TransparentLlm):
         self._bidirectional = getattr(cfg, "attention_dir", "causal") == "bidirectional"
         self._post_ln = self._bidirectional
         self._no_lm_head = no_lm_head
+        hf_config = bridge.original_model.config
+        found = {layer: MoeLayer.find(block.mlp, hf_config) for layer, block in enumerate(bridge.blocks)}
+        self._moe = {layer: moe for layer, moe in found.items() if moe is not None}
         self._check_supported(name)
+        moe = next(iter(self._moe.values()), None)
         first_param = next(bridge.parameters())
         self.info = ModelInfo(
             name=name,
@@ -62,7 +67,7 @@ class BridgeLlm(TransparentLlm):
             n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
             d_model=cfg.d_model,
             d_head=cfg.d_head,
-            d_mlp=int(self.neuron_output_weight(0).shape[0]),
+            d_mlp=self._moe[0].n_active if 0 in self._moe else int(self.neuron_output_weight(0).shape[0]),
             vocab_size=cfg.d_vocab,
             n_params=sum(p.numel() for p in bridge.original_model.parameters()),
             n_ctx=cfg.n_ctx,
@@ -73,6 +78,8 @@ class BridgeLlm(TransparentLlm):
             bidirectional=self._bidirectional,
             post_ln=self._post_ln,
             no_lm_head=no_lm_head,
+            n_experts=0 if moe is None else moe.n_experts,
+            experts_per_token=0 if moe is None else moe.experts_per_token,
         )
 
     # --- the underlying modules ---------------------------------------------------------------
@@ -154,10 +161,18 @@ class BridgeLlm(TransparentLlm):
         device = next(self._bridge.parameters()).device
         tokens = torch.tensor(ids, dtype=torch.long, device=device)
         store: dict[str, object] = {}
-        with self._lock, torch.inference_mode(), self.no_kept_patterns():
-            logits = self._bridge.run_with_hooks(
-                tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
-            )
+        routed: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self._moe}
+        handles = [handle for layer, moe in self._moe.items() for handle in moe.capture(routed[layer])]
+        try:
+            with self._lock, torch.inference_mode(), self.no_kept_patterns():
+                logits = self._bridge.run_with_hooks(
+                    tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
+                )
+                for layer, moe in self._moe.items():
+                    store[f"{layer}.neuron_acts"], store[f"{layer}.experts"] = moe.activations(routed[layer])
+        finally:
+            for handle in handles:
+                handle.remove()
         layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
         if self._no_lm_head:  # the bridge's logits come from a head the checkpoint did not have
             logits = self.unembed(layers[-1].resid_post)[None]
@@ -222,6 +237,8 @@ class BridgeLlm(TransparentLlm):
             "mlp_out": f"{block}.hook_mlp_out",
             "neuron_acts": f"{block}.mlp.hook_post",
         }
+        if layer in self._moe:  # read from the experts module itself (llm_flow/models/experts.py)
+            del hooks["neuron_acts"]
         if self._post_ln:
             hooks |= {
                 "resid_mid": f"{block}.ln1.hook_out",
@@ -237,6 +254,8 @@ class BridgeLlm(TransparentLlm):
 
     def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
         held = {key: store[name] for key, name in self._layer_hooks(layer).items()}
+        if layer in self._moe:
+            held |= {"neuron_acts": store[f"{layer}.neuron_acts"], "experts": store[f"{layer}.experts"]}
         attn_gain = mlp_gain = None
         if self._post_norms or self._post_ln:
             first, second = ("ln1", "ln2") if self._post_ln else ("ln1_post", "ln2_post")
@@ -263,7 +282,17 @@ class BridgeLlm(TransparentLlm):
         return None if bias is None else bias.detach()
 
     def neuron_output_weight(self, layer: int) -> torch.Tensor:
+        if layer in self._moe:
+            raise UnsupportedModelError(
+                f"{self.name}: layer {layer} is a mixture of experts; its neurons depend on each "
+                "token's experts (active_neuron_weights)"
+            )
         return self._bridge.blocks[layer].mlp.W_out.detach()
+
+    def active_neuron_weights(self, layer: int, routing: ExpertRouting, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mixture-of-experts layer: W_out rows of the neurons `position` used [n, d] and each
+        row's router weight (or shared gate) [n] (llm_flow/models/experts.py)."""
+        return self._moe[layer].output_weights(routing, position)
 
     def neuron_output_bias(self, layer: int) -> torch.Tensor | None:
         bias = getattr(self._bridge.blocks[layer].mlp, "b_out", None)
@@ -308,11 +337,12 @@ class BridgeLlm(TransparentLlm):
                 f"{name}: llm-flow cannot trace this architecture ({arch}); TransformerLens exposes "
                 f"no {missing[0]!r} hook for it (e.g. a state-space or recurrent block, or non-standard attention)"
             )
-        if not all(_has_output_projection(block.mlp) for block in self._bridge.blocks):
+        dense = (block.mlp for layer, block in enumerate(self._bridge.blocks) if layer not in self._moe)
+        if not all(_has_output_projection(mlp) for mlp in dense):
             raise UnsupportedModelError(
-                f"{name}: {arch} is a mixture-of-experts model (its FFN is a router-weighted sum of "
-                "experts, with no single output projection); llm-flow cannot split FFN "
-                "contributions by expert yet"
+                f"{name}: {arch} is a mixture-of-experts model whose experts llm-flow cannot read "
+                "(it reads experts stored as gate_up_proj/down_proj, as in Mixtral, Qwen2/3-MoE "
+                "and OLMoE)"
             )
         if self._post_norms and self._bridge.cfg.normalization_type != "RMS":
             raise UnsupportedModelError(

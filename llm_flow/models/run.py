@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llm_flow.errors import ArgumentError
+from llm_flow.models.experts import ExpertRouting
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ class LayerActivations:
     neuron_acts: torch.Tensor  # [T, d_mlp], input of the FFN output projection
     attn_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the attention output (Gemma 2/3)
     mlp_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the FFN output
+    # A mixture-of-experts FFN: each token's experts and weights; neuron_acts then holds the
+    # neurons of the token's own experts, slot by slot (llm_flow/models/experts.py)
+    experts: ExpertRouting | None = None
 
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every tensor held (the pattern as its packed triangle)."""
@@ -134,6 +138,8 @@ class LayerActivations:
             value = getattr(self, item.name)
             if isinstance(value, CausalPattern):
                 yield value.packed
+            elif isinstance(value, ExpertRouting):
+                yield from value.tensors()
             elif value is not None:
                 yield value
 

@@ -182,10 +182,15 @@ def ffn_parts(run: Run, layer: int, position: int) -> Parts:
     act = run.layer(layer)
     position = run.position(position)
     whole = act.resid_post[position].float()
-    w_out = _centered(run, run.model.neuron_output_weight(layer).float())
-    neuron_out = act.neuron_acts[position].float()[:, None] * w_out
-    bias = run.model.neuron_output_bias(layer)
-    bias = torch.zeros_like(whole) if bias is None else _centered(run, bias.float())
+    if act.experts is not None:  # the neurons of this token's experts, weighted by the router
+        w_out, factors = run.model.active_neuron_weights(layer, act.experts, position)
+        neuron_out = (act.neuron_acts[position].float() * factors)[:, None] * w_out
+        bias = torch.zeros_like(whole)
+    else:
+        w_out = _centered(run, run.model.neuron_output_weight(layer).float())
+        neuron_out = act.neuron_acts[position].float()[:, None] * w_out
+        bias = run.model.neuron_output_bias(layer)
+        bias = torch.zeros_like(whole) if bias is None else _centered(run, bias.float())
     gain = None if act.mlp_gain is None else act.mlp_gain[position]
     if gain is not None:
         neuron_out = neuron_out * gain

@@ -15,7 +15,7 @@ from llm_flow.ui.frame import active_run
 from llm_flow.ui.route_check import edge_removal_panel
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
-from llm_flow.views.neurons import top_neurons
+from llm_flow.views.neurons import expert_label, expert_shares, top_neurons
 from llm_flow.views.predictions import head_note, prediction_title, top_predictions
 from llm_flow.views.promoted import (
     Promotion,
@@ -119,11 +119,15 @@ def _ffn_panel(run: Run, node: NodeId) -> None:
     layer, position = node.layer, node.position
     st.subheader(f"{node}: FFN of layer {layer} at token {position} {display_token(run.str_tokens[position])!r}")
     count = st.slider("Neurons shown", 5, 100, key=keys.NEURON_COUNT)
-    neurons = top_neurons(run, layer, position, k=count)
+    expert = _experts_table(run, layer, position) if run.layer(layer).experts is not None else None
+    neurons = top_neurons(run, layer, position, k=count, expert=expert)
     st.markdown("**Neurons** ranked by contribution to the residual after the FFN")
+    columns = {"neuron": [n.neuron for n in neurons]}
+    if expert is None and run.layer(layer).experts is not None:
+        columns["expert"] = [expert_label(n.expert) for n in neurons]
     st.dataframe(
         pd.DataFrame({
-            "neuron": [n.neuron for n in neurons],
+            **columns,
             "contribution": [n.contribution for n in neurons],
             "activation": [n.activation for n in neurons],
         }),
@@ -136,6 +140,30 @@ def _ffn_panel(run: Run, node: NodeId) -> None:
         st.session_state[keys.NEURON] = choices[0]
     neuron = st.selectbox("Neuron", choices, key=keys.NEURON)
     _promotion(f"Tokens neuron {neuron} promoted and suppressed", promoted_tokens(run.model, neuron_output(run, layer, position, neuron)))
+
+
+def _experts_table(run: Run, layer: int, position: int) -> int | None:
+    """A mixture of experts: the node split by expert; returns the expert whose neurons to rank
+    (None: all of the token's)."""
+    shares, residual = expert_shares(run, layer, position)
+    st.markdown(
+        f"**Experts** this token used, with the router's weight and their share of the residual "
+        f"after the FFN (the residual keeps {residual:.1%})"
+    )
+    st.dataframe(
+        pd.DataFrame({
+            "expert": [expert_label(share.expert) for share in shares],
+            "router weight": [share.router_weight for share in shares],
+            "contribution": [share.contribution for share in shares],
+        }),
+        hide_index=True, width="stretch", key="expert_table",
+    )  # fmt: skip
+    choices = [None, *(share.expert for share in shares)]
+    if st.session_state.get("ffn_expert") not in choices:  # another node, other experts
+        st.session_state["ffn_expert"] = None
+    return st.selectbox(
+        "Neurons of", choices, key="ffn_expert", format_func=lambda e: "every expert" if e is None else expert_label(e)
+    )
 
 
 def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
