@@ -224,3 +224,14 @@ def test_evicted_model_is_released_with_its_runs(resources, tiny_folders, tmp_pa
     assert all(k[0] == gpt2 for k in resources.cached_runs().keys()), "its runs went with it"
     gc.collect()
     assert alive() is None, "nothing keeps the evicted model alive"
+
+
+@pytest.mark.parametrize("family", ["bert", "mixtral"])
+def test_estimate_matches_measured_run_size_of_encoders_and_experts(family):
+    from tests.tiny_models import build_model
+
+    hf_model, tokenizer = build_model(family)
+    model = llm_flow.load_model(hf_model, tokenizer=tokenizer)
+    for prompt in (SHORT, LONG):
+        run = model.run(prompt)  # full [H, T, T] patterns, post-LN gains, active expert neurons
+        assert estimate_run_bytes(model.info, run.n_tokens) == pytest.approx(run.nbytes, rel=0.02)
