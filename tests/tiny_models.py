@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -56,6 +56,30 @@ def tiny_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> PreTrainedTok
     )
 
 
+ENCODER_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_wordpiece_tokenizer() -> PreTrainedTokenizerFast:
+    """A BERT-style tokenizer (lower-cased WordPiece, ``[CLS] A [SEP] B [SEP]`` with token types)
+    whose vocabulary is the words and characters of the same few sentences, in a fixed order."""
+    pre = pre_tokenizers.BertPreTokenizer()
+    words = sorted({w.lower() for text in CORPUS for w, _ in pre.pre_tokenize_str(text)})
+    chars = sorted({c for w in words for c in w})
+    pieces = [*ENCODER_SPECIALS, *chars, *(f"##{c}" for c in chars), *(w for w in words if len(w) > 1)]
+    tokenizer = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre
+    tokenizer.decoder = decoders.WordPiece()
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )  # fmt: skip
+
+
 def _common(vocab: int) -> dict:
     return dict(vocab_size=vocab, bos_token_id=0, eos_token_id=1, pad_token_id=2, initializer_range=0.3)
 
@@ -90,13 +114,61 @@ def family_configs(vocab: int) -> dict[str, object]:
 FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen2", "gemma2"]
 
 
+def other_configs(vocab: int) -> dict[str, object]:
+    """Families beyond the decoders above: encoders, mixtures of experts, encoder–decoders."""
+    from transformers import (
+        BertConfig, BertForMaskedLM, BertModel, MarianConfig, MarianMTModel, MixtralConfig, MixtralForCausalLM,
+        Qwen2MoeConfig, Qwen2MoeForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config,
+        T5ForConditionalGeneration,
+    )  # fmt: skip
+
+    encoder = dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, vocab_size=vocab, initializer_range=0.3, pad_token_id=0,
+    )  # fmt: skip
+    experts = dict(num_key_value_heads=2, num_experts_per_tok=2)
+    return {
+        "bert": (BertForMaskedLM, BertConfig(**encoder)),
+        "bert_headless": (BertModel, BertConfig(**encoder)),  # a sentence encoder such as MiniLM
+        "roberta": (RobertaForMaskedLM, RobertaConfig(**encoder)),
+        "mixtral": (MixtralForCausalLM, MixtralConfig(**_small(vocab, num_local_experts=4, **experts))),
+        "qwen2_moe": (
+            Qwen2MoeForCausalLM,
+            Qwen2MoeConfig(**_small(vocab, num_experts=4, moe_intermediate_size=48, shared_expert_intermediate_size=64, **experts)),
+        ),
+        "t5": (T5ForConditionalGeneration, T5Config(
+            vocab_size=vocab, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+            decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
+        )),  # fmt: skip
+        "marian": (MarianMTModel, MarianConfig(
+            vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=256,
+            decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
+        )),  # fmt: skip
+    }
+
+
+ENCODERS = ["bert", "bert_headless", "roberta"]
+
+
+def build_model(family: str, seed: int = 0):
+    """The family's random model (any family of `family_configs` or `other_configs`) and a tokenizer."""
+    tokenizer = tiny_wordpiece_tokenizer() if family in ENCODERS else tiny_tokenizer()
+    configs = {**family_configs(len(tokenizer)), **other_configs(len(tokenizer))}
+    model_class, config = configs[family]
+    torch.manual_seed(seed)
+    return model_class(config).eval(), tokenizer
+
+
 def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     """Build the family's random model and save it with the tiny tokenizer as a local folder."""
-    tokenizer = tiny_tokenizer()
-    model_class, config = family_configs(len(tokenizer))[family]
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
+    model, tokenizer = build_model(family, seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_models(families: list[str], root: Path) -> dict[str, Path]:
+    """`save_tiny_model` for each family, in sub-folders of `root`."""
+    return {family: save_tiny_model(family, root / family) for family in families}

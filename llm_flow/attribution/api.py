@@ -9,6 +9,7 @@ from llm_flow.attribution.scores import step_scores
 from llm_flow.attribution.targets import Sequence, prepare
 from llm_flow.models.base import TransparentLlm
 from llm_flow.views.tokens import single_token
+from llm_flow.models.families import refuse_encoder
 
 
 def attribute(
@@ -34,6 +35,7 @@ def attribute(
     Attention and ALTI rollout read the forward pass and ignore both.
     `progress(done, total)` is called after each step.
     """
+    refuse_encoder(model.info, "attributing its [MASK] predictions is not implemented yet (its routes explain them)")
     method = method if isinstance(method, Method) else get_method(method, **options)
     foil_id, function = _explained(model, foil, function)
     sequence = prepare(model, prompt, continuation, generate, chat_template)

@@ -31,7 +31,10 @@ def register(commands) -> None:
     parser = commands.add_parser("routes", help="the route graph that explains one token's prediction")
     add_model_arguments(parser)
     parser.add_argument("--prompt", help="text to analyse (default: the first configured prompt)")
-    parser.add_argument("--target", type=int, default=-1, help="token position to explain (default: -1, the last)")
+    parser.add_argument(
+        "--target", type=int, default=None,
+        help="token position to explain (default: the last; in an encoder's prompt the first [MASK])",
+    )  # fmt: skip
     parser.add_argument("--threshold", type=float, default=0.04, help="drop contributions <= this (default: 0.04)")
     parser.add_argument("--no-renormalize", dest="renormalize", action="store_false",
                         help="do not rescale surviving contributions to sum to 1")
@@ -61,10 +64,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_check_arguments(args)
     prompt = prompt_or_default(args.prompt, config)
     from llm_flow.routes.graph import build_graph
+    from llm_flow.views.predictions import default_target
 
     model = load(args, config)
     run_ = model.run(prompt)
-    graph = build_graph(run_, args.target, args.threshold, args.renormalize)
+    target = default_target(run_) if args.target is None else args.target
+    graph = build_graph(run_, target, args.threshold, args.renormalize)
     _print_summary(run_, graph, args)
     if args.check:
         print_check(run_, graph, args)
@@ -97,7 +102,8 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
     print(f"Model   {info.name} ({info.architecture}: {info.n_layers} layers x {info.n_heads} heads, "
           f"d_model {info.d_model})")
     print(f"Prompt  {plural(run.n_tokens, 'token')}: " + "".join(f"[{t}]" for t in run.str_tokens))
-    print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts next:")
+    where = "at this token" if info.bidirectional else "next"
+    print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts {where}:")
     for rank, p in enumerate(top_predictions(run, target, args.top), 1):
         print(f"  {rank:>2}. {p.token!r:<20} {probability(p.probability):>8}")
     summary = summarize_route(graph)

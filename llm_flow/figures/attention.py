@@ -179,7 +179,7 @@ def _add_head_lines(fig: go.Figure, weights: np.ndarray, y: np.ndarray, top: flo
 
 
 def _token_hovers(view: AttentionView, side: str) -> list[str]:
-    """Per token: its three strongest links (over heads) and, for queries, what went before the window."""
+    """Per token: its three strongest links (over heads) and, for queries, what went outside the window."""
     weights = view.weights[0]  # [B, W, W]
     if side == "source":
         weights = weights.transpose(0, 2, 1)  # rows = sources, columns = queries reading them
@@ -200,7 +200,7 @@ def _token_hovers(view: AttentionView, side: str) -> list[str]:
         text = f"<b>{labels[row]}</b> ({side}{_segment(view, int(view.positions[row]))})<br>"
         text += "<br>".join(links or ["no link shown"])
         if side == "query" and view.positions[0] > 0:
-            text += f"<br>to tokens before the window: {view.outside[0, :, row].mean():.3g} (mean over heads)"
+            text += f"<br>to tokens outside the window: {view.outside[0, :, row].mean():.3g} (mean over heads)"
         out.append(text)
     return out
 

@@ -24,6 +24,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from llm_flow.errors import ArgumentError
+from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
 
 FfnMode = Literal["zero", "mean"]
@@ -90,8 +91,14 @@ class Ablation:
         return sum(removal.n_parts for removal in self.layers.values())
 
 
+NO_ABLATION = (
+    "removing route parts by ablation is implemented for decoders only (the forward pass of a "
+    "post-LN encoder would need its norms linearised the same way)"
+)
+
 def ablation(run: Run, parts: Iterable[Part], ffn_mode: FfnMode = "zero") -> Ablation:
     """Validate `parts` against `run`'s model and prompt; duplicates count once."""
+    refuse_encoder(run.model.info, NO_ABLATION)
     check_ffn_mode(ffn_mode)
     attention: dict[int, list[tuple[int, int, int]]] = {}
     sets: dict[int, tuple[set[int], set[int], set[int]]] = {}

@@ -21,7 +21,8 @@ import networkx as nx
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, n_heads
+from llm_flow.interventions.parts import NO_ABLATION, Ablation, FfnMode, LayerRemoval, n_heads
+from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import NodeId
 
@@ -57,7 +58,8 @@ class _Removal:
 
 
 def check_graph(run: Run, graph: nx.DiGraph) -> None:
-    """A route graph must come from this run's prompt and model."""
+    """A route graph must come from this run's prompt and model (a decoder's: see NO_ABLATION)."""
+    refuse_encoder(run.model.info, NO_ABLATION)
     attrs = graph.graph
     if "target" not in attrs or "n_layers" not in attrs:
         raise ArgumentError("this is not a route graph: build one with llm_flow.build_graph(run, ...)")

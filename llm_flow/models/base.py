@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llm_flow.errors import PromptError
+from llm_flow.models.experts import ExpertRouting
 from llm_flow.models.run import Run
 from llm_flow.wording import plural
 
@@ -40,6 +41,11 @@ class ModelInfo:
     device: str
     dtype: str
     post_norms: bool = False  # block outputs normalised before the residual add (Gemma 2/3)
+    bidirectional: bool = False  # an encoder: every token attends to every token (BERT)
+    post_ln: bool = False  # LayerNorm after the residual add, residual included (BERT's post-LN)
+    no_lm_head: bool = False  # no (masked-)LM head: the input embeddings serve as the unembedding
+    n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
+    experts_per_token: int = 0
 
 
 class TransparentLlm(ABC):
@@ -112,6 +118,16 @@ class TransparentLlm(ABC):
     def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
         """The per-position, per-dimension factor of a post-block RMSNorm (``ln1_post`` or
         ``ln2_post``) whose scale `scale` [T, 1] was recorded in a pass: [T, d_model]."""
+
+    @abstractmethod
+    def post_ln_bias(self, layer: int, norm: str) -> torch.Tensor:
+        """β of a post-LN block's LayerNorm (``ln1`` after attention, ``ln2`` after the FFN), as
+        encoders have it: it enters the state and belongs to no part (docs/method.md#encoders)."""
+
+    @abstractmethod
+    def active_neuron_weights(self, layer: int, routing: ExpertRouting, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mixture-of-experts layer: the W_out rows of the neurons `position` used [n, d_model]
+        and each row's router weight [n] (llm_flow/models/experts.py)."""
 
     @abstractmethod
     def attention_output_weight(self, layer: int) -> torch.Tensor:

@@ -19,7 +19,8 @@ from llm_flow.errors import PromptError, UnsupportedModelError
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
-from llm_flow.models.run import CausalPattern, LayerActivations, Run
+from llm_flow.models.experts import ExpertRouting, MoeLayer
+from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
 class BridgeLlm(TransparentLlm):
@@ -33,7 +34,10 @@ class BridgeLlm(TransparentLlm):
         prepend_bos: bool | None = None,
         max_prompt_tokens: int | None = None,
         max_run_bytes: int | None = None,
+        no_lm_head: bool = False,
     ) -> None:
+        """`no_lm_head`: the checkpoint had no (masked-)LM head (a sentence encoder); predictions
+        then use the input embeddings, never the randomly initialised head."""
         self._bridge = bridge.eval()
         self._tokenizer = tokenizer
         self._prepend_bos = prepend_bos
@@ -43,7 +47,16 @@ class BridgeLlm(TransparentLlm):
         cfg = bridge.cfg
         self._parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         self._post_norms = hasattr(bridge.blocks[0], "ln1_post")
+        # Encoders the bridge wraps (BERT, RoBERTa) attend both ways and normalise after the
+        # residual add; the load-time probe checks that this reading adds up.
+        self._bidirectional = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        self._post_ln = self._bidirectional
+        self._no_lm_head = no_lm_head
+        hf_config = bridge.original_model.config
+        found = {layer: MoeLayer.find(block.mlp, hf_config) for layer, block in enumerate(bridge.blocks)}
+        self._moe = {layer: moe for layer, moe in found.items() if moe is not None}
         self._check_supported(name)
+        moe = next(iter(self._moe.values()), None)
         first_param = next(bridge.parameters())
         self.info = ModelInfo(
             name=name,
@@ -53,7 +66,7 @@ class BridgeLlm(TransparentLlm):
             n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
             d_model=cfg.d_model,
             d_head=cfg.d_head,
-            d_mlp=int(self.neuron_output_weight(0).shape[0]),
+            d_mlp=self._moe[0].n_active if 0 in self._moe else int(self.neuron_output_weight(0).shape[0]),
             vocab_size=cfg.d_vocab,
             n_params=sum(p.numel() for p in bridge.original_model.parameters()),
             n_ctx=cfg.n_ctx,
@@ -61,6 +74,11 @@ class BridgeLlm(TransparentLlm):
             device=str(first_param.device),
             dtype=str(first_param.dtype).removeprefix("torch."),
             post_norms=self._post_norms,
+            bidirectional=self._bidirectional,
+            post_ln=self._post_ln,
+            no_lm_head=no_lm_head,
+            n_experts=0 if moe is None else moe.n_experts,
+            experts_per_token=0 if moe is None else moe.experts_per_token,
         )
 
     # --- the underlying modules ---------------------------------------------------------------
@@ -134,11 +152,21 @@ class BridgeLlm(TransparentLlm):
         device = next(self._bridge.parameters()).device
         tokens = torch.tensor(ids, dtype=torch.long, device=device)
         store: dict[str, object] = {}
-        with self._lock, torch.inference_mode(), self.no_kept_patterns():
-            logits = self._bridge.run_with_hooks(
-                tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
-            )
+        routed: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self._moe}
+        handles = [handle for layer, moe in self._moe.items() for handle in moe.capture(routed[layer])]
+        try:
+            with self._lock, torch.inference_mode(), self.no_kept_patterns():
+                logits = self._bridge.run_with_hooks(
+                    tokens[None], fwd_hooks=self._hooks(store), return_type="logits"
+                )
+                for layer, moe in self._moe.items():
+                    store[f"{layer}.neuron_acts"], store[f"{layer}.experts"] = moe.activations(routed[layer])
+        finally:
+            for handle in handles:
+                handle.remove()
         layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
+        if self._no_lm_head:  # the bridge's logits come from a head the checkpoint did not have
+            logits = self.unembed(layers[-1].resid_post)[None]
         return Run(
             model=self,
             prompt=prompt,
@@ -154,7 +182,10 @@ class BridgeLlm(TransparentLlm):
         def storing(name: str) -> Callable:
             def hook(tensor: torch.Tensor, hook) -> None:
                 batchless = tensor[0]
-                store[name] = CausalPattern(batchless) if name.endswith("hook_pattern") else batchless.clone()
+                if name.endswith("hook_pattern"):
+                    store[name] = FullPattern(batchless) if self._bidirectional else CausalPattern(batchless)
+                else:
+                    store[name] = batchless.clone()
 
             return hook
 
@@ -181,42 +212,52 @@ class BridgeLlm(TransparentLlm):
     def _hook_names(self) -> list[str]:
         names = []
         for layer in range(self._bridge.cfg.n_layers):
-            block = f"blocks.{layer}"
-            names += [
-                f"{block}.hook_resid_pre",
-                f"{block}.hook_resid_post",
-                f"{block}.attn.hook_v",
-                f"{block}.attn.hook_pattern",
-                f"{block}.hook_mlp_out",
-                f"{block}.mlp.hook_post",
-            ]
-            if not self._parallel:
-                names.append(f"{block}.hook_resid_mid")
-            if self._post_norms:
-                names += [f"{block}.ln1_post.hook_scale", f"{block}.ln2_post.hook_scale"]
+            names += list(self._layer_hooks(layer).values())
         return names
 
-    def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
+    def _layer_hooks(self, layer: int) -> dict[str, str]:
+        """Which hook holds each activation of `layer`. Post-LN blocks (BERT) take the states
+        from their norms: TransformerLens's ``hook_resid_mid`` there is not the state after
+        attention, and the FFN is not one module, so its ``hook_post`` never fires."""
         block = f"blocks.{layer}"
-        attn_gain = mlp_gain = None
+        hooks = {
+            "resid_pre": f"{block}.hook_resid_pre",
+            "resid_post": f"{block}.hook_resid_post",
+            "values": f"{block}.attn.hook_v",
+            "pattern": f"{block}.attn.hook_pattern",
+            "mlp_out": f"{block}.hook_mlp_out",
+            "neuron_acts": f"{block}.mlp.hook_post",
+        }
+        if layer in self._moe:  # read from the experts module itself (llm_flow/models/experts.py)
+            del hooks["neuron_acts"]
+        if self._post_ln:
+            hooks |= {
+                "resid_mid": f"{block}.ln1.hook_out",
+                "neuron_acts": f"{block}.mlp.out.hook_in",
+                "attn_scale": f"{block}.ln1.hook_scale",
+                "mlp_scale": f"{block}.ln2.hook_scale",
+            }
+        elif not self._parallel:
+            hooks["resid_mid"] = f"{block}.hook_resid_mid"
         if self._post_norms:
-            attn_gain = self.post_norm_gain(layer, "ln1_post", store[f"{block}.ln1_post.hook_scale"])
-            mlp_gain = self.post_norm_gain(layer, "ln2_post", store[f"{block}.ln2_post.hook_scale"])
-        return LayerActivations(
-            resid_pre=store[f"{block}.hook_resid_pre"],
-            resid_mid=None if self._parallel else store[f"{block}.hook_resid_mid"],
-            resid_post=store[f"{block}.hook_resid_post"],
-            values=store[f"{block}.attn.hook_v"],
-            pattern=store[f"{block}.attn.hook_pattern"],
-            mlp_out=store[f"{block}.hook_mlp_out"],
-            neuron_acts=store[f"{block}.mlp.hook_post"],
-            attn_gain=attn_gain,
-            mlp_gain=mlp_gain,
-        )
+            hooks |= {"attn_scale": f"{block}.ln1_post.hook_scale", "mlp_scale": f"{block}.ln2_post.hook_scale"}
+        return hooks
+
+    def _layer_activations(self, store: dict[str, object], layer: int) -> LayerActivations:
+        held = {key: store[name] for key, name in self._layer_hooks(layer).items()}
+        if layer in self._moe:
+            held |= {"neuron_acts": store[f"{layer}.neuron_acts"], "experts": store[f"{layer}.experts"]}
+        attn_gain = mlp_gain = None
+        if self._post_norms or self._post_ln:
+            first, second = ("ln1", "ln2") if self._post_ln else ("ln1_post", "ln2_post")
+            attn_gain = self.post_norm_gain(layer, first, held.pop("attn_scale"))
+            mlp_gain = self.post_norm_gain(layer, second, held.pop("mlp_scale"))
+        return LayerActivations(**{"resid_mid": None, **held}, attn_gain=attn_gain, mlp_gain=mlp_gain)
 
     def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
         """RMSNorm(x) = x ⊙ w / rms(x): with rms fixed by the whole, it is linear in the parts
-        (docs/method.md#post-norms)."""
+        (docs/method.md#post-norms); so is LayerNorm's x ↦ w ⊙ (x − mean x) / σ once σ is fixed
+        (docs/method.md#encoders; the centering is applied to the parts themselves)."""
         weight = getattr(self._bridge.blocks[layer], norm).original_component.weight.float()
         if getattr(self._bridge.cfg, "rmsnorm_uses_offset", False):
             weight = 1.0 + weight
@@ -276,37 +317,85 @@ class BridgeLlm(TransparentLlm):
         return None if bias is None else bias.detach()
 
     def neuron_output_weight(self, layer: int) -> torch.Tensor:
+        if layer in self._moe:
+            raise UnsupportedModelError(
+                f"{self.name}: layer {layer} is a mixture of experts; its neurons depend on each "
+                "token's experts (active_neuron_weights)"
+            )
         return self._bridge.blocks[layer].mlp.W_out.detach()
+
+    def active_neuron_weights(self, layer: int, routing: ExpertRouting, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mixture-of-experts layer: W_out rows of the neurons `position` used [n, d] and each
+        row's router weight (or shared gate) [n] (llm_flow/models/experts.py)."""
+        return self._moe[layer].output_weights(routing, position)
 
     def neuron_output_bias(self, layer: int) -> torch.Tensor | None:
         bias = getattr(self._bridge.blocks[layer].mlp, "b_out", None)
         return None if bias is None else bias.detach()
 
     def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """For a masked-LM encoder, "the final norm" is its whole prediction head (dense,
+        activation, LayerNorm); without a head, the input embeddings (docs/method.md#encoders)."""
         with torch.inference_mode():
+            if self._no_lm_head:
+                return self.vocab_projection(residual)
             x = residual.to(self._bridge.W_U.dtype)
+            if normalize and self._bidirectional:
+                return _masked_lm_head(self.hf_model)(x).float()
             if normalize:
                 x = self._bridge.ln_final(x)
             logits = (x @ self._bridge.W_U + self._bridge.b_U).float()
+            logits = logits * float(getattr(self._bridge.cfg, "logit_scale", None) or 1.0)  # Cohere
             cap = float(getattr(self._bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
             return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     def vocab_projection(self, vectors: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self._no_lm_head:
+                embeddings = self.hf_model.get_input_embeddings().weight  # [vocab, d]
+                return (vectors.to(embeddings.dtype) @ embeddings.T).float()
             return (vectors.to(self._bridge.W_U.dtype) @ self._bridge.W_U).float()
+
+    def post_ln_bias(self, layer: int, norm: str) -> torch.Tensor:
+        """β of a post-LN block's LayerNorm ("ln1" after attention, "ln2" after the FFN): it
+        enters the state and belongs to no part (docs/method.md#encoders)."""
+        return getattr(self._bridge.blocks[layer], norm).original_component.bias.detach().float()
 
     # --- support check ------------------------------------------------------------------------
 
     def _check_supported(self, name: str) -> None:
         """Fail at load time, with the reason, for models the maths cannot decompose exactly."""
+        arch = type(self._bridge.original_model).__name__
         missing = [n for n in self._hook_names() if n not in self._bridge.hook_dict]
         if missing:
             raise UnsupportedModelError(
-                f"{name}: llm-flow cannot trace this architecture "
-                f"({type(self._bridge.original_model).__name__}); TransformerLens exposes no "
-                f"{missing[0]!r} hook for it (e.g. mixture-of-experts or non-standard attention)"
+                f"{name}: llm-flow cannot trace this architecture ({arch}); TransformerLens exposes "
+                f"no {missing[0]!r} hook for it (e.g. a state-space or recurrent block, or non-standard attention)"
+            )
+        dense = (block.mlp for layer, block in enumerate(self._bridge.blocks) if layer not in self._moe)
+        if not all(_has_output_projection(mlp) for mlp in dense):
+            raise UnsupportedModelError(
+                f"{name}: {arch} is a mixture-of-experts model whose experts llm-flow cannot read "
+                "(it reads experts stored as gate_up_proj/down_proj, as in Mixtral, Qwen2/3-MoE "
+                "and OLMoE)"
             )
         if self._post_norms and self._bridge.cfg.normalization_type != "RMS":
             raise UnsupportedModelError(
                 f"{name}: post-block LayerNorm is not supported (only RMSNorm post-norms, as in Gemma)"
             )
+
+
+def _has_output_projection(mlp: torch.nn.Module) -> bool:
+    """Whether the FFN bridge exposes one W_out (a mixture of experts has one per expert)."""
+    try:
+        return mlp.W_out is not None
+    except AttributeError:
+        return False
+
+
+def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module:
+    """The prediction head of a masked-LM encoder: ``cls`` (BERT) or ``lm_head`` (RoBERTa)."""
+    for name in ("cls", "lm_head"):
+        if hasattr(hf_model, name):
+            return getattr(hf_model, name)
+    raise UnsupportedModelError(f"{type(hf_model).__name__} has no masked-LM head llm-flow knows (cls or lm_head)")

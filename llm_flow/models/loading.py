@@ -17,21 +17,27 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_flow.config import CONFIG_ENV, Config, ModelEntry, PackagedFile, default_config_path, load_config
 from llm_flow.errors import (
     ArgumentError,
     ConfigError,
+    LlmFlowError,
     ModelLoadError,
     ModelNotFoundError,
+    UnsupportedModelError,
 )
 from llm_flow.models.base import TransparentLlm
+from llm_flow.models.archives import unpacked_folder
 from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.encoders import as_masked_lm, load_masked_lm
+from llm_flow.models.families import is_encoder, model_class, refusal_reason
 from llm_flow.models.gguf import converted_folder
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
+from llm_flow.models.probe import check_parts_add_up
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,7 +68,13 @@ def load_model(
         if tokenizer is None:
             raise ArgumentError("an in-memory model needs its tokenizer: load_model(model, tokenizer=...)")
         name = getattr(source.config, "name_or_path", "") or type(source).__name__
-        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
+        refusal = refusal_reason(source.config, type(source).__name__)
+        if refusal is not None:
+            raise UnsupportedModelError(f"{name}: {refusal}")
+        has_head = True
+        if is_encoder(source.config):
+            source, has_head = as_masked_lm(source)
+        return _wrap(source, tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentError(f"cannot load a model from a {type(source).__name__}")
     config = config if config is not None else _default_config()
@@ -84,8 +96,8 @@ def load_model(
     folder_or_id = _local_or_hub(resolved, source, progress)
     if progress:
         progress(f"Loading {name}…")
-    hf_model, hf_tokenizer = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
-    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes)
+    hf_model, hf_tokenizer, has_head = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
+    return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,8 @@ def _entry_bos(entry: ModelEntry) -> bool | None:
 def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progress | None) -> str:
     """A local folder path, or a hub id to try on the hub (or in its local cache)."""
     if isinstance(resolved, PackagedFile):
-        return str(converted_folder(packaged_file(resolved, progress), progress))
+        shipped = packaged_file(resolved, progress)
+        return str(unpacked_folder(shipped) if shipped.suffix == ".zip" else converted_folder(shipped, progress))
     path = Path(resolved).expanduser()
     if resolved.lower().endswith(".gguf"):
         return str(converted_folder(path, progress))
@@ -142,12 +155,12 @@ def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progr
 
 def _from_pretrained(
     folder_or_id: str, source: _Source, dtype: torch.dtype, trust_remote_code: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     is_local = Path(folder_or_id).is_dir()
     offline = None if is_local else hub_offline_reason()
     try:
         with nullcontext() if is_local else quiet_hub_logs():
-            return _hf_load(folder_or_id, dtype, trust_remote_code, local_files_only=offline is not None)
+            return _hf_load(folder_or_id, source.name, dtype, trust_remote_code, local_files_only=offline is not None)
     except OSError as exc:
         if is_local:
             raise ModelLoadError(f"cannot load the model folder {folder_or_id}: {_first_line(exc)}") from exc
@@ -157,19 +170,25 @@ def _from_pretrained(
 
 
 def _hf_load(
-    folder_or_id: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
+    """The model, its tokenizer and whether its prediction head is the checkpoint's own (an
+    encoder saved without one has none). The architecture is checked from the config before any
+    weight is read."""
+    hf_config = AutoConfig.from_pretrained(
+        folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
+    auto_class = model_class(name, hf_config)
     tokenizer = AutoTokenizer.from_pretrained(
         folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        folder_or_id,
-        dtype=dtype,
-        attn_implementation="eager",
-        trust_remote_code=trust_remote_code,
-        local_files_only=local_files_only,
+    options = dict(
+        dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
-    return model, tokenizer
+    if is_encoder(hf_config):
+        model, has_head = load_masked_lm(folder_or_id, **options)
+        return model, tokenizer, has_head
+    return auto_class.from_pretrained(folder_or_id, **options), tokenizer, True
 
 
 def _hub_failure(hub_id: str, source: _Source, offline: str | None, exc: OSError) -> str:
@@ -203,6 +222,7 @@ def _wrap(
     prepend_bos: bool | None,
     max_prompt_tokens: int | None,
     max_run_bytes: int | None,
+    has_head: bool = True,
 ) -> TransparentLlm:
     # The bridge reloads a tokenizer from its name unless told it already adds BOS; llm-flow
     # tokenises by itself, so hand the bridge a copy marked as such and keep the original.
@@ -213,13 +233,31 @@ def _wrap(
         raise ConfigError(f"{name}: prepend_bos is true but the tokenizer has no BOS token")
     # Old short names ("gpt2") make the bridge log a deprecation; give it the official name.
     bridge_name = resolve_model_alias(name) or name
+    architecture = type(hf_model).__name__
+    hf_model.config.architectures = [architecture]  # the bridge picks its adapter by this name
     try:
         bridge = TransformerBridge.boot_transformers(
             bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer, device=device, dtype=dtype
         )
     except Exception as exc:  # the bridge raises many types for architectures it cannot wrap
+        if "Could not determine supported architecture" in str(exc):
+            raise UnsupportedModelError(
+                f"{name}: TransformerLens has no adapter for {architecture}, so llm-flow cannot trace it"
+            ) from exc
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
-    return BridgeLlm(bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes)
+    try:
+        model = BridgeLlm(
+            bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes, no_lm_head=not has_head
+        )
+        check_parts_add_up(model)
+    except LlmFlowError:
+        raise
+    except Exception as exc:  # an adapter whose modules are not what the maths reads fails in many ways
+        raise UnsupportedModelError(
+            f"{name}: llm-flow cannot trace {architecture} through TransformerLens's adapter "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    return model
 
 
 def _check_device(device: str | torch.device, dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:

@@ -35,8 +35,9 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
 
     Per layer: resid_pre, resid_post, mlp_out (and resid_mid for sequential blocks) [T, d_model];
     values [T, n_kv_heads, d_head]; FFN activations [T, d_mlp]; the causal triangle of the
-    pattern [H, T (T + 1) / 2]; all in the model's dtype. Post-norm models add two float32 gains
-    [T, d_model]. Then float32 logits [T, vocab] and the token ids.
+    pattern [H, T (T + 1) / 2] (an encoder's whole [H, T, T]); all in the model's dtype. Post-norm
+    and post-LN models add two float32 gains [T, d_model]. Then float32 logits [T, vocab] and the
+    token ids.
     """
     item = _item_bytes(info)
     t = n_tokens
@@ -45,9 +46,9 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
         residuals * t * info.d_model
         + t * info.n_kv_heads * info.d_head
         + t * info.d_mlp
-        + info.n_heads * t * (t + 1) // 2
+        + info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)
     )
-    if info.post_norms:
+    if info.post_norms or info.post_ln:
         per_layer += 2 * 4 * t * info.d_model
     return info.n_layers * per_layer + 4 * t * info.vocab_size + 8 * t
 

@@ -16,6 +16,7 @@ import torch
 
 from llm_flow.errors import ArgumentError
 from llm_flow.models.derived import DerivedStore, tensor_bytes
+from llm_flow.models.experts import ExpertRouting
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
@@ -58,12 +59,19 @@ class CausalPattern:
         """Attention of query `position` to sources 0..position: [H, position + 1]."""
         return self._packed[:, _row_offset(position) : _row_offset(position + 1)]
 
+    causal = True  # query i attends to sources 0..i only
+
+    def source_counts(self, positions: torch.Tensor) -> torch.Tensor:
+        """How many sources each query row has: position + 1 under a causal mask. [r] int64."""
+        return positions.to(torch.int64) + 1
+
     def rows(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
-        """Rows for several query positions, zero-padded to `n_sources` sources: [r, H, n_sources]."""
+        """Rows for several query positions, zero-padded (or cut) to `n_sources` sources: [r, H, n_sources]."""
         out = self._packed.new_zeros(len(positions), self.n_heads, n_sources)
         for k, position in enumerate(positions.tolist()):
-            width = min(position + 1, n_sources)
-            out[k, :, :width] = self.row(position)[:, :width]
+            row = self.row(position)
+            width = min(row.shape[-1], n_sources)
+            out[k, :, :width] = row[:, :width]
         return out
 
     def block(self, start: int, stop: int) -> torch.Tensor:
@@ -83,6 +91,32 @@ def _row_offset(position: int) -> int:
     return position * (position + 1) // 2
 
 
+class FullPattern(CausalPattern):
+    """Attention weights of one layer of an encoder, where every query sees every source.
+
+    Same interface as `CausalPattern` (packed rows, offsets, one row, several rows), so the
+    route maths and the views serve both; here row i is all T sources and starts at i * T.
+    """
+
+    causal = False
+
+    def __init__(self, pattern: torch.Tensor) -> None:
+        n_heads, n_tokens, _ = pattern.shape
+        self.n_heads = n_heads
+        self.n_tokens = n_tokens
+        self._packed = pattern.reshape(n_heads, n_tokens * n_tokens).clone()
+
+    def row_offsets(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.to(torch.int64) * self.n_tokens
+
+    def row(self, position: int) -> torch.Tensor:
+        """Attention of query `position` to every source: [H, T]."""
+        return self._packed[:, position * self.n_tokens : (position + 1) * self.n_tokens]
+
+    def source_counts(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(positions, self.n_tokens, dtype=torch.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerActivations:
     """What one transformer block did, as the route maths needs it (batch dimension removed)."""
@@ -91,11 +125,14 @@ class LayerActivations:
     resid_mid: torch.Tensor | None  # [T, d_model]; None for parallel attention/FFN blocks
     resid_post: torch.Tensor  # [T, d_model]
     values: torch.Tensor  # [T, n_kv_heads, d_head], including the value bias
-    pattern: CausalPattern  # attention weights [H, T, T], causal part only
+    pattern: CausalPattern  # attention weights [H, T, T]: causal part only, or a FullPattern (encoders)
     mlp_out: torch.Tensor  # [T, d_model], exactly what the FFN added to the residual
     neuron_acts: torch.Tensor  # [T, d_mlp], input of the FFN output projection
     attn_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the attention output (Gemma 2/3)
     mlp_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the FFN output
+    # A mixture-of-experts FFN: each token's experts and weights; neuron_acts then holds the
+    # neurons of the token's own experts, slot by slot (llm_flow/models/experts.py)
+    experts: ExpertRouting | None = None
 
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every tensor held (the pattern as its packed triangle)."""
@@ -103,6 +140,8 @@ class LayerActivations:
             value = getattr(self, item.name)
             if isinstance(value, CausalPattern):
                 yield value.packed
+            elif isinstance(value, ExpertRouting):
+                yield from value.tensors()
             elif value is not None:
                 yield value
 

@@ -5,7 +5,8 @@ A representation ``y`` that is a sum of parts gets, for each part, ``prox_k = ma
 the FFN output bias in the neuron view) enter ``y`` but get no share.
 
 Attention parts are ``z[i, j, h] = A[h, i, j] * (v[j, h] + b_V[h]) @ W_O[h]`` (times the post-norm
-gain for Gemma-style blocks). Nothing of size [T, T, H, d_model] is ever built: rows of query
+gain for Gemma-style blocks; through the linearised LayerNorm for post-LN encoders, whose
+queries see every source j, docs/method.md#encoders). Nothing of size [T, T, H, d_model] is ever built: rows of query
 positions are processed in blocks and the proximities come from :mod:`llm_flow.routes.proximity`,
 which works on the factored parts (attention pattern, values, W_O) of one layer at a time.
 """
@@ -29,10 +30,11 @@ _MAX_BLOCK_ROWS = 256
 @dataclass(frozen=True)
 class RowContributions:
     """Contributions to one attention representation (``resid_mid[i]``, or ``resid_post[i]`` for
-    parallel blocks). ``heads[j, h]`` for sources j <= i; the parts sum to 1."""
+    parallel blocks). ``heads[j, h]`` for the row's sources (j <= i in a decoder, every j in an
+    encoder); the parts sum to 1."""
 
     position: int
-    heads: torch.Tensor  # [position + 1, H]
+    heads: torch.Tensor  # [sources of the row, H]
     residual: float
     ffn: float | None  # parallel blocks only: the FFN shares the same normalisation
 
@@ -45,14 +47,15 @@ class Parts:
     residual: torch.Tensor  # [d]
     pieces: torch.Tensor  # [S, H, d] attention parts, or [d_mlp, d] neuron parts
     bias: torch.Tensor  # [d] belongs to no part (zeros when the model has none)
-    ffn: torch.Tensor | None = None  # [d] parallel blocks: the FFN output
+    ffn: torch.Tensor | None = None  # [d] the FFN output as it enters the whole (attention: parallel blocks only)
+    norm_bias: torch.Tensor | None = None  # [d] FFN side: a post-LN norm's β, so whole == residual + ffn + norm_bias
 
 
 @dataclass(frozen=True)
 class LayerContributions:
     """Every contribution of one layer, for all positions at once."""
 
-    heads: torch.Tensor  # [T, T, H] attention parts (0 for j > i)
+    heads: torch.Tensor  # [T, T, H] attention parts (0 for j > i in a decoder)
     residual: torch.Tensor  # [T] residual's share of the attention representation
     ffn: torch.Tensor  # [T] the FFN's share of resid_post
     ffn_residual: torch.Tensor  # [T] the residual's share of resid_post (= residual for parallel blocks)
@@ -89,8 +92,8 @@ def ffn_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]
         _, residual, ffn = _all_rows(run, layer)
         return ffn, residual
     whole = act.resid_post.float()
-    prox_ffn = vector_proximity(whole, act.mlp_out)
-    prox_res = vector_proximity(whole, act.resid_mid)
+    prox_ffn = vector_proximity(whole, _through_norm(run, act.mlp_out, act.mlp_gain))
+    prox_res = vector_proximity(whole, _through_norm(run, act.resid_mid, act.mlp_gain))
     total = _safe(prox_ffn + prox_res)
     return prox_ffn / total, prox_res / total
 
@@ -146,26 +149,29 @@ def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowCon
     store = run.derived_store
     table = store.peek(AllPositions(layer))
     if table is not None:
-        return [_row_of(run, table, p) for p in positions]
+        return [_row_of(run, layer, table, p) for p in positions]
     rows = {p: store.peek(AttentionRow(layer, p)) for p in positions}
     missing = sorted(p for p, row in rows.items() if row is None)
     parts = _attention_layer(run, layer) if missing else None
-    block = _rows_per_block(run, max(missing, default=0) + 1)
+    counts = run.layer(layer).pattern.source_counts(torch.tensor(missing, dtype=torch.int64)).tolist()
+    block = _rows_per_block(run, max(counts, default=1))
     for start in range(0, len(missing), block):
         batch = missing[start : start + block]
         heads, residual, ffn = _rows(run, layer, torch.tensor(batch), parts)
         for k, position in enumerate(batch):
             row = RowContributions(
-                position, heads[k, : position + 1].cpu().clone(), float(residual[k]), None if ffn is None else float(ffn[k])
+                position, heads[k, : counts[start + k]].cpu().clone(), float(residual[k]), None if ffn is None else float(ffn[k])
             )
             rows[position] = store.put(AttentionRow(layer, position), row)
     return [rows[p] for p in positions]
 
 
-def _row_of(run: Run, table: LayerContributions, position: int) -> RowContributions:
-    """One row of a whole-layer table, as a view (no copy)."""
+def _row_of(run: Run, layer: int, table: LayerContributions, position: int) -> RowContributions:
+    """One row of a whole-layer table, as a view (no copy): its sources are 0..position for a
+    causal model, every token for an encoder."""
     ffn = float(table.ffn[position]) if run.parallel else None
-    return RowContributions(position, table.heads[position, : position + 1], float(table.residual[position]), ffn)
+    count = int(run.layer(layer).pattern.source_counts(torch.tensor([position]))[0])
+    return RowContributions(position, table.heads[position, :count], float(table.residual[position]), ffn)
 
 
 def attention_parts(run: Run, layer: int, position: int) -> Parts:
@@ -174,14 +180,19 @@ def attention_parts(run: Run, layer: int, position: int) -> Parts:
     position = run.position(position)
     whole = (act.resid_post if run.parallel else act.resid_mid)[position].float()
     weights = act.pattern.row(position).float()  # [H, S]
-    pieces = weights.T[:, :, None] * head_vectors(run, layer)[: position + 1]  # [S, H, d]
+    vectors = _centered(run, head_vectors(run, layer)[: weights.shape[1]])
+    pieces = weights.T[:, :, None] * vectors  # [S, H, d]
     bias = run.model.attention_output_bias(layer)
-    bias = torch.zeros_like(whole) if bias is None else bias.float()
+    bias = torch.zeros_like(whole) if bias is None else _centered(run, bias.float())
     if act.attn_gain is not None:
         pieces = pieces * act.attn_gain[position]
         bias = bias * act.attn_gain[position]
+    if run.model.info.post_ln:
+        bias = bias + run.model.post_ln_bias(layer, "ln1")
+    gain = None if act.attn_gain is None else act.attn_gain[position]
+    residual = _through_norm(run, act.resid_pre[position], gain)
     ffn = act.mlp_out[position].float() if run.parallel else None
-    return Parts(whole, act.resid_pre[position].float(), pieces, bias, ffn)
+    return Parts(whole, residual, pieces, bias, ffn)
 
 
 def ffn_parts(run: Run, layer: int, position: int) -> Parts:
@@ -189,20 +200,51 @@ def ffn_parts(run: Run, layer: int, position: int) -> Parts:
     act = run.layer(layer)
     position = run.position(position)
     whole = act.resid_post[position].float()
-    neuron_out = act.neuron_acts[position].float()[:, None] * run.model.neuron_output_weight(layer).float()
-    bias = run.model.neuron_output_bias(layer)
-    bias = torch.zeros_like(whole) if bias is None else bias.float()
-    if act.mlp_gain is not None:
-        neuron_out = neuron_out * act.mlp_gain[position]
-        bias = bias * act.mlp_gain[position]
-    residual = whole - act.mlp_out[position].float() if run.parallel else act.resid_mid[position].float()
-    return Parts(whole, residual, neuron_out, bias)
+    if act.experts is not None:  # the neurons of this token's experts, weighted by the router
+        w_out, factors = run.model.active_neuron_weights(layer, act.experts, position)
+        neuron_out = (act.neuron_acts[position].float() * factors)[:, None] * w_out
+        bias = torch.zeros_like(whole)
+    else:
+        w_out = _centered(run, run.model.neuron_output_weight(layer).float())
+        neuron_out = act.neuron_acts[position].float()[:, None] * w_out
+        bias = run.model.neuron_output_bias(layer)
+        bias = torch.zeros_like(whole) if bias is None else _centered(run, bias.float())
+    gain = None if act.mlp_gain is None else act.mlp_gain[position]
+    if gain is not None:
+        neuron_out = neuron_out * gain
+        bias = bias * gain
+    norm_bias = torch.zeros_like(whole)
+    if run.model.info.post_ln:
+        norm_bias = run.model.post_ln_bias(layer, "ln2")
+    ffn = _through_norm(run, act.mlp_out[position], gain)
+    if run.parallel:
+        residual = whole - act.mlp_out[position].float()
+    else:
+        residual = _through_norm(run, act.resid_mid[position], gain)
+    return Parts(whole, residual, neuron_out, bias + norm_bias, ffn, norm_bias)
 
 
 def _attention_layer(run: Run, layer: int) -> AttentionLayer:
     """The factored attention parts of one layer, built once and shared by all its row blocks."""
     act = run.layer(layer)
-    return AttentionLayer.build(act.values, run.model.attention_output_weight(layer), act.pattern)
+    return AttentionLayer.build(act.values, _centered(run, run.model.attention_output_weight(layer)), act.pattern)
+
+
+def _centered(run: Run, vectors: torch.Tensor) -> torch.Tensor:
+    """``x − mean(x)`` along d_model for post-LN blocks, whose norm centres every part (the
+    linear map of docs/method.md#encoders); unchanged otherwise."""
+    if not run.model.info.post_ln:
+        return vectors
+    vectors = vectors.float()
+    return vectors - vectors.mean(-1, keepdim=True)
+
+
+def _through_norm(run: Run, vectors: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+    """A residual part as it enters the whole: through the linearised LayerNorm ``g ⊙ C(x)``
+    in post-LN blocks (the residual is inside the norm there), itself otherwise."""
+    if not run.model.info.post_ln:
+        return vectors.float()
+    return _centered(run, vectors) * gain
 
 
 def _all_rows(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -216,7 +258,7 @@ def _all_rows(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     for start in range(0, n_tokens, block):
         stop = min(start + block, n_tokens)
         h, r, f = _rows(run, layer, torch.arange(start, stop), parts)
-        heads[start:stop, :stop] = h.cpu()
+        heads[start:stop, : h.shape[1]] = h.cpu()
         residual[start:stop] = r.cpu()
         if ffn is not None:
             ffn[start:stop] = f.cpu()
@@ -232,7 +274,7 @@ def _rows(
     whole = (act.resid_post if run.parallel else act.resid_mid)[positions].float()
     gain = None if act.attn_gain is None else act.attn_gain[positions]
     prox_heads = attention_proximities(whole, gain, parts, positions)  # [r, S, H]
-    prox_res = vector_proximity(whole, act.resid_pre[positions])
+    prox_res = vector_proximity(whole, _through_norm(run, act.resid_pre[positions], gain))
     total = prox_res + prox_heads.sum((1, 2))
     prox_ffn = None
     if run.parallel:

@@ -161,13 +161,13 @@ def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize,
     """Add the kept edges into the `to_kind` node of `layer` from the layer input; return the kept
     source positions."""
     position = row.position
-    edge = row.heads.sum(1)  # [position + 1]
+    edge = row.heads.sum(1)  # [sources]: j <= i in a decoder, every j in an encoder
     edge[position] += row.residual
     parts = edge if ffn_weight is None else torch.cat([edge, torch.tensor([ffn_weight])])
     kept = apply_threshold(parts, threshold, renormalize)
     scale = kept / torch.where(parts > 0, parts, 1.0)  # per-edge factor, for the per-head split
     to_node = NodeId(to_kind, layer, position)
-    sources = torch.nonzero(kept[: position + 1] > threshold).flatten().tolist()
+    sources = torch.nonzero(kept[: len(edge)] > threshold).flatten().tolist()
     for j in sources:
         _add_edge(
             graph,

@@ -96,20 +96,22 @@ def attention_proximities(
 
     whole:     [r, d]  one row per query position
     gain:      [r, d]  elementwise post-norm gain on the attention output, or None
-    positions: [r]     query positions; sources j > position are not parts
-    returns    [r, S, H] float32 with S = max(positions) + 1, zero for j > position
+    positions: [r]     query positions; under a causal mask sources j > position are not parts
+    returns    [r, S, H] float32 with S the most sources a row has (max(positions) + 1 under a
+               causal mask, T for an encoder), zero for sources a row does not have
     """
     method = _choose(method, whole)
     whole = whole.float()
     gain = None if gain is None else gain.float()
-    n_sources = int(positions.max()) + 1
+    counts = layer.pattern.source_counts(positions)
+    n_sources = int(counts.max())
     if method == "torch":
         weights = layer.pattern.rows(positions, n_sources).float()
-        return _heads_torch(whole, gain, layer.vectors[:n_sources].contiguous(), weights, positions)
+        return _heads_torch(whole, gain, layer.vectors[:n_sources].contiguous(), weights, counts)
     signed_gain = _signed_gain(whole, gain)
     dots = _factored_dots(signed_gain, layer.values[:n_sources], layer.w_o)
     offsets = layer.pattern.row_offsets(positions)
-    return _corrected(dots, layer.packed, offsets, whole, gain, signed_gain, layer.vectors_t, layer.vmax, positions)
+    return _corrected(dots, layer.packed, offsets, whole, gain, signed_gain, layer.vectors_t, layer.vmax, counts)
 
 
 def head_proximities(
@@ -134,8 +136,9 @@ def head_proximities(
     method = _choose(method, whole)
     whole, head_vectors, weights = whole.float(), head_vectors.float(), weights.float()
     gain = None if gain is None else gain.float()
+    counts = positions.to(torch.int64) + 1
     if method == "torch":
-        return _heads_torch(whole, gain, head_vectors, weights, positions)
+        return _heads_torch(whole, gain, head_vectors, weights, counts)
     n_rows, n_heads, n_sources = weights.shape
     signed_gain = _signed_gain(whole, gain)
     dots = signed_gain @ head_vectors.reshape(n_sources * n_heads, -1).T  # [r, S * H]
@@ -144,7 +147,7 @@ def head_proximities(
     offsets = torch.arange(n_rows, dtype=torch.int64) * n_sources
     vectors_t = head_vectors.permute(1, 2, 0).contiguous()
     vmax = vectors_t.abs().amax(1)
-    return _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, positions)
+    return _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, counts)
 
 
 def _choose(method: str, tensor: torch.Tensor) -> str:
@@ -158,14 +161,15 @@ def _choose(method: str, tensor: torch.Tensor) -> str:
     return method
 
 
-def _heads_torch(whole, gain, head_vectors, weights, positions) -> torch.Tensor:
-    """The direct formula, per coordinate, in memory-bounded chunks of sources."""
+def _heads_torch(whole, gain, head_vectors, weights, counts) -> torch.Tensor:
+    """The direct formula, per coordinate, in memory-bounded chunks of sources (row k has
+    sources 0 .. counts[k] - 1)."""
     n_rows, d_model = whole.shape
     n_sources, n_heads, _ = head_vectors.shape
     out = whole.new_zeros(n_rows, n_sources, n_heads)
     chunk = max(1, _CHUNK_ELEMENTS // (n_heads * d_model))
     for k in range(n_rows):
-        stop = int(positions[k]) + 1
+        stop = int(counts[k])
         y = whole[k]
         vectors_k = head_vectors if gain is None else head_vectors * gain[k]
         for start in range(0, stop, chunk):
@@ -195,7 +199,7 @@ def _factored_dots(signed_gain: torch.Tensor, values: torch.Tensor, w_o: torch.T
     return torch.bmm(projected, values.permute(1, 2, 0)).view(n_heads, n_rows, n_sources)
 
 
-def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, positions) -> torch.Tensor:
+def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, counts) -> torch.Tensor:
     """Run the correction kernel: [r, S, H] proximities from the dot products [H, r, S]."""
     n_heads, n_rows, n_sources = dots.shape
     abs_whole = whole.abs()
@@ -206,7 +210,7 @@ def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax,
             dots.contiguous().numpy(),
             packed.contiguous().numpy(),
             offsets.to(torch.int64).numpy(),
-            positions.to(torch.int64).numpy(),
+            counts.to(torch.int64).numpy(),
             key.contiguous().numpy(),
             signed_gain.contiguous().numpy(),
             abs_whole.contiguous().numpy(),
@@ -217,9 +221,9 @@ def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax,
     return out
 
 
-def _correction_kernel(dots, packed, offsets, positions, key, signed_gain, abs_whole, vectors_t, vmax, out):
+def _correction_kernel(dots, packed, offsets, counts, key, signed_gain, abs_whole, vectors_t, vmax, out):
     """out[k, j, h] = max(a * dots[h, k, j] - 2 * correction, 0) with a = packed[h, offsets[k] + j];
-    0 for j > positions[k].
+    0 for j >= counts[k] (the sources row k does not have).
 
     Per row, only coordinates whose key is below the row's largest ``a * vmax`` can ever count:
     only those are sorted, and each part walks them until its own ``a * vmax`` is reached. With
@@ -227,7 +231,7 @@ def _correction_kernel(dots, packed, offsets, positions, key, signed_gain, abs_w
     """
     n_heads, n_rows, n_sources = dots.shape
     for k in numba.prange(n_rows):
-        limit = min(positions[k] + 1, n_sources)
+        limit = min(counts[k], n_sources)
         start = offsets[k]
         reach = np.float32(0.0)
         for h in range(n_heads):

@@ -16,6 +16,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
 from llm_flow.ui.resources import ModelKey, get_run
 from llm_flow.ui.state import get_state
+from llm_flow.views.predictions import default_target
 from llm_flow.wording import plural, sentence
 
 #: Prompts longer than this open with only the route's token columns shown.
@@ -95,7 +96,7 @@ def _accept(request: Request, run: Run) -> None:
         notice = f"Token {position} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
         source.notices = (*source.notices, notice)
         position = None
-    state.route.position = run.n_tokens - 1 if position is None else position % run.n_tokens
+    state.route.position = default_target(run) if position is None else position % run.n_tokens
     state.route.selected, source.pending_selected = source.pending_selected, None
     if previous is not None and previous.prompt != request.prompt:
         state.explorer.compact = None  # a new prompt: show all its tokens or not by its length

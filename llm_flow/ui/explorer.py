@@ -18,6 +18,7 @@ from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
+from llm_flow.ui.faithfulness_panel import drawn_graph, faithfulness_panel
 from llm_flow.ui.route_check import route_check_panel
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
@@ -58,8 +59,17 @@ def explorer_page(analysis: Analysis) -> None:
             "Only the tokens the route reaches", **bind("explorer.compact", to_widget=lambda _: compact),
             help="Leave out the token columns with no node on the route: long prompts stay readable.",
         )  # fmt: skip
+        st.radio(
+            "Score edges by", ["alti", "eap-ig"], format_func={"alti": "ALTI contributions", "eap-ig": "EAP-IG"}.get,
+            horizontal=True, **bind("faith.score_by"),
+            help="EAP-IG draws its own top edges, as many as the route keeps (measured under *Is this route faithful?*).",
+        )  # fmt: skip
+        drawn, note = drawn_graph(run, graph)
+        if note:
+            st.caption(note)
         focus = state.explorer.focus
-        figure = route_figure(graph, state.route.selected, compact=compact, focus=focus)
+        figure = route_figure(drawn, state.route.selected if drawn is graph else None, compact=compact,
+                              focus=focus if focus in drawn else None)
         st.plotly_chart(
             figure, key=CHART,
             on_select=_on_graph_click, selection_mode="points", width="stretch",
@@ -68,6 +78,7 @@ def explorer_page(analysis: Analysis) -> None:
         _find_box(graph, search)
         _exports(run, graph, compact, focus)
         route_check_panel(graph)
+        faithfulness_panel(graph)
     with panel_column:
         predictions_panel(position)
         st.selectbox(

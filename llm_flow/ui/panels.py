@@ -15,8 +15,8 @@ from llm_flow.ui.route_check import edge_removal_panel
 from llm_flow.ui.state import bind, get_state
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
-from llm_flow.views.neurons import top_neurons
-from llm_flow.views.predictions import top_predictions
+from llm_flow.views.neurons import expert_label, expert_shares, top_neurons
+from llm_flow.views.predictions import head_note, prediction_title, top_predictions
 from llm_flow.views.promoted import (
     Promotion,
     block_update,
@@ -32,7 +32,9 @@ _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
 @st.fragment
 def predictions_panel(position: int) -> None:
     run = active_run()
-    st.subheader(f"Next token after {display_token(run.str_tokens[position])!r}")
+    st.subheader(prediction_title(run, display_token(run.str_tokens[position])))
+    if head_note(run):
+        st.caption(head_note(run))
     st.number_input(
         "Temperature", 0.05, 5.0, step=0.05, **bind("explorer.temperature"),
         help="Divides the logits before the softmax: below 1 sharpens, above 1 flattens.",
@@ -120,11 +122,15 @@ def _ffn_panel(run: Run, node: NodeId) -> None:
     st.subheader(f"{node}: FFN of layer {layer} at token {position} {display_token(run.str_tokens[position])!r}")
     st.slider("Neurons shown", 5, 100, **bind("explorer.neuron_count"))
     explorer = get_state().explorer
-    neurons = top_neurons(run, layer, position, k=explorer.neuron_count)
+    expert = _experts_table(run, layer, position) if run.layer(layer).experts is not None else None
+    neurons = top_neurons(run, layer, position, k=explorer.neuron_count, expert=expert)
     st.markdown("**Neurons** ranked by contribution to the residual after the FFN")
+    columns = {"neuron": [n.neuron for n in neurons]}
+    if expert is None and run.layer(layer).experts is not None:
+        columns["expert"] = [expert_label(n.expert) for n in neurons]
     st.dataframe(
         pd.DataFrame({
-            "neuron": [n.neuron for n in neurons],
+            **columns,
             "contribution": [n.contribution for n in neurons],
             "activation": [n.activation for n in neurons],
         }),
@@ -138,6 +144,31 @@ def _ffn_panel(run: Run, node: NodeId) -> None:
     st.selectbox("Neuron", choices, **bind("explorer.neuron"))
     neuron = explorer.neuron
     _promotion(f"Tokens neuron {neuron} promoted and suppressed", promoted_tokens(run.model, neuron_output(run, layer, position, neuron)))
+
+
+def _experts_table(run: Run, layer: int, position: int) -> int | None:
+    """A mixture of experts: the node split by expert; returns the expert whose neurons to rank
+    (None: all of the token's)."""
+    shares, residual = expert_shares(run, layer, position)
+    st.markdown(
+        f"**Experts** this token used, with the router's weight and their share of the residual "
+        f"after the FFN (the residual keeps {residual:.1%})"
+    )
+    st.dataframe(
+        pd.DataFrame({
+            "expert": [expert_label(share.expert) for share in shares],
+            "router weight": [share.router_weight for share in shares],
+            "contribution": [share.contribution for share in shares],
+        }),
+        hide_index=True, width="stretch", key="expert_table",
+    )  # fmt: skip
+    choices = [None, *(share.expert for share in shares)]
+    explorer = get_state().explorer
+    if explorer.expert not in choices:  # another node, other experts
+        explorer.expert = None
+    st.selectbox("Neurons of", choices, format_func=lambda e: "every expert" if e is None else expert_label(e),
+                 **bind("explorer.expert"))  # fmt: skip
+    return explorer.expert
 
 
 def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:

@@ -11,6 +11,7 @@ from llm_flow.models.base import TransparentLlm
 from llm_flow.checks import THRESHOLD_RANGE
 from llm_flow.ui.analysis import ask_again
 from llm_flow.ui.state import bind, get_state, widget_key, widget_value
+from llm_flow.wording import block_kind
 
 
 def model_controls(config: Config, model: TransparentLlm | None) -> None:
@@ -53,7 +54,7 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
                 f"| d_model / d_head / d_mlp | {info.d_model} / {info.d_head} / {info.d_mlp} |\n"
                 f"| vocabulary | {info.vocab_size:,} |\n| parameters | {info.n_params / 1e6:,.1f} M |\n"
                 f"| context | {info.n_ctx:,} tokens |\n"
-                f"| blocks | {'parallel attention + FFN' if info.parallel_blocks else 'sequential'} |\n"
+                f"| blocks | {block_kind(info)} |\n"
                 f"| device / dtype | {info.device} / {info.dtype} |"
             )
 

@@ -78,6 +78,7 @@ class ExplorerState:
     temperature: float = linked("temp", 1.0, low=0.05, high=5.0)
     head: int | None = linked("head", None)  # the head chosen in an attention edge's panel
     neuron: int | None = linked("neuron", None)  # the neuron chosen in an FFN panel
+    expert: int | None = linked("expert", None, low=0)  # a mixture of experts: whose neurons (None: all)
     neuron_count: int = linked("neurons", 20, low=5, high=100)
     find: str = linked("find", "")  # the "Find a node" box
     focus: str | None = linked("focus", None)  # the found node the graph is centred on
@@ -97,6 +98,25 @@ class CheckState:
     curves: tuple = ()  # the routes whose threshold curve this session asked for
     edge: str | None = None  # the edge whose removal was asked for
     cancelled: str | None = None  # what the last Cancel stopped (said once)
+
+
+@dataclass
+class FaithState:
+    """The Explorer's faithfulness check of the route on screen (MIB's protocol)."""
+
+    ablation: str = linked("ablation", "zero", choices=("zero", "mean", "patching"))
+    counterfactual: str = linked("cf", "")  # the prompt patching reads (same token count)
+    answer: str = linked("answer", "")  # "": the model's top prediction at the token
+    foil: str = linked("foil", "")  # "": the counterfactual's top prediction, else the second one
+    metric: str = linked("metric", "logit_diff", choices=("logit_diff", "probability"))
+    scorers: str = linked("scorers", "alti,random")  # budget curves of these (comma-separated)
+    target: float = linked("f_target", 0.8, low=0.05, high=1.0)  # "Smallest route with f ≥ target"
+    shown: bool = linked("faith", False)  # the measurement of the route on screen is open
+    score_by: str = linked("score_by", "alti", choices=("alti", "eap-ig"))  # which scorer draws the graph
+    compare: bool = linked("compare", False)  # the counterfactual's route beside this one
+    asked: tuple = ()  # settings this session measured: shown again when they return
+    pending: bool = False  # "Measure" was clicked
+    cancelled: bool = False
 
 
 ATTENTION_VIEWS = ("head", "model", "neuron")
@@ -174,6 +194,7 @@ class SessionState:
     route: RouteState = field(default_factory=RouteState)
     explorer: ExplorerState = field(default_factory=ExplorerState)
     check: CheckState = field(default_factory=CheckState)
+    faith: FaithState = field(default_factory=FaithState)
     attention: AttentionState = field(default_factory=AttentionState)
     attribution: AttributionState = field(default_factory=AttributionState)
     playground: PlaygroundState = field(default_factory=PlaygroundState)

@@ -13,7 +13,8 @@ Weight of source ``j`` for query ``i`` through head ``h`` of one layer, by weigh
 
 Nothing here runs the model: patterns and values come from the `Run`. Long prompts are served by a
 window of consecutive tokens (queries and sources), top-k sources per query and head aggregation;
-what a query sends to tokens before the window is kept as one number per row (``outside``).
+what a query sends to tokens outside the window (before it; in an encoder, after it too) is kept
+as one number per row (``outside``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class AttentionView:
     positions: np.ndarray  # [W] int token positions of the window
     tokens: tuple[str, ...]  # [W] the window's tokens as decoded
     weights: np.ndarray  # [layers, head_labels, W, W] float32, query x source
-    outside: np.ndarray  # [layers, head_labels, W] weight of each query to sources before the window
+    outside: np.ndarray  # [layers, head_labels, W] weight of each query to sources outside the window
     top_k: int | None
     split: int | None  # first token position of sentence B, or None
     part: str  # one of llm_flow.checks.PAIR_PARTS
@@ -104,9 +105,15 @@ def token_window(run: Run, center: int | None = None, size: int | None = None) -
     return TokenWindow(start, start + size)
 
 
+def n_sources(run: Run, window: TokenWindow) -> int:
+    """Sources a window's queries can read: up to the window's end in a decoder, all in an encoder."""
+    return window.stop if run.layer(0).pattern.causal else run.n_tokens
+
+
 def window_rows(run: Run, layers: Sequence[int], weighting: str, window: TokenWindow) -> torch.Tensor:
-    """Weights of every head of `layers` from each query of `window` to sources ``0 .. stop - 1``:
-    [L, H, W, stop] float32 on the CPU, zero for sources after the query.
+    """Weights of every head of `layers` from each query of `window` to sources ``0 .. S - 1``
+    (S = `n_sources`): [L, H, W, S] float32 on the CPU, zero for sources after the query in a
+    decoder.
 
     A handful of tensor operations for all layers together (a model view has 30 of them): on a
     busy CPU each small operation costs far more than its arithmetic."""
@@ -114,12 +121,13 @@ def window_rows(run: Run, layers: Sequence[int], weighting: str, window: TokenWi
     layers = [check_layer(run, layer) for layer in layers]
     if weighting == "alti":
         return _alti_rows(run, layers, window)
-    device = run.layer(0).pattern.packed.device
-    index, causal = _packed_index(window, device)
-    rows = torch.stack([run.layer(layer).pattern.packed[:, index] for layer in layers]).float()  # [L, H, W, stop]
-    rows = rows.masked_fill_(~causal, 0.0)
+    pattern = run.layer(0).pattern
+    index, allowed = _packed_index(pattern, window, n_sources(run, window))
+    rows = torch.stack([run.layer(layer).pattern.packed[:, index] for layer in layers]).float()  # [L, H, W, S]
+    rows = rows.masked_fill_(~allowed, 0.0)
     if weighting == "norm":
-        rows = rows.mul_(value_norms(run, layers, window.stop).to(rows).permute(0, 2, 1)[:, :, None, :])
+        norms = value_norms(run, layers, n_sources(run, window))
+        rows = rows.mul_(norms.to(rows).permute(0, 2, 1)[:, :, None, :])
     return rows.cpu()
 
 
@@ -151,21 +159,22 @@ def _gram(model, layer: int) -> torch.Tensor:
         return known[layer]
 
 
-def _packed_index(window: TokenWindow, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where query q (of the window) and source s sit in a packed causal pattern, [W, stop]
-    (0 where s > q), and the causal mask [W, stop]."""
-    queries = torch.arange(window.start, window.stop, device=device)[:, None]
-    sources = torch.arange(window.stop, device=device)[None, :]
-    causal = sources <= queries
-    return torch.where(causal, queries * (queries + 1) // 2 + sources, 0), causal
+def _packed_index(pattern, window: TokenWindow, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where query q (of the window) and source s < `count` sit in the packed pattern, [W, S]
+    (0 where the row has no such source), and which sources the rows have [W, S]."""
+    device = pattern.packed.device
+    queries = torch.arange(window.start, window.stop, device=device)
+    sources = torch.arange(count, device=device)[None, :]
+    allowed = sources < pattern.source_counts(queries)[:, None]
+    return torch.where(allowed, pattern.row_offsets(queries)[:, None] + sources, 0), allowed
 
 
 def _alti_rows(run: Run, layers: list[int], window: TokenWindow) -> torch.Tensor:
     """The route engine's contribution rows (computed once per Run and remembered by it)."""
-    out = torch.zeros(len(layers), window.stop, len(window), run.model.info.n_heads)  # [L, S, W, H]
+    out = torch.zeros(len(layers), n_sources(run, window), len(window), run.model.info.n_heads)  # [L, S, W, H]
     for k, layer in enumerate(layers):
         for q, row in enumerate(contribution_rows(run, layer, list(window.positions))):
-            out[k, : row.position + 1, q] = row.heads
+            out[k, : row.heads.shape[0], q] = row.heads
     return out.permute(0, 3, 2, 1).contiguous()  # [L, H, W, S]
 
 
@@ -185,7 +194,7 @@ def attention_view(
     ``aggregate`` ("mean" or "max") folds the chosen heads into one; ``top_k`` keeps the k
     strongest sources per query and head (after the pair filter); ``split`` marks the first token
     of sentence B and ``part`` keeps one query -> source segment pair ("all", "A->A", "B->A",
-    "B->B", "A->B"; a causal model leaves "A->B" empty).
+    "B->B", "A->B"; a causal model leaves "A->B" empty, an encoder lets A read B).
     """
     check_weighting(weighting)
     layers = tuple(range(run.n_layers)) if layers is None else tuple(check_layer(run, l) for l in layers)
@@ -196,21 +205,21 @@ def attention_view(
     check_count(top_k, "top-k")
     _check_split(run, split, part)
     window = window or token_window(run)
-    size = len(layers) * run.model.info.n_heads * len(window) * window.stop
+    size = len(layers) * run.model.info.n_heads * len(window) * n_sources(run, window)
     if size > MAX_ROW_ELEMENTS:
         raise ArgumentError(
             f"{len(layers)} layers over a {len(window)}-token window is too much to compute at once "
             f"({size:,} weights): choose fewer layers or a smaller window"
         )
-    rows = window_rows(run, layers, weighting, window)  # [L, H, W, stop]
+    rows = window_rows(run, layers, weighting, window)  # [L, H, W, S]
     if len(heads) < rows.shape[1]:
         rows = rows[:, list(heads)]
     if aggregate is not None:
         rows = rows.mean(1, keepdim=True) if aggregate == "mean" else rows.amax(1, keepdim=True)
     if part != "all" and split is not None:
-        rows = rows * _pair_mask(window, split, part)
-    outside = rows[..., : window.start].sum(-1)  # [L, h, W]
-    weights = rows[..., window.start :]  # [L, h, W, W]
+        rows = rows * _pair_mask(window, split, part, rows.shape[-1])
+    outside = rows[..., : window.start].sum(-1) + rows[..., window.stop :].sum(-1)  # [L, h, W]
+    weights = rows[..., window.start : window.stop]  # [L, h, W, W]
     if top_k is not None:
         weights = _keep_top_k(weights, top_k)
     if aggregate is None:
@@ -252,10 +261,10 @@ def _check_split(run: Run, split: int | None, part: str) -> None:
         )
 
 
-def _pair_mask(window: TokenWindow, split: int, part: str) -> torch.Tensor:
-    """[W, stop] 1 where query (window) -> source (0 .. stop - 1) belongs to the chosen part."""
+def _pair_mask(window: TokenWindow, split: int, part: str, count: int) -> torch.Tensor:
+    """[W, S] 1 where query (window) -> source (0 .. S - 1) belongs to the chosen part."""
     query_b = torch.arange(window.start, window.stop) >= split
-    source_b = torch.arange(window.stop) >= split
+    source_b = torch.arange(count) >= split
     want_query_b, want_source_b = part[0] == "B", part[-1] == "B"
     return ((query_b == want_query_b)[:, None] & (source_b == want_source_b)[None, :]).float()
 

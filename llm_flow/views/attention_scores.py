@@ -43,6 +43,7 @@ class QueryKeys:
     softcap: float | None  # scores = softcap * tanh(scores / softcap) (Gemma 2)
     sliding_window: int | None  # query i sees sources j > i - sliding_window only
     rotation: str  # how positions entered q and k, in words
+    causal: bool = True  # query i sees sources j <= i only; an encoder's queries see every source
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class NeuronView:
     kv_head: int  # the key/value head serving `head` (differs under grouped-query attention)
     query: int
     query_token: str
-    positions: np.ndarray  # [S] source positions shown (all <= query)
+    positions: np.ndarray  # [S] source positions shown (all <= query in a decoder)
     tokens: tuple[str, ...]  # [S]
     query_vector: np.ndarray  # [d_head]
     keys: np.ndarray  # [S, d_head]
@@ -109,7 +110,7 @@ def neuron_view(
     n_heads, n_kv = qk.queries.shape[1], qk.keys.shape[1]
     kv_head = head // (n_heads // n_kv)
     q = qk.queries[query, head]  # [d_head]
-    keys = qk.keys[: query + 1, kv_head]  # [S, d_head]
+    keys = qk.keys[: _source_count(qk, query), kv_head]  # [S, d_head]
     products = keys * q
     dots = products.sum(-1)
     scores = _scores(qk, dots[None], torch.tensor([query]))[0]
@@ -117,7 +118,7 @@ def neuron_view(
     model_weights = run.layer(layer).pattern.row(query)[head].float().cpu()
     max_error = float((probabilities - model_weights).abs().max())
     _check_reproduced(run, layer, max_error)
-    shown = _shown_sources(query, probabilities, window, top_k)
+    shown = _shown_sources(qk, query, probabilities, window, top_k)
     return NeuronView(
         layer=layer,
         head=head,
@@ -142,11 +143,17 @@ def neuron_view(
     )
 
 
+def _source_count(qk: QueryKeys, query: int) -> int:
+    """Sources 0 .. count - 1 that `query` may read."""
+    return query + 1 if qk.causal else qk.keys.shape[0]
+
+
 def _shown_sources(
-    query: int, probabilities: torch.Tensor, window: TokenWindow | None, top_k: int | None
+    qk: QueryKeys, query: int, probabilities: torch.Tensor, window: TokenWindow | None, top_k: int | None
 ) -> torch.Tensor:
-    """Source positions to show, ascending: the window's sources up to the query, then top-k."""
-    start, stop = (0, query + 1) if window is None else (window.start, min(window.stop, query + 1))
+    """Source positions to show, ascending: the window's sources the query reads, then top-k."""
+    count = _source_count(qk, query)
+    start, stop = (0, count) if window is None else (window.start, min(window.stop, count))
     if start >= stop:
         raise ArgumentError(
             f"the window {window.start}..{window.stop - 1} has no source for query {query}: "
@@ -165,7 +172,7 @@ def _scores(qk: QueryKeys, dots: torch.Tensor, queries: torch.Tensor) -> torch.T
     if qk.softcap is not None:
         scores = qk.softcap * torch.tanh(scores / qk.softcap)
     sources = torch.arange(dots.shape[-1])
-    hidden = sources[None, :] > queries[:, None]
+    hidden = sources[None, :] > queries[:, None] if qk.causal else torch.zeros(len(queries), len(sources), dtype=torch.bool)
     if qk.sliding_window is not None:
         hidden |= sources[None, :] <= queries[:, None] - qk.sliding_window
     return scores.masked_fill(hidden, float("-inf"))
@@ -287,6 +294,7 @@ def _capture(run: Run, layer: int, source: int) -> QueryKeys:
         softcap=float(softcap) if softcap else None,
         sliding_window=int(window) if window else None,
         rotation=rotation,
+        causal=run.layer(layer).pattern.causal,
     )
 
 
@@ -298,7 +306,7 @@ def _layer_error(run: Run, qk: QueryKeys) -> float:
     worst = 0.0
     for start in range(0, pattern.n_tokens, _ROWS_PER_CHECK):
         rows = torch.arange(start, min(start + _ROWS_PER_CHECK, pattern.n_tokens))  # [r]
-        stop = int(rows[-1]) + 1  # sources a row of this chunk can see
+        stop = _source_count(qk, int(rows[-1]))  # sources a row of this chunk can see
         dots = torch.einsum("rhd,shd->hrs", qk.queries[rows], keys[:stop])  # [H, r, stop]
         probabilities = torch.softmax(_scores(qk, dots, rows), -1)
         used = pattern.rows(rows, stop).float().cpu().transpose(0, 1)  # [H, r, stop]

@@ -23,6 +23,7 @@ from transformers import LogitsProcessor
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import TransparentLlm
+from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
 from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
 from llm_flow.views.tokens import ranks
@@ -70,8 +71,12 @@ class Generation:
         return any(t.eos for t in self.tokens)
 
 
+_NO_TEXT = "it fills in [MASK] tokens and does not generate text"
+
+
 def start(model: TransparentLlm, prompt: str) -> Generation:
     """A generation with nothing generated yet, refusing prompts already at the length limit."""
+    refuse_encoder(model.info, _NO_TEXT)
     ids = tuple(model.encode(check_prompt_text(prompt)))
     _room(model, len(ids))
     return Generation(prompt, ids)
@@ -79,6 +84,7 @@ def start(model: TransparentLlm, prompt: str) -> Generation:
 
 def from_run(run: Run) -> Generation:
     """A generation continuing the analysed prompt, with the ids the Run was made from."""
+    refuse_encoder(run.model.info, _NO_TEXT)
     _room(run.model, run.n_tokens)
     return Generation(run.prompt, tuple(run.tokens.tolist()))
 

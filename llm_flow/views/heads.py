@@ -20,9 +20,10 @@ class HeadShare:
 def edge_heads(run: Run, layer: int, source: int, position: int) -> list[HeadShare]:
     """Heads ranked by their contribution of token `source` to `position` in `layer`."""
     position = run.position(position)
-    if not 0 <= source <= position:
+    last = int(run.layer(layer).pattern.source_counts(torch.tensor([position]))[0]) - 1
+    if not 0 <= source <= last:
         raise ArgumentError(
-            f"source {source} is out of range: attention at position {position} reads sources 0..{position}"
+            f"source {source} is out of range: attention at position {position} reads sources 0..{last}"
         )
     row = contribution_rows(run, layer, [position])[0]
     shares = [HeadShare(h, float(c)) for h, c in enumerate(row.heads[source].tolist())]
@@ -41,5 +42,5 @@ def contribution_map(run: Run, layer: int, head: int) -> torch.Tensor:
     rows = contribution_rows(run, layer, list(range(run.n_tokens)))
     out = torch.zeros(run.n_tokens, run.n_tokens)
     for row in rows:
-        out[row.position, : row.position + 1] = row.heads[:, head]
+        out[row.position, : row.heads.shape[0]] = row.heads[:, head]
     return out

@@ -1,4 +1,5 @@
-"""The model's next-token predictions at a position."""
+"""The model's predictions at a position: the next token (decoders) or the token itself (an
+encoder's [MASK])."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class Prediction:
 
 
 def top_predictions(run: Run, position: int = -1, k: int = 10, temperature: float = 1.0) -> list[Prediction]:
-    """The `k` most likely next tokens after `position`, with softmax(logits / temperature)."""
+    """The `k` most likely tokens predicted at `position` (the next token in a decoder, the token
+    itself in an encoder), with softmax(logits / temperature)."""
     if not temperature > 0:
         raise ArgumentError(f"temperature must be positive (got {temperature})")
     if k < 1:
@@ -32,3 +34,31 @@ def top_predictions(run: Run, position: int = -1, k: int = 10, temperature: floa
         Prediction(token, token_id, float(p), float(logits[token_id]))
         for token, token_id, p in zip(run.model.decode_tokens(ids), ids, top.values.tolist())
     ]
+
+
+def default_target(run: Run) -> int:
+    """The token a route explains unless told otherwise: in an encoder's prompt the first
+    ``[MASK]`` (what a masked-LM head predicts), else the last token (what comes next)."""
+    mask = getattr(run.model.tokenizer, "mask_token_id", None)
+    if run.model.info.bidirectional and mask is not None:
+        hits = torch.nonzero(run.tokens == mask).flatten()
+        if len(hits):
+            return int(hits[0])
+    return run.n_tokens - 1
+
+
+def prediction_title(run: Run, token: str) -> str:
+    """The heading of the predictions at a token shown as `token`."""
+    if run.model.info.bidirectional:
+        return f"Predicted at {token!r}"
+    return f"Next token after {token!r}"
+
+
+def head_note(run: Run) -> str | None:
+    """What a reader must know about where the predictions come from, when it is not obvious."""
+    if run.model.info.no_lm_head:
+        return (
+            "This checkpoint has no masked-LM head: predictions, the logit lens and promoted tokens "
+            "use its input embeddings as the unembedding."
+        )
+    return None

@@ -1,0 +1,49 @@
+"""The app on an encoder and on a mixture of experts: the [MASK] token is explained first, and
+an FFN node of a mixture of experts is split by expert (issue 20, items 1 and 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_flow.views.neurons import expert_label, expert_shares, top_neurons
+from tests.app_helpers import active_run, start, state, widget_key
+from tests.test_app import inspect
+from tests.tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app-models")
+    models = {name: {"source": str(save_tiny_model(name, root / name))} for name in ("bert", "mixtral")}
+    (root / "prompts.json").write_text(json.dumps(["The capital of France is [MASK]. Paris is big."]))
+    path = root / "local.json"
+    path.write_text(json.dumps({"default_model": "bert", "models": models, "prompts_file": "prompts.json"}))
+    return path
+
+
+def test_an_encoder_opens_on_its_mask_token(config, monkeypatch):
+    app = start(config, monkeypatch)
+    run = active_run(app)
+    mask = run.str_tokens.index("[MASK]")
+    assert state(app).route.position == mask
+    assert any(h.value == "Predicted at '[MASK]'" for h in app.subheader)
+    assert not app.error
+
+
+def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypatch):
+    app = start(config, monkeypatch, {"model": "mixtral"})
+    run = active_run(app)
+    assert run.model.info.n_experts == 4
+    node = inspect(app, lambda o: o.startswith("M"))
+    layer, position = (int(part) for part in node[1:].split("_"))
+    experts = next(df.value for df in app.dataframe if "router weight" in df.value.columns)
+    shares, _ = expert_shares(run, layer, position)
+    assert list(experts["expert"]) == [expert_label(s.expert) for s in shares]
+    neurons = next(df.value for df in app.dataframe if "expert" in df.value.columns and "neuron" in df.value.columns)
+    assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20)]
+    app.selectbox(key=widget_key("explorer.expert")).select(shares[0].expert).run()
+    assert not app.exception
+    neurons = next(df.value for df in app.dataframe if list(df.value.columns) == ["neuron", "contribution", "activation"])
+    assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20, expert=shares[0].expert)]
