@@ -62,14 +62,11 @@ def cases(run) -> dict[str, Callable]:
 
 
 def measure(run, name: str, build: Callable, trials: int) -> tuple[float, int]:
-    """Best time over `trials` (memos cleared unless the case is warm) and the JSON size."""
-    from llm_flow.views import attention_scores
-
+    """Best time over `trials` (the Run's derived results cleared unless the case is warm) and the JSON size."""
     best, size = float("inf"), 0
     for _ in range(trials):
         if "warm" not in name:
-            run._memo.rows.clear()
-            attention_scores._MEMO.pop(run, None)
+            run.derived_store.clear()
         start = time.perf_counter()
         size = len(build().to_json())
         best = min(best, time.perf_counter() - start)

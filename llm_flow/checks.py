@@ -8,12 +8,26 @@ import math
 from llm_flow.errors import ArgumentError, PromptError
 
 
+#: The contribution thresholds llm-flow accepts, everywhere (library, CLI, app, links). Below
+#: 0.001 a route keeps nearly every part (millions of edges at long prompts); above 0.5 at most
+#: one part of a representation can pass, so the route says nothing more.
+THRESHOLD_RANGE = (0.001, 0.5)
+DEFAULT_THRESHOLD = 0.04
+
+
 def check_threshold(threshold: object) -> float:
-    """A contribution threshold: a number in [0, 1]."""
+    """A contribution threshold within :data:`THRESHOLD_RANGE`."""
+    low, high = THRESHOLD_RANGE
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold) \
-            or not 0 <= threshold <= 1:
-        raise ArgumentError(f"threshold must be a number between 0 and 1 (got {threshold!r})")
+            or not low <= threshold <= high:
+        raise ArgumentError(threshold_message(threshold))
     return float(threshold)
+
+
+def threshold_message(value: object) -> str:
+    """The one sentence every part of llm-flow uses for a threshold out of range."""
+    low, high = THRESHOLD_RANGE
+    return f"the threshold must be a number from {low:g} to {high:g} (got {value!r}); the default is {DEFAULT_THRESHOLD:g}"
 
 
 def check_prompt_text(prompt: object) -> str:

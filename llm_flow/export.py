@@ -19,6 +19,7 @@ names one explicitly. Nothing heavy is imported at module level, so the CLI can 
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import tempfile
@@ -37,8 +38,14 @@ FIGURE_FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".png": "png"}
 BROWSER_ENV = "BROWSER_PATH"
 #: Static exports without an explicit size use the figure's own size, else this.
 DEFAULT_SIZE = (1000, 700)
+#: What an export may ask for: width and height in CSS pixels, and the PNG's pixels per CSS pixel.
+#: The largest PNG is then 16,000 pixels a side, about what Chromium can still draw in one piece.
+SIZE_RANGE = (100, 4000)
+SCALE_RANGE = (0.25, 4.0)
 _FONT = dict(family="Arial, Helvetica, sans-serif", size=14, color="#222222")
 _TITLE_CHARS = 90  # longer prompts are cut in titles
+_TITLE_SIZE = 16
+_TITLE_PAD = 12  # pixels between the title and the top edge
 _RENDER_TIMEOUT_S = 120
 _HTML_SCRIPT = "_llm_flow_html_script"  # plotly figures accept attributes named with a leading "_"
 
@@ -92,8 +99,8 @@ def save_figure(
     """Write `fig` as HTML, SVG or PNG (by suffix) with paper styling; return the path.
 
     `width` and `height` are the layout size in CSS pixels (default: the figure's own, else
-    1000 x 700); a PNG has ``scale`` times as many pixels each way. HTML keeps the figure's
-    responsive width unless `width` is given.
+    1000 x 700); a PNG has ``scale`` times as many pixels each way (SVG and HTML ignore it). HTML
+    keeps the figure's responsive width unless `width` is given. Limits: :func:`check_figure_size`.
     """
     fmt = figure_format(path)
     path = check_writable(path)
@@ -127,8 +134,7 @@ def figure_bytes(
     """The exported file's content, in memory (for download buttons). `fmt`: html, svg or png."""
     if fmt not in ("html", "svg", "png"):
         raise ArgumentError(f"unknown figure format {fmt!r}: use 'html', 'svg' or 'png'")
-    if not scale > 0:
-        raise ArgumentError(f"scale must be positive (got {scale!r})")
+    check_figure_size(width, height, scale)
     styled = paper_figure(fig, title)
     if fmt == "html":
         if width is not None or height is not None:
@@ -142,7 +148,24 @@ def figure_bytes(
         width or styled.layout.width or DEFAULT_SIZE[0],
         height or styled.layout.height or DEFAULT_SIZE[1],
     )
-    return _render_static(styled, fmt, size, scale)
+    return _render_static(styled, fmt, size, scale if fmt == "png" else 1.0)  # an SVG has no pixels to multiply
+
+
+def check_figure_size(width: int | None = None, height: int | None = None, scale: float = 1.0) -> None:
+    """Refuse a size no export should be made at (the app's Export menu and the CLI's
+    ``--width/--height/--scale`` both ask here). ``None`` keeps the figure's own size."""
+    low, high = SIZE_RANGE
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ArgumentError(f"the figure {name} must be a whole number of pixels from {low} to {high} (got {value!r})")
+    low, high = SCALE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise ArgumentError(
+            f"the PNG scale must be a number from {low:g} to {high:g} (got {scale!r}); "
+            "2 gives twice the pixels each way, for print"
+        )
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
@@ -158,18 +181,36 @@ def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
     if script is not None:
         attach_html_script(styled, script)
     margin = styled.layout.margin
+    top = max(margin.t or 0, 30)  # the figure's own room above the plot (subplot titles live there)
+    height = title_height(title)
     styled.update_layout(
         template="plotly_white", paper_bgcolor="white", plot_bgcolor="white", font=_FONT,
-        margin=dict(t=max(margin.t or 0, 30), l=max(margin.l or 0, 40)), hoverlabel=dict(font_size=13),
+        margin=dict(t=top + height, l=max(margin.l or 0, 40)), hoverlabel=dict(font_size=13),
     )  # fmt: skip
     if title:
+        first_baseline = _TITLE_PAD + _TITLE_SIZE  # from the top edge
         styled.update_layout(
             title=dict(
                 text=title, x=0, xref="paper", xanchor="left", y=1, yref="paper", yanchor="bottom",
-                pad=dict(b=14), automargin=True, font=dict(size=16),
+                pad=dict(b=top + height - first_baseline), automargin=False, font=dict(size=_TITLE_SIZE),
             )
-        )
+        )  # fmt: skip
     return styled
+
+
+def title_height(title: str | None) -> int:
+    """The room a title takes above the figure's own top margin, in pixels.
+
+    Computed rather than left to plotly's ``title.automargin``: plotly.js moves the axes but not
+    the traces when that margin grows (plotly.js issue 7750), so every point was drawn a fixed
+    number of pixels off its axis labels (the embeddings on the "L0" line in route exports).
+    Plotly sets lines of text 1.3 font sizes apart and, anchored at the bottom, puts the first
+    line's baseline at the anchor with the other lines below it; titles here never wrap.
+    """
+    if not title:
+        return 0
+    lines = len(re.split(r"<br\s*/?>", title, flags=re.IGNORECASE))
+    return _TITLE_PAD + math.ceil(1.3 * _TITLE_SIZE * lines)
 
 
 def route_title(
@@ -179,13 +220,24 @@ def route_title(
 
     Plotly titles read a little HTML, so user text is escaped and the prompt is shortened.
     """
-    shown = prompt if len(prompt) <= _TITLE_CHARS else prompt[: _TITLE_CHARS - 1] + "…"
+    shown = short_prompt(prompt)
     renorm = "renormalised" if renormalize else "not renormalised"
     return (
-        f"<b>Information-flow routes</b> · {html.escape(model)} · token {position} "
-        f"{html.escape(repr(token))} · threshold {threshold:g} ({renorm})"
-        f"<br><span style='font-size:13px'>{html.escape(repr(shown))}</span>"
+        f"<b>Information-flow routes</b> · {title_text(model)} · token {position} "
+        f"{title_text(repr(token))} · threshold {threshold:g} ({renorm})"
+        f"<br><span style='font-size:13px'>{title_text(repr(shown))}</span>"
     )
+
+
+def title_text(text: str) -> str:
+    """User text made safe for a plotly title, which reads a little HTML: ``<``, ``>`` and ``&``
+    are escaped; quotes are not (plotly would show ``&quot;`` as typed)."""
+    return html.escape(text, quote=False)
+
+
+def short_prompt(prompt: str) -> str:
+    """A prompt cut to a length a figure title can show on one line (titles never wrap)."""
+    return prompt if len(prompt) <= _TITLE_CHARS else prompt[: _TITLE_CHARS - 1] + "…"
 
 
 def table_csv(frame: "pd.DataFrame") -> bytes:

@@ -3,6 +3,8 @@ stop, counts agree with their noun."""
 
 from __future__ import annotations
 
+from tqdm import tqdm
+
 
 def sentence(message: str) -> str:
     """``"the prompt is empty: type…"`` -> ``"The prompt is empty: type…."``."""
@@ -18,22 +20,21 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
+def probability(p: float) -> str:
+    """A probability as every page and command prints it: ``"77.25%"`` from 1 % up, three
+    significant digits below (``"6.85e-09"``), ``"0"`` for zero. A fixed number of decimals would
+    print the probabilities left after an ablation (1e-9 and less) as 0."""
+    if p == 0:
+        return "0"
+    return f"{p:.2%}" if p >= 0.01 else f"{p:.2e}"
+
+
 def step_progress(label: str, done: int, total: int, elapsed: float) -> str:
-    """``"Saliency: step 2 of 5, about 40 s left"``: what the page's progress bar and the CLI
-    say after each step of a long computation."""
-    left = time_left(done, total, elapsed)
-    return f"{label}: step {done} of {total}" + (f", {left}" if left else "")
-
-
-def time_left(done: int, total: int, elapsed: float) -> str:
-    """What a progress bar adds after `done` of `total` equal steps took `elapsed` seconds:
-    ``"about 40 s left"``, ``"about 3 min left"``; nothing before the first step is done."""
-    if done <= 0 or done >= total:
-        return ""
-    seconds = elapsed / done * (total - done)
-    if seconds < 90:
-        return f"about {max(1, round(seconds))} s left"
-    return f"about {round(seconds / 60)} min left"
+    """``"Saliency: step 2 of 5, 00:15 left"``: what the page's progress bar and the CLI say after
+    each step of a long computation. The time left is tqdm's own estimate and format (the rate of
+    the steps done so far); there is none before the first step or after the last."""
+    ahead = ", {remaining} left" if 0 < done < total else ""
+    return tqdm.format_meter(done, total, elapsed, prefix=label, bar_format="{desc}: step {n_fmt} of {total_fmt}" + ahead)
 
 
 def shortened(text: str, limit: int = 200) -> str:

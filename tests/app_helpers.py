@@ -6,8 +6,8 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
-from llm_flow.ui import keys
 from llm_flow.ui.resources import get_run
+from llm_flow.ui.state import STATE_KEY, SessionState, widget_key
 from tests.conftest import REPO
 
 TIMEOUT = 300
@@ -35,5 +35,31 @@ def goto(app: AppTest, url_path: str) -> AppTest:
 
 def active_run(app: AppTest):
     """The very Run the app is showing (from the shared registry, not a new forward pass)."""
-    request = app.session_state[keys.ACTIVE]
+    request = state(app).source.active
     return get_run(request.model, request.prompt)
+
+
+def state(app: AppTest) -> SessionState:
+    """The session's state object (every setting of every page)."""
+    return app.session_state[STATE_KEY]
+
+
+def record_downloads(monkeypatch) -> dict[str, tuple[str, object]]:
+    """Watch Streamlit register the files of download buttons built on click: element id ->
+    (file name, the callable that makes the file). Streamlit's own registration still runs."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    seen: dict[str, tuple[str, object]] = {}
+    real = MediaFileManager.add_deferred
+
+    def add_deferred(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
+        seen[element_id] = (file_name, data_callable)
+        return real(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return seen
+
+
+def download_files(app: AppTest, seen: dict[str, tuple[str, object]]) -> dict[str, tuple[str, object]]:
+    """The download buttons on screen: label -> (file name, file maker)."""
+    return {button.label: seen[button.id] for button in app.download_button}

@@ -43,12 +43,12 @@ def test_lens_top_token_and_target_rank_from_the_models_own_head(case):
     for row, state in zip(result.rows, states):
         logits = reference_unembed(model, state)
         assert row.lens_token_id == int(logits.argmax())
-        assert row.target_rank == int((logits > logits[target]).sum())
+        assert row.target_rank == int((logits > logits[target]).sum()) + 1  # ranks count from 1
         assert row.target_probability == pytest.approx(float(torch.softmax(logits, -1)[target]), abs=1e-5)
     assert result.target_id == target and result.target == run.str_tokens[POSITION + 1]
-    # By default the explained token is the model's prediction, rank 0 after the last layer.
+    # By default the explained token is the model's prediction, rank 1 after the last layer.
     default = anatomy(run, POSITION)
-    assert default.target_id == int(run.logits[POSITION].argmax()) and default.rows[-1].target_rank == 0
+    assert default.target_id == int(run.logits[POSITION].argmax()) and default.rows[-1].target_rank == 1
 
 
 def test_shares_compose_the_contributions(case):

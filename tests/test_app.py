@@ -12,7 +12,6 @@ from streamlit.testing.v1 import AppTest
 import llm_flow
 from llm_flow.config import load_config
 from llm_flow.models.bridge import BridgeLlm
-from llm_flow.ui import keys
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.figures.route import route_figure
 from llm_flow.routes.nodes import NodeId
@@ -23,7 +22,7 @@ from llm_flow.views.neurons import top_neurons
 from llm_flow.views.predictions import top_predictions
 from llm_flow.views.promoted import head_output, promoted_tokens
 from llm_flow.views.tokens import display_token
-from tests.app_helpers import TIMEOUT, active_run, start
+from tests.app_helpers import TIMEOUT, active_run, start, state, widget_key
 from tests.conftest import REPO
 
 TABLE_COLUMNS = {
@@ -43,7 +42,7 @@ def analyse_button(app: AppTest):
 
 
 def load_custom_model(app: AppTest, source: str) -> None:
-    app.text_input(key=keys.CUSTOM_MODEL_INPUT).input(source)
+    app.text_input(key=widget_key("source.custom_model_input")).input(source)
     next(b for b in app.button if b.label == "Load model").click().run()
 
 
@@ -58,7 +57,7 @@ def app(tiny_config, monkeypatch):
 
 def test_first_screen_is_an_analysed_graph(app, tiny_config):
     config = load_config(tiny_config)
-    request = app.session_state[keys.ACTIVE]
+    request = state(app).source.active
     assert request.model.source == config.default_model and request.prompt == config.prompts[0]
     run = active_run(app)
     graph = llm_flow.build_graph(run, -1, 0.04, True)
@@ -75,12 +74,12 @@ def test_threshold_and_target_changes_do_not_rerun_the_model(app, monkeypatch):
     real_run = BridgeLlm.run
     monkeypatch.setattr(BridgeLlm, "run", lambda self, prompt: calls.append(prompt) or real_run(self, prompt))
     run = active_run(app)
-    app.slider(key=keys.THRESHOLD).set_value(0.1).run()
-    app.select_slider(key=keys.TARGET).set_value(2).run()
+    app.slider(key=widget_key("route.threshold")).set_value(0.1).run()
+    app.select_slider(key=widget_key("route.position")).set_value(2).run()
     assert calls == [] and not app.exception
     graph = llm_flow.build_graph(run, 2, 0.1, True)
     assert f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token 2" in caption_text(app)
-    app.checkbox(key=keys.RENORMALIZE).uncheck().run()
+    app.checkbox(key=widget_key("route.renormalize")).uncheck().run()
     graph = llm_flow.build_graph(run, 2, 0.1, False)
     assert f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token 2" in caption_text(app)
     assert calls == []
@@ -88,12 +87,12 @@ def test_threshold_and_target_changes_do_not_rerun_the_model(app, monkeypatch):
 
 def inspect(app: AppTest, predicate) -> str:
     """Choose under Inspect the first element whose id satisfies `predicate`."""
-    labels = app.selectbox(key=keys.SELECTED).options  # "A1_2 · after attention · ..." / "I0_1 → A1_2 · ..."
+    labels = app.selectbox(key=widget_key("route.selected")).options  # "A1_2 · after attention · ..." / "I0_1 → A1_2 · ..."
     ids = [label.split(" · ")[0].replace(" → ", "->") for label in labels]
     choice = next(i for i in ids if predicate(i))
-    app.selectbox(key=keys.SELECTED).select(choice).run()
+    app.selectbox(key=widget_key("route.selected")).select(choice).run()
     assert not app.exception, [e.message for e in app.exception]
-    assert app.session_state[keys.SELECTED] == choice
+    assert state(app).route.selected == choice
     return choice
 
 
@@ -105,7 +104,7 @@ def test_residual_node_shows_logit_lens_and_promotions(app):
     expected = logit_lens(run, "I", layer, position, k=10, normalize=True)
     assert list(lens["token"]) == [display_token(t.token) for t in expected]
     assert list(lens["probability"]) == pytest.approx([t.probability for t in expected])
-    app.checkbox(key=keys.LENS_NORMALIZE).uncheck().run()
+    app.checkbox(key=widget_key("explorer.lens_normalize")).uncheck().run()
     raw = logit_lens(run, "I", layer, position, k=10, normalize=False)
     assert list(table(app, "lens_table")["token"]) == [display_token(t.token) for t in raw]
     assert any("promoted" in df.value.columns for df in app.dataframe)
@@ -118,13 +117,13 @@ def test_attention_edge_shows_heads_maps_and_promotions(app):
     _, layer, position = astuple(NodeId.parse(target))
     source_position = NodeId.parse(source).position
     shares = edge_heads(run, layer, source_position, position)
-    assert app.selectbox(key=keys.HEAD).options == [f"H{s.head} ({s.contribution:.3f})" for s in shares]
-    assert app.session_state[keys.HEAD] == shares[0].head, "the strongest head is preselected"
+    assert app.selectbox(key=widget_key("explorer.head")).options == [f"H{s.head} ({s.contribution:.3f})" for s in shares]
+    assert state(app).explorer.head == shares[0].head, "the strongest head is preselected"
     promoted = [display_token(t.token) for t in promoted_tokens(run.model, head_output(run, layer, position, shares[0].head)).promoted]
     shown = next(df.value for df in app.dataframe if "promoted" in df.value.columns)
     assert list(shown["promoted"]) == promoted
     other = shares[1].head
-    app.selectbox(key=keys.HEAD).select(other).run()
+    app.selectbox(key=widget_key("explorer.head")).select(other).run()
     promoted = [display_token(t.token) for t in promoted_tokens(run.model, head_output(run, layer, position, other)).promoted]
     shown = next(df.value for df in app.dataframe if "promoted" in df.value.columns)
     assert list(shown["promoted"]) == promoted
@@ -138,7 +137,7 @@ def test_ffn_node_shows_ranked_neurons(app):
     expected = top_neurons(run, layer, position, k=20)
     assert list(neurons["neuron"]) == [n.neuron for n in expected]
     assert list(neurons["activation"]) == pytest.approx([n.activation for n in expected])
-    app.slider(key=keys.NEURON_COUNT).set_value(7).run()
+    app.slider(key=widget_key("explorer.neuron_count")).set_value(7).run()
     assert len(table(app, "neuron_table")) == 7
 
 
@@ -162,26 +161,26 @@ def test_every_graph_element_is_clickable(tiny_models):
 
 
 def test_over_long_prompt_is_refused_and_the_previous_graph_stays(app):
-    before = app.session_state[keys.ACTIVE]
-    app.text_area(key=keys.NEW_PROMPT).input("Paris " * 100)
+    before = state(app).source.active
+    app.text_area(key=widget_key("source.new_prompt")).input("Paris " * 100)
     analyse_button(app).click().run()
     assert not app.exception
     assert any("configured limit" in e.value for e in app.error)
-    assert app.session_state[keys.ACTIVE] == before
-    assert app.text_area(key=keys.NEW_PROMPT).value == "Paris " * 100, "what the user typed is kept"
+    assert state(app).source.active == before
+    assert app.text_area(key=widget_key("source.new_prompt")).value == "Paris " * 100, "what the user typed is kept"
     assert "nodes" in caption_text(app)
 
 
 def test_new_prompt_is_analysed_and_added(app):
-    app.text_area(key=keys.NEW_PROMPT).input("One, two, three, four,")
+    app.text_area(key=widget_key("source.new_prompt")).input("One, two, three, four,")
     analyse_button(app).click().run()
     assert not app.error
-    assert app.session_state[keys.ACTIVE].prompt == "One, two, three, four,"
-    assert "One, two, three, four," in app.selectbox(key=keys.PROMPT_CHOICE).options
+    assert state(app).source.active.prompt == "One, two, three, four,"
+    assert "One, two, three, four," in app.selectbox(key=widget_key("source.prompt_choice")).options
 
 
 def test_empty_new_prompt_is_refused(app):
-    app.text_area(key=keys.NEW_PROMPT).input("   ")
+    app.text_area(key=widget_key("source.new_prompt")).input("   ")
     analyse_button(app).click().run()
     assert any("empty" in e.value for e in app.error)
 
@@ -192,20 +191,20 @@ def test_model_that_fails_to_load_keeps_the_previous_state(app, monkeypatch):
     attempts = []
     real_load = resources.load_model
     monkeypatch.setattr(resources, "load_model", lambda *a, **k: attempts.append(a[0]) or real_load(*a, **k))
-    before = app.session_state[keys.ACTIVE]
+    before = state(app).source.active
     load_custom_model(app, "./no/such/folder")
     assert not app.exception
     assert any("Unknown model './no/such/folder'" in e.value for e in app.error)
-    assert app.session_state[keys.ACTIVE] == before
-    assert app.text_input(key=keys.CUSTOM_MODEL_INPUT).value == "./no/such/folder"
-    app.select_slider(key=keys.TARGET).set_value(1).run()
+    assert state(app).source.active == before
+    assert app.text_input(key=widget_key("source.custom_model_input")).value == "./no/such/folder"
+    app.select_slider(key=widget_key("route.position")).set_value(1).run()
     assert "for token 1" in caption_text(app), "the previous analysis is still usable"
     assert attempts == ["./no/such/folder"], "a failed model is not reloaded on every interaction"
 
 
 def test_switching_models(app):
-    app.selectbox(key=keys.MODEL_CHOICE).select("tiny-gpt_neox").run()
-    assert app.session_state[keys.ACTIVE].model.source == "tiny-gpt_neox"
+    app.selectbox(key=widget_key("source.model_choice")).select("tiny-gpt_neox").run()
+    assert state(app).source.active.model.source == "tiny-gpt_neox"
     assert not app.error and "nodes" in caption_text(app)
 
 
@@ -215,7 +214,7 @@ def test_demo_mode_offers_only_configured_choices(tiny_config, tmp_path, monkeyp
     path = tmp_path / "demo.json"
     path.write_text(json.dumps(config))
     app = start(path, monkeypatch)
-    assert not [t for t in app.text_input if t.key == keys.CUSTOM_MODEL_INPUT]
+    assert not [t for t in app.text_input if t.key == widget_key("source.custom_model_input")]
     assert not app.text_area
     assert "nodes" in caption_text(app)
 
@@ -230,20 +229,20 @@ def test_sessions_share_the_model_but_not_their_state(tiny_config, monkeypatch):
     get_model.__globals__["_models"].clear()
     first = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
     second = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
-    second.selectbox(key=keys.PROMPT_CHOICE).select("One, two, three,").run()
-    first.slider(key=keys.THRESHOLD).set_value(0.15).run()
+    second.selectbox(key=widget_key("source.prompt_choice")).select("One, two, three,").run()
+    first.slider(key=widget_key("route.threshold")).set_value(0.15).run()
     assert loads == ["tiny-llama"], "one model load for both sessions"
-    assert first.session_state[keys.ACTIVE].prompt == "The capital of France is"
-    assert second.session_state[keys.ACTIVE].prompt == "One, two, three,"
-    assert second.session_state[keys.THRESHOLD] == 0.04
-    key = first.session_state[keys.ACTIVE].model
-    assert get_model(key) is get_model(second.session_state[keys.ACTIVE].model)
+    assert state(first).source.active.prompt == "The capital of France is"
+    assert state(second).source.active.prompt == "One, two, three,"
+    assert state(second).route.threshold == 0.04
+    key = state(first).source.active.model
+    assert get_model(key) is get_model(state(second).source.active.model)
 
 
 @pytest.mark.real_model
 def test_default_app_on_smollm2_predicts_paris(smollm2, monkeypatch):
     app = start(REPO / "config" / "local.json", monkeypatch)
-    assert app.session_state[keys.ACTIVE].model == ModelKey("smollm2-135m", "cpu", "float32", str(REPO / "config" / "local.json"))
+    assert state(app).source.active.model == ModelKey("smollm2-135m", "cpu", "float32", str(REPO / "config" / "local.json"))
     assert table(app, "predictions_table")["token"].iloc[0] == "·Paris"
     inspect(app, lambda o: o.startswith("M"))
     assert len(table(app, "neuron_table")) == 20

@@ -11,9 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from llm_flow.ui import attention as page
-from llm_flow.ui import keys
 from llm_flow.views.attention import head_view, token_window
-from tests.app_helpers import active_run, goto, start
+from tests.app_helpers import active_run, goto, start, state, widget_key
 
 
 def shown_figure(app: AppTest) -> dict:
@@ -68,17 +67,17 @@ def legend_names(figure: dict) -> list[str]:
 
 @pytest.mark.parametrize("weighting,name", [("norm", "attention × ‖(v+b_V)W_O‖₂"), ("alti", "ALTI contribution")])
 def test_the_weighting_switch_redraws_the_same_view(app, weighting, name):
-    set_value(app, page.WEIGHT, weighting)
+    set_value(app, widget_key("attention.weighting"), weighting)
     run = active_run(app)
     assert title(shown_figure(app)) == f"Layer {run.n_layers // 2}: {name}"
-    set_value(app, page.VIEW, "model")
+    set_value(app, widget_key("attention.view"), "model")
     assert title(shown_figure(app)).startswith(f"All layers × heads: {name}")
 
 
 def test_model_view_is_one_grid_of_the_chosen_layers_and_heads(app):
     run = active_run(app)
-    set_value(app, page.VIEW, "model")
-    set_value(app, page.HEADS, [1, 3])
+    set_value(app, widget_key("attention.view"), "model")
+    set_value(app, widget_key("attention.heads"), [1, 3])
     figure = shown_figure(app)
     heatmap = figure["data"][0]
     window = min(page.DEFAULT_WINDOW["head"], run.n_tokens)  # the window set when the page opened
@@ -91,10 +90,10 @@ def test_model_view_is_one_grid_of_the_chosen_layers_and_heads(app):
 
 def test_neuron_view_shows_the_scores_of_the_chosen_head_and_token(app):
     run = active_run(app)
-    set_value(app, page.VIEW, "neuron")
-    set_value(app, page.LAYER, 2)
-    set_value(app, page.HEAD, 3)
-    set_value(app, keys.TARGET, 6)
+    set_value(app, widget_key("attention.view"), "neuron")
+    set_value(app, widget_key("attention.layer"), 2)
+    set_value(app, widget_key("attention.head"), 3)
+    set_value(app, widget_key("route.position"), 6)
     figure = shown_figure(app)
     assert title(figure).startswith("Layer 2, head 3, query 6 ")
     softmax = array(figure["data"][4]["z"]).ravel()
@@ -103,11 +102,11 @@ def test_neuron_view_shows_the_scores_of_the_chosen_head_and_token(app):
 
 def test_window_top_k_aggregation_and_sentence_pairs_reach_the_figure(app):
     run = active_run(app)
-    set_value(app, page.WINDOW, 5)
-    set_value(app, page.TOP_K, 2)
-    set_value(app, page.AGGREGATE, "max")
-    set_value(app, page.SPLIT, 3)
-    set_value(app, page.PART, "B->A")
+    set_value(app, widget_key("attention.window"), 5)
+    set_value(app, widget_key("attention.top_k"), 2)
+    set_value(app, widget_key("attention.aggregate"), "max")
+    set_value(app, widget_key("attention.split"), 3)
+    set_value(app, widget_key("attention.part"), "B->A")
     figure = shown_figure(app)
     assert f"top 2 sources per query, B->A, tokens {run.n_tokens - 5}–{run.n_tokens - 1}" in title(figure)
     queries = next(t for t in figure["data"] if t.get("mode") == "markers+text")
@@ -117,14 +116,14 @@ def test_window_top_k_aggregation_and_sentence_pairs_reach_the_figure(app):
 
 def test_a_head_opens_in_the_explorer_on_its_edge(app):
     run = active_run(app)
-    set_value(app, page.LAYER, run.n_layers - 1)
-    set_value(app, page.HEAD, 2)
+    set_value(app, widget_key("attention.layer"), run.n_layers - 1)
+    set_value(app, widget_key("attention.head"), 2)
     button = next(b for b in app.button if b.label.startswith("Open L"))
     button.click().run()
     assert not app.exception
-    selected = app.session_state[keys.SELECTED]
+    selected = state(app).route.selected
     assert selected.endswith(f"->A{run.n_layers - 1}_{run.n_tokens - 1}")
-    assert app.session_state[keys.HEAD] == 2
+    assert state(app).explorer.head == 2
     assert any(s.value == selected.replace("->", " → ") for s in app.subheader)  # the Explorer's edge panel
 
 
@@ -136,14 +135,14 @@ def test_clicks_are_read_from_the_points_plotly_sends():
 
 
 def test_settings_that_no_longer_fit_a_shorter_prompt_are_put_back_in_range(app):
-    set_value(app, page.WINDOW, 20)
-    set_value(app, page.SPLIT, 15)
-    app.text_area(key=keys.NEW_PROMPT).input("One, two")
+    set_value(app, widget_key("attention.window"), 20)
+    set_value(app, widget_key("attention.split"), 15)
+    app.text_area(key=widget_key("source.new_prompt")).input("One, two")
     next(b for b in app.button if b.label == "Analyse new prompt").click().run()
     assert not app.exception and not app.error
     run = active_run(app)
     assert run.prompt == "One, two"
-    assert app.session_state[page.WINDOW] <= run.n_tokens and app.session_state[page.SPLIT] == 0
+    assert drawn_window(app) <= run.n_tokens and state(app).attention.split == 0
     assert shown_figure(app)
 
 
@@ -152,31 +151,35 @@ def test_a_window_cut_to_a_short_prompt_grows_back_with_a_longer_one(app):
     window again (not the few tokens the short one had); a window the user chose stays."""
 
     def analyse(text: str):
-        app.text_area(key=keys.NEW_PROMPT).input(text)
+        app.text_area(key=widget_key("source.new_prompt")).input(text)
         next(b for b in app.button if b.label == "Analyse new prompt").click().run()
         assert not app.exception and not app.error
         return active_run(app)
 
     short = analyse("One, two")
-    assert app.session_state[page.WINDOW] == short.n_tokens < page.DEFAULT_WINDOW["head"]
+    assert drawn_window(app) == short.n_tokens < page.DEFAULT_WINDOW["head"]
     long = analyse("One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve")
     assert long.n_tokens > short.n_tokens
-    assert app.session_state[page.WINDOW] == min(page.DEFAULT_WINDOW["head"], long.n_tokens)
-    set_value(app, page.WINDOW, 7)
+    assert drawn_window(app) == min(page.DEFAULT_WINDOW["head"], long.n_tokens)
+    set_value(app, widget_key("attention.window"), 7)
     analyse("One, two, three, four, five, six, seven, eight, nine, ten")
-    assert app.session_state[page.WINDOW] == 7
+    assert drawn_window(app) == 7
+
+
+def drawn_window(app) -> int:
+    return app.number_input(key=widget_key("attention.window")).value
 
 
 def test_the_explorers_edge_panel_opens_its_head_here(app):
     run = active_run(app)
-    set_value(app, page.LAYER, run.n_layers - 1)
+    set_value(app, widget_key("attention.layer"), run.n_layers - 1)
     next(b for b in app.button if b.label.startswith("Open L")).click().run()  # to the Explorer, on an edge
     goto(app, "explorer")  # AppTest follows st.switch_page for one run only; stay on the Explorer
-    edge = app.session_state[keys.SELECTED]
-    app.selectbox(key=keys.HEAD).set_value(1).run()
+    edge = state(app).route.selected
+    app.selectbox(key=widget_key("explorer.head")).set_value(1).run()
     next(b for b in app.button if b.label.startswith("Open L") and "Attention page" in b.label).click().run()
     assert not app.exception, [e.message for e in app.exception]
     layer, position = run.n_layers - 1, int(edge.split("_")[-1])
     assert title(shown_figure(app)) == f"Layer {layer}: attention weight"
-    assert app.session_state[page.HEADS] == [1] and app.session_state[page.FOCUS] == position
+    assert state(app).attention.heads == (1,) and state(app).attention.focus == position
     assert legend_names(shown_figure(app)) == ["head 1"]

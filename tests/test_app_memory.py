@@ -11,9 +11,8 @@ import pytest
 
 from llm_flow.config import load_config
 from llm_flow.models.memory import estimate_peak_bytes
-from llm_flow.ui import keys
 from llm_flow.ui.resources import cached_models, cached_runs
-from tests.app_helpers import active_run, start
+from tests.app_helpers import active_run, start, state, widget_key
 
 
 def config_with(tiny_config, tmp_path, **limits):
@@ -26,7 +25,7 @@ def config_with(tiny_config, tmp_path, **limits):
 
 
 def analyse(app, text: str) -> None:
-    app.text_area(key=keys.NEW_PROMPT).input(text)
+    app.text_area(key=widget_key("source.new_prompt")).input(text)
     next(b for b in app.button if b.label == "Analyse new prompt").click().run()
 
 
@@ -46,12 +45,12 @@ def test_a_prompt_that_would_not_fit_is_refused_with_the_estimate_and_the_view_s
     short, long = run.n_tokens, len(run.model.encode(text))  # the limit lies between their estimated peaks
     limit_mb = (estimate_peak_bytes(run.model.info, short) + estimate_peak_bytes(run.model.info, long)) / 2 / 2**20
     app = start(config_with(tiny_config, tmp_path, run_memory_mb=limit_mb), monkeypatch)
-    before = app.session_state[keys.ACTIVE]
+    before = state(app).source.active
     analyse(app, text)
     message = next(e.value for e in app.error)
     assert "needs about" in message and "run_memory_mb" in message, message
-    assert app.session_state[keys.ACTIVE] == before and "nodes" in " ".join(c.value for c in app.caption)
-    assert app.text_area(key=keys.NEW_PROMPT).value == text, "what the user typed is kept"
+    assert state(app).source.active == before and "nodes" in " ".join(c.value for c in app.caption)
+    assert app.text_area(key=widget_key("source.new_prompt")).value == text, "what the user typed is kept"
 
 
 def test_running_out_of_memory_during_a_run_is_a_message_not_retried_and_the_view_stays(tiny_config, monkeypatch, fresh_caches):
@@ -66,12 +65,12 @@ def test_running_out_of_memory_during_a_run_is_a_message_not_retried_and_the_vie
 
     handle = model.hf_model.register_forward_pre_hook(exhausted)
     try:
-        before = app.session_state[keys.ACTIVE]
+        before = state(app).source.active
         analyse(app, "Seven, eight, nine, ten")
         message = next(e.value for e in app.error)
         assert "memory" in message.lower() and "Traceback" not in message, message
-        assert app.session_state[keys.ACTIVE] == before
-        app.slider(key=keys.THRESHOLD).set_value(0.1).run()  # any other interaction
+        assert state(app).source.active == before
+        app.slider(key=widget_key("route.threshold")).set_value(0.1).run()  # any other interaction
         assert len(attempts) == 1, "the failed run is not retried on every rerun"
         assert "nodes" in " ".join(c.value for c in app.caption), "the previous analysis is usable"
     finally:
@@ -103,6 +102,6 @@ def test_after_a_burst_of_sessions_the_caches_are_back_under_their_limit(tiny_co
     assert cached_runs().nbytes() <= limit
     assert len(alive) <= len(cached_runs().keys()) < 6, "evicted runs are freed even though their sessions live on"
     for app in sessions:  # every session still works: its run is rebuilt when it is needed again
-        app.slider(key=keys.THRESHOLD).set_value(0.1).run()
+        app.slider(key=widget_key("route.threshold")).set_value(0.1).run()
         assert not app.exception and "nodes" in " ".join(c.value for c in app.caption)
         assert cached_runs().nbytes() <= limit, [(k[1], cached_runs()._items[k].nbytes) for k in cached_runs().keys()]

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from llm_flow.ui import keys
 from llm_flow.views.neurons import expert_label, expert_shares, top_neurons
-from tests.app_helpers import active_run, start
+from tests.app_helpers import active_run, start, state
 from tests.test_app import inspect
 from tests.tiny_models import save_tiny_model
 
@@ -28,7 +27,7 @@ def test_an_encoder_opens_on_its_mask_token(config, monkeypatch):
     app = start(config, monkeypatch)
     run = active_run(app)
     mask = run.str_tokens.index("[MASK]")
-    assert app.session_state[keys.TARGET] == mask
+    assert state(app).route.position == mask
     assert any(h.value == "Predicted at '[MASK]'" for h in app.subheader)
     assert not app.error
 
@@ -44,7 +43,7 @@ def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypa
     assert list(experts["expert"]) == [expert_label(s.expert) for s in shares]
     neurons = next(df.value for df in app.dataframe if "expert" in df.value.columns and "neuron" in df.value.columns)
     assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20)]
-    app.selectbox(key="ffn_expert").select(shares[0].expert).run()
+    next(box for box in app.selectbox if box.label == "Neurons of").select(shares[0].expert).run()
     assert not app.exception
     neurons = next(df.value for df in app.dataframe if list(df.value.columns) == ["neuron", "contribution", "activation"])
     assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20, expert=shares[0].expert)]

@@ -25,10 +25,12 @@ from transformers import (
 import llm_flow
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.figures.attention import head_view_figure, model_view_figure, neuron_view_figure
+from llm_flow.models.derived import DerivedStore
 from llm_flow.views import attention_scores
 from llm_flow.views.attention import TokenWindow, attention_view, head_view, model_view, token_window
-from llm_flow.views.attention_scores import neuron_view, query_keys
+from llm_flow.views.attention_scores import QueryKeysOf, neuron_view, query_keys
 from tests.conftest import PROMPT
+from tests.reference import reference_contributions, reference_layers
 from tests.tiny_models import FAMILIES, _small, tiny_tokenizer
 
 ROTARY = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2", "gpt_neox": "gpt_neox"}
@@ -127,12 +129,15 @@ def test_norm_weighting_is_attention_times_l2_norm_of_value_through_w_o(family_r
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
-def test_alti_weighting_is_the_route_engines_c_heads(family_runs, family):
+def test_alti_weighting_is_the_contribution_of_each_source_through_each_head(family_runs, tiny_folders, family):
+    """Against the float64 reference of tests/reference.py: part vectors from hooks on the
+    transformers modules and the proximity formula written out."""
     run, _, _ = family_runs(family)
     view = model_view(run, weighting="alti")
-    for layer in range(run.n_layers):
-        c_heads, _ = llm_flow.attention_contributions(run, layer)  # [T, T, H]
-        np.testing.assert_allclose(view.weights[layer], c_heads.permute(2, 0, 1).numpy(), atol=1e-6)
+    for layer, reference in enumerate(reference_layers(str(tiny_folders[family]), run.tokens.tolist())):
+        c_heads = reference_contributions(reference, run.parallel)[0]  # [T, T, H]
+        assert c_heads.max() > 0.05, "a check on all-zero contributions would prove nothing"
+        np.testing.assert_allclose(view.weights[layer], c_heads.permute(2, 0, 1).numpy(), atol=1e-4)
 
 
 # --- neuron view -------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def test_neuron_view_of_a_layer_computes_no_other_layer_nor_its_attention_or_mlp
         for i, block in enumerate(bridge.blocks)
         for part, module in (("ln1", block.ln1), ("attn", block.attn), ("mlp", block.mlp), ("block", block))
     ]
-    attention_scores._MEMO.pop(run, None)
+    run.derived_store.clear(QueryKeysOf)
     try:
         for layer in (run.n_layers - 1, 1):
             finished.clear()
@@ -245,7 +250,8 @@ def test_neuron_view_of_a_layer_computes_no_other_layer_nor_its_attention_or_mlp
     finally:
         for handle in handles:
             handle.remove()
-    assert sorted(attention_scores._MEMO[run]) == [1, run.n_layers - 1]  # only the layers asked for
+    kept = sorted(k.layer for k in run.derived_store.keys() if isinstance(k, QueryKeysOf))
+    assert kept == [1, run.n_layers - 1]  # only the layers asked for
 
 
 def _tiny_gemma3(folder):
@@ -271,7 +277,7 @@ def test_neuron_view_on_layers_with_their_own_rotary_tables(tmp_path, monkeypatc
     query = run.n_tokens - 1
 
     def check_all_layers():
-        attention_scores._MEMO.pop(run, None)
+        run.derived_store.clear(QueryKeysOf)
         for layer, pattern in enumerate(patterns):
             for head in range(pattern.shape[0]):
                 view = neuron_view(run, layer, head, query)
@@ -283,14 +289,12 @@ def test_neuron_view_on_layers_with_their_own_rotary_tables(tmp_path, monkeypatc
 
 
 def test_neuron_view_refuses_what_it_cannot_reproduce(family_runs):
-    run, _, _ = family_runs("llama")
-    qk = query_keys(run, 2)
-    attention_scores._MEMO[run][2] = replace(qk, scale=qk.scale * 3)  # a wrong scale must be caught
-    try:
-        with pytest.raises(UnsupportedModelError, match="cannot reproduce layer 2's attention weights"):
-            neuron_view(run, 2, 0, run.n_tokens - 1)
-    finally:
-        attention_scores._MEMO[run][2] = qk
+    shared, _, _ = family_runs("llama")
+    qk = query_keys(shared, 2)
+    run = replace(shared, derived_store=DerivedStore())  # the same activations, nothing derived yet
+    run.derived_store.put(QueryKeysOf(2), replace(qk, scale=qk.scale * 3))  # a wrong scale must be caught
+    with pytest.raises(UnsupportedModelError, match="cannot reproduce layer 2's attention weights"):
+        neuron_view(run, 2, 0, run.n_tokens - 1)
 
 
 def test_neuron_view_window_and_top_k_choose_what_is_shown(family_runs):

@@ -85,26 +85,37 @@ def test_saliency_and_input_x_gradient_equal_autograd(tiny_models, plain, family
         value = explained(reference, None, ids[saliency.n_prompt + step], foil_id, function, embeds)
         (gradient,) = torch.autograd.grad(value, embeds)
         norms, products = gradient[0].norm(dim=-1).numpy(), (gradient * embeds)[0].sum(-1).detach().numpy()
-        np.testing.assert_allclose(visible(saliency, step), norms, rtol=1e-3, atol=1e-5 * np.abs(norms).max())
-        np.testing.assert_allclose(visible(ixg, step), products, rtol=1e-3, atol=1e-5 * np.abs(products).max())
+        # float32 backward passes round each gradient to about 1e-7 of the largest terms summed
+        # into it, so a score near 0 carries an error set by the largest score, not by itself
+        # (llama: 3.61e-7 vs 3.69e-7 where the largest is 3.4e-4); 1e-4 of the largest, or 0.1 %.
+        np.testing.assert_allclose(visible(saliency, step), norms, rtol=1e-3, atol=1e-4 * np.abs(norms).max())
+        np.testing.assert_allclose(visible(ixg, step), products, rtol=1e-3, atol=1e-4 * np.abs(products).max())
 
 
-@pytest.mark.parametrize("family, function, baseline, n_steps, tolerance", [
-    ("gpt2", "probability", "zeros", 64, 1e-4),
-    ("gpt2", "logit", "mean", 64, 0.01),
+#: Largest completeness gap allowed, as a fraction of the effect it bounds (|f(x) - f(baseline)|
+#: of the step). The integral's quadrature error shrinks as points are added; at the step counts
+#: below the measured gaps are at most 0.5 % (gpt2) and 0.05 % (llama) of the effect, so 1 %
+#: leaves room for float32 rounding while any gap of the effect's own order fails.
+COMPLETENESS = 0.01
+
+
+@pytest.mark.parametrize("family, function, baseline, n_steps", [
+    ("gpt2", "probability", "zeros", 64),
+    ("gpt2", "logit", "mean", 64),
     # the tiny random Llama is far rougher along the path (large init, RMSNorm): more points
-    ("llama", "logit", "mean", 256, 0.2),
+    # (at 256 its gaps were still 9 % of the smallest effect)
+    ("llama", "logit", "mean", 512),
 ])  # fmt: skip
-def test_integrated_gradients_completeness(tiny_models, plain, family, function, baseline, n_steps, tolerance):
-    """Scores of a step sum to f(x) - f(baseline) within what the step count allows, and closer
-    than with 4 points. The baseline (zero or mean embeddings at every position but the first)
-    is built here from the plain model's embedding table."""
+def test_integrated_gradients_completeness(tiny_models, plain, family, function, baseline, n_steps):
+    """Scores of a step sum to f(x) - f(baseline) within `COMPLETENESS` of that difference, and
+    closer than with 4 points. The baseline (zero or mean embeddings at every position but the
+    first) is built here from the plain model's embedding table."""
     model, reference = tiny_models(family), plain(family)
     options = dict(continuation=CONTINUATION, function=function, baseline=baseline)
     coarse = attribute(model, PROMPT, "integrated_gradients", n_steps=4, **options)
     fine = attribute(model, PROMPT, "integrated_gradients", n_steps=n_steps, **options)
     ids = fine.token_ids
-    coarse_errors, fine_errors = [], []
+    coarse_errors, fine_errors, effects = [], [], []
     for step in range(fine.n_steps):
         context, target = ids[: fine.n_prompt + step], ids[fine.n_prompt + step]
         with torch.no_grad():
@@ -115,12 +126,13 @@ def test_integrated_gradients_completeness(tiny_models, plain, family, function,
             at_input = explained(reference, context, target, function=function)
             at_baseline = explained(reference, None, target, function=function, embeds=reference_input)
         difference = float(at_input - at_baseline)
+        effects.append(abs(difference))
         for result, errors in ((coarse, coarse_errors), (fine, fine_errors)):
             total = visible(result, step).sum()
             errors.append(abs(total - difference))
             # captum's convergence delta is that very gap
             assert result.deltas[step] == pytest.approx(total - difference, abs=1e-4 * max(1, abs(difference)))
-    assert max(fine_errors) <= tolerance, (fine_errors, tolerance)
+    assert all(e <= COMPLETENESS * effect for e, effect in zip(fine_errors, effects)), (fine_errors, effects)
     assert sum(fine_errors) < sum(coarse_errors)
 
 
@@ -302,7 +314,7 @@ def test_unknown_method_lists_the_valid_ones():
     (dict(continuation=""), ArgumentError, "the continuation is empty"),
     (dict(generate=0), ArgumentError, "must be 1..64"),
     (dict(generate=2, continuation=" x"), ArgumentError, "not both"),
-    (dict(generate=20), PromptError, "are 50 tokens, over the configured limit"),
+    (dict(generate=20), PromptError, "are 50 tokens long, over the configured limit"),
     (dict(function="log-probability", generate=1), ArgumentError, "function must be one of probability, logit"),
     (dict(method="attention", layer=7, generate=1), ArgumentError, "layer 7 is out of range"),
 ])  # fmt: skip
@@ -357,9 +369,13 @@ SANITY_PROMPTS = [
     "She poured the water into the glass and then drank the",
     "def add(a, b):\n    return a",
 ]
-# Methods whose top token is the more harmful deletion on every prompt above (README, Input
-# attribution, has the table for all methods).
-EVERY_PROMPT = {"integrated_gradients", "occlusion"}
+# The claim for every method: on average over the prompts, deleting its top token hurts more
+# than deleting another. The per-prompt claim is made for the perturbation methods only, chosen
+# for what they compute and not for their results: their score is itself the drop when one
+# token is taken away (occlusion replaces its embedding, the check deletes it), so on each prompt
+# the check measures nearly what they score. (README, Input attribution, has the table for all
+# methods; some others win on every prompt there too, which is not claimed.)
+EVERY_PROMPT = {name for name, method in METHODS.items() if method.__module__ == "llm_flow.attribution.perturbation"}
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +403,7 @@ def test_deleting_the_top_token_hurts_more_than_deleting_another(smollm2, deleti
     """Delete the top-scored context token: the greedy next token's probability drops more than
     when a random other context token is deleted (expected drop: the mean over all of them), on
     average over the prompts for every method, and on every prompt for the methods in
-    EVERY_PROMPT."""
+    EVERY_PROMPT (those that score a token by removing it)."""
     top_drops, other_drops = [], []
     for sequence, before, drops in deletions:
         result = attribute_sequence(smollm2, sequence, method)
@@ -399,3 +415,21 @@ def test_deleting_the_top_token_hurts_more_than_deleting_another(smollm2, deleti
     assert np.mean(top_drops) > np.mean(other_drops)
     if method in EVERY_PROMPT:
         assert all(np.greater(top_drops, other_drops)), list(zip(top_drops, other_drops))
+
+
+def test_target_never_names_a_token_id_in_the_attribution_package():
+    """Elsewhere "target" is a position (the graph's explained token); here the token a step
+    explains is its *target token* (`Sequence.target_token_id`), so the bare name is unused."""
+    import ast
+
+    from tests.conftest import REPO
+
+    bare = []
+    for path in sorted((REPO / "llm_flow" / "attribution").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(node, "arg", None) or getattr(node, "id", None) or getattr(node, "attr", None)
+            if isinstance(node, ast.FunctionDef):
+                name = node.name
+            if name == "target":
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, bare

@@ -36,6 +36,13 @@ def test_routes_defaults_to_the_configured_model_and_first_prompt(tiny_config, c
     assert "Target  position 2" in printed
 
 
+def test_loading_shows_llm_flows_progress_and_no_library_bar(tiny_config, capsys):
+    assert main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2", "--prompt", "One, two"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading tiny-gpt2…" in err  # llm-flow's own progress
+    assert "Loading weights" not in err and "it/s]" not in err, err  # transformers' tqdm bar
+
+
 def test_models_lists_the_config(tiny_config, capsys):
     assert main(["--config", str(tiny_config), "models"]) == 0
     printed = capsys.readouterr().out
@@ -45,11 +52,13 @@ def test_models_lists_the_config(tiny_config, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["routes", "--threshold", "2"], "threshold must be a number between 0 and 1"),
+        (["routes", "--threshold", "2"], "the threshold must be a number from 0.001 to 0.5"),
         (["routes", "--prompt", ""], "the prompt is empty"),
         (["routes", "--model", "./missing"], "unknown model './missing'"),
         (["routes", "--target", "40", "--prompt", "hi"], "target position 40 is out of range"),
         (["routes", "--top", "0"], "--top must be at least 1"),
+        (["routes", "--width", "50"], "the figure width must be a whole number of pixels from 100 to 4000 (got 50)"),
+        (["attention", "--layer", "0", "--scale", "0"], "the PNG scale must be a number from 0.25 to 4 (got 0.0)"),
     ],
 )
 def test_errors_are_one_clear_line(tiny_config, capsys, args, message):
@@ -98,6 +107,7 @@ def modules_loaded_by(args: list[str], config) -> tuple[int, set[str], str]:
         ["routes", "--prompt", "   "],
         ["routes", "--top", "0"],
         ["routes", "--out", "/nonexistent/dir/x.json"],
+        ["routes", "--height", "9000"],
         ["routes", "--bogus"],
     ],
 )
@@ -149,3 +159,18 @@ def test_an_unwritable_export_path_is_refused_before_any_work(tiny_config, tmp_p
 def test_an_export_flag_with_the_wrong_suffix_is_refused(tiny_config, tmp_path, capsys):
     assert main(["--config", str(tiny_config), "routes", "--svg", str(tmp_path / "route.png")]) == 2
     assert "must end in .svg" in capsys.readouterr().err
+
+
+def test_figure_size_options_reach_the_files(tiny_config, tmp_path, capsys):
+    import struct
+    import xml.etree.ElementTree as ElementTree
+
+    png, svg = tmp_path / "route.png", tmp_path / "route.svg"
+    code = main(["--config", str(tiny_config), "routes", "--model", "tiny-gpt2", "--prompt", "The capital of France is",
+                 "--png", str(png), "--svg", str(svg), "--width", "640", "--height", "480", "--scale", "2"])  # fmt: skip
+    if code == 2 and "Chromium" in capsys.readouterr().err:
+        pytest.skip("no Chrome-family browser for SVG/PNG export")
+    assert code == 0
+    assert struct.unpack(">II", png.read_bytes()[16:24]) == (1280, 960)
+    root = ElementTree.parse(svg).getroot()
+    assert (root.get("width"), root.get("height")) == ("640", "480")

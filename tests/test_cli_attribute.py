@@ -10,6 +10,7 @@ from llm_flow.attribution import METHODS, attribute, load_attribution
 from llm_flow.cli import main
 from llm_flow.cli.attribute import METHOD_NAMES
 from tests.test_cli import modules_loaded_by
+from tests.test_generation import plain_generate, plain_model
 
 
 def cli(config, *args: str) -> int:
@@ -53,6 +54,16 @@ def test_generated_words_to_csv_and_html(tiny_config, tmp_path, capsys):
     assert cli(tiny_config, "--generate", "2", "--method", "alti_rollout", "--out", str(page)) == 0
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and "plotly" in text and text.count("<h3>") == 2
+
+
+def test_generated_continuation_is_transformers_greedy_generation(tiny_config, tiny_folders, tmp_path):
+    out = tmp_path / "generated.json"
+    assert cli(tiny_config, "--prompt", "The capital of France is", "--generate", "5", "--method", "attention",
+               "--out", str(out)) == 0  # fmt: skip
+    saved = load_attribution(out)
+    prompt_ids = saved.token_ids[: saved.n_prompt]
+    expected = plain_generate(plain_model(tiny_folders["llama"]), prompt_ids, 5, do_sample=False)
+    assert saved.generated and saved.token_ids[saved.n_prompt :] == expected
 
 
 def test_help_lists_every_registered_method(tiny_config, capsys):

@@ -7,6 +7,7 @@ import pytest
 
 from llm_flow.cli import main
 from llm_flow.interventions import THRESHOLDS
+from llm_flow.wording import probability
 from tests.test_cli import modules_loaded_by
 
 PROMPT = "The capital of France is"
@@ -30,6 +31,11 @@ def test_check_prints_the_three_results_and_writes_csv(tiny_config, tmp_path, ca
     assert check["probability"].between(0, 1).all() and (check["rank"] >= 1).all()
     assert int(check.loc[0, "rank"]) == 1, "the reported token is the model's top prediction"
     assert set(check["seed"]) == {4}
+    # The printed probabilities are the CSV's, in the one format that keeps small values.
+    lines = {line[2:18].strip(): line for line in printed.splitlines() if line.startswith("  ") and " p = " in line}
+    for row in check[check["condition"].isin(["unmodified", "route only", "route removed"])].itertuples():
+        assert f"p = {probability(row.probability):>8}   logit" in lines[row.condition]
+    assert check["probability"].min() < 0.01 and "0.0000" not in printed
 
     curve = pd.read_csv(curve_csv)
     assert list(curve["threshold"]) == list(THRESHOLDS)

@@ -22,7 +22,7 @@ def prompt_file(tmp_path_factory):
 def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file, tmp_path, capsys):
     out = tmp_path / "results"
     args = ["--config", str(tiny_config), "dataset", "--model", "tiny-gpt2", "--prompts", str(prompt_file),
-            "--targets", "all", "--threshold", "0.05", "--out", str(out)]  # fmt: skip
+            "--positions", "all", "--threshold", "0.05", "--out", str(out)]  # fmt: skip
     html = tmp_path / "heads.html"
     assert main(args + ["--html", str(html)]) == 0
     printed = capsys.readouterr().out
@@ -31,7 +31,7 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
     assert "Heads   most often on a route: L" in printed and "FFNs    most often on a route: L" in printed
     prompts = pq.read_table(out / "prompts.parquet").to_pandas()
     assert list(prompts["prompt_id"]) == ["a", "b", "c"] and list(prompts["status"]) == ["ok", "error", "ok"]
-    assert prompts.loc[0, "n_targets"] == prompts.loc[0, "n_tokens"]  # --targets all
+    assert prompts.loc[0, "n_targets"] == prompts.loc[0, "n_tokens"]  # --positions all
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["config"]["model"] == "tiny-gpt2" and metadata["config"]["threshold"] == 0.05
     assert metadata["config"]["max_prompt_tokens"] == 64  # the config's limit
@@ -47,7 +47,7 @@ def test_dataset_writes_the_results_folder_and_resumes(tiny_config, prompt_file,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--threshold", "3"], "threshold must be a number between 0 and 1"),
+        (["--threshold", "3"], "the threshold must be a number from 0.001 to 0.5"),
         (["--workers", "2"], "workers and address are for the Ray engine"),
         (["--engine", "ray", "--workers", "0"], "workers must be a whole number >= 1"),
         (["--top", "0"], "--top must be at least 1"),
@@ -68,8 +68,31 @@ def test_a_folder_made_with_other_settings_is_refused(tiny_config, prompt_file, 
     base = ["--config", str(tiny_config), "dataset", "--prompts", str(prompt_file), "--out", str(out)]
     assert main(base) == 0
     capsys.readouterr()
-    assert main(base + ["--targets", "all"]) == 2
-    assert "holds results made with targets 'last' (now 'all')" in capsys.readouterr().err
+    assert main(base + ["--positions", "all"]) == 2
+    assert "holds results made with positions 'last' (now 'all')" in capsys.readouterr().err
+
+
+def test_targets_is_the_old_name_of_positions_and_old_folders_still_resume(tiny_config, prompt_file, tmp_path, capsys):
+    """Results folders written before the rename record "targets": they resume under --positions,
+    are refused with the new name when the setting differs, and read as before; the old flag
+    still works and says the new name."""
+    from llm_flow.dataset import load_results
+
+    out = tmp_path / "results"
+    base = ["--config", str(tiny_config), "dataset", "--prompts", str(prompt_file), "--out", str(out)]
+    assert main(base + ["--targets", "all"]) == 0
+    assert "--targets is now called --positions" in capsys.readouterr().err
+    metadata_file = out / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["config"]["positions"] == "all"
+    metadata["config"]["targets"] = metadata["config"].pop("positions")  # as an older llm-flow wrote it
+    metadata_file.write_text(json.dumps(metadata))
+    assert "every token" in load_results(out).label
+    assert main(base + ["--positions", "last"]) == 2
+    assert "holds results made with positions 'all' (now 'last')" in capsys.readouterr().err
+    assert main(base + ["--positions", "all"]) == 0
+    assert "(2 already done" in capsys.readouterr().out
+    assert json.loads(metadata_file.read_text())["config"]["positions"] == "all"
 
 
 @pytest.mark.parametrize(
@@ -78,7 +101,7 @@ def test_a_folder_made_with_other_settings_is_refused(tiny_config, prompt_file, 
         ["dataset", "--help"],
         ["dataset", "--prompts", "/nonexistent/p.jsonl", "--out", "/tmp/llm-flow-never"],
         ["dataset", "--prompts", "PROMPTS", "--out", "OUT", "--threshold", "5"],
-        ["dataset", "--prompts", "PROMPTS", "--out", "OUT", "--targets", "first"],
+        ["dataset", "--prompts", "PROMPTS", "--out", "OUT", "--positions", "first"],
         ["dataset", "--prompts", "PROMPTS", "--out", "NOT_A_RESULTS_FOLDER"],
     ],
 )

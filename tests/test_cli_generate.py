@@ -12,13 +12,18 @@ from llm_flow.cli import main
 from tests.test_cli import modules_loaded_by
 
 PROMPT = "The capital of France is"
-ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+('.*?'|\".*?\")\s+([\d.]+)%\s+([\d.]+)%\s+(\d+)")
+PROBABILITY = r"([\d.]+%|[\d.]+e-\d+|0)"  # as llm_flow.wording.probability prints it
+ROW = re.compile(rf"^\s*(\d+)\s+(\d+)\s+('.*?'|\".*?\")\s+{PROBABILITY}\s+{PROBABILITY}\s+(\d+)")
+
+
+def parse_probability(text: str) -> float:
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
 def rows(printed: str) -> list[tuple[int, str, float, float, int]]:
     """(position, token repr, p drawn, p model, rank) of each printed token line."""
     return [
-        (int(m[2]), m[3], float(m[4]) / 100, float(m[5]) / 100, int(m[6]))
+        (int(m[2]), m[3], parse_probability(m[4]), parse_probability(m[5]), int(m[6]))
         for m in map(ROW.match, printed.splitlines())
         if m
     ]
@@ -42,7 +47,7 @@ def test_greedy_tokens_and_probabilities_match_transformers(tiny_config, tiny_fo
     assert [r[0] for r in table] == list(range(ids.shape[1], ids.shape[1] + 6))
     assert [r[1] for r in table] == [repr(tokenizer.decode([t])) for t in new]
     for (_, _, drawn, p_model, rank), scores, token in zip(table, out.scores, new):
-        assert drawn == 1.0 and rank == 0
+        assert drawn == 1.0 and rank == 1  # ranks count from 1: the model's top token
         assert p_model == pytest.approx(float(torch.softmax(scores[0], -1)[token]), abs=1e-4)
     text = tokenizer.decode(out.sequences[0], skip_special_tokens=True)
     assert f"Text      {text!r}" in printed or "tokenises differently" in printed

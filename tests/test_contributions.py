@@ -105,10 +105,12 @@ def test_rows_cached_on_the_run_are_reused(runs):
 
     run = runs["gpt2"]
     build_graph(run, target=-1, threshold=0.02)
-    before = dict(run._memo.rows)
+    store = run.derived_store
+    before = {key: store.peek(key) for key in store.keys()}
+    assert before, "the graph kept its attention rows"
     build_graph(run, target=-1, threshold=0.05)
-    assert run._memo.rows.keys() == before.keys()
-    assert all(run._memo.rows[k][0] is before[k][0] for k in before)
+    assert store.keys() == list(before)
+    assert all(store.peek(k) is before[k] for k in before)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
@@ -130,3 +132,4 @@ def test_full_contributions_cover_every_layer_and_serve_later_graphs(tiny_models
     monkeypatch.setattr(contributions, "_rows", lambda *a, **k: pytest.fail("a row was computed again"))
     for target in range(run.n_tokens):
         llm_flow.build_graph(run, target, threshold=0.01)
+    assert all(a is b for a, b in zip(llm_flow.full_contributions(run), table)), "a second call computes nothing"

@@ -65,12 +65,12 @@ def expected_parts(graph: nx.DiGraph) -> dict[tuple[str, str], list[float]]:
     return parts
 
 
-def expected_statistics(model, prompts: list[str], targets: str, threshold: float):
+def expected_statistics(model, prompts: list[str], positions: str, threshold: float):
     """Per prompt and per dataset: routes and summed contributions, from build_graph directly."""
     per_prompt, graphs = {}, 0
     for number, text in enumerate(prompts, 1):
         run = model.run(text)
-        chosen = range(run.n_tokens) if targets == "all" else [run.n_tokens - 1]
+        chosen = range(run.n_tokens) if positions == "all" else [run.n_tokens - 1]
         sums = defaultdict(lambda: [0, 0.0])
         for target in chosen:
             graph = llm_flow.build_graph(run, target, threshold)
@@ -88,12 +88,12 @@ def expected_statistics(model, prompts: list[str], targets: str, threshold: floa
     return per_prompt, graphs
 
 
-@pytest.mark.parametrize(("family", "targets"), [("llama", "all"), ("gpt_neox", "last"), ("gemma2", "last")])
-def test_statistics_equal_those_from_build_graph(tiny_models, tmp_path, family, targets):
+@pytest.mark.parametrize(("family", "positions"), [("llama", "all"), ("gpt_neox", "last"), ("gemma2", "last")])
+def test_statistics_equal_those_from_build_graph(tiny_models, tmp_path, family, positions):
     model, threshold = tiny_models(family), 0.05
-    prompts = PROMPTS[:2] if targets == "all" else PROMPTS
-    summary = analyse_dataset(prompts, tmp_path, model, Settings(targets, threshold), progress=False)
-    per_prompt, graphs = expected_statistics(model, prompts, targets, threshold)
+    prompts = PROMPTS[:2] if positions == "all" else PROMPTS
+    summary = analyse_dataset(prompts, tmp_path, model, Settings(positions, threshold), progress=False)
+    per_prompt, graphs = expected_statistics(model, prompts, positions, threshold)
     assert (summary.ok, summary.errors, summary.graphs) == (len(prompts), 0, graphs)
 
     rows = table(tmp_path, "prompt_components").to_pandas()
@@ -123,12 +123,12 @@ def test_statistics_equal_those_from_build_graph(tiny_models, tmp_path, family, 
     assert list(prompts_table["prompt_id"]) == [str(k) for k in range(1, len(prompts) + 1)]
     first = model.run(prompts[0])
     assert list(prompts_table.loc[0, "tokens"]) == first.str_tokens
-    assert prompts_table.loc[0, "n_targets"] == (first.n_tokens if targets == "all" else 1)
+    assert prompts_table.loc[0, "n_targets"] == (first.n_tokens if positions == "all" else 1)
 
     metadata = json.loads((tmp_path / "metadata.json").read_text())
     assert metadata["config"] == {
         "model": model.name, "device": "cpu", "dtype": "float32", "max_prompt_tokens": model.max_prompt_tokens,
-        "targets": targets, "threshold": threshold, "renormalize": True,
+        "positions": positions, "threshold": threshold, "renormalize": True,
     }  # fmt: skip
     assert metadata["model"]["n_heads"] == n_heads
     assert {"llm-flow", "torch", "transformers"} <= set(metadata["versions"])
@@ -216,8 +216,8 @@ def test_a_folder_with_other_settings_or_other_files_is_refused(tiny_models, tmp
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match="not empty and holds no llm-flow results"):
         analyse_dataset(PROMPTS[:1], tmp_path / "other", model, progress=False)
-    with pytest.raises(ArgumentError, match="targets must be 'last' or 'all'"):
-        Settings(targets="first")
+    with pytest.raises(ArgumentError, match="positions must be 'last' or 'all'"):
+        Settings(positions="first")
     with pytest.raises(ArgumentError, match="threshold"):
         Settings(threshold=2.0)
     with pytest.raises(ArgumentError, match="workers"):

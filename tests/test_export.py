@@ -15,6 +15,7 @@ import pytest
 import llm_flow
 from llm_flow.errors import ArgumentError, ExportError
 from llm_flow.export import (
+    check_figure_size,
     check_writable,
     figure_bytes,
     paper_figure,
@@ -188,3 +189,36 @@ def test_route_title_escapes_and_shortens_the_prompt():
     title = route_title("gpt2", "<b>" + "x" * 200, " is", 7, 0.04, False)
     assert "<b>x" not in title and "&lt;b&gt;" in title
     assert "…" in title and "token 7" in title and "threshold 0.04 (not renormalised)" in title
+
+
+def test_titles_show_quotes_as_typed():
+    """Plotly reads titles as a little HTML but does not decode ``&quot;``: quotes stay as they are."""
+    title = route_title("it's-a-model", "John's <b>book</b> & \"more\"", " it's", 3, 0.04, True)
+    assert "&quot;" not in title and "&#x27;" not in title
+    assert "John\\'s &lt;b&gt;book&lt;/b&gt; &amp;" in title and "it's-a-model" in title
+
+
+@pytest.mark.parametrize(
+    "size,message",
+    [
+        (dict(width=99), r"width must be a whole number of pixels from 100 to 4000 \(got 99\)"),
+        (dict(height=4001), r"height must be a whole number of pixels from 100 to 4000 \(got 4001\)"),
+        (dict(width=640.5), r"width must be a whole number of pixels from 100 to 4000 \(got 640.5\)"),
+        (dict(width=True), r"width must be a whole number .* \(got True\)"),
+        (dict(scale=0.2), r"scale must be a number from 0.25 to 4 \(got 0.2\)"),
+        (dict(scale=float("nan")), r"scale must be a number from 0.25 to 4 \(got nan\)"),
+    ],
+)
+def test_sizes_out_of_range_are_refused_before_any_rendering(route, tmp_path, monkeypatch, size, message):
+    _, fig, _ = route
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chromium"))  # would fail later, if reached
+    with pytest.raises(ArgumentError, match=message):
+        check_figure_size(**size)
+    for fmt in ("html", "png"):
+        with pytest.raises(ArgumentError, match=message):
+            figure_bytes(fig, fmt, **size)
+    with pytest.raises(ArgumentError, match=message):
+        save_figure(fig, tmp_path / "route.svg", **size)
+    assert not (tmp_path / "route.svg").exists()
+    check_figure_size(100, 4000, 0.25)
+    check_figure_size(4000, None, 4)

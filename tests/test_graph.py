@@ -100,9 +100,14 @@ def test_hand_built_route_with_renormalisation():
     assert set(e) == set(edges(route_graph(hand_built(), 2, 0.1, False)))
 
 
-def test_threshold_one_keeps_only_the_target():
-    graph = route_graph(hand_built(), target=2, threshold=1.0, renormalize=True)
-    assert list(graph.nodes) == ["I1_2"] and graph.number_of_edges() == 0
+def test_the_highest_threshold_keeps_at_most_one_part_per_node():
+    """Contributions of one representation sum to 1, so at 0.5 (the highest threshold offered)
+    at most one part of a node passes, and renormalised it carries everything."""
+    graph = route_graph(hand_built(), target=2, threshold=0.5, renormalize=True)
+    for node in graph.nodes:
+        incoming = list(graph.in_edges(node, data=True))
+        assert len(incoming) <= 1
+        assert all(data["weight"] == pytest.approx(1.0) for *_, data in incoming)
 
 
 def test_apply_threshold_rescales_survivors():
@@ -195,10 +200,10 @@ def test_pruned_graph_equals_brute_force(seed, parallel, threshold, renormalize)
             assert sum(d["heads"]) + d["residual"] == pytest.approx(d["weight"], abs=1e-6)
 
 
-@pytest.mark.parametrize("bad", [-0.01, 1.01, math.nan, "0.1"])
-def test_threshold_outside_unit_interval_is_refused(tiny_models, bad):
+@pytest.mark.parametrize("bad", [-0.01, 0.0, 0.0009, 0.51, 1.0, math.nan, "0.1"])
+def test_threshold_outside_the_offered_range_is_refused(tiny_models, bad):
     run = tiny_models("gpt2").run("The capital of France is")
-    with pytest.raises(llm_flow.ArgumentError, match="threshold must be a number between 0 and 1"):
+    with pytest.raises(llm_flow.ArgumentError, match="threshold must be a number from 0.001 to 0.5"):
         llm_flow.build_graph(run, threshold=bad)
 
 

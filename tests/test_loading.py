@@ -90,8 +90,9 @@ def test_run_keeps_only_what_the_maths_needs(tiny_models):
     assert act.neuron_acts.shape == (n_tokens, info.d_mlp)
     assert {f.name for f in dataclasses.fields(act)} == {
         "resid_pre", "resid_mid", "resid_post", "values", "pattern", "mlp_out", "neuron_acts",
-        "attn_gain", "mlp_gain",
+        "attn_gain", "mlp_gain", "experts",
     }  # fmt: skip
+    assert act.experts is None  # a dense FFN
 
 
 def test_packed_pattern_round_trips(tiny_models):

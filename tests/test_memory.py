@@ -48,12 +48,10 @@ def test_run_nbytes_counts_everything_it_holds(tiny_models, family):
     run = tiny_models(family).run(LONG)
     assert run.nbytes == held_bytes(run)
     llm_flow.build_graph(run, -1, 0.04)
-    rows = [row[0] for row in run._memo.rows.values()]
-    assert rows, "the graph memoised contribution rows"
-    assert run.nbytes == held_bytes(run) + sum(r.numel() * r.element_size() for r in rows)
-    llm_flow.full_contributions(run)  # every row becomes a view of one [T, T, H] tensor per layer
-    info = run.model.info
-    assert run.nbytes == held_bytes(run) + info.n_layers * run.n_tokens**2 * info.n_heads * 4
+    rows = [run.derived_store.peek(key) for key in run.derived_store.keys()]
+    assert rows, "the graph kept its contribution rows"
+    row_tensors = sum(row.heads.numel() * row.heads.element_size() for row in rows)
+    assert run.nbytes - held_bytes(run) == run.derived_store.nbytes >= row_tensors
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -208,6 +206,32 @@ def test_run_cache_stays_under_its_byte_limit(resources, tiny_folders, tmp_path)
     assert first_again.nbytes < limit and resources.cached_runs().keys()[-1] == (key, prompts[0])
 
 
+def test_run_cache_sees_a_cached_run_grow_and_settles_under_its_limit(resources, tiny_folders, tmp_path):
+    """All positions' contributions make a cached run several times larger: the cache's total
+    grows by exactly that, and settling evicts older runs until it is back under the limit."""
+    prompts = [f"{LONG} Prompt number {i}." for i in range(3)]
+    probe = llm_flow.load_model(str(tiny_folders["llama"])).run(prompts[0])
+    fresh = probe.nbytes
+    llm_flow.full_contributions(probe)
+    grown = probe.nbytes
+    # room for three fresh runs, or for a grown one and a fresh one, but not a grown one and two fresh
+    limit = (max(3 * fresh, grown + fresh) + grown + 2 * fresh) / 2
+    assert max(3 * fresh, grown + fresh) < limit < grown + 2 * fresh
+    path = cache_config(tiny_folders, tmp_path, run_cache_mb=limit / MIB)
+    config = load_config(path)
+    key = resources.ModelKey("tiny-llama", "cpu", "float32", str(path))
+    runs = [resources.get_run(key, prompt) for prompt in prompts]  # three fresh runs fit
+    cache = resources.cached_runs()
+    before = cache.nbytes()
+    assert len(cache.keys()) == 3
+    llm_flow.full_contributions(runs[-1])
+    assert cache.nbytes() - before == runs[-1].nbytes - fresh > 0, "the cache sees the growth"
+    assert cache.nbytes() > config.run_cache_bytes
+    resources.settle_caches(config)
+    assert cache.nbytes() <= config.run_cache_bytes
+    assert [p for _, p in cache.keys()] == prompts[1:], "the oldest went, the grown one stays"
+
+
 def test_evicted_model_is_released_with_its_runs(resources, tiny_folders, tmp_path):
     path = cache_config(tiny_folders, tmp_path, model_cache_mb=0.001)  # room for the newest model only
     llama = resources.ModelKey("tiny-llama", "cpu", "float32", str(path))
@@ -235,3 +259,58 @@ def test_estimate_matches_measured_run_size_of_encoders_and_experts(family):
     for prompt in (SHORT, LONG):
         run = model.run(prompt)  # full [H, T, T] patterns, post-LN gains, active expert neurons
         assert estimate_run_bytes(model.info, run.n_tokens) == pytest.approx(run.nbytes, rel=0.02)
+
+
+class Sized:
+    """A cache value whose size the test sets, and may change after it was cached (as a Run's)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def test_byte_budget_cache_keeps_the_newest_and_sees_values_grow():
+    from llm_flow.ui.resources import ByteBudgetCache
+
+    evicted = []
+    cache = ByteBudgetCache(lambda value: value.nbytes, on_evict=evicted.append)
+    a, b, c = Sized(30), Sized(30), Sized(30)
+    for key, value in (("a", a), ("b", b), ("c", c)):
+        assert cache.get(key, lambda value=value: value, 100) is value
+    assert cache.keys() == ["a", "b", "c"] and cache.nbytes() == 90 and evicted == []
+    assert cache.get("a", lambda: pytest.fail("built again"), 100) is a
+    assert cache.keys() == ["b", "c", "a"], "a use makes it the most recent"
+    c.nbytes = 60  # grew after it was cached
+    cache.settle(100)
+    assert cache.keys() == ["c", "a"] and evicted == ["b"], "the growth is seen; the least recent goes"
+    huge = Sized(500)
+    assert cache.get("huge", lambda: huge, 100) is huge
+    assert cache.keys() == ["huge"] and evicted == ["b", "c", "a"], "a value over the limit stays, alone"
+    cache.get("a", lambda: a, 100)
+    assert cache.keys() == ["a"] and evicted[-1] == "huge"
+    cache.get("b", lambda: b, 40)  # a smaller limit from another config applies at once
+    assert cache.keys() == ["b"] and evicted[-1] == "a"
+    cache.discard(lambda key: key != "b")
+    assert cache.keys() == [] and evicted[-1] == "b"
+
+
+def test_byte_budget_cache_builds_a_missing_value_once_for_concurrent_callers():
+    import threading
+
+    from llm_flow.ui.resources import ByteBudgetCache
+
+    cache = ByteBudgetCache(lambda value: value.nbytes)
+    builds, results = [], []
+    release = threading.Event()
+
+    def build():
+        builds.append(1)
+        release.wait(5)
+        return Sized(10)
+
+    threads = [threading.Thread(target=lambda: results.append(cache.get("k", build, 100))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(results) == 4 and all(r is results[0] for r in results)

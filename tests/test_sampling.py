@@ -1,4 +1,6 @@
-"""The sampling pipeline against `transformers`' own logits warpers, applied as `generate` applies them."""
+"""The sampling pipeline against a float64 computation from the definitions of temperature, top-k
+and top-p, against the scores plain `generate(do_sample=True)` draws from, and made of
+`transformers`' own warpers."""
 
 from __future__ import annotations
 
@@ -6,32 +8,13 @@ import math
 
 import pytest
 import torch
-from transformers import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import AutoModelForCausalLM, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from llm_flow.errors import ArgumentError
 from llm_flow.figures.playground import sampling_figure
 from llm_flow.views.sampling import SamplingSettings, choose, sampling_stages, seeded_generator
 
 VOCAB = 500
-
-
-def warped(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """What `generate(do_sample=True)` feeds to softmax: the warpers it adds for these settings,
-    in its order (temperature != 1, top_k != 0, top_p < 1)."""
-    warpers = LogitsProcessorList()
-    if temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(float(temperature)))
-    if top_k != 0:
-        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-    if top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-    scores = logits.float()[None]
-    return warpers(torch.zeros(1, 1, dtype=torch.long), scores)[0]
 
 
 def random_logits(seed: int, ties: bool = False) -> torch.Tensor:
@@ -54,24 +37,84 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("ties", [False, True])
+def by_definition(logits: torch.Tensor, temperature: float, top_k: int, top_p: float):
+    """Float64, from the definitions: top-k keeps the tokens scoring at least the k-th highest
+    score; top-p keeps, most probable first, each token whose more probable tokens hold less than
+    p of the probability (the smallest such set reaching p), the most probable always. Returns
+    (kept by top-k, kept by both, final probabilities)."""
+    scores = logits.double() / temperature
+    order = scores.argsort(descending=True)
+    by_k = torch.ones_like(scores, dtype=torch.bool)
+    if top_k:
+        by_k = scores >= scores[order[min(top_k, len(scores)) - 1]]
+    probs = torch.softmax(scores.masked_fill(~by_k, -math.inf), -1)
+    by_p = by_k.clone()
+    if top_p < 1:
+        above = probs[order].cumsum(0) - probs[order]  # mass of the more probable tokens
+        keep = above < top_p
+        keep[0] = True
+        by_p = torch.zeros_like(by_k).scatter(0, order, keep) & by_k
+    final = torch.softmax(scores.masked_fill(~by_p, -math.inf), -1)
+    return by_k, by_p, final
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", SETTINGS)
-def test_stages_equal_the_transformers_warpers(temperature, top_k, top_p, ties):
+def test_stages_equal_a_float64_computation_from_the_definitions(temperature, top_k, top_p):
     for seed in range(5):
-        logits = random_logits(seed, ties)
+        logits = random_logits(seed)  # distinct values: the definitions leave no tie to break
         stages = sampling_stages(logits, SamplingSettings(temperature, top_k, top_p))
-        expected = warped(logits, temperature, top_k, top_p)
-        assert torch.equal(stages.after_top_p, expected)
-        assert torch.equal(stages.probs, torch.softmax(expected, -1))
-        assert torch.equal(stages.after_top_k, warped(logits, temperature, top_k, 1.0))
-        assert torch.equal(stages.scaled, warped(logits, temperature, 0, 1.0))
-        # The cut masks are exactly the tokens each filter set to -inf, and nothing else.
-        after_temperature = torch.isinf(stages.scaled)
-        by_k = torch.isinf(stages.after_top_k) & ~after_temperature
-        by_p = torch.isinf(stages.after_top_p) & ~torch.isinf(stages.after_top_k)
-        assert torch.equal(stages.cut_by_top_k, by_k) and torch.equal(stages.cut_by_top_p, by_p)
-        assert stages.n_kept == int((stages.probs > 0).sum()) >= 1
+        by_k, by_p, final = by_definition(logits, temperature, top_k, top_p)
+        assert torch.equal(stages.cut_by_top_k, ~by_k)
+        assert torch.equal(stages.cut_by_top_p, by_k & ~by_p) and torch.equal(stages.kept, by_p)
+        torch.testing.assert_close(stages.probs.double(), final, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(stages.scaled.double(), logits.double() / temperature, atol=1e-5, rtol=1e-6)
+        assert torch.isinf(stages.after_top_p).eq(~by_p).all() and torch.isinf(stages.after_top_k).eq(~by_k).all()
         assert math.isclose(float(stages.probs.sum()), 1.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.4, 40, 0.9), (0.7, 0, 0.8), (1.0, 5, 1.0), (2.0, 0, 1.0)])
+def test_stages_are_what_generate_samples_from(tiny_folders, temperature, top_k, top_p):
+    """Plain `generate(do_sample=True)` on a tiny model reports, per step, the logits it saw and
+    the warped scores it drew from: the stages of those logits are exactly those scores."""
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_folders["gpt2"])).eval()
+    ids = torch.tensor([[0, 5, 17, 42, 9]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=4,
+                             temperature=temperature, top_k=top_k, top_p=top_p, output_scores=True,
+                             output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    for logits, scores in zip(out.logits, out.scores):
+        stages = sampling_stages(logits[0], SamplingSettings(temperature, top_k, top_p))
+        assert torch.equal(stages.after_top_p, scores[0])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_stages_are_transformers_own_warpers(monkeypatch, ties):
+    """Not a copy of them: a release that changes a rule changes the page as it changes generate.
+    Each warper is called once, on the previous stage, and its output is the stage."""
+    calls = []
+    for warper in (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper):
+        real = warper.__call__
+
+        def spy(self, input_ids, scores, real=real, name=warper.__name__):
+            out = real(self, input_ids, scores)
+            calls.append((name, scores.clone(), out.clone()))
+            return out
+
+        monkeypatch.setattr(warper, "__call__", spy)
+    stages = sampling_stages(random_logits(4, ties), SamplingSettings(1.3, 20, 0.9))
+    assert [name for name, _, _ in calls] == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
+    (_, before_t, scaled), (_, before_k, after_k), (_, before_p, after_p) = calls
+    assert torch.equal(before_t[0], stages.logits) and torch.equal(scaled[0], stages.scaled)
+    assert torch.equal(before_k, scaled) and torch.equal(after_k[0], stages.after_top_k)
+    assert torch.equal(before_p, after_k) and torch.equal(after_p[0], stages.after_top_p)
+    # The cut masks are exactly the tokens each filter set to -inf, and nothing else.
+    assert torch.equal(stages.cut_by_top_k, torch.isinf(stages.after_top_k) & ~torch.isinf(stages.scaled))
+    assert torch.equal(stages.cut_by_top_p, torch.isinf(stages.after_top_p) & ~torch.isinf(stages.after_top_k))
+    assert stages.n_kept == int((stages.probs > 0).sum()) >= 1
+    calls.clear()
+    sampling_stages(random_logits(4), SamplingSettings(1.0, 0, 1.0))
+    assert calls == []  # generate adds no warper for these settings, and neither do the stages
 
 
 def test_top_k_keeps_every_token_tied_with_the_kth():

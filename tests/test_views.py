@@ -35,12 +35,19 @@ def ids(scored):
     return [t.token_id for t in scored]
 
 
+def plain_logits(model, run) -> torch.Tensor:
+    """The logits of the run's tokens from the transformers model alone (float64): [T, vocab]."""
+    with torch.no_grad():
+        return model(run.tokens[None]).logits[0]
+
+
 def test_lens_of_the_last_state_is_the_models_prediction(case):
-    run, _, _ = case
+    run, model, _ = case
     position = run.n_tokens - 1
+    logits = plain_logits(model, run)[position]
     lens = logit_lens(run, "I", run.n_layers - 1, position, k=5)
-    assert ids(lens) == torch.topk(run.logits[position], 5).indices.tolist()
-    expected = torch.softmax(run.logits[position], -1)[ids(lens)]
+    assert ids(lens) == torch.topk(logits, 5).indices.tolist()
+    expected = torch.softmax(logits, -1)[ids(lens)]
     assert [t.probability for t in lens] == pytest.approx(expected.tolist(), rel=1e-4)
 
 
@@ -105,11 +112,12 @@ def test_top_neurons(case):
     assert [n.activation for n in neurons] == pytest.approx(ref[layer].neuron_acts[position, [n.neuron for n in neurons]].tolist(), rel=1e-4, abs=1e-5)
 
 
-def test_predictions_with_temperature(tiny_models):
-    run = tiny_models("gpt2").run(PROMPT)
+def test_predictions_with_temperature(case):
+    run, model, _ = case
+    logits = plain_logits(model, run)[3]
     for temperature in (1.0, 0.5, 2.0):
         predictions = top_predictions(run, 3, k=4, temperature=temperature)
-        probs = torch.softmax(run.logits[3].double() / temperature, -1)
+        probs = torch.softmax(logits / temperature, -1)
         assert [p.token_id for p in predictions] == torch.topk(probs, 4).indices.tolist()
         assert [p.probability for p in predictions] == pytest.approx(torch.topk(probs, 4).values.tolist(), rel=1e-4)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flow.wording import plural, sentence, shortened, step_progress, time_left
+from llm_flow.wording import plural, probability, sentence, shortened, step_progress
 
 
 def test_sentence_and_plural():
@@ -13,16 +13,24 @@ def test_sentence_and_plural():
     assert plural(1, "token") == "1 token" and plural(1200, "token") == "1,200 tokens"
 
 
-@pytest.mark.parametrize("done, total, elapsed, expected", [
-    (0, 5, 3.0, ""),  # nothing measured yet
-    (5, 5, 30.0, ""),  # finished
-    (1, 5, 10.0, "about 40 s left"),  # 4 more steps of 10 s
-    (2, 5, 10.0, "about 15 s left"),
-    (1, 3, 0.1, "about 1 s left"),  # never "0 s"
-    (1, 6, 60.0, "about 5 min left"),  # 300 s
+@pytest.mark.parametrize("p, expected", [
+    (0.7725, "77.25%"), (1.0, "100.00%"), (0.01, "1.00%"),
+    (0.0099, "9.90e-03"), (6.85e-09, "6.85e-09"), (0.0, "0"),  # small values keep three digits
 ])  # fmt: skip
-def test_time_left_extrapolates_the_steps_done(done, total, elapsed, expected):
-    assert time_left(done, total, elapsed) == expected
+def test_probability_keeps_small_values(p, expected):
+    assert probability(p) == expected
+    if p:
+        assert float(expected.rstrip("%")) / (100 if expected.endswith("%") else 1) == pytest.approx(p, rel=5e-3)
+
+
+@pytest.mark.parametrize("done, total, elapsed, left", [
+    (1, 5, 10.0, "00:40"),  # 4 more steps of 10 s
+    (2, 5, 10.0, "00:15"),
+    (1, 6, 60.0, "05:00"),  # 300 s
+    (1, 3, 1800.0, "1:00:00"),
+])  # fmt: skip
+def test_step_progress_extrapolates_the_steps_done(done, total, elapsed, left):
+    assert step_progress("Saliency", done, total, elapsed) == f"Saliency: step {done} of {total}, {left} left"
 
 
 def test_shortened_keeps_start_and_end_within_the_limit():
@@ -34,6 +42,6 @@ def test_shortened_keeps_start_and_end_within_the_limit():
     assert text.startswith(start) and text.endswith(end) and len(start) < len(end)
 
 
-def test_step_progress_names_the_step_and_the_time_left():
-    assert step_progress("Saliency", 1, 5, 10.0) == "Saliency: step 1 of 5, about 40 s left"
+def test_step_progress_says_no_time_before_the_first_step_or_after_the_last():
+    assert step_progress("Saliency", 0, 5, 3.0) == "Saliency: step 0 of 5"
     assert step_progress("Saliency", 5, 5, 50.0) == "Saliency: step 5 of 5"

@@ -7,12 +7,12 @@ from llm_flow.attribution.registry import get_method
 from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import step_scores
 from llm_flow.attribution.targets import Sequence, encode_foil, prepare
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 from llm_flow.models.families import refuse_encoder
 
 
 def attribute(
-    model: BridgeLlm,
+    model: TransparentLlm,
     prompt: str,
     method: str | Method = "integrated_gradients",
     *,
@@ -42,7 +42,7 @@ def attribute(
 
 
 def attribute_sequence(
-    model: BridgeLlm,
+    model: TransparentLlm,
     sequence: Sequence,
     method: str | Method,
     *,
@@ -80,7 +80,7 @@ def attribute_sequence(
     )
 
 
-def _explained(model: BridgeLlm, foil: str | None, function: str | None) -> tuple[int | None, str]:
+def _explained(model: TransparentLlm, foil: str | None, function: str | None) -> tuple[int | None, str]:
     """The foil's token id and the output function (logit by default when there is a foil)."""
     foil_id = encode_foil(model, foil) if foil is not None else None
     if function is None:

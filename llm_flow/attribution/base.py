@@ -15,7 +15,7 @@ import torch
 
 from llm_flow.attribution.targets import Sequence
 from llm_flow.errors import ArgumentError
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 
 #: What a target step's score can be a function of: the target token's probability or its logit.
 FUNCTIONS = ("probability", "logit")
@@ -32,10 +32,10 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 class Problem:
     """One attribution request: the model, the token sequence, and what is explained per step."""
 
-    model: BridgeLlm
+    model: TransparentLlm
     sequence: Sequence
     function: str | None  # "probability" | "logit"; None for methods that read no output
-    foil: int | None  # contrastive foil token id: explain f(target) - f(foil)
+    foil: int | None  # contrastive foil token id: explain f(target token) - f(foil)
     progress: Progress | None = None
 
     @property
@@ -87,13 +87,14 @@ class Problem:
             baseline[:, 0] = embeds[:, 0].detach()
         return baseline
 
-    def forward(self, target: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The explained function of input embeddings [B, T, d] -> [B] (float32) for one step."""
+    def forward(self, target_token_id: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The explained function of input embeddings [B, T, d] -> [B] (float32) for the step
+        whose target token is `target_token_id`."""
         hf, function, foil = self.model.hf_model, self.function, self.foil
 
         def explained(embeds: torch.Tensor) -> torch.Tensor:
             logits = hf(inputs_embeds=embeds, logits_to_keep=1, use_cache=False).logits[:, -1].float()
-            return output_function(logits, target, foil, function)
+            return output_function(logits, target_token_id, foil, function)
 
         return explained
 
@@ -109,11 +110,11 @@ class Problem:
         return max(1, MEMORY_BUDGET // per_sample)
 
 
-def output_function(logits: torch.Tensor, target: int, foil: int | None, function: str) -> torch.Tensor:
-    """``f(target)`` or, contrastively, ``f(target) - f(foil)``, with f the probability or the
-    logit: logits [B, V] -> [B]."""
+def output_function(logits: torch.Tensor, target_token_id: int, foil: int | None, function: str) -> torch.Tensor:
+    """``f(target token)`` or, contrastively, ``f(target token) - f(foil)``, with f the probability
+    or the logit: logits [B, V] -> [B]. `foil` is a token id too."""
     values = logits.softmax(-1) if function == "probability" else logits
-    out = values[:, target]
+    out = values[:, target_token_id]
     return out if foil is None else out - values[:, foil]
 
 

@@ -51,7 +51,7 @@ class _GradientMethod(Method):
             # the lock per step, not per request: other sessions' passes can go in between
             with problem.model.lock, torch.enable_grad():
                 embeds = problem.embeddings(sequence.context(step), gradients=True)  # [1, T, d]
-                scores, delta = self._one_step(problem, problem.forward(sequence.target(step)), embeds)
+                scores, delta = self._one_step(problem, problem.forward(sequence.target_token_id(step)), embeds)
             rows.append(scores)
             if delta is not None:
                 deltas.append(delta)

@@ -60,7 +60,7 @@ class Occlusion(Method):
                 n_tokens = embeds.shape[1]
                 groups = torch.arange(n_tokens, device=embeds.device) // self.window  # [T]
                 mask = groups[None, :, None].expand_as(embeds)  # one feature per window of tokens
-                attribution = FeatureAblation(problem.forward(sequence.target(step))).attribute(
+                attribution = FeatureAblation(problem.forward(sequence.target_token_id(step))).attribute(
                     embeds,
                     baselines=problem.baseline(self.baseline, embeds, self.keep_first),
                     feature_mask=mask,

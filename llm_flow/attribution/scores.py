@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from llm_flow.attribution.targets import Sequence
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
 
 
-def step_scores(model: BridgeLlm, sequence: Sequence, foil: int | None = None) -> dict[str, list[float]]:
+def step_scores(model: TransparentLlm, sequence: Sequence, foil: int | None = None) -> dict[str, list[float]]:
     """Per step: ``probability`` and ``logit`` of the target, ``entropy`` of the distribution
     (nats); with a foil also ``foil_probability``, ``foil_logit``, ``probability_difference``
     (target minus foil) and ``logit_difference``."""
@@ -23,11 +23,11 @@ def step_scores(model: BridgeLlm, sequence: Sequence, foil: int | None = None) -
     with model.lock, torch.no_grad():
         logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
     log_probs = logits.log_softmax(-1)
-    targets = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
+    target_ids = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
     rows = torch.arange(sequence.n_steps, device=device)
     scores = {
-        "probability": log_probs[rows, targets].exp(),
-        "logit": logits[rows, targets],
+        "probability": log_probs[rows, target_ids].exp(),
+        "logit": logits[rows, target_ids],
         "entropy": torch.special.entr(log_probs.exp()).sum(-1),  # 0 log 0 = 0
     }
     if foil is not None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from llm_flow.checks import check_prompt_text
 from llm_flow.errors import ArgumentError, PromptError
-from llm_flow.models.bridge import BridgeLlm
+from llm_flow.models.base import TransparentLlm
+from llm_flow.views.generation import Generation, generate
+from llm_flow.views.sampling import SamplingSettings
 from llm_flow.wording import plural
 
 #: Most tokens one request may generate: every one is a separate attribution step.
 MAX_GENERATE = 64
+#: How `check_length` words a request over the limit.
+_TOO_LONG = ("prompt and continuation are", "shorten the prompt or the continuation")
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,12 @@ class Sequence:
         """What step `step` sees: the prompt and the continuation before its target."""
         return list(self.ids[: self.n_prompt + step])
 
-    def target(self, step: int) -> int:
+    def target_token_id(self, step: int) -> int:
+        """The id of the token step `step` explains."""
         return self.ids[self.n_prompt + step]
 
 
-def encode_prompt(model: BridgeLlm, prompt: str, chat_template: bool = False) -> list[int]:
+def encode_prompt(model: TransparentLlm, prompt: str, chat_template: bool = False) -> list[int]:
     """The prompt's ids; with `chat_template`, as a user turn followed by the assistant's turn."""
     check_prompt_text(prompt)
     if not chat_template:
@@ -59,7 +62,7 @@ def encode_prompt(model: BridgeLlm, prompt: str, chat_template: bool = False) ->
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_foil(model: BridgeLlm, foil: str) -> int:
+def encode_foil(model: TransparentLlm, foil: str) -> int:
     """A contrastive foil must be exactly one token (``" London"``, with its leading space)."""
     if not isinstance(foil, str) or not foil:
         raise ArgumentError("the foil is empty: give one token, e.g. ' London'")
@@ -74,7 +77,7 @@ def encode_foil(model: BridgeLlm, foil: str) -> int:
 
 
 def prepare(
-    model: BridgeLlm,
+    model: TransparentLlm,
     prompt: str,
     continuation: str | None = None,
     generate: int | None = None,
@@ -93,51 +96,24 @@ def prepare(
         new_ids = list(model.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         if not new_ids:
             raise ArgumentError(f"the continuation {continuation!r} produced no tokens")
-        _check_length(model, len(prompt_ids) + len(new_ids))
+        model.check_length(len(prompt_ids) + len(new_ids), *_TOO_LONG)
     else:
         n = 1 if generate is None else generate
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_GENERATE:
             raise ArgumentError(f"the number of tokens to generate must be 1..{MAX_GENERATE} (got {n!r})")
-        _check_length(model, len(prompt_ids) + n)
+        model.check_length(len(prompt_ids) + n, *_TOO_LONG)
         new_ids = greedy(model, prompt_ids, n)
     return Sequence(tuple(prompt_ids + new_ids), len(prompt_ids), prompt, continuation is None, chat_template)
 
 
-def greedy(model: BridgeLlm, prompt_ids: list[int], n: int) -> list[int]:
-    """`n` greedy tokens after the prompt (fewer if the model ends the sequence)."""
-    hf = model.hf_model
-    device = next(hf.parameters()).device
-    tokens = torch.tensor([prompt_ids], device=device)
-    eos = model.tokenizer.eos_token_id
-    with model.lock, torch.no_grad():
-        out = hf.generate(
-            tokens,
-            attention_mask=torch.ones_like(tokens),
-            max_new_tokens=n,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=eos,
-            pad_token_id=eos if eos is not None else 0,
-        )
-    return out[0, len(prompt_ids) :].tolist()
+def greedy(model: TransparentLlm, prompt_ids: list[int], n: int) -> list[int]:
+    """`n` greedy tokens after the prompt (fewer if the model ends the sequence), decoded as the
+    Playground and `llm-flow generate` decode them."""
+    generation = generate(model, Generation("", tuple(prompt_ids)), n, SamplingSettings(temperature=0))
+    return [t.token_id for t in generation.tokens]
 
 
-def _check_length(model: BridgeLlm, n_tokens: int) -> None:
-    """Prompt and continuation together must fit the model and the configured limit."""
-    limits = [(model.info.n_ctx, "the model's context length")]
-    if model.max_prompt_tokens is not None:
-        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-    limit, reason = min(limits)
-    if n_tokens > limit:
-        raise PromptError(
-            f"prompt and continuation are {plural(n_tokens, 'token')}, over {reason} of "
-            f"{plural(limit, 'token')}: shorten the prompt or the continuation"
-        )
-
-
-def context_text(model: BridgeLlm, ids: list[int] | tuple[int, ...]) -> str:
+def context_text(model: TransparentLlm, ids: list[int] | tuple[int, ...]) -> str:
     """Token ids as a prompt that `model.encode` turns back into (nearly) the same ids: special
     tokens kept (chat markers), except a leading BOS that encoding adds again by itself."""
     ids = list(ids)

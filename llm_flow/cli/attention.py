@@ -4,7 +4,6 @@ SVG, PNG), a CSV of the numbers behind them, and a short summary on the terminal
 from __future__ import annotations
 
 import argparse
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,14 @@ from llm_flow.checks import (
     check_count,
     check_pair_part,
 )
-from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.cli.common import (
+    add_figure_size_arguments,
+    add_model_arguments,
+    check_writable,
+    figure_size,
+    load,
+    prompt_or_default,
+)
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
 
@@ -56,12 +62,14 @@ def register(commands) -> None:
     parser.add_argument("--html", type=Path, help="write the figure as standalone interactive HTML (opens offline)")
     parser.add_argument("--svg", type=Path, help="write the figure as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the figure as PNG (needs Chromium)")
+    add_figure_size_arguments(parser)
     parser.add_argument("--csv", type=Path, help="write the numbers behind the figure as CSV")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     figures = _checked_outputs(args)
+    size = figure_size(args)
     layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     if args.view in ("head", "neuron") and args.layer is None:
         raise ArgumentError(f"the {args.view} view needs --layer")
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_count(args.top_k, "--top-k")
     check_pair_part(args.part, args.split)
     prompt = prompt_or_default(args.prompt, config)
-    from llm_flow.export import save_figure, save_table
+    from llm_flow.export import save_figure, save_table, title_text
 
     model = load(args, config)
     run_ = model.run(prompt)
@@ -78,9 +86,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
           f"{model.info.n_kv_heads} key/value heads)")  # fmt: skip
     print(f"Prompt  {run_.n_tokens} tokens")
     _print_strongest(table, args.view)
-    title = f"{html.escape(model.info.name)} · {figure.layout.title.text}"
+    title = f"{title_text(model.info.name)} · {figure.layout.title.text}"
     for path in figures:
-        save_figure(figure, path, title=title)
+        save_figure(figure, path, title=title, **size)
         print(f"Figure written to {path}.")
     if args.csv is not None:
         save_table(table, args.csv)

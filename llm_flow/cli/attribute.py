@@ -18,7 +18,7 @@ from llm_flow.cli.common import (
 )
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
-from llm_flow.wording import step_progress
+from llm_flow.wording import probability, step_progress
 
 #: Kept in step with `llm_flow.attribution.METHODS` by a test (that module imports torch).
 METHOD_NAMES = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "occlusion",
@@ -115,9 +115,11 @@ def _print_summary(result, top: int) -> None:
           + "".join(f"[{display_token(t)}]" for t in result.targets))  # fmt: skip
     for step, token in enumerate(result.targets):
         scores = {name: values[step] for name, values in result.step_scores.items()}
-        line = f"\nStep {step}  {display_token(token)!r}  p={scores['probability']:.3f}  logit={scores['logit']:.2f}  entropy={scores['entropy']:.2f}"
+        line = (f"\nStep {step}  {display_token(token)!r}  p={probability(scores['probability'])}  "
+                f"logit={scores['logit']:.2f}  entropy={scores['entropy']:.2f}")  # fmt: skip
         if "logit_difference" in scores:
-            line += f"  vs foil: p {scores['foil_probability']:.3f}, logit difference {scores['logit_difference']:.2f}"
+            line += (f"  vs foil: p {probability(scores['foil_probability'])}, "
+                     f"logit difference {scores['logit_difference']:.2f}")  # fmt: skip
         if result.deltas is not None:
             line += f"  (IG convergence delta {result.deltas[step]:+.2g})"
         print(line)

@@ -4,9 +4,10 @@ in a results folder (Parquet), in-process or on Ray. A re-run over the same fold
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from llm_flow.cli.common import add_model_arguments, check_writable, progress
+from llm_flow.cli.common import add_figure_size_arguments, add_model_arguments, check_writable, figure_size, progress
 from llm_flow.config import Config
 from llm_flow.wording import plural
 
@@ -20,8 +21,10 @@ def register(commands) -> None:
                         help='.txt (one prompt per line), .jsonl ("text", optional "id"), .csv or .parquet ("text" column)')
     parser.add_argument("--out", type=Path, required=True,
                         help="results folder (created; an earlier one with the same settings is resumed)")
-    parser.add_argument("--targets", choices=("last", "all"), default="last",
+    parser.add_argument("--positions", choices=("last", "all"), default="last",
                         help="route graphs for the last token of each prompt, or for every token (default: last)")
+    parser.add_argument("--targets", choices=("last", "all"), dest="positions", action=_Renamed,
+                        help=argparse.SUPPRESS)  # the flag's name before --positions; still accepted
     parser.add_argument("--threshold", type=float, default=0.04, help="drop contributions <= this (default: 0.04)")
     parser.add_argument("--no-renormalize", dest="renormalize", action="store_false",
                         help="do not rescale surviving contributions to sum to 1")
@@ -38,7 +41,16 @@ def register(commands) -> None:
     parser.add_argument("--html", type=Path, help="write the heatmap of heads and FFN blocks as standalone HTML")
     parser.add_argument("--svg", type=Path, help="write the heatmap as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the heatmap as PNG (needs Chromium)")
+    add_figure_size_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+class _Renamed(argparse.Action):
+    """A flag kept under its old name: it works, and says which name to use now."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"llm-flow dataset: {option_string} is now called --positions; the old name will go", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -49,7 +61,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from llm_flow.errors import ArgumentError
 
     # Everything a user can get wrong is refused here, before torch or a model loads.
-    settings = Settings(args.targets, args.threshold, args.renormalize)
+    settings = Settings(args.positions, args.threshold, args.renormalize)
     check_engine(args.engine, args.workers, args.address)
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1 (got {args.top})")
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise ArgumentError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
         if path is not None:
             check_writable(path)
+    size = figure_size(args)
     items = read_prompts(args.prompts)
     source = args.model or config.default_model
     spec = resolved(ModelSpec(source, args.device, args.dtype, str(config.path), args.max_tokens))
@@ -72,18 +85,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
     summary = analyse_dataset(items, args.out, spec, settings, engine=args.engine, workers=args.workers, address=args.address)
     _print_summary(summary, args)
     if figures:
-        _write_figures(summary.folder, args.metric, figures)
+        _write_figures(summary.folder, args.metric, figures, size)
     return 0
 
 
-def _write_figures(folder: Path, metric: str, paths: list[Path]) -> None:
+def _write_figures(folder: Path, metric: str, paths: list[Path], size: dict) -> None:
     from llm_flow.dataset.results import component_grid, load_results
     from llm_flow.export import save_figure
     from llm_flow.figures.dataset import component_heatmap
 
     grid = component_grid(load_results(folder), metric)
     for path in paths:
-        save_figure(component_heatmap(grid), path, title=f"{grid.title}: {metric.replace('_', ' ')}")
+        save_figure(component_heatmap(grid), path, title=f"{grid.title}: {metric.replace('_', ' ')}", **size)
         print(f"Figure written to {path}.")
 
 

@@ -12,7 +12,7 @@ from llm_flow.checks import check_sampling, check_seed
 from llm_flow.cli.common import add_model_arguments, load, progress, prompt_or_default
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
-from llm_flow.wording import plural
+from llm_flow.wording import plural, probability
 
 if TYPE_CHECKING:
     from llm_flow.models.base import TransparentLlm
@@ -62,25 +62,26 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _token_printer() -> Callable[["GeneratedToken"], None]:
     """Prints one line per token as soon as it is chosen: "p drawn" is its probability in the
-    distribution it was sampled from, "p model" the model's own softmax, rank its place in the logits."""
+    distribution it was sampled from, "p model" the model's own softmax, rank its place in the logits
+    (1: the model's top token)."""
     counter = itertools.count(1)
 
     def show(token: "GeneratedToken") -> None:
         end = "  (end of sequence)" if token.eos else ""
-        print(f"{next(counter):>3} {token.position:>5}  {token.token!r:<18} {token.probability:8.2%} "
-              f"{token.model_probability:8.2%} {token.rank:>5}{end}", flush=True)  # fmt: skip
+        print(f"{next(counter):>3} {token.position:>5}  {token.token!r:<18} {probability(token.probability):>8} "
+              f"{probability(token.model_probability):>8} {token.rank:>5}{end}", flush=True)  # fmt: skip
 
     return show
 
 
 def _print_ending(model: "TransparentLlm", generation: "Generation") -> None:
-    from llm_flow.views.generation import STOP_EOS, STOP_LIMIT, round_trips, token_limit
+    from llm_flow.views.generation import STOP_EOS, STOP_LIMIT, round_trips
 
     n = len(generation.tokens)
     if generation.stop == STOP_EOS:
         reason = "the model ended the text (end-of-sequence token)"
     elif generation.stop == STOP_LIMIT:
-        limit, which = token_limit(model)
+        limit, which = model.token_limit()
         reason = f"the text reached {which} of {limit} tokens"
     else:
         reason = "the requested number of tokens"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from llm_flow.cli.common import check_writable
 from llm_flow.errors import ArgumentError
+from llm_flow.wording import probability
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -75,9 +76,10 @@ def print_check(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) -> No
 
 
 def _fate(fate: "Outcome") -> str:
-    return f"p = {fate.probability:.4f}   logit {fate.logit:7.2f}   rank {fate.rank:,}"
+    return f"p = {probability(fate.probability):>8}   logit {fate.logit:7.2f}   rank {fate.rank:,}"
 
 
 def _spread(draws: "tuple[Outcome, ...]") -> str:
     probs = sorted(o.probability for o in draws)
-    return f"p = {statistics.median(probs):.4f} median, {probs[0]:.4f}..{probs[-1]:.4f} over {len(probs)} draws"
+    median, low, high = (probability(p) for p in (statistics.median(probs), probs[0], probs[-1]))
+    return f"p = {median:>8} median, {low}..{high} over {len(probs)} draws"

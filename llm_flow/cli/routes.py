@@ -8,11 +8,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llm_flow.checks import check_threshold
-from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
+from llm_flow.cli.common import (
+    add_figure_size_arguments,
+    add_model_arguments,
+    check_writable,
+    figure_size,
+    load,
+    prompt_or_default,
+)
 from llm_flow.cli.route_check import add_check_arguments, check_check_arguments, print_check
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
-from llm_flow.wording import plural
+from llm_flow.wording import plural, probability
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -36,6 +43,7 @@ def register(commands) -> None:
     parser.add_argument("--svg", type=Path, help="write the route figure as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the route figure as PNG (needs Chromium)")
     parser.add_argument("--compact", action="store_true", help="in figures, only the token columns the route reaches")
+    add_figure_size_arguments(parser)
     parser.add_argument("--top", type=int, default=5, help="how many predictions, heads and FFNs to list")
     add_check_arguments(parser)
     parser.set_defaults(handler=run)
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for path in (args.out, *figures.values()):
         if path is not None:
             check_writable(path)
+    size = figure_size(args)
     check_check_arguments(args)
     prompt = prompt_or_default(args.prompt, config)
     from llm_flow.routes.graph import build_graph
@@ -68,11 +77,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         _write_json(graph, args.out)
         print(f"\nGraph written to {args.out} (node-link JSON).")
     if figures:
-        _write_figures(run_, graph, figures.values(), compact=args.compact)
+        _write_figures(run_, graph, figures.values(), compact=args.compact, size=size)
     return 0
 
 
-def _write_figures(run: "Run", graph: "nx.DiGraph", paths, compact: bool) -> None:
+def _write_figures(run: "Run", graph: "nx.DiGraph", paths, compact: bool, size: dict) -> None:
     from llm_flow.export import route_title, save_figure
     from llm_flow.figures.route import route_figure
 
@@ -81,7 +90,7 @@ def _write_figures(run: "Run", graph: "nx.DiGraph", paths, compact: bool) -> Non
                         graph.graph["threshold"], graph.graph["renormalize"])  # fmt: skip
     figure = route_figure(graph, compact=compact)
     for path in paths:
-        save_figure(figure, path, title=title)
+        save_figure(figure, path, title=title, **size)
         print(f"Figure written to {path}.")
 
 
@@ -96,7 +105,7 @@ def _print_summary(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) ->
     where = "at this token" if info.bidirectional else "next"
     print(f"Target  position {target} {run.str_tokens[target]!r}; the model predicts {where}:")
     for rank, p in enumerate(top_predictions(run, target, args.top), 1):
-        print(f"  {rank:>2}. {p.token!r:<20} {p.probability:7.2%}")
+        print(f"  {rank:>2}. {p.token!r:<20} {probability(p.probability):>8}")
     summary = summarize_route(graph)
     renorm = "renormalised" if args.renormalize else "not renormalised"
     print(f"\nRoute   threshold {args.threshold} ({renorm}): {graph.number_of_nodes()} nodes, "

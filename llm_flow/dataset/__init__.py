@@ -1,7 +1,7 @@
 """Routes over a dataset: which heads, FFN blocks and residuals matter across many prompts.
 
     from llm_flow.dataset import Settings, analyse_dataset, load_results
-    summary = analyse_dataset("prompts.jsonl", "results/", "smollm2-135m", Settings(targets="last"))
+    summary = analyse_dataset("prompts.jsonl", "results/", "smollm2-135m", Settings(positions="last"))
     results = load_results("results/")        # the tables as pandas DataFrames, and the metadata
 
 Engines: in-process (default) or Ray Data (``engine="ray"``, ``pip install "llm-flow[scale]"``).

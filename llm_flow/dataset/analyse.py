@@ -42,10 +42,10 @@ class PromptResult:
 
 
 def analyse_prompt(model: TransparentLlm, item: PromptItem, settings: Settings) -> PromptResult:
-    """Routes for the chosen targets of one prompt, reduced; an error result if anything fails."""
+    """Routes for the chosen positions of one prompt, reduced; an error result if anything fails."""
     try:
         run = model.run(item.text)
-        targets = range(run.n_tokens) if settings.targets == "all" else [run.n_tokens - 1]
+        targets = range(run.n_tokens) if settings.positions == "all" else [run.n_tokens - 1]
         sums: dict[tuple[Component, str], _Sum] = {}
         for target in targets:
             graph = build_graph(run, target, settings.threshold, settings.renormalize)

@@ -58,9 +58,9 @@ class DatasetResults:
     def label(self) -> str:
         """``code (smollm2-135m, 24 prompts, last token, t = 0.04)``: what a figure title says."""
         config, counts = self.metadata["config"], self.metadata["prompts"]
-        targets = "last token" if config["targets"] == "last" else "every token"
+        positions = "last token" if config["positions"] == "last" else "every token"
         return (
-            f"{self.folder.name} ({config['model']}, {counts['ok']} prompts, {targets}, "
+            f"{self.folder.name} ({config['model']}, {counts['ok']} prompts, {positions}, "
             f"t = {config['threshold']})"
         )
 

@@ -9,7 +9,7 @@ from typing import Literal
 from llm_flow.checks import check_threshold
 from llm_flow.errors import ArgumentError
 
-TARGETS = ("last", "all")
+POSITIONS = ("last", "all")
 ENGINES = ("inprocess", "ray")
 INSTALL_HINT = 'the Ray engine needs Ray: pip install "llm-flow[scale]"'
 
@@ -18,17 +18,18 @@ INSTALL_HINT = 'the Ray engine needs Ray: pip install "llm-flow[scale]"'
 class Settings:
     """Recorded in the results and checked when a run resumes.
 
-    `targets`: ``last`` builds one route graph per prompt (for its last token), ``all`` one per
-    token position.
+    `positions`: the positions explained, ``last`` (one route graph per prompt, for its last
+    token) or ``all`` (one per token position). Results made before this name recorded it as
+    ``targets``; they are read as ``positions``.
     """
 
-    targets: Literal["last", "all"] = "last"
+    positions: Literal["last", "all"] = "last"
     threshold: float = 0.04
     renormalize: bool = True
 
     def __post_init__(self) -> None:
-        if self.targets not in TARGETS:
-            raise ArgumentError(f"targets must be 'last' or 'all' (got {self.targets!r})")
+        if self.positions not in POSITIONS:
+            raise ArgumentError(f"positions must be 'last' or 'all' (got {self.positions!r})")
         check_threshold(self.threshold)
 
 

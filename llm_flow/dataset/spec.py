@@ -55,7 +55,7 @@ def run_config(model: "ModelSpec | TransparentLlm", settings: "Settings") -> dic
         placement = {"model": model.info.name, "device": model.info.device, "dtype": model.info.dtype}
     return placement | {
         "max_prompt_tokens": model.max_prompt_tokens,
-        "targets": settings.targets,
+        "positions": settings.positions,
         "threshold": settings.threshold,
         "renormalize": settings.renormalize,
     }

@@ -87,7 +87,7 @@ COLUMN_DESCRIPTIONS = {
 }
 
 #: Settings that decide the numbers; a folder only takes more prompts made with the same ones.
-RESUME_KEYS = ("model", "dtype", "targets", "threshold", "renormalize", "max_prompt_tokens")
+RESUME_KEYS = ("model", "dtype", "positions", "threshold", "renormalize", "max_prompt_tokens")
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,9 @@ def read_metadata(folder: Path) -> dict:
         raise DatasetError(f"{path} cannot be read ({exc}); it is not an llm-flow results file") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise DatasetError(f"{path} is not an llm-flow results file (expected format {FORMAT!r})")
+    config = document.get("config")
+    if isinstance(config, dict) and "targets" in config and "positions" not in config:
+        config["positions"] = config.pop("targets")  # its name in folders written before the rename
     return document
 
 

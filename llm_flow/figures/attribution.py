@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from llm_flow.attribution.result import Attribution
 from llm_flow.views.tokens import display_token
+from llm_flow.wording import probability
 
 #: Above this many columns only every k-th source label is written on the axis.
 MAX_LABELS = 60
@@ -25,7 +26,7 @@ _SCALE_WORDS = {
 def target_labels(result: Attribution) -> list[str]:
     """``3 ·Paris  p=0.77``: step, token, and the probability the model gave it."""
     probabilities = result.step_scores["probability"]
-    return [f"{step} {display_token(token)}  p={p:.2f}" for step, (token, p) in enumerate(zip(result.targets, probabilities))]
+    return [f"{step} {display_token(token)}  p={probability(p)}" for step, (token, p) in enumerate(zip(result.targets, probabilities))]
 
 
 def attribution_heatmap(result: Attribution, title: str | None = None) -> go.Figure:

@@ -14,10 +14,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from llm_flow.export import short_prompt, title_text
 from llm_flow.routes.nodes import NodeId
 from llm_flow.views.anatomy import Anatomy
 from llm_flow.views.sampling import SamplingStages
 from llm_flow.views.tokens import display_token
+from llm_flow.wording import probability
 
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}  # as the route graph
 _KEPT, _CUT, _CHOSEN, _LOGIT = "#4c78a8", "#d9d9d9", "#e45756", "#72b7b2"
@@ -107,7 +109,7 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lx = x[1:]
     fig = make_subplots(
         rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.45, 0.2, 0.35],
-        subplot_titles=["what makes up the residual after each layer (click: open the block)",
+        subplot_titles=["what makes up the residual after each layer",
                         "residual norm",
                         f"rank of {display_token(result.target)} under the logit lens (labels: the lens's top token)"],
     )  # fmt: skip
@@ -138,10 +140,10 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     lens = [f"{display_token(r.lens_token)} {r.lens_probability:.0%}" for r in rows]
     fig.add_trace(
         go.Scatter(
-            x=x, y=[r.target_rank + 1 for r in rows], mode="lines+markers+text", name="lens",
+            x=x, y=[r.target_rank for r in rows], mode="lines+markers+text", name="lens",
             text=_changes([display_token(r.lens_token) for r in rows]), textposition="top center",
             textfont=dict(size=10, family="monospace"), customdata=nodes, line=dict(color=_COLORS["attention"]),
-            hovertext=[f"{r.node}: rank {r.target_rank}, p {r.target_probability:.2%}<br>lens top: {t}"
+            hovertext=[f"{r.node}: rank {r.target_rank}, p {probability(r.target_probability)}<br>lens top: {t}"
                        for r, t in zip(rows, lens)],
             hoverinfo="text", showlegend=False,
         ),
@@ -149,14 +151,23 @@ def anatomy_figure(result: Anatomy) -> go.Figure:
     )  # fmt: skip
     fig.update_xaxes(categoryorder="array", categoryarray=x)  # "emb" first on every panel
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
-    deepest = math.log10(max(r.target_rank for r in rows) + 1)
-    fig.update_yaxes(type="log", range=[deepest + 0.3, -0.5], title_text="rank + 1", row=3, col=1)  # rank 0 on top
+    deepest = math.log10(max(r.target_rank for r in rows))
+    fig.update_yaxes(type="log", range=[deepest + 0.3, -0.5], title_text="rank", row=3, col=1)  # rank 1 on top
     fig.update_layout(
         barmode="stack", height=600, margin=dict(l=10, r=10, t=40, b=50), plot_bgcolor="white",
         clickmode="event+select", legend=dict(orientation="h", yanchor="top", y=-0.06, x=0),
         font=dict(size=12),
     )  # fmt: skip
     return fig
+
+
+def anatomy_title(model: str, prompt: str, result: Anatomy) -> str:
+    """The title of an exported anatomy figure: which prediction of which prompt, by which model."""
+    token, target = (title_text(repr(display_token(t))) for t in (result.token, result.target))
+    return (
+        f"{title_text(model)}: anatomy of the prediction {token} → {target} at token {result.position} "
+        f"of {title_text(repr(short_prompt(prompt)))}"
+    )
 
 
 def _changes(labels: list[str]) -> list[str]:

@@ -8,11 +8,14 @@ thousands of edges is still a handful of traces.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass
 
 import networkx as nx
 import plotly.graph_objects as go
 
+from llm_flow.errors import ArgumentError
 from llm_flow.routes.nodes import KINDS, EdgeId, NodeId, parse_element
 from llm_flow.views.tokens import display_token
 
@@ -20,6 +23,12 @@ _BUCKETS = 6
 _VERTICAL_MARKER_SHIFT = 0.12
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}
 _LEGEND_ORDER = "XAIM"  # node traces drawn (and listed) in this order
+_LEGEND_SIZE = 11
+_LEGEND_ROOM = 52  # the legend at the bottom: two rows (a narrow page column wraps it), a little space above
+_TICK_ANGLE = -60  # token labels are turned when there are many columns
+_TICK_GAP = 8  # pixels between the plot and its tick labels, as plotly draws them
+_LABEL_CHARS = 20
+_Y_MARGIN = 0.8  # levels of room below the embeddings and above the top layer in a focused view
 
 
 @dataclass(frozen=True)
@@ -48,17 +57,15 @@ def token_columns(graph: nx.DiGraph, compact: bool) -> list[int]:
     return sorted({data["position"] for _, data in graph.nodes(data=True)} | {graph.graph["target"]})
 
 
-def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool = False) -> go.Figure:
+def route_figure(
+    graph: nx.DiGraph, selected: str | None = None, compact: bool = False, focus: str | None = None
+) -> go.Figure:
     """The figure for a route graph built by :func:`llm_flow.build_graph`. `compact` leaves out
-    the token columns the route does not touch, so routes in long prompts stay readable."""
-    parallel = graph.graph["parallel"]
+    the token columns the route does not touch, so routes in long prompts stay readable. `focus`
+    (a node name) opens the view zoomed on that node (:func:`focus_ranges`); the axis ranges are
+    part of the figure, so exports show the same view."""
     columns = token_columns(graph, compact)
-    column_of = {token: index for index, token in enumerate(columns)}
-    position = {
-        name: (column_of[data["position"]] + lv.dx, lv.y)
-        for name, data in graph.nodes(data=True)
-        for lv in [level(NodeId.parse(name), parallel)]
-    }
+    position = node_positions(graph, columns)
     fig = go.Figure()
     for trace in _edge_traces(graph, position):
         fig.add_trace(trace)
@@ -72,7 +79,52 @@ def route_figure(graph: nx.DiGraph, selected: str | None = None, compact: bool =
         if highlight is not None:
             fig.add_trace(highlight)
     _layout(fig, graph, columns, compact)
+    if focus is not None:
+        x_range, y_range = focus_ranges(graph, focus, compact)
+        fig.update_layout(xaxis_range=x_range, yaxis_range=y_range)
     return fig
+
+
+def node_positions(graph: nx.DiGraph, columns: list[int]) -> dict[str, tuple[float, float]]:
+    """Where each node is drawn: (x, y) in axis units, for the token `columns` shown."""
+    parallel = graph.graph["parallel"]
+    column_of = {token: index for index, token in enumerate(columns)}
+    return {
+        name: (column_of[data["position"]] + lv.dx, lv.y)
+        for name, data in graph.nodes(data=True)
+        for lv in [level(NodeId.parse(name), parallel)]
+    }
+
+
+def focus_ranges(
+    graph: nx.DiGraph, node: str, compact: bool = False, columns: int = 9, levels: int = 12
+) -> tuple[list[float], list[float]]:
+    """x and y axis ranges of a view `columns` token columns wide and `levels` node levels high
+    (two levels a layer for sequential blocks, one for parallel) with `node` in the middle.
+
+    Near the graph's edges the window slides to stay inside it (no empty margin), and a graph
+    smaller than the window is shown whole in that direction.
+    """
+    if node not in graph:
+        raise ArgumentError(f"{node!r} is not a node of this route: nothing to centre on")
+    shown = token_columns(graph, compact)
+    x, y = node_positions(graph, shown)[node]
+    top = graph.graph["n_layers"] if graph.graph["parallel"] else 2 * graph.graph["n_layers"]
+    return (
+        _window(x, columns, *_x_extent(len(shown))),
+        _window(y, levels, -_Y_MARGIN, top + _Y_MARGIN),
+    )
+
+
+def _window(centre: float, size: float, low: float, high: float) -> list[float]:
+    if high - low <= size:
+        return [low, high]
+    start = min(max(centre - size / 2, low), high - size)
+    return [start, start + size]
+
+
+def _x_extent(n_columns: int) -> tuple[float, float]:
+    return -0.6, n_columns - 0.4
 
 
 def figure_height(graph: nx.DiGraph) -> int:
@@ -169,22 +221,25 @@ def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter |
 
 def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool) -> None:
     tokens = graph.graph["tokens"]
-    labels = [f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i]) for i in columns]
+    labels = [_label(f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i])) for i in columns]
     n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
     layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
     step = max(1, n_layers // 15)
+    angle = _TICK_ANGLE if len(columns) > 8 else 0
+    size = 11 if len(columns) <= 40 else 9
     fig.update_layout(
         height=figure_height(graph),
-        margin=dict(l=10, r=10, t=36, b=10),
+        margin=dict(l=10, r=10, t=36, b=_label_room(labels, angle, size) + _LEGEND_ROOM),
         dragmode="pan",
         clickmode="event+select",
         hovermode="closest",
-        legend=dict(orientation="h", yanchor="top", y=-0.06, x=0, font=dict(size=11)),
+        # under the token labels, whatever their length: the bottom margin holds both
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0, font=dict(size=_LEGEND_SIZE)),
         plot_bgcolor="white",
         xaxis=dict(
             tickmode="array", tickvals=list(range(len(columns))), ticktext=labels,
-            tickangle=-60 if len(columns) > 8 else 0, range=[-0.6, len(columns) - 0.4],
-            tickfont=dict(size=11 if len(columns) <= 40 else 9), showgrid=False, zeroline=False,
+            tickangle=angle, range=list(_x_extent(len(columns))),
+            tickfont=dict(size=size), showgrid=False, zeroline=False,
         ),
         yaxis=dict(
             tickmode="array", tickvals=[0.0] + layer_y[::step],
@@ -192,3 +247,23 @@ def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool
             showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False,
         ),
     )  # fmt: skip
+
+
+def _label(text: str) -> str:
+    """A token column's label, cut to a length the margin can hold (the hover shows it whole)."""
+    return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "…"
+
+
+def _label_room(labels: list[str], angle: float, size: float) -> int:
+    """Pixels under the plot that tick labels of font `size`, turned by `angle` degrees, need.
+
+    Text widths are estimated generously (Arial averages about half an em a character; wide
+    East Asian characters take a whole em), so the legend placed below never meets them.
+    """
+    width = max((_text_width(label, size) for label in labels), default=0.0)
+    turn = math.radians(abs(angle))
+    return math.ceil(width * math.sin(turn) + 1.3 * size * math.cos(turn)) + _TICK_GAP
+
+
+def _text_width(text: str, size: float) -> float:
+    return size * sum(1.0 if unicodedata.east_asian_width(c) in "WF" else 0.62 for c in text)

@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from llm_flow.interventions.checks import RouteCheck
+from llm_flow.wording import probability
 
 _ROUTE, _RANDOM, _BASE = "#4c78a8", "#9d9d9d", "#54a24b"
 
@@ -25,14 +26,16 @@ def route_check_figure(check: RouteCheck) -> go.Figure:
         x=conditions[:2] + conditions[3:4],
         y=[check.unmodified.probability, check.route_only.probability, check.route_removed.probability],
         marker_color=[_BASE, _ROUTE, _ROUTE], name="this route", showlegend=False,
-        hovertemplate="%{x}: p = %{y:.4f}<extra></extra>",
+        customdata=[probability(o.probability) for o in (check.unmodified, check.route_only, check.route_removed)],
+        hovertemplate="%{x}: p = %{customdata}<extra></extra>",
     ))  # fmt: skip
     for name, draws in (("random only", check.random_only), ("random removed", check.random_removed)):
         probs = sorted(o.probability for o in draws)
         fig.add_trace(go.Box(
             x=[name] * len(probs), y=probs, boxpoints="all", jitter=0.5, pointpos=0, fillcolor="rgba(0,0,0,0)",
             line_color=_RANDOM, marker=dict(color=_RANDOM, size=6), name=name, showlegend=False,
-            hovertemplate=f"{name} (random draw): p = %{{y:.4f}}<extra></extra>",
+            customdata=[probability(p) for p in probs],
+            hovertemplate=f"{name} (random draw): p = %{{customdata}}<extra></extra>",
         ))  # fmt: skip
     fig.update_layout(
         height=280, margin=dict(l=10, r=10, t=30, b=10), bargap=0.35,
@@ -50,8 +53,9 @@ def threshold_curve_figure(curve: pd.DataFrame, unmodified: float | None = None)
     the unmodified probability. Hover shows the route's size."""
     fig = go.Figure(go.Scatter(
         x=curve["threshold"], y=curve["probability"], mode="lines+markers", line_color=_ROUTE,
-        customdata=curve[["edges", "parts", "rank"]].to_numpy(), name="route only",
-        hovertemplate="threshold %{x}<br>p = %{y:.4f} (rank %{customdata[2]})<br>"
+        customdata=curve[["edges", "parts", "rank"]].assign(p=curve["probability"].map(probability)).to_numpy(),
+        name="route only",
+        hovertemplate="threshold %{x}<br>p = %{customdata[3]} (rank %{customdata[2]})<br>"
                       "%{customdata[0]} edges, %{customdata[1]} parts<extra></extra>",
     ))  # fmt: skip
     if unmodified is not None:

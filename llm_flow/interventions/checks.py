@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import networkx as nx
@@ -34,6 +34,9 @@ from llm_flow.models.run import Run
 from llm_flow.checks import check_threshold
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import NodeId
+
+#: progress(done, total): called after each forward pass of a long check.
+Progress = Callable[[int, int], None]
 
 THRESHOLDS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
 MAX_DRAWS = 1000
@@ -108,8 +111,10 @@ def check_route(
     seed: int = 0,
     token: int | None = None,
     ffn_mode: FfnMode = "zero",
+    progress: Progress | None = None,
 ) -> RouteCheck:
-    """Route only, route removed and `draws` random baselines of each for `graph`'s target."""
+    """Route only, route removed and `draws` random baselines of each for `graph`'s target.
+    `progress(done, total)` is called after each of the 2 + 2 × draws forward passes."""
     check_ffn_mode(ffn_mode)
     if not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
         raise ArgumentError(f"draws must be 1..{MAX_DRAWS} (got {draws!r})")
@@ -120,8 +125,13 @@ def check_route(
     removed = kept_parts(run, nodes, ffn_mode, residual=False)
     only = dropped_parts(run, nodes, ffn_mode)
 
+    passes = iter(range(1, 2 * draws + 3))
+
     def fate(ablation) -> Outcome:
-        return outcome(ablated_logits(run, ablation)[position], token)
+        result = outcome(ablated_logits(run, ablation)[position], token)
+        if progress is not None:
+            progress(next(passes), 2 * draws + 2)
+        return result
 
     random_only, random_removed = [], []
     for _ in range(draws):
@@ -172,15 +182,18 @@ def threshold_curve(
     thresholds: Sequence[float] = THRESHOLDS,
     token: int | None = None,
     ffn_mode: FfnMode = "zero",
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Route-only outcome as the threshold varies (target and renormalisation from `graph`):
-    how small can the route be and still carry the prediction. One forward pass per threshold."""
+    how small can the route be and still carry the prediction. One forward pass per threshold,
+    each followed by `progress(done, total)`."""
     check_ffn_mode(ffn_mode)
     route_nodes(run, graph)  # the graph must belong to the run
     position, renormalize = graph.graph["target"], graph.graph["renormalize"]
     token = _token(run, position, token)
     rows = []
-    for threshold in sorted(check_threshold(t) for t in thresholds):
+    ordered = sorted(check_threshold(t) for t in thresholds)
+    for done, threshold in enumerate(ordered, 1):
         route = build_graph(run, position, threshold, renormalize)
         nodes = route_nodes(run, route)
         fate = outcome(ablated_logits(run, dropped_parts(run, nodes, ffn_mode))[position], token)
@@ -193,6 +206,8 @@ def threshold_curve(
             "logit": fate.logit,
             "rank": fate.rank,
         })  # fmt: skip
+        if progress is not None:
+            progress(done, len(ordered))
     return pd.DataFrame(rows)
 
 

@@ -31,6 +31,7 @@ import torch
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
 from llm_flow.models.run import Run
+from llm_flow.views.tokens import ranks
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def outcome(logits: torch.Tensor, token: int) -> Outcome:
     return Outcome(
         probability=float(torch.softmax(logits, -1)[token]),
         logit=float(value),
-        rank=int((logits > value).sum()) + 1,
+        rank=ranks(logits, [token])[0],
     )
 
 
@@ -67,7 +68,7 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
     for layer, layer_removal in removal.layers.items():
         hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
     # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
-    # modules are dropped as in `BridgeLlm.run` (they would pile up to L full [H, T, T] copies).
+    # modules are dropped as in `TransparentLlm.run` (they would pile up to L full [H, T, T] copies).
     with model.lock, torch.inference_mode(), model.no_kept_patterns():
         logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
     return logits[0].float()

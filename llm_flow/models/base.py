@@ -1,14 +1,24 @@
-"""The interface the route maths and the views see: a model that can run a prompt and expose
-the few weights needed to decompose what it computed."""
+"""The interface every consumer sees: a model that runs a prompt into a `Run`, exposes the few
+weights needed to decompose what it computed, and hands out the modules that gradients, hooked
+passes and generation need. Nothing outside `llm_flow.models` knows which class implements it."""
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from llm_flow.errors import PromptError
 from llm_flow.models.run import Run
+from llm_flow.wording import plural
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -38,15 +48,21 @@ class ModelInfo:
 
 
 class TransparentLlm(ABC):
-    """A language model whose forward pass can be decomposed into attention-head and FFN parts."""
+    """A language model whose forward pass can be decomposed into attention-head and FFN parts.
+
+    One model serves every session of the app: any pass over its modules (a Run, a hooked pass,
+    gradients, generation) holds `lock`, because hooks and caches live on the shared modules."""
 
     info: ModelInfo
     max_prompt_tokens: int | None
     max_run_bytes: int | None  # refuse runs estimated above this; None: the memory available
 
+    # --- tokens -------------------------------------------------------------------------------
+
+    @property
     @abstractmethod
-    def run(self, prompt: str) -> Run:
-        """Run `prompt` once and keep what the route maths needs."""
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's own tokenizer (chat templates, special ids, decoding whole texts)."""
 
     @abstractmethod
     def encode(self, prompt: str) -> list[int]:
@@ -55,6 +71,52 @@ class TransparentLlm(ABC):
     @abstractmethod
     def decode_tokens(self, token_ids: list[int] | torch.Tensor) -> list[str]:
         """Each token id decoded on its own, for labels."""
+
+    # --- passes -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def run(self, prompt: str) -> Run:
+        """Run `prompt` once and keep what the route maths needs."""
+
+    @abstractmethod
+    def run_ids(self, token_ids: list[int], prompt: str | None = None) -> Run:
+        """A Run over token ids as given (a generated continuation or a chat template must not be
+        decoded and tokenised again: the split could change)."""
+
+    @property
+    @abstractmethod
+    def lock(self) -> threading.Lock:
+        """Held during any pass over the shared modules, by every caller."""
+
+    @property
+    @abstractmethod
+    def hf_model(self) -> PreTrainedModel:
+        """The `transformers` causal LM: gradients on input embeddings (attribution), direct
+        logits, and `generate`. No hooks are attached to its passes unless the caller adds them."""
+
+    @property
+    @abstractmethod
+    def bridge(self) -> TransformerBridge:
+        """The same modules with TransformerLens hook points (``blocks.{l}.attn.hook_z`` ...) and
+        ``run_with_hooks``: interventions and attention views run hooked passes through it."""
+
+    @abstractmethod
+    def no_kept_patterns(self) -> AbstractContextManager[None]:
+        """Wrap any hooked pass over `bridge`: drops the full attention patterns some modules keep
+        after they return, which would otherwise pile up over the layers of a long prompt."""
+
+    @abstractmethod
+    def generate_ids(
+        self, token_ids: list[int], max_new_tokens: int, last_processor: LogitsProcessor, eos_ids: frozenset[int]
+    ) -> list[int]:
+        """Up to `max_new_tokens` ids after `token_ids` by the library's own decoding (``generate``
+        with its KV cache), greedy over what `last_processor` makes of each step's logits (it sees
+        them raw, and may leave one token to pick), stopping after any of `eos_ids`."""
+
+    @abstractmethod
+    def post_norm_gain(self, layer: int, norm: str, scale: torch.Tensor) -> torch.Tensor:
+        """The per-position, per-dimension factor of a post-block RMSNorm (``ln1_post`` or
+        ``ln2_post``) whose scale `scale` [T, 1] was recorded in a pass: [T, d_model]."""
 
     @abstractmethod
     def attention_output_weight(self, layer: int) -> torch.Tensor:
@@ -85,3 +147,20 @@ class TransparentLlm(ABC):
     @property
     def name(self) -> str:
         return self.info.name
+
+    def token_limit(self) -> tuple[int, str]:
+        """The most tokens one pass may analyse, and which limit that is (the model's context
+        length or the configured ``limits.max_prompt_tokens``, whichever is lower)."""
+        limits = [(self.info.n_ctx, "the model's context length")]
+        if self.max_prompt_tokens is not None:
+            limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
+        return min(limits)
+
+    def check_length(self, n_tokens: int, what: str = "the prompt is", fix: str = "shorten it") -> None:
+        """Refuse `n_tokens` over `token_limit`: the one length check for prompts, generated text
+        and attribution requests. `what` names the text and its verb, `fix` says what to change."""
+        limit, reason = self.token_limit()
+        if n_tokens > limit:
+            raise PromptError(
+                f"{what} {plural(n_tokens, 'token')} long, over {reason} of {plural(limit, 'token')}: {fix}"
+            )

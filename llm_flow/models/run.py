@@ -1,26 +1,28 @@
 """A `Run`: one prompt through one model, with exactly the activations the route maths needs.
 
 A Run never changes after it is made, so several app sessions (threads) can share it. The only
-mutable part is a private memo of attention-contribution rows computed on demand; it is guarded
-by a lock and caches pure functions of the immutable data, so sharing stays safe.
+mutable part is its store of derived results (`llm_flow.models.derived`): pure functions of the
+immutable data, computed on demand and kept under a lock, so sharing stays safe.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from llm_flow.errors import ArgumentError
+from llm_flow.models.derived import DerivedStore, tensor_bytes
 from llm_flow.models.experts import ExpertRouting
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
     from llm_flow.models.base import TransparentLlm
+
+V = TypeVar("V")
 
 
 class CausalPattern:
@@ -154,7 +156,7 @@ class Run:
     str_tokens: list[str]  # [T] each token decoded on its own
     logits: torch.Tensor  # [T, vocab]
     layers: tuple[LayerActivations, ...]
-    _memo: "RowMemo" = field(default_factory=lambda: RowMemo(), repr=False, compare=False)
+    derived_store: DerivedStore = field(default_factory=DerivedStore, repr=False, compare=False)
 
     @property
     def n_tokens(self) -> int:
@@ -169,12 +171,17 @@ class Run:
         """True for blocks where attention and FFN both read the block input (GPT-NeoX, GPT-J)."""
         return self.layers[0].resid_mid is None
 
+    def derived(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """`compute()`, kept with this Run under `key` (a frozen dataclass that says what was
+        computed) and returned as kept on later calls: see `llm_flow.models.derived`."""
+        return self.derived_store.get(key, compute)
+
     @property
     def nbytes(self) -> int:
-        """Bytes of every tensor this Run holds: activations, packed patterns, logits, tokens and
-        the contribution rows memoised so far (it grows as graphs are built). Storage shared by
-        several views is counted once. Caches use this to stay within their byte budget."""
-        return self._activation_bytes + self._memo.nbytes
+        """Bytes this Run holds: activations, packed patterns, logits, tokens, and the results
+        derived from it so far (it grows as graphs are built and pages are drawn). Storage shared
+        by several views is counted once. Caches use this to stay within their byte budget."""
+        return self._activation_bytes + self.derived_store.nbytes
 
     @cached_property
     def _activation_bytes(self) -> int:
@@ -218,46 +225,3 @@ class Run:
                 f"(use 0..{self.n_layers - 1})"
             )
         return self.layers[layer]
-
-
-class RowMemo:
-    """Attention-contribution rows already computed for a Run, keyed by (layer, position).
-
-    Switching the target token or the threshold re-walks the graph but only computes rows it
-    has not seen before.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.rows: dict[tuple[int, int], tuple[torch.Tensor, float, float | None]] = {}
-        self.nbytes = 0  # storage held by the rows, each storage counted once
-        self._users: dict[tuple[str, int], int] = {}  # storage -> rows that view it
-
-    def put(self, key: tuple[int, int], row: tuple[torch.Tensor, float, float | None]) -> None:
-        """Remember one row (call with `lock` held). A row may be a view into a larger tensor
-        (all positions at once): that tensor's storage is counted once, in full, for as long as
-        some row still views it."""
-        if key in self.rows:
-            self._release(self.rows[key][0])
-        storage_key = _storage_key(row[0])
-        if storage_key not in self._users:
-            self.nbytes += row[0].untyped_storage().nbytes()
-        self._users[storage_key] = self._users.get(storage_key, 0) + 1
-        self.rows[key] = row
-
-    def _release(self, heads: torch.Tensor) -> None:
-        storage_key = _storage_key(heads)
-        self._users[storage_key] -= 1
-        if not self._users[storage_key]:
-            del self._users[storage_key]
-            self.nbytes -= heads.untyped_storage().nbytes()
-
-
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes held by `tensors`, counting each underlying storage once (views share storage)."""
-    storages = {_storage_key(t): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
-def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
-    return str(tensor.device), tensor.untyped_storage().data_ptr()

@@ -14,6 +14,7 @@ which works on the factored parts (attention pattern, values, W_O) of one layer 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -112,48 +113,69 @@ def neuron_contributions(run: Run, layer: int, position: int) -> tuple[torch.Ten
     return prox_neurons / total, float(prox_res / total)
 
 
+@dataclass(frozen=True)
+class AttentionRow:
+    """Key of one attention row's contributions in a Run's derived store (`contribution_rows`)."""
+
+    layer: int
+    position: int
+
+
+@dataclass(frozen=True)
+class AllPositions:
+    """Key of one layer's contributions for every position (`full_contributions`)."""
+
+    layer: int
+
+
 def full_contributions(run: Run) -> list[LayerContributions]:
     """All contributions of all layers and positions, e.g. to switch target tokens instantly.
 
-    The rows are also remembered by the Run (as views, no copy), so `build_graph` for any target
-    afterwards computes nothing new. Memory: n_layers x T x T x heads floats.
+    Kept with the Run, so a second call and `build_graph` for any target afterwards compute no
+    attention row. Memory: n_layers x T x T x heads floats.
     """
-    layers = []
-    for layer in range(run.n_layers):
-        heads, residual, parallel_ffn = _all_rows(run, layer)
-        ffn, ffn_residual = (parallel_ffn, residual) if run.parallel else ffn_contributions(run, layer)
-        counts = run.layer(layer).pattern.source_counts(torch.arange(run.n_tokens)).tolist()
-        with run._memo.lock:
-            for position in range(run.n_tokens):
-                run._memo.put(
-                    (layer, position),
-                    (
-                        heads[position, : counts[position]],
-                        float(residual[position]),
-                        None if parallel_ffn is None else float(parallel_ffn[position]),
-                    ),
-                )
-        layers.append(LayerContributions(heads, residual, ffn, ffn_residual))
-    return layers
+    return [run.derived(AllPositions(layer), partial(_layer_contributions, run, layer)) for layer in range(run.n_layers)]
+
+
+def _layer_contributions(run: Run, layer: int) -> LayerContributions:
+    heads, residual, parallel_ffn = _all_rows(run, layer)
+    ffn, ffn_residual = (parallel_ffn, residual) if run.parallel else ffn_contributions(run, layer)
+    return LayerContributions(heads, residual, ffn, ffn_residual)
 
 
 def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowContributions]:
-    """Rows for the given query positions, computed once per Run and then reused."""
-    memo = run._memo
-    with memo.lock:
-        missing = sorted({p for p in positions if (layer, p) not in memo.rows})
-        parts = _attention_layer(run, layer) if missing else None
-        counts = run.layer(layer).pattern.source_counts(torch.tensor(missing, dtype=torch.int64)).tolist()
-        block = _rows_per_block(run, max(counts, default=1))
-        for start in range(0, len(missing), block):
-            batch = missing[start : start + block]
-            heads, residual, ffn = _rows(run, layer, torch.tensor(batch), parts)
-            for k, position in enumerate(batch):
-                memo.put(
-                    (layer, position),
-                    (heads[k, : counts[start + k]].cpu().clone(), float(residual[k]), None if ffn is None else float(ffn[k])),
-                )
-        return [RowContributions(p, *memo.rows[(layer, p)]) for p in positions]
+    """Rows for the given query positions, computed once per Run and then reused (from the
+    whole layer's table when `full_contributions` made it)."""
+    store = run.derived_store
+    table = store.peek(AllPositions(layer))
+    if table is not None:
+        return [_row_of(run, layer, table, p) for p in positions]
+    rows = {p: store.peek(AttentionRow(layer, p)) for p in positions}
+    missing = sorted(p for p, row in rows.items() if row is None)
+    parts = _attention_layer(run, layer) if missing else None
+    counts = _source_counts(run, layer, missing)
+    block = _rows_per_block(run, max(counts, default=1))
+    for start in range(0, len(missing), block):
+        batch = missing[start : start + block]
+        heads, residual, ffn = _rows(run, layer, torch.tensor(batch), parts)
+        for k, position in enumerate(batch):
+            row = RowContributions(
+                position, heads[k, : counts[start + k]].cpu().clone(), float(residual[k]), None if ffn is None else float(ffn[k])
+            )
+            rows[position] = store.put(AttentionRow(layer, position), row)
+    return [rows[p] for p in positions]
+
+
+def _row_of(run: Run, layer: int, table: LayerContributions, position: int) -> RowContributions:
+    """One row of a whole-layer table, as a view (no copy)."""
+    ffn = float(table.ffn[position]) if run.parallel else None
+    count = _source_counts(run, layer, [position])[0]
+    return RowContributions(position, table.heads[position, :count], float(table.residual[position]), ffn)
+
+
+def _source_counts(run: Run, layer: int, positions: list[int]) -> list[int]:
+    """Sources each query row has: position + 1 in a decoder, every token in an encoder."""
+    return run.layer(layer).pattern.source_counts(torch.tensor(positions, dtype=torch.int64)).tolist()
 
 
 def attention_parts(run: Run, layer: int, position: int) -> Parts:

@@ -24,6 +24,8 @@ above t of a node already kept; nothing unreachable from the target is ever comp
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import networkx as nx
@@ -71,6 +73,22 @@ def build_graph(
     return route_graph(
         RunContributions(run), target, threshold, renormalize, model=run.model.name, prompt=run.prompt
     )
+
+
+@dataclass(frozen=True)
+class RouteOf:
+    """Key of a route graph in a Run's derived store: the settings `build_graph` took."""
+
+    target: int  # non-negative position
+    threshold: float
+    renormalize: bool
+
+
+def shared_graph(run: Run, target: int = -1, threshold: float = 0.04, renormalize: bool = True) -> nx.DiGraph:
+    """`build_graph`, kept with the Run: for pages that show the same route on every rerun and
+    to every session. Shared, so never modify it (build your own with `build_graph` for that)."""
+    target = run.position(target)
+    return run.derived(RouteOf(target, threshold, renormalize), partial(build_graph, run, target, threshold, renormalize))
 
 
 def route_graph(

@@ -14,8 +14,8 @@ import streamlit as st
 
 from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
-from llm_flow.ui import keys
 from llm_flow.ui.resources import ModelKey, get_run
+from llm_flow.ui.state import get_state
 from llm_flow.views.predictions import default_target
 from llm_flow.wording import plural, sentence
 
@@ -31,17 +31,17 @@ class Request:
 
 def requested(config_path: str) -> Request:
     """The pair the session currently asks for. A typed prompt is asked for by one run only."""
-    state = st.session_state
-    source = state[keys.CUSTOM_MODEL].strip() or state[keys.MODEL_CHOICE]
-    prompt = state.pop(keys.PENDING_PROMPT, "") or state[keys.PROMPT_CHOICE]
-    return Request(ModelKey(source, state[keys.DEVICE], state[keys.DTYPE], config_path), prompt)
+    source = get_state().source
+    prompt, source.pending_prompt = source.pending_prompt or source.prompt_choice, None
+    model = source.custom_model.strip() or source.model_choice
+    return Request(ModelKey(model, source.device, source.dtype, config_path), prompt)
 
 
 def ask_again() -> None:
     """The user repeated a request on purpose: forget that it failed, so it runs (or fails) anew;
     what an opening link could not honour has been read by now."""
-    st.session_state[keys.FAILED] = None
-    st.session_state[keys.NOTICES] = []
+    source = get_state().source
+    source.failed, source.notices = None, ()
 
 
 def activate(request: Request, fallback: Request | None = None) -> Run | None:
@@ -49,20 +49,20 @@ def activate(request: Request, fallback: Request | None = None) -> Run | None:
 
     `fallback` (the configured defaults) is tried when nothing is active yet and `request` fails,
     so a bad link still opens on something to look at."""
-    state = st.session_state
-    active: Request | None = state.get(keys.ACTIVE)
-    if request != active and request != state.get(keys.FAILED):
+    source = get_state().source
+    active: Request | None = source.active
+    if request != active and request != source.failed:
         run = _try(request, active)
         if run is not None:
             _accept(request, run)
             active = request
         elif active is None and fallback is not None and fallback != request:
-            error = state[keys.ERROR]
+            error = source.error
             run = _try(fallback, None)
             if run is not None:
                 _accept(fallback, run)
                 active = fallback
-                state[keys.ERROR] = f"{error} Showing the default model and prompt instead."
+                source.error = f"{error} Showing the default model and prompt instead."
     if active is None:
         return None
     return get_run(active.model, active.prompt)
@@ -85,33 +85,33 @@ def _try(request: Request, active: Request | None) -> Run | None:
 def _accept(request: Request, run: Run) -> None:
     """The new analysis opens on the token and element a link or another page asked for, if
     any (and valid), else on the last token with nothing selected."""
-    state = st.session_state
-    state[keys.ACTIVE] = request
-    state[keys.ERROR] = None
-    if request.prompt not in state[keys.PROMPTS]:
-        state[keys.PROMPTS] = [*state[keys.PROMPTS], request.prompt]
-    state[keys.PROMPT_CHOICE] = request.prompt
-    target = state.pop(keys.PENDING_TARGET, None)
-    if target is not None and not -run.n_tokens <= target < run.n_tokens:
-        notice = f"Token {target} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
-        state[keys.NOTICES] = [*state.get(keys.NOTICES, []), notice]
-        target = None
-    state[keys.TARGET] = default_target(run) if target is None else target % run.n_tokens
-    state[keys.SELECTED] = state.pop(keys.PENDING_SELECTED, None)
-    state[keys.COMPACT] = run.n_tokens > COMPACT_FROM_TOKENS
+    state = get_state()
+    source = state.source
+    previous, source.active, source.error = source.active, request, None
+    if request.prompt not in source.prompts:
+        source.prompts = (*source.prompts, request.prompt)
+    source.prompt_choice = request.prompt
+    position, source.pending_position = source.pending_position, None
+    if position is not None and not -run.n_tokens <= position < run.n_tokens:
+        notice = f"Token {position} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
+        source.notices = (*source.notices, notice)
+        position = None
+    state.route.position = default_target(run) if position is None else position % run.n_tokens
+    state.route.selected, source.pending_selected = source.pending_selected, None
+    if previous is not None and previous.prompt != request.prompt:
+        state.explorer.compact = None  # a new prompt: show all its tokens or not by its length
 
 
 def _refuse(request: Request, active: Request | None, message: str) -> None:
     """Show why, and put the choice widgets back on what is still displayed."""
-    state = st.session_state
-    state[keys.FAILED] = request
+    source = get_state().source
+    source.failed = request
     shown = f" Still showing {active.model.source!r} on the previous prompt." if active else ""
-    message = sentence(message)
-    state[keys.ERROR] = f"{message}{shown}"
+    source.error = f"{sentence(message)}{shown}"
     if active is None:
         return
-    if request.model.source != active.model.source and not state[keys.CUSTOM_MODEL].strip():
-        state[keys.MODEL_CHOICE] = active.model.source
-    state[keys.DEVICE], state[keys.DTYPE] = active.model.device, active.model.dtype
-    if request.prompt != active.prompt and active.prompt in state[keys.PROMPTS]:
-        state[keys.PROMPT_CHOICE] = active.prompt
+    if request.model.source != active.model.source and not source.custom_model.strip():
+        source.model_choice = active.model.source
+    source.device, source.dtype = active.model.device, active.model.dtype
+    if request.prompt != active.prompt and active.prompt in source.prompts:
+        source.prompt_choice = active.prompt

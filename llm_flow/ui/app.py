@@ -32,13 +32,10 @@ def main(argv: list[str]) -> None:
         starting.empty()
         st.error(f"The configuration cannot be used. {exc}")
         st.stop()
-    from llm_flow.ui import frame
+    from llm_flow.ui.frame import page_run
     from llm_flow.ui.pages import pages
 
-    frame.PAGES.clear()
-    frame.PAGES.update(pages())
-    navigation = st.navigation(list(frame.PAGES.values()), position="top")
+    navigation = st.navigation(list(pages().values()), position="top")
     starting.empty()
-    frame.prepare(config)
-    navigation.run()
-    frame.finish()
+    with page_run(config):
+        navigation.run()

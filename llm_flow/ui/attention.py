@@ -10,8 +10,9 @@ in the Explorer's route panel.
 from __future__ import annotations
 
 import html
-import weakref
+from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import streamlit as st
 
@@ -26,29 +27,15 @@ from llm_flow.figures.attention import (
 from llm_flow.models.run import Run
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import EdgeId, NodeId
-from llm_flow.ui import frame, keys
+from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
 from llm_flow.views.attention import attention_table, attention_view, token_window
 from llm_flow.views.attention_scores import neuron_table, neuron_view
 
-VIEW = "attention_view"
-WEIGHT = "attention_weight"
-LAYER = "attention_layer"
-LAYERS = "attention_layers"
-HEADS = "attention_heads"
-HEAD = "attention_head"
-WINDOW = "attention_window"
-WINDOW_CUT_TO = "attention_window_cut_to"  # the prompt length the window equals, if it does
-TOP_K = "attention_top_k"
-AGGREGATE = "attention_aggregate"
-SPLIT = "attention_split"
-PART = "attention_part"
-FOCUS = "attention_focus"  # head view: the query token whose lines alone are drawn (or None)
-PENDING_TOKEN = "attention_pending_token"  # a token another page asked for, set before the slider draws
-CHART = "attention_chart"
-_MEMO = "attention_memo"  # the last figure and table built in this session, with their inputs
+CHART = "attention_chart"  # the plotly chart's selection state (Streamlit's own)
 
 VIEWS = {"head": "Head view", "model": "Model view", "neuron": "Neuron view"}
 WEIGHTINGS = {"attention": "Attention weight", "norm": "Norm-based", "alti": "ALTI contribution"}
@@ -69,9 +56,7 @@ def attention_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    _init_state(run)
-    if st.session_state.get(PENDING_TOKEN) is not None:
-        st.session_state[keys.TARGET] = st.session_state.pop(PENDING_TOKEN) % run.n_tokens
+    _fit_to_run(run)
     view = _controls(run)
     try:
         with st.spinner(_working_message(view)):
@@ -93,82 +78,107 @@ def attention_page(analysis: Analysis) -> None:
 # --- state and controls ------------------------------------------------------------------------
 
 
-def _init_state(run: Run) -> None:
-    """Defaults on first visit, and values that no longer fit this Run put back in range."""
-    state = st.session_state
+def _fit_to_run(run: Run) -> None:
+    """Values that no longer fit this Run (another model, a shorter prompt) back in range;
+    a value a link asked for that does not fit is reported."""
+    state = get_state().attention
     info = run.model.info
-    state.setdefault(VIEW, "head")
-    state.setdefault(WEIGHT, "attention")
-    state.setdefault(AGGREGATE, "")
-    state.setdefault(PART, "all")
-    state.setdefault(TOP_K, 0)
-    state.setdefault(SPLIT, 0)
-    if not 0 <= state.get(LAYER, -1) < info.n_layers:
-        state[LAYER] = info.n_layers // 2
-    if not 0 <= state.get(HEAD, -1) < info.n_heads:
-        state[HEAD] = 0
-    for key, count in ((HEADS, info.n_heads), (LAYERS, info.n_layers)):
-        chosen = [i for i in state.get(key, []) if 0 <= i < count]
-        state[key] = chosen or list(range(count))
-    # A window cut down to a short prompt's length means "all of it": a longer prompt gets the
-    # default window again rather than a few tokens of its end.
-    cut = state.get(WINDOW_CUT_TO)
-    if not 1 <= state.get(WINDOW, 0) <= run.n_tokens or state[WINDOW] == cut != run.n_tokens:
-        state[WINDOW] = min(DEFAULT_WINDOW[state[VIEW]], run.n_tokens)
-    state[WINDOW_CUT_TO] = run.n_tokens if state[WINDOW] == run.n_tokens else None
-    if not 0 <= state[SPLIT] < run.n_tokens:
-        state[SPLIT] = 0
-    if state.get(FOCUS) is not None and not 0 <= state[FOCUS] < run.n_tokens:
-        state[FOCUS] = None
+    notices = []
+    if state.layer is not None and not 0 <= state.layer < info.n_layers:
+        notices.append(f"Layer {state.layer} does not exist in {run.model.name} (0–{info.n_layers - 1}).")
+        state.layer = None
+    if not 0 <= state.head < info.n_heads:
+        notices.append(f"Head {state.head} does not exist in {run.model.name} (0–{info.n_heads - 1}).")
+        state.head = 0
+    for name, count in (("heads", info.n_heads), ("layers", info.n_layers)):
+        chosen = getattr(state, name)
+        if chosen is not None:
+            kept = tuple(i for i in chosen if 0 <= i < count)
+            setattr(state, name, kept or None)
+    if state.window is not None and state.window > run.n_tokens:
+        state.window = None  # the whole of a shorter prompt; a longer one gets the default again
+    if not 0 <= state.split < run.n_tokens:
+        state.split = 0
+    if state.focus is not None and not 0 <= state.focus < run.n_tokens:
+        state.focus = None
+    if notices:
+        st.warning(" ".join(notices) + " Showing the nearest valid view.")
+
+
+def shown_layer(run: Run) -> int:
+    """The layer drawn: the user's, else the middle one (kept out of the state, and so out of
+    links, until the user chooses)."""
+    chosen = get_state().attention.layer
+    return run.model.info.n_layers // 2 if chosen is None else chosen
+
+
+def window(run: Run, view: str) -> int:
+    """The tokens drawn: the user's window, else the view's default, never more than the prompt."""
+    chosen = get_state().attention.window
+    return min(chosen if chosen is not None else DEFAULT_WINDOW[view], run.n_tokens)
 
 
 def _controls(run: Run) -> str:
     info = run.model.info
+    state = get_state().attention
     top = st.columns([2, 3, 2, 3])
-    view = top[0].radio("View", list(VIEWS), key=VIEW, format_func=VIEWS.get, horizontal=True)
+    top[0].radio("View", list(VIEWS), format_func=VIEWS.get, horizontal=True, **bind("attention.view"))
+    view = state.view
     top[1].radio(
-        "Weighting", list(WEIGHTINGS), key=WEIGHT, format_func=WEIGHTINGS.get, horizontal=True,
-        disabled=view == "neuron", help=" ".join(_HELP.values()),
+        "Weighting", list(WEIGHTINGS), format_func=WEIGHTINGS.get, horizontal=True,
+        disabled=view == "neuron", help=" ".join(_HELP.values()), **bind("attention.weighting"),
     )  # fmt: skip
-    top[2].selectbox("Layer", range(info.n_layers), key=LAYER, disabled=view == "model")
+    top[2].selectbox("Layer", range(info.n_layers), disabled=view == "model",
+                     **bind("attention.layer", to_widget=lambda _: shown_layer(run)))  # fmt: skip
     top[3].selectbox(
-        "Head", range(info.n_heads), key=HEAD,
-        help="The neuron view's head, and the head the Explorer button opens.",
+        "Head", range(info.n_heads), help="The neuron view's head, and the head the Explorer button opens.",
+        **bind("attention.head"),
     )  # fmt: skip
     token_slider(run, "Token", help="The neuron view's query, the centre of the window, and the Explorer's token (shared with it).")
+    all_heads, all_layers = tuple(range(info.n_heads)), tuple(range(info.n_layers))
     with st.expander("Window, heads and sentence pairs", expanded=run.n_tokens > 64):
         row = st.columns(4)
         row[0].number_input(
-            "Window (tokens)", 1, run.n_tokens, key=WINDOW,
+            "Window (tokens)", 1, run.n_tokens,
             help="How many consecutive tokens around the chosen token are drawn. Weight to earlier "
                  "tokens is summed as 'before the window'.",
+            **bind("attention.window", to_widget=lambda _: window(run, view)),
         )  # fmt: skip
-        row[1].number_input("Top-k sources (0 = all)", 0, run.n_tokens, key=TOP_K,
-                            help="Keep the k strongest sources of each query (per head).")  # fmt: skip
-        row[2].selectbox("Heads as", list(AGGREGATES), key=AGGREGATE, format_func=AGGREGATES.get,
-                         disabled=view == "neuron")  # fmt: skip
-        row[3].multiselect("Heads shown", range(info.n_heads), key=HEADS, disabled=view == "neuron")
+        row[1].number_input("Top-k sources (0 = all)", 0, run.n_tokens, help="Keep the k strongest sources of each query (per head).",
+                            **bind("attention.top_k", to_widget=lambda k: min(k, run.n_tokens)))  # fmt: skip
+        row[2].selectbox("Heads as", list(AGGREGATES), format_func=AGGREGATES.get, disabled=view == "neuron",
+                         **bind("attention.aggregate"))  # fmt: skip
+        row[3].multiselect("Heads shown", all_heads, disabled=view == "neuron", **bind(
+            "attention.heads", to_widget=lambda h: list(h or all_heads), from_widget=_all_is_none(all_heads)))  # fmt: skip
         if view == "model":
-            st.multiselect("Layers shown", range(info.n_layers), key=LAYERS)
+            st.multiselect("Layers shown", all_layers, **bind(
+                "attention.layers", to_widget=lambda h: list(h or all_layers), from_widget=_all_is_none(all_layers)))  # fmt: skip
         pair = st.columns(2)
         pair[0].number_input(
-            "Sentence B starts at token (0 = no split)", 0, run.n_tokens - 1, key=SPLIT, disabled=view == "neuron",
-            help="Marks a sentence pair (BertViz's sentence A / B) at this token.",
+            "Sentence B starts at token (0 = no split)", 0, run.n_tokens - 1, disabled=view == "neuron",
+            help="Marks a sentence pair (BertViz's sentence A / B) at this token.", **bind("attention.split"),
         )  # fmt: skip
-        pair[1].selectbox("Show", PAIR_PARTS, key=PART, disabled=view == "neuron" or not st.session_state[SPLIT],
-                          help="Keep only queries of one sentence reading tokens of one sentence.")  # fmt: skip
+        pair[1].selectbox("Show", PAIR_PARTS, disabled=view == "neuron" or not state.split,
+                          help="Keep only queries of one sentence reading tokens of one sentence.",
+                          **bind("attention.part"))  # fmt: skip
     return view
 
 
+def _all_is_none(everything: tuple[int, ...]):
+    """A multiselect's list as the state keeps it: None for all (or none: nothing to draw)."""
+    return lambda chosen: None if not chosen or tuple(sorted(chosen)) == everything else tuple(sorted(chosen))
+
+
 def _settings(run: Run, view: str) -> dict:
-    """Everything the figure depends on, from the widgets."""
-    state = st.session_state
-    split = state[SPLIT] or None
+    """Everything the figure depends on, from the session's state."""
+    state, route = get_state().attention, get_state().route
+    split = state.split or None
+    info = run.model.info
     return dict(
-        view=view, weighting=state[WEIGHT], layer=state[LAYER], head=state[HEAD], token=state[keys.TARGET],
-        window=state[WINDOW], top_k=state[TOP_K] or None, aggregate=state[AGGREGATE] or None,
-        heads=tuple(state[HEADS]), layers=tuple(state[LAYERS]), split=split,
-        part=state[PART] if split else "all", focus=state.get(FOCUS) if view == "head" else None,
+        view=view, weighting=state.weighting, layer=shown_layer(run), head=state.head, token=route.position,
+        window=window(run, view), top_k=min(state.top_k, run.n_tokens) or None, aggregate=state.aggregate or None,
+        heads=state.heads or tuple(range(info.n_heads)), layers=state.layers or tuple(range(info.n_layers)),
+        split=split, part=state.part if split else "all", focus=state.focus if view == "head" else None,
     )  # fmt: skip
 
 
@@ -178,12 +188,28 @@ def _settings(run: Run, view: str) -> dict:
 def _built(run: Run, view: str):
     """The figure, its numbers and its export title; rebuilt only when a setting changed."""
     settings = _settings(run, view)
-    memo = st.session_state.get(_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != settings:
-        # a weak reference: the session must not keep alive a run the shared cache has dropped
-        memo = (weakref.ref(run), settings, _build(run, **settings))
-        st.session_state[_MEMO] = memo
-    return memo[2]
+    return run.derived(AttentionFigure(**settings), partial(_build, run, **settings))
+
+
+@dataclass(frozen=True)
+class AttentionFigure:
+    """Key of a built figure in the Run's derived store: every setting `_build` takes. Figures
+    are cheap to rebuild and one per slider position, so only the last few stay."""
+
+    keep: ClassVar[int] = 8
+    view: str
+    weighting: str
+    layer: int
+    head: int
+    token: int
+    window: int
+    top_k: int | None
+    aggregate: str | None
+    heads: tuple[int, ...]
+    layers: tuple[int, ...]
+    split: str | None
+    part: str
+    focus: int | None
 
 
 def _build(run: Run, view, weighting, layer, head, token, window, top_k, aggregate, heads, layers, split, part, focus):
@@ -213,15 +239,15 @@ def _working_message(view: str) -> str:
 
 
 def _caption(run: Run, view: str) -> str:
-    state = st.session_state
+    state = get_state().attention
     if view == "neuron":
         return ("Per source token: its key (after rotary embeddings; the key head serving this query head "
                 "under grouped-query attention), the product with the query, the scaled score and the softmax. "
                 "Hover a cell for its value.")  # fmt: skip
-    shade = "1 = full strength" if state[WEIGHT] == "attention" else "full strength from the 99th percentile shown"
-    text = f"{_HELP[state[WEIGHT]]} ({shade}.)"
+    shade = "1 = full strength" if state.weighting == "attention" else "full strength from the 99th percentile shown"
+    text = f"{_HELP[state.weighting]} ({shade}.)"
     if view == "head":
-        focus = state.get(FOCUS)
+        focus = state.focus
         text += " Click a legend entry to hide a head; click a token to keep only its lines"
         text += f" (now token {focus}; click it again for all)." if focus is not None else "."
     else:
@@ -235,10 +261,13 @@ def _caption(run: Run, view: str) -> str:
 def open_head(layer: int, head: int, token: int) -> None:
     """Show one head in the head view with `token`'s lines, e.g. from the Explorer's edge panel.
     Call it from a page body (a button returning True), not from a widget callback."""
-    state = st.session_state
-    state[VIEW], state[LAYER], state[HEAD], state[HEADS], state[AGGREGATE] = "head", layer, head, [head], ""
-    state[FOCUS] = state[PENDING_TOKEN] = token
-    st.switch_page(frame.PAGES["attention"])
+    state = get_state()
+    attention = state.attention
+    attention.view, attention.layer, attention.head, attention.heads, attention.aggregate = "head", layer, head, (head,), ""
+    attention.focus = state.route.position = token
+    from llm_flow.ui.pages import pages
+
+    st.switch_page(pages()["attention"])
 
 
 def _on_click() -> None:
@@ -247,16 +276,16 @@ def _on_click() -> None:
     point = clicked_point(st.session_state.get(CHART))
     if point is None:
         return
-    state = st.session_state
+    state = get_state().attention
     if isinstance(point, list) and len(point) == 2:
         layer, head = point
-        state[VIEW], state[LAYER] = "head", layer
+        state.view, state.layer = "head", layer
         if head >= 0:
-            state[HEAD], state[HEADS], state[AGGREGATE] = head, [head], ""
-        state[FOCUS] = None
+            state.head, state.heads, state.aggregate = head, (head,), ""
+        state.focus = None
     elif isinstance(point, int):
-        state[FOCUS] = None if state.get(FOCUS) == point else point
-        state[keys.TARGET] = point
+        state.focus = None if state.focus == point else point
+        get_state().route.position = point
 
 
 def clicked_point(chart_state):
@@ -288,8 +317,8 @@ def explorer_edge(run: Run, layer: int, head: int, token: int, threshold: float,
 
 
 def _explorer_link(run: Run, analysis: Analysis) -> None:
-    state = st.session_state
-    layer, head, token = state[LAYER], state[HEAD], state[keys.TARGET]
+    state = get_state()
+    layer, head, token = shown_layer(run), state.attention.head, state.route.position
     label = f"Open L{layer} H{head} at token {token} in the Explorer"
     if not st.button(label, icon=":material/account_tree:", key="attention_explorer_button"):
         return
@@ -300,13 +329,13 @@ def _explorer_link(run: Run, analysis: Analysis) -> None:
             f"{analysis.threshold:g}: lower the threshold in the sidebar, or pick another layer or token."
         )
         return
-    state[keys.HEAD] = head
-    frame.open_in_explorer(selected=edge)  # the token widget here is the shared target already
+    state.explorer.head = head
+    frame.open_in_explorer(selected=edge)  # the token here is the shared position already
 
 
 def _exports(run: Run, figure, table, title: str, view: str) -> None:
-    state = st.session_state
-    stem = f"attention-{view}-{run.model.name}-L{state[LAYER]}-{state[WEIGHT]}"
+    state = get_state().attention
+    stem = f"attention-{view}-{run.model.name}-L{shown_layer(run)}-{state.weighting}"
     with st.popover("Export", icon=":material/download:"):
         figure_downloads(figure, title, stem, key="attention_export")
         st.download_button(

@@ -5,7 +5,6 @@ foil makes it contrastive; every generated token opens in the Explorer in one cl
 from __future__ import annotations
 
 import json
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,23 +25,21 @@ from llm_flow.attribution.base import BASELINES
 from llm_flow.attribution.targets import context_text
 from llm_flow.errors import LlmFlowError
 from llm_flow.figures.attribution import attribution_heatmap, standalone_html, step_html, target_labels
-from llm_flow.models.bridge import BridgeLlm
-from llm_flow.ui import frame, keys
+from llm_flow.models.base import TransparentLlm
+from llm_flow.ui import frame
+from llm_flow.ui.long_work import cancellable
+from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import sentence, shortened, step_progress
+from llm_flow.wording import sentence, shortened
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
 #: Above this many token passes (`Method.work`) the page asks before computing: ~2 min on the
 #: 2-core development machine under load (benchmarks.attribution), seconds on a GPU.
 ASK_ABOVE_TOKEN_PASSES = 30_000
-_DEFAULTS = {
-    keys.ATTR_SOURCE: "Generate", keys.ATTR_GENERATE: 3, keys.ATTR_CONTINUATION: "",
-    keys.ATTR_METHOD: "integrated_gradients", keys.ATTR_FOIL: "", keys.ATTR_FUNCTION: "probability",
-    keys.ATTR_WORDS: False, keys.ATTR_IG_STEPS: 32, keys.ATTR_BASELINE: "zeros", keys.ATTR_SAMPLES: 8,
-    keys.ATTR_WINDOW: 1, keys.ATTR_HEADS: "mean",
-}  # fmt: skip
+CACHE = "attribution_cache"  # recent sequences and results of this session
+CHART = "attribution_heatmap_chart"  # the plotly chart's selection state (Streamlit's own)
 
 
 @dataclass(frozen=True)
@@ -61,26 +58,59 @@ def attribution_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    model: BridgeLlm = run.model
-    for key, value in _DEFAULTS.items():
-        st.session_state.setdefault(key, value)
-    st.session_state.setdefault(keys.ATTR_LAYER, model.info.n_layers - 1)
+    model = run.model
+    _fit_to_model(model)
     entry = analysis.config.model(model.name)
     target = _target_controls(run.prompt, bool(entry and entry.chat_template))
     method, options = _method_controls(model)
     foil, function = _contrast_controls()
     request = ("result", target, method, tuple(sorted(options.items())), foil, function)
+    state = get_state().attribution
     try:
         sequence = _cached(("sequence", target), lambda: _prepare(model, target))
         chosen = get_method(method, **options)
-        if not _go_ahead(request, sequence, chosen):
-            return
-        result = _cached(request, lambda: _attribute(model, sequence, chosen, foil, function))
+        result = _recent().get(request)
+        if result is None and _go_ahead(request, sequence, chosen):
+            result = cancellable(
+                lambda progress: attribute_sequence(model, sequence, chosen, foil=foil, function=function, progress=progress),
+                chosen.label, key="attribution", on_cancel=lambda: _cancel(request),
+            )  # fmt: skip
+            _cached(request, lambda: result)
     except LlmFlowError as exc:
         st.error(sentence(str(exc)))
         return
-    shown = result.by_words() if st.session_state[keys.ATTR_WORDS] else result
+    if result is None:  # not computed (yet): what was on screen stays
+        previous = _recent().get(state.shown)
+        if previous is None:
+            return
+        st.caption("Below: the previous result, for the settings before this change.")
+        request, result = state.shown, previous
+        sequence = _recent().get(("sequence", request[1]), sequence)
+    state.shown = request
+    shown = result.by_words() if state.words else result
     _results(model, sequence, shown)
+
+
+def _cancel(request: tuple) -> None:
+    state = get_state().attribution
+    state.cancelled, state.confirmed = request, None
+
+
+def _fit_to_model(model: TransparentLlm) -> None:
+    """Settings a link (or another model) left out of range go back to their defaults, said once."""
+    state = get_state().attribution
+    notices = []
+    if state.method not in METHODS:
+        notices.append(f"There is no attribution method {state.method!r}; using integrated gradients.")
+        state.method = "integrated_gradients"
+    if state.baseline not in BASELINES:
+        notices.append(f"There is no baseline {state.baseline!r}; using zeros.")
+        state.baseline = "zeros"
+    if state.layer is not None and not 0 <= state.layer < model.info.n_layers:
+        notices.append(f"Layer {state.layer} does not exist in {model.name}; using the last layer.")
+        state.layer = None
+    if notices:
+        st.warning(" ".join(notices))
 
 
 # --- controls ---------------------------------------------------------------------------------
@@ -89,68 +119,75 @@ def attribution_page(analysis: Analysis) -> None:
 def _target_controls(prompt: str, chat_template: bool) -> _Target:
     st.caption(f"Prompt: {shortened(prompt)!r}" + (" (in the model's chat template)" if chat_template else ""))
     source, detail = st.columns([1, 3], vertical_alignment="bottom")
-    source.segmented_control("Continuation", ["Generate", "Type"], key=keys.ATTR_SOURCE, required=True)
-    generated = st.session_state[keys.ATTR_SOURCE] == "Generate"
+    source.segmented_control("Continuation", ["Generate", "Type"], required=True, **bind("attribution.source"))
+    state = get_state().attribution
+    generated = state.source == "Generate"
     if generated:
-        detail.number_input("Tokens to generate (greedy)", 1, MAX_GENERATE, key=keys.ATTR_GENERATE)
+        detail.number_input("Tokens to generate (greedy)", 1, MAX_GENERATE, **bind("attribution.generate"))
     else:
-        detail.text_input("Continuation to explain", key=keys.ATTR_CONTINUATION,
-                          placeholder="e.g. ' Paris' (mind the leading space)")  # fmt: skip
+        detail.text_input("Continuation to explain", placeholder="e.g. ' Paris' (mind the leading space)",
+                          **bind("attribution.continuation"))  # fmt: skip
     return _Target(
-        model=st.session_state[keys.ACTIVE].model, prompt=prompt, chat_template=chat_template,
-        continuation=None if generated else st.session_state[keys.ATTR_CONTINUATION],
-        generate=int(st.session_state[keys.ATTR_GENERATE]) if generated else None,
+        model=get_state().source.active.model, prompt=prompt, chat_template=chat_template,
+        continuation=None if generated else state.continuation, generate=int(state.generate) if generated else None,
     )  # fmt: skip
 
 
-def _method_controls(model: BridgeLlm) -> tuple[str, dict[str, object]]:
+def _method_controls(model: TransparentLlm) -> tuple[str, dict[str, object]]:
     st.segmented_control(
-        "Method", list(METHODS), key=keys.ATTR_METHOD, required=True,
-        format_func=lambda name: METHODS[name].label,
+        "Method", list(METHODS), required=True, format_func=lambda name: METHODS[name].label,
+        **bind("attribution.method"),
     )  # fmt: skip
-    method = st.session_state[keys.ATTR_METHOD]
+    state = get_state().attribution
+    method = state.method
     options: dict[str, object] = {}
     columns = st.columns(4)
     if method == "integrated_gradients":
-        columns[0].number_input("Integration points", 2, 256, key=keys.ATTR_IG_STEPS)
-        options["n_steps"] = int(st.session_state[keys.ATTR_IG_STEPS])
+        columns[0].number_input("Integration points", 2, 256, **bind("attribution.ig_steps"))
+        options["n_steps"] = int(state.ig_steps)
     if method == "gradient_shap":
-        columns[0].number_input("Samples", 1, 128, key=keys.ATTR_SAMPLES)
-        options["n_samples"] = int(st.session_state[keys.ATTR_SAMPLES])
+        columns[0].number_input("Samples", 1, 128, **bind("attribution.samples"))
+        options["n_samples"] = int(state.samples)
     if method == "occlusion":
-        columns[0].number_input("Window (tokens occluded at once)", 1, 512, key=keys.ATTR_WINDOW)
-        options["window"] = int(st.session_state[keys.ATTR_WINDOW])
+        columns[0].number_input("Window (tokens occluded at once)", 1, 512, **bind("attribution.window"))
+        options["window"] = int(state.window)
     if method == "integrated_gradients":
-        columns[1].selectbox("Baseline", BASELINES, key=keys.ATTR_BASELINE,
+        columns[1].selectbox("Baseline", BASELINES,
                              help="What a token is compared with: zero embeddings, the vocabulary's "
-                                  "mean embedding, or the end-of-sequence token's embedding.")  # fmt: skip
-        options["baseline"] = st.session_state[keys.ATTR_BASELINE]
+                                  "mean embedding, or the end-of-sequence token's embedding.",
+                             **bind("attribution.baseline"))  # fmt: skip
+        options["baseline"] = state.baseline
     if method == "attention":
-        columns[0].number_input("Layer", 0, model.info.n_layers - 1, key=keys.ATTR_LAYER)
-        columns[1].segmented_control("Heads", ["mean", "max"], key=keys.ATTR_HEADS, required=True)
-        options["layer"] = int(st.session_state[keys.ATTR_LAYER])
-        options["heads"] = st.session_state[keys.ATTR_HEADS]
+        last = model.info.n_layers - 1  # until the user chooses (kept out of links)
+        columns[0].number_input("Layer", 0, last, **bind("attribution.layer", to_widget=lambda layer: last if layer is None else layer))
+        columns[1].segmented_control("Heads", ["mean", "max"], required=True, **bind("attribution.heads"))
+        options["layer"] = last if state.layer is None else int(state.layer)
+        options["heads"] = state.heads
     st.caption(METHODS[method].summary)
     return method, options
 
 
 def _contrast_controls() -> tuple[str | None, str]:
     left, right, words = st.columns([2, 2, 1], vertical_alignment="bottom")
-    left.text_input("Foil (contrastive)", key=keys.ATTR_FOIL, placeholder="e.g. ' London'",
+    left.text_input("Foil (contrastive)", placeholder="e.g. ' London'",
                     help="One token. Gradient and occlusion methods then explain the target's "
-                         "score minus the foil's: why this token and not that one?")  # fmt: skip
-    right.segmented_control("Explain the target's", ["probability", "logit"], key=keys.ATTR_FUNCTION, required=True)
-    words.toggle("Words", key=keys.ATTR_WORDS, help="Sum sub-word tokens into words.")
-    foil = st.session_state[keys.ATTR_FOIL]
-    return (foil if foil.strip() else None), st.session_state[keys.ATTR_FUNCTION]
+                         "score minus the foil's: why this token and not that one?", **bind("attribution.foil"))  # fmt: skip
+    right.segmented_control("Explain the target's", ["probability", "logit"], required=True, **bind("attribution.function"))
+    words.toggle("Words", help="Sum sub-word tokens into words.", **bind("attribution.words"))
+    state = get_state().attribution
+    return (state.foil if state.foil.strip() else None), state.function
 
 
 # --- computation ------------------------------------------------------------------------------
 
 
-def _cached(key: tuple, compute):
+def _recent() -> OrderedDict:
     """Recent sequences and results of this session, so going back to a method is instant."""
-    cache: OrderedDict = st.session_state.setdefault(keys.ATTR_CACHE, OrderedDict())
+    return st.session_state.setdefault(CACHE, OrderedDict())
+
+
+def _cached(key: tuple, compute):
+    cache = _recent()
     if key not in cache:
         cache[key] = compute()
         while len(cache) > _KEPT:
@@ -162,55 +199,46 @@ def _cached(key: tuple, compute):
 def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
     """Start at once unless the request would take minutes: then say what it costs and wait
     for *Compute* (a page that computes on every change must not freeze on a long prompt)."""
-    state = st.session_state
-    if request in state.get(keys.ATTR_CACHE, {}) or state.get(keys.ATTR_CONFIRMED) == request:
+    state = get_state().attribution
+    if state.confirmed == request:
         return True
-    if method.work(sequence) <= ASK_ABOVE_TOKEN_PASSES:
+    if state.cancelled == request:
+        st.info(f"{method.label} was cancelled. Press *Compute* to start it again, or change a setting.")
+    elif method.work(sequence) <= ASK_ABOVE_TOKEN_PASSES:
         return True
-    passes = method.passes(sequence)
-    with_gradients = " with a backward pass each" if method.uses_gradients else ""
-    st.info(
-        f"{method.label} here runs the model {passes:,} times over up to {len(sequence.ids) - 1:,} tokens"
-        f"{with_gradients}: minutes on a CPU. Saliency, Attention and ALTI rollout are much quicker; fewer "
-        "integration points or samples, a wider occlusion window or fewer generated tokens make this one quicker."
-    )  # fmt: skip
+    else:
+        passes = method.passes(sequence)
+        with_gradients = " with a backward pass each" if method.uses_gradients else ""
+        st.info(
+            f"{method.label} here runs the model {passes:,} times over up to {len(sequence.ids) - 1:,} tokens"
+            f"{with_gradients}: minutes on a CPU. Saliency, Attention and ALTI rollout are much quicker; fewer "
+            "integration points or samples, a wider occlusion window or fewer generated tokens make this one quicker."
+        )  # fmt: skip
     if st.button("Compute", key="attribution_compute_button", type="primary"):
-        state[keys.ATTR_CONFIRMED] = request
+        state.confirmed, state.cancelled = request, None
         return True
     return False
 
 
-def _prepare(model: BridgeLlm, target: _Target) -> Sequence:
+def _prepare(model: TransparentLlm, target: _Target) -> Sequence:
     with st.spinner("Generating the continuation…" if target.generate else "Tokenising…"):
         return prepare(model, target.prompt, target.continuation, target.generate, target.chat_template)
-
-
-def _attribute(model, sequence: Sequence, method: Method, foil: str | None, function: str) -> Attribution:
-    bar = st.progress(0.0, text=step_progress(method.label, 0, sequence.n_steps, 0.0))
-    started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=step_progress(method.label, done, total, time.perf_counter() - started))
-
-    try:
-        return attribute_sequence(model, sequence, method, foil=foil, function=function, progress=progress)
-    finally:
-        bar.empty()
 
 
 # --- results ----------------------------------------------------------------------------------
 
 
-def _results(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
+def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
     figure = attribution_heatmap(result)
-    st.plotly_chart(figure, key=keys.ATTR_CHART, on_select=_on_heatmap_click, selection_mode="points",
+    st.plotly_chart(figure, key=CHART, on_select=_on_heatmap_click, selection_mode="points",
                     width="stretch", config={"displaylogo": False})  # fmt: skip
-    if st.session_state.get(keys.ATTR_STEP) not in range(result.n_steps):
-        st.session_state[keys.ATTR_STEP] = 0
+    state = get_state().attribution
+    if state.step not in range(result.n_steps):
+        state.step = 0
     labels = target_labels(result)
-    st.pills("Generated token", list(range(result.n_steps)), key=keys.ATTR_STEP, required=True,
-             format_func=lambda step: labels[step])  # fmt: skip
-    step = st.session_state[keys.ATTR_STEP]
+    st.pills("Generated token", list(range(result.n_steps)), required=True, format_func=labels.__getitem__,
+             **bind("attribution.step"))  # fmt: skip
+    step = state.step
     st.html(step_html(result, step))
     _explorer_links(model, sequence, result)
     st.subheader("Step scores")
@@ -220,16 +248,16 @@ def _results(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
 
 def _on_heatmap_click() -> None:
     """A click on a heatmap cell shows that row's generated token."""
-    state = st.session_state.get(keys.ATTR_CHART)
+    chart = st.session_state.get(CHART)
     try:
-        points = state["selection"]["points"]
+        points = chart["selection"]["points"]
     except (KeyError, TypeError):
         return
     if points and isinstance(points[0].get("y"), int):
-        st.session_state[keys.ATTR_STEP] = points[0]["y"]
+        get_state().attribution.step = points[0]["y"]
 
 
-def _explorer_links(model: BridgeLlm, sequence: Sequence, result: Attribution) -> None:
+def _explorer_links(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
     """One button per generated token: its context becomes the active prompt in the Explorer,
     whose route then explains the prediction of that very token."""
     st.caption("Open in the Explorer: the route to the prediction of")
@@ -237,7 +265,7 @@ def _explorer_links(model: BridgeLlm, sequence: Sequence, result: Attribution) -
         for step, token in enumerate(result.targets):
             if st.button(f"{step}: {display_token(token)}", key=f"attribution_explore_{step}_button"):
                 text = context_text(model, sequence.ids[: sequence.n_prompt + step])
-                frame.open_prompt(text, target=-1)
+                frame.open_prompt(text, position=-1)
 
 
 def step_table(result: Attribution) -> pd.DataFrame:
@@ -254,14 +282,17 @@ def _exports(result: Attribution, figure) -> None:
     `load_attribution`), CSV (one row per step and source) and standalone HTML (heatmap and
     coloured text), and the heatmap alone as HTML, SVG or PNG."""
     stem = safe_stem(f"attribution-{result.method}-{result.model}")
-    files = (
-        ("Result as JSON (reloadable)", lambda: json.dumps(result.to_dict(), indent=1), "json", "application/json"),
-        ("Result as CSV (long table)", lambda: result.to_frame().to_csv(index=False), "csv", "text/csv"),
-        ("Heatmap and text as HTML", lambda: standalone_html(result), "html", "text/html"),
-    )
+    files = (  # label, content, file name, type, what it is
+        ("Result as JSON (reloadable)", lambda: json.dumps(result.to_dict(), indent=1), f"{stem}.json",
+         "application/json", "Every score and setting; llm_flow.attribution.load_attribution reads it back."),
+        ("Result as CSV (long table)", lambda: result.to_frame().to_csv(index=False), f"{stem}.csv",
+         "text/csv", "One row per step and source token."),
+        ("Heatmap and text as HTML", lambda: standalone_html(result), f"{stem}-heatmap-and-text.html",
+         "text/html", "One page with the heatmap and the text coloured by score; opens offline."),
+    )  # fmt: skip
     with st.popover("Export", icon=":material/download:"):
-        for label, data, suffix, mime in files:
-            st.download_button(label, data=data, file_name=f"{stem}.{suffix}", mime=mime, width="stretch",
-                               key=f"attribution_export_{suffix}_button", on_click="ignore")  # fmt: skip
+        for label, data, name, mime, what in files:
+            st.download_button(label, data=data, file_name=name, mime=mime, width="stretch", help=what,
+                               key=f"attribution_export_{name.rsplit('.', 1)[1]}_button", on_click="ignore")  # fmt: skip
         st.caption("The heatmap alone, titled for a paper:")
-        figure_downloads(figure, figure.layout.title.text, stem, key="attribution_export_figure")
+        figure_downloads(figure, figure.layout.title.text, f"{stem}-heatmap", key="attribution_export_figure")

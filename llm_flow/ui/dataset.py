@@ -24,16 +24,10 @@ from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis
+from llm_flow.ui.state import bind, get_state
 from llm_flow.views.tokens import display_token
 
-FOLDER = "dataset_folder"
-COMPARE = "dataset_compare"
-METRIC = "dataset_metric"
-POSITION_CLASS = "dataset_class"
-VIEW = "dataset_view"
-COMPONENT = "dataset_component"
-PROMPT = "dataset_prompt"
-CHART = "dataset_heatmap_chart"
+CHART = "dataset_heatmap_chart"  # the plotly chart's selection state (Streamlit's own)
 
 _VIEWS = ("first folder", "second folder", "difference (first − second)")
 _TOP = 10
@@ -48,25 +42,32 @@ def dataset_page(analysis: Analysis) -> None:
         "Which heads and FFN blocks carry information in general: the statistics `llm-flow dataset` "
         "wrote for many prompts. Type its `--out` folder; add a second one to compare them."
     )
+    state = get_state().dataset
     left, right = st.columns(2)
-    left.text_input("Results folder", key=FOLDER, placeholder="e.g. results/code")
-    right.text_input("Compare with (optional)", key=COMPARE, placeholder="e.g. results/prose")
-    first = _results(st.session_state.get(FOLDER, ""), left)
+    left.text_input("Results folder", placeholder="e.g. results/code", **bind("dataset.folder"))
+    right.text_input("Compare with (optional)", placeholder="e.g. results/prose", **bind("dataset.compare"))
+    first = _results(state.folder, left)
     if first is None:
         return
-    second = _results(st.session_state.get(COMPARE, ""), right) if st.session_state.get(COMPARE, "").strip() else None
+    second = _results(state.compare, right) if state.compare.strip() else None
     _model_notice(first, analysis)
+    if state.position_class not in POSITION_CLASSES:
+        st.warning(f"There is no position class {state.position_class!r}; showing all.")
+        state.position_class = "all"
 
     controls = st.columns([2, 2, 3])
-    controls[0].radio("Metric", list(METRICS), key=METRIC, horizontal=True,
+    controls[0].radio("Metric", list(METRICS), horizontal=True, **bind("dataset.metric"),
                       format_func=lambda m: "frequency" if m == "frequency" else "mean contribution",
                       help="; ".join(f"{m.replace('_', ' ')}: {text}" for m, text in METRICS.items()))  # fmt: skip
-    controls[1].selectbox("Position class", POSITION_CLASSES, key=POSITION_CLASS,
+    controls[1].selectbox("Position class", POSITION_CLASSES, **bind("dataset.position_class"),
                           help="; ".join(f"{name}: {text}" for name, text in first.metadata["position_classes"].items()))  # fmt: skip
+    if state.view not in _VIEWS:
+        state.view = _VIEWS[0]
     view = _VIEWS[0]
     if second is not None:
-        view = controls[2].radio("Show", _VIEWS, key=VIEW, horizontal=True)
-    metric, position_class = st.session_state[METRIC], st.session_state[POSITION_CLASS]
+        controls[2].radio("Show", _VIEWS, horizontal=True, **bind("dataset.view"))
+        view = state.view
+    metric, position_class = state.metric, state.position_class
     try:
         if view == _VIEWS[2]:
             grid = difference_grid(first, second, metric, position_class)
@@ -77,11 +78,13 @@ def dataset_page(analysis: Analysis) -> None:
         return
 
     components = [c.id for c in all_components(first.n_layers, first.n_heads)]
-    if st.session_state.get(COMPONENT) not in components:
-        st.session_state[COMPONENT] = components[0]
+    if state.component not in components:
+        if state.component is not None:
+            st.warning(f"{state.component} is not a component of these results; showing {components[0]}.")
+        state.component = components[0]
     chart_column, prompts_column = st.columns([3, 2], gap="medium")
     with chart_column:
-        figure = component_heatmap(grid, difference=view == _VIEWS[2], selected=st.session_state[COMPONENT])
+        figure = component_heatmap(grid, difference=view == _VIEWS[2], selected=state.component)
         st.plotly_chart(figure, key=CHART, on_select=_on_click, selection_mode="points", width="stretch",
                         height=int(figure.layout.height), config={"displaylogo": False})  # fmt: skip
         _exports(figure, grid, first if view != _VIEWS[1] else second)
@@ -89,10 +92,10 @@ def dataset_page(analysis: Analysis) -> None:
                    + (f", {second.metadata['prompts']['graphs']} in {second.folder.name}" if second else "")
                    + ". Click a cell to list the prompts where that component matters most.")  # fmt: skip
     with prompts_column:
-        st.selectbox("Component", components, key=COMPONENT,
+        st.selectbox("Component", components, **bind("dataset.component"),
                      help="Heads L{layer}.H{head}, FFN blocks L{layer}.FFN, residual streams L{layer}.res")  # fmt: skip
-        for index, results in enumerate((first, second) if second is not None else (first,)):
-            _top_prompts(results, st.session_state[COMPONENT], position_class, index, several=second is not None)
+        for field, results in zip(("prompt", "prompt_compare"), (first, second) if second is not None else (first,)):
+            _top_prompts(results, state.component, position_class, field, several=second is not None)
 
 
 def _exports(figure, grid, results: DatasetResults) -> None:
@@ -141,7 +144,10 @@ def _model_notice(results: DatasetResults, analysis: Analysis) -> None:
         )
 
 
-def _top_prompts(results: DatasetResults, component: str, position_class: str, index: int, several: bool) -> None:
+def _top_prompts(results: DatasetResults, component: str, position_class: str, field: str, several: bool) -> None:
+    """The prompts where `component` contributed most, strongest first; the chosen one (the
+    session's ``dataset.<field>``, the top row unless the user picked another) opens in the
+    Explorer."""
     table = top_prompts(results, component, position_class, _TOP)
     title = f"Where {component} matters most" + (f" in {results.folder.name}" if several else "")
     st.markdown(f"**{title}**")
@@ -153,21 +159,28 @@ def _top_prompts(results: DatasetResults, component: str, position_class: str, i
     )[["prompt_id", "contribution", "routes", "target", "text"]]
     st.dataframe(shown, hide_index=True, width="stretch",
                  column_config={"contribution": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
-    key = f"{PROMPT}_{index}"
-    choice = st.selectbox("Prompt", list(table["prompt_id"]), key=key,
-                          format_func=lambda pid: f"{pid}: {_short(table.set_index('prompt_id').loc[pid, 'text'])}")  # fmt: skip
-    row = table.set_index("prompt_id").loc[choice]
-    if st.button("Open in the Explorer", key=f"{key}_open_button", icon=":material/account_tree:",
+    state = get_state().dataset
+    ids = [str(pid) for pid in table["prompt_id"]]
+    listed = (str(results.folder), component, position_class)
+    if getattr(state, f"{field}_list") != listed or getattr(state, field) not in ids:
+        # a new list opens on its top row, not on whichever row the last choice happens to be
+        setattr(state, f"{field}_list", listed)
+        setattr(state, field, ids[0])
+    by_id = table.assign(prompt_id=ids).set_index("prompt_id")
+    labels = {pid: f"{pid}: {_short(by_id.loc[pid, 'text'])}" for pid in ids}
+    st.selectbox("Prompt", ids, format_func=labels.get, **bind(f"dataset.{field}"))
+    row = by_id.loc[getattr(state, field)]
+    if st.button("Open in the Explorer", key=f"dataset_{field}_open_button", icon=":material/account_tree:",
                  help=f"Analyse this prompt in the Explorer, on token {row['top_target']}, the one whose route "
                       f"{component} contributed most to"):  # fmt: skip
-        frame.open_prompt(row["text"], target=int(row["top_target"]))
+        frame.open_prompt(row["text"], position=int(row["top_target"]))
 
 
 def _on_click() -> None:
     """A click on a heatmap cell selects its component (the cell's customdata)."""
     element = clicked_element(st.session_state.get(CHART))
     if element is not None:
-        st.session_state[COMPONENT] = element
+        get_state().dataset.component = element
 
 
 def _short(text: str, width: int = 60) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from functools import partial
 
 import networkx as nx
@@ -12,17 +11,20 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.export import route_title
 from llm_flow.figures.route import figure_height, route_figure
 from llm_flow.models.run import Run
-from llm_flow.routes.graph import build_graph, graph_json
+from llm_flow.routes.graph import graph_json, shared_graph
+from llm_flow.routes.find import NodeSearch, find_nodes
 from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
-from llm_flow.ui import keys
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.ui.route_check import route_check_panel
+from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
 from llm_flow.views.tokens import display_token
 
-_GRAPH_MEMO = "explorer_graph_memo"  # the last graph built in this session, with its inputs
+CHART = "explorer_route_chart"  # the plotly chart's selection state (Streamlit's own)
+
 
 
 def explorer_page(analysis: Analysis) -> None:
@@ -30,54 +32,102 @@ def explorer_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
+    state = get_state()
     token_slider(run, "Token to explain", help="The route explains the model's prediction of the token that follows this one.")
-    target = st.session_state[keys.TARGET]
+    position = state.route.position
     try:
         with st.spinner("Building the route…"):
-            graph = route_graph(run, target, analysis.threshold, analysis.renormalize)
+            graph = shared_graph(run, position, analysis.threshold, analysis.renormalize)  # kept with the Run
     except LlmFlowError as exc:
         st.error(str(exc))
         return
     elements = [None, *sorted(graph.nodes, key=_node_order), *(f"{u}{EDGE_SEPARATOR}{v}" for u, v in graph.edges)]
-    if st.session_state[keys.SELECTED] not in elements:
-        if st.session_state[keys.SELECTED] is not None:
-            st.warning(f"{st.session_state[keys.SELECTED]} is not on this route; nothing is selected.")
-        st.session_state[keys.SELECTED] = None
+    if state.route.selected not in elements:
+        st.warning(f"{state.route.selected} is not on this route; nothing is selected.")
+        state.route.selected = None
+    automatic = run.n_tokens > COMPACT_FROM_TOKENS  # until the user chooses, by the prompt's length
+    compact = automatic if state.explorer.compact is None else state.explorer.compact
+    search = _search(graph)  # before the figure: a found node is selected and centred
     graph_column, panel_column = st.columns([3, 2], gap="medium")
     with graph_column:
         st.caption(
-            f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token {target} "
-            f"{display_token(run.str_tokens[target])!r}. Drag to pan, scroll to zoom, double-click to reset."
+            f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for token {position} "
+            f"{display_token(run.str_tokens[position])!r}. Drag to pan, scroll to zoom, double-click to reset."
         )
         st.toggle(
-            "Only the tokens the route reaches", key=keys.COMPACT,
+            "Only the tokens the route reaches", **bind("explorer.compact", to_widget=lambda _: compact),
             help="Leave out the token columns with no node on the route: long prompts stay readable.",
         )  # fmt: skip
-        figure = route_figure(graph, st.session_state[keys.SELECTED], compact=st.session_state[keys.COMPACT])
+        focus = state.explorer.focus
+        figure = route_figure(graph, state.route.selected, compact=compact, focus=focus)
         st.plotly_chart(
-            figure, key=keys.CHART,
+            figure, key=CHART,
             on_select=_on_graph_click, selection_mode="points", width="stretch",
             height=figure_height(graph), config={"scrollZoom": True, "displaylogo": False},
         )  # fmt: skip
-        _exports(run, graph)
+        _find_box(graph, search)
+        _exports(run, graph, compact, focus)
         route_check_panel(graph)
     with panel_column:
-        predictions_panel(target)
+        predictions_panel(position)
         st.selectbox(
-            "Inspect", elements, key=keys.SELECTED, placeholder="Click the graph, or choose a node or edge",
-            format_func=lambda e: "(nothing)" if e is None else describe(graph, e),
+            "Inspect", elements, placeholder="Click the graph, or choose a node or edge",
+            format_func=lambda e: "(nothing)" if e is None else describe(graph, e), **bind("route.selected"),
         )  # fmt: skip
-        element_panel(graph, st.session_state[keys.SELECTED])
+        element_panel(graph, state.route.selected)
 
 
-def _exports(run: Run, graph: nx.DiGraph) -> None:
+def _search(graph: nx.DiGraph) -> NodeSearch | str | None:
+    """What the *Find a node* box asks for on this route: the matches (the chosen one selected
+    and centred), a message when the query is malformed, or None when the box is empty."""
+    state = get_state()
+    explorer = state.explorer
+    if not explorer.find.strip():
+        explorer.focus = None
+        return None
+    try:
+        search = find_nodes(graph, explorer.find)
+    except LlmFlowError as exc:
+        explorer.focus = None
+        return str(exc)
+    if explorer.focus not in search.nodes:
+        explorer.focus = search.nodes[0] if search.nodes else None
+        if explorer.focus is not None:
+            state.route.selected = explorer.focus
+    return search
+
+
+def _find_box(graph: nx.DiGraph, search: NodeSearch | str | None) -> None:
+    left, right = st.columns([2, 3], vertical_alignment="bottom")
+    left.text_input(
+        "Find a node", placeholder="token, position (7), layer (L12) or node (A12_4)", **bind("explorer.find"),
+        help="Selects the node and centres the graph on it. Clear the box to see the whole route again.",
+    )  # fmt: skip
+    if isinstance(search, str):
+        right.error(search)
+    elif search is not None and not search.nodes:
+        right.warning(search.message)
+    elif search is not None:
+        right.selectbox(
+            search.message, search.nodes, format_func=lambda name: describe(graph, name),
+            **bind("explorer.focus", then=_select_focus),
+        )  # fmt: skip
+
+
+def _select_focus() -> None:
+    """Choosing another match selects it too (the panel shows what it did)."""
+    state = get_state()
+    state.route.selected = state.explorer.focus
+
+
+def _exports(run: Run, graph: nx.DiGraph, compact: bool, focus: str | None) -> None:
     """The route as files: the figure (without the selection mark) and the graph as JSON."""
     target = graph.graph["target"]
     with st.popover("Export", icon=":material/download:"):
         title = route_title(run.model.name, run.prompt, run.str_tokens[target], target,
                             graph.graph["threshold"], graph.graph["renormalize"])  # fmt: skip
         stem = f"route-{run.model.name}-token{target}-t{graph.graph['threshold']:g}"
-        figure_downloads(route_figure(graph, compact=st.session_state[keys.COMPACT]), title, stem, key="explorer_export")
+        figure_downloads(route_figure(graph, compact=compact, focus=focus), title, stem, key="explorer_export")
         st.download_button(
             "Graph as JSON (node-link)", data=partial(graph_json, graph), file_name=f"{safe_stem(stem)}.json",
             mime="application/json", key="explorer_export_json_button", width="stretch", on_click="ignore",
@@ -85,22 +135,11 @@ def _exports(run: Run, graph: nx.DiGraph) -> None:
         st.caption("Tables: the download icon at the top right of each table saves it as CSV.")
 
 
-def route_graph(run: Run, target: int, threshold: float, renormalize: bool) -> nx.DiGraph:
-    """The route, rebuilt only when the run or a route setting changed (not for a panel click)."""
-    settings = (target, threshold, renormalize)
-    memo = st.session_state.get(_GRAPH_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != settings:
-        # a weak reference: the session must not keep alive a run the shared cache has dropped
-        memo = (weakref.ref(run), settings, build_graph(run, target, threshold, renormalize))
-        st.session_state[_GRAPH_MEMO] = memo
-    return memo[2]
-
-
 def _on_graph_click() -> None:
     """A click on a node or an edge marker selects it, exactly as choosing it under Inspect."""
-    element = clicked_element(st.session_state.get(keys.CHART))
+    element = clicked_element(st.session_state.get(CHART))
     if element is not None:
-        st.session_state[keys.SELECTED] = element
+        get_state().route.selected = element
 
 
 def clicked_element(chart_state) -> str | None:

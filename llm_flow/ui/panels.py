@@ -9,10 +9,10 @@ import streamlit as st
 
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
-from llm_flow.ui import keys
 from llm_flow.ui.attention import open_head
-from llm_flow.ui.frame import active_run
+from llm_flow.ui.frame import active_run, sync_link
 from llm_flow.ui.route_check import edge_removal_panel
+from llm_flow.ui.state import bind, get_state
 from llm_flow.views.heads import attention_map, contribution_map, edge_heads
 from llm_flow.views.logit_lens import logit_lens
 from llm_flow.views.neurons import expert_label, expert_shares, top_neurons
@@ -30,16 +30,16 @@ _BLOCK_BEFORE = {"A": "attention block", "I": "FFN block"}
 
 
 @st.fragment
-def predictions_panel(target: int) -> None:
+def predictions_panel(position: int) -> None:
     run = active_run()
-    st.subheader(prediction_title(run, display_token(run.str_tokens[target])))
+    st.subheader(prediction_title(run, display_token(run.str_tokens[position])))
     if head_note(run):
         st.caption(head_note(run))
     st.number_input(
-        "Temperature", 0.05, 5.0, step=0.05, key=keys.TEMPERATURE,
+        "Temperature", 0.05, 5.0, step=0.05, **bind("explorer.temperature"),
         help="Divides the logits before the softmax: below 1 sharpens, above 1 flattens.",
     )  # fmt: skip
-    predictions = top_predictions(run, target, k=10, temperature=st.session_state[keys.TEMPERATURE])
+    predictions = top_predictions(run, position, k=10, temperature=get_state().explorer.temperature)
     frame = pd.DataFrame(
         {
             "token": [display_token(p.token) for p in predictions],
@@ -54,6 +54,7 @@ def predictions_panel(target: int) -> None:
             "logit": st.column_config.NumberColumn(format="%.2f"),
         },
     )  # fmt: skip
+    sync_link()
 
 
 @st.fragment
@@ -71,6 +72,7 @@ def element_panel(graph: nx.DiGraph, element: str | None) -> None:
         _ffn_panel(run, selected)
     else:
         _residual_panel(run, selected)
+    sync_link()
 
 
 def describe(graph: nx.DiGraph, element: str) -> str:
@@ -97,8 +99,8 @@ def _residual_panel(run: Run, node: NodeId) -> None:
     kind, layer, position = node.kind, node.layer, node.position
     where = "embedding" if kind == "X" else f"layer {layer}, {'after attention' if kind == 'A' else 'after the layer'}"
     st.subheader(f"{node}: {where}, token {position} {display_token(run.str_tokens[position])!r}")
-    st.checkbox("Normalise before unembedding (final norm)", key=keys.LENS_NORMALIZE)
-    lens = logit_lens(run, kind, layer, position, k=10, normalize=st.session_state[keys.LENS_NORMALIZE])
+    st.checkbox("Normalise before unembedding (final norm)", **bind("explorer.lens_normalize"))
+    lens = logit_lens(run, kind, layer, position, k=10, normalize=get_state().explorer.lens_normalize)
     st.markdown("**Logit lens**: what this residual state would predict")
     st.dataframe(
         pd.DataFrame({
@@ -118,9 +120,10 @@ def _residual_panel(run: Run, node: NodeId) -> None:
 def _ffn_panel(run: Run, node: NodeId) -> None:
     layer, position = node.layer, node.position
     st.subheader(f"{node}: FFN of layer {layer} at token {position} {display_token(run.str_tokens[position])!r}")
-    count = st.slider("Neurons shown", 5, 100, key=keys.NEURON_COUNT)
+    st.slider("Neurons shown", 5, 100, **bind("explorer.neuron_count"))
+    explorer = get_state().explorer
     expert = _experts_table(run, layer, position) if run.layer(layer).experts is not None else None
-    neurons = top_neurons(run, layer, position, k=count, expert=expert)
+    neurons = top_neurons(run, layer, position, k=explorer.neuron_count, expert=expert)
     st.markdown("**Neurons** ranked by contribution to the residual after the FFN")
     columns = {"neuron": [n.neuron for n in neurons]}
     if expert is None and run.layer(layer).experts is not None:
@@ -136,9 +139,10 @@ def _ffn_panel(run: Run, node: NodeId) -> None:
             format="%.4f", min_value=0.0, max_value=max(n.contribution for n in neurons) or 1.0)},
     )  # fmt: skip
     choices = [n.neuron for n in neurons]
-    if st.session_state.get(keys.NEURON) not in choices:
-        st.session_state[keys.NEURON] = choices[0]
-    neuron = st.selectbox("Neuron", choices, key=keys.NEURON)
+    if explorer.neuron not in choices:
+        explorer.neuron = choices[0]
+    st.selectbox("Neuron", choices, **bind("explorer.neuron"))
+    neuron = explorer.neuron
     _promotion(f"Tokens neuron {neuron} promoted and suppressed", promoted_tokens(run.model, neuron_output(run, layer, position, neuron)))
 
 
@@ -159,11 +163,12 @@ def _experts_table(run: Run, layer: int, position: int) -> int | None:
         hide_index=True, width="stretch", key="expert_table",
     )  # fmt: skip
     choices = [None, *(share.expert for share in shares)]
-    if st.session_state.get("ffn_expert") not in choices:  # another node, other experts
-        st.session_state["ffn_expert"] = None
-    return st.selectbox(
-        "Neurons of", choices, key="ffn_expert", format_func=lambda e: "every expert" if e is None else expert_label(e)
-    )
+    explorer = get_state().explorer
+    if explorer.expert not in choices:  # another node, other experts
+        explorer.expert = None
+    label = {e: "every expert" if e is None else expert_label(e) for e in choices}
+    st.selectbox("Neurons of", choices, format_func=label.get, **bind("explorer.expert"))
+    return explorer.expert
 
 
 def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
@@ -186,9 +191,12 @@ def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     )
     st.plotly_chart(_head_bars(shares), width="stretch", key="head_bars", config={"displayModeBar": False})
     ranked = [s.head for s in shares]
-    if st.session_state.get(keys.HEAD) not in ranked:
-        st.session_state[keys.HEAD] = ranked[0]
-    head = st.selectbox("Head", ranked, key=keys.HEAD, format_func=lambda h: f"H{h} ({shares[ranked.index(h)].contribution:.3f})")
+    explorer = get_state().explorer
+    if explorer.head not in ranked:
+        explorer.head = ranked[0]
+    labels = {s.head: f"H{s.head} ({s.contribution:.3f})" for s in shares}
+    st.selectbox("Head", ranked, format_func=labels.get, **bind("explorer.head"))
+    head = explorer.head
     if st.button(f"Open L{layer} H{head} on the Attention page", icon=":material/visibility:",
                  key="explorer_attention_button"):  # fmt: skip
         open_head(layer, head, position)

@@ -10,7 +10,6 @@ says where the analysis tokenised the text differently.
 from __future__ import annotations
 
 import html
-import weakref
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,43 +17,32 @@ import streamlit as st
 import torch
 
 from llm_flow.errors import LlmFlowError, PromptError
-from llm_flow.figures.playground import anatomy_figure, heads_figure, sampling_figure
+from llm_flow.figures.playground import anatomy_figure, anatomy_title, heads_figure, sampling_figure
 from llm_flow.models.run import Run
-from llm_flow.ui import frame, keys
+from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads
 from llm_flow.ui.explorer import clicked_element
-from llm_flow.ui.frame import Analysis
+from llm_flow.ui.frame import Analysis, sync_link
+from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
-from llm_flow.views.anatomy import Anatomy, anatomy
+from llm_flow.views.anatomy import Anatomy, shared_anatomy
 from llm_flow.views.generation import (
     Generation,
     generate,
+    generation_in_run,
     predicting_positions,
     round_trips,
     step,
 )
 from llm_flow.views.sampling import SamplingSettings, sampling_stages, seeded_generator
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import plural, sentence
+from llm_flow.wording import plural, probability, sentence
 
-# Page-owned session keys (the frame keeps ``playground_*`` values across page switches).
-TEMPERATURE = "playground_temperature"
-TOP_K = "playground_top_k"
-TOP_P = "playground_top_p"
-SEED = "playground_seed"
-BARS = "playground_bars"
-COUNT = "playground_count"
-EXPLAIN = "playground_explain"
-HISTORY = "playground_history"  # list[Entry]: what Step / Generate did, for undo and links
-RANDOM = "playground_random"  # (seed, torch.Generator): the session's sampling source
-MESSAGE = "playground_message"
-_ANATOMY_MEMO = "playground_anatomy_memo"
-# Widgets whose state must not outlive the run that drew them (see keys.UNKEPT_SUFFIXES).
 STEP, GENERATE, UNDO = "playground_step_button", "playground_generate_button", "playground_undo_button"
 TOKENS = "playground_tokens_button"
 ANATOMY_CHART = "playground_anatomy_chart"
 
-NEXT_IN_TEXT, TOP_PREDICTION = "the token that follows in the text", "the model's top prediction"
+EXPLAIN = {"next": "the token that follows in the text", "top": "the model's top prediction"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +60,12 @@ def playground_page(analysis: Analysis) -> None:
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
-    _init_state()
     history = _history(run)
     _show_text(run, history)
-    if st.session_state.get(MESSAGE):
-        st.info(st.session_state.pop(MESSAGE))
+    state = get_state().playground
+    if state.message:
+        st.info(state.message)
+        state.message = None
     sampling_column, anatomy_column = st.columns([1, 1], gap="large")
     with sampling_column:
         sampling_panel()
@@ -86,24 +75,27 @@ def playground_page(analysis: Analysis) -> None:
         _anatomy_panel(run, history)
 
 
-def _init_state() -> None:
-    defaults = {TEMPERATURE: 1.0, TOP_K: 0, TOP_P: 1.0, SEED: 0, BARS: 15, COUNT: 5, EXPLAIN: NEXT_IN_TEXT,
-                HISTORY: []}  # fmt: skip
-    for key, value in defaults.items():
-        st.session_state.setdefault(key, value)
-
-
 def settings() -> SamplingSettings:
-    state = st.session_state
-    return SamplingSettings(float(state[TEMPERATURE]), int(state[TOP_K]), float(state[TOP_P]))
+    state = get_state().playground
+    return SamplingSettings(float(state.temperature), int(state.top_k), float(state.top_p))
 
 
 def _history(run: Run) -> list[Entry]:
     """The steps that led to the active text; forgotten once the user analyses another text."""
-    history: list[Entry] = st.session_state[HISTORY]
-    if history and history[-1].after != run.prompt:
-        history = st.session_state[HISTORY] = []
-    return history
+    state = get_state().playground
+    if state.history and state.history[-1].after != run.prompt:
+        state.history, state.generated = [], ()
+    if not state.history and state.generated:  # a link: the generated ids, the text to analyse
+        generation = generation_in_run(run, state.generated)
+        if generation is None:
+            st.warning("The link's generated tokens are not the last tokens of its text; they are not marked.")
+            state.generated = ()
+        else:
+            start = seeded_generator(state.seed, next(run.model.hf_model.parameters()).device).get_state()
+            state.history = [Entry(generation.prompt, run.prompt, generation, start)]
+            state.message = ("Reopened from a link: the percentages are the model's own probabilities (the "
+                             "sampling settings each token was drawn with are not in the link).")  # fmt: skip
+    return state.history
 
 
 def _show_text(run: Run, history: list[Entry]) -> None:
@@ -132,37 +124,41 @@ def sampling_panel() -> None:
     run = frame.active_run()
     st.subheader("Next token")
     temperature, top_k, top_p, seed = st.columns(4)
-    temperature.slider("Temperature", 0.0, 2.0, step=0.05, key=TEMPERATURE,
+    state = get_state().playground
+    state.top_k = min(state.top_k, run.model.info.vocab_size)
+    temperature.slider("Temperature", 0.0, 2.0, step=0.05, **bind("playground.temperature"),
                        help="Divides the logits before the softmax; 0 is greedy (always the most likely token).")
-    top_k.number_input("Top-k", 0, run.model.info.vocab_size, step=1, key=TOP_K,
+    top_k.number_input("Top-k", 0, run.model.info.vocab_size, step=1, **bind("playground.top_k"),
                        help="Keep only the k most likely tokens (ties with the k-th stay); 0 is off.")
-    top_p.slider("Top-p", 0.0, 1.0, step=0.01, key=TOP_P,
+    top_p.slider("Top-p", 0.0, 1.0, step=0.01, **bind("playground.top_p"),
                  help="Keep the most likely tokens until their probabilities add up to p; 1 is off.")
-    seed.number_input("Seed", 0, 2**31 - 1, step=1, key=SEED,
+    seed.number_input("Seed", 0, 2**31 - 1, step=1, **bind("playground.seed"),
                       help="The same seed repeats the same draws (Step by step or Generate N alike).")  # fmt: skip
     stages = sampling_stages(run.logits[-1], settings())
-    figure = sampling_figure(stages, run.model.decode_tokens, n=st.session_state[BARS])
+    figure = sampling_figure(stages, run.model.decode_tokens, n=state.bars)
     st.plotly_chart(figure, key="playground_stages_chart", width="stretch", config={"displayModeBar": False})
     best = stages.probs.max().item()
     st.caption(
         f"After {display_token(run.str_tokens[-1])!r}: {plural(stages.n_kept, 'token')} of "
-        f"{run.model.info.vocab_size:,} can be drawn; the most likely has {best:.1%}. Grey bars are cut "
+        f"{run.model.info.vocab_size:,} can be drawn; the most likely has {probability(best)}. Grey bars are cut "
         "(shown at the probability they had before the cut)."
     )
     shown, export = st.columns([3, 1], vertical_alignment="bottom")
-    shown.slider("Tokens shown", 5, 40, key=BARS)
+    shown.slider("Tokens shown", 5, 40, **bind("playground.bars"))
     with export.popover("Export", icon=":material/download:", width="stretch"):
         title = f"{run.model.name}: next token after {run.prompt!r}, {settings().describe()}"
         stem = f"sampling-{run.model.name}-{settings().describe()}"
         figure_downloads(figure, title, stem, key="playground_stages_export")
+    sync_link()
 
 
 def _actions(run: Run, history: list[Entry]) -> None:
     step_column, count_column, generate_column, undo_column = st.columns([1, 1, 1.3, 1], vertical_alignment="bottom")
     stepped = step_column.button("Step", key=STEP, icon=":material/skip_next:", width="stretch",
                                  help="Draw one token with these settings and append it.")
-    count_column.number_input("Tokens", 1, 64, key=COUNT)
-    generated = generate_column.button(f"Generate {st.session_state[COUNT]}", key=GENERATE, width="stretch",
+    count_column.number_input("Tokens", 1, 64, **bind("playground.count"))
+    count = get_state().playground.count
+    generated = generate_column.button(f"Generate {count}", key=GENERATE, width="stretch",
                                        icon=":material/fast_forward:", help="Generate several tokens at once (KV cache).")
     undone = undo_column.button("Undo", key=UNDO, icon=":material/undo:", width="stretch",
                                 disabled=not history)  # fmt: skip
@@ -170,8 +166,7 @@ def _actions(run: Run, history: list[Entry]) -> None:
         if stepped:
             _advance(run, history, lambda g: step(run, settings(), g)[1])
         elif generated:
-            with st.spinner(f"Generating {plural(st.session_state[COUNT], 'token')}…"):
-                count = st.session_state[COUNT]
+            with st.spinner(f"Generating {plural(count, 'token')}…"):
                 _advance(run, history, lambda g: generate(run.model, run.prompt, count, settings(), g))
         elif undone:
             _undo(history)
@@ -181,12 +176,11 @@ def _actions(run: Run, history: list[Entry]) -> None:
 
 def _generator(run: Run) -> torch.Generator:
     """The session's sampling source, re-seeded when the seed changes."""
-    seed = int(st.session_state[SEED])
-    stored = st.session_state.get(RANDOM)
-    if stored is None or stored[0] != seed:
+    state = get_state().playground
+    if state.random is None or state.random[0] != state.seed:
         device = next(run.model.hf_model.parameters()).device
-        stored = st.session_state[RANDOM] = (seed, seeded_generator(seed, device))
-    return stored[1]
+        state.random = (state.seed, seeded_generator(state.seed, device))
+    return state.random[1]
 
 
 def _advance(run: Run, history: list[Entry], make) -> None:
@@ -196,25 +190,31 @@ def _advance(run: Run, history: list[Entry], make) -> None:
     state = generator.get_state()
     generation: Generation = make(generator)
     history.append(Entry(run.prompt, generation.text, generation, state))
-    st.session_state[HISTORY] = history
+    session = get_state()
+    session.playground.generated = _generated_ids(history)
     if generation.text == run.prompt:  # only an end-of-sequence token came
-        st.session_state[keys.TARGET] = run.n_tokens - 1
-        st.session_state[MESSAGE] = "The model ended the text (end-of-sequence token); undo it to go on."
+        session.route.position = run.n_tokens - 1
+        session.playground.message = "The model ended the text (end-of-sequence token); undo it to go on."
         st.rerun()
     last = generation.tokens[-1]
-    target = last.position - 1 if round_trips(run.model, generation) and not last.eos else None
-    frame.open_prompt(generation.text, target=target, page="playground")
+    position = last.position - 1 if round_trips(run.model, generation) and not last.eos else None
+    frame.open_prompt(generation.text, position=position, page="playground")
 
 
 def _undo(history: list[Entry]) -> None:
     entry = history.pop()
-    st.session_state[HISTORY] = history
-    stored = st.session_state.get(RANDOM)
-    if stored is not None:
-        stored[1].set_state(entry.random_state)
+    state = get_state().playground
+    state.generated = _generated_ids(history)
+    if state.random is not None:
+        state.random[1].set_state(entry.random_state)
     if entry.before == entry.after:
         st.rerun()
     frame.open_prompt(entry.before, page="playground")
+
+
+def _generated_ids(history: list[Entry]) -> tuple[int, ...]:
+    """Every token id generated so far: what a link keeps (ids survive re-tokenisation)."""
+    return tuple(token.token_id for entry in history for token in entry.generation.tokens)
 
 
 def _generated_tokens(run: Run, history: list[Entry]) -> None:
@@ -227,7 +227,7 @@ def _generated_tokens(run: Run, history: list[Entry]) -> None:
         for token, position in zip(entry.generation.tokens, predicting_positions(run, entry.generation))
     ]
     labels = {
-        k: f"{display_token(t.token)} {t.probability:.0%}" + (" (end)" if t.eos else "")
+        k: f"{display_token(t.token)} {probability(t.probability)}" + (" (end)" if t.eos else "")
         for k, (t, _) in enumerate(tokens)
     }  # fmt: skip
     chosen = st.pills(
@@ -243,22 +243,23 @@ def _generated_tokens(run: Run, history: list[Entry]) -> None:
     if position is None:
         st.warning(f"{display_token(token.token)!r} does not exist as such in the analysed text (re-tokenised).")
         return
-    frame.open_in_explorer(target=position)
+    frame.open_in_explorer(position=position)
 
 
 def _anatomy_panel(run: Run, history: list[Entry]) -> None:
     st.subheader("Anatomy of one prediction")
     token_slider(run, "Token", help="The prediction made at this token (of the one that follows it).")
-    target = st.session_state[keys.TARGET]
-    st.radio("Explain", [NEXT_IN_TEXT, TOP_PREDICTION], key=EXPLAIN, horizontal=True,
+    session = get_state()
+    target = session.route.position
+    st.radio("Explain", list(EXPLAIN), format_func=EXPLAIN.get, horizontal=True, **bind("playground.explain"),
              help="Whose rank the lens follows, when the text goes on after this token.")  # fmt: skip
-    follows = target + 1 < run.n_tokens and st.session_state[EXPLAIN] == NEXT_IN_TEXT
+    follows = target + 1 < run.n_tokens and session.playground.explain == "next"
     target_id = int(run.tokens[target + 1]) if follows else None
-    result = _anatomy(run, target, target_id)
+    result = shared_anatomy(run, target, target_id)  # kept with the Run: not again for a slider
     final = result.rows[-1]
     st.caption(
         f"At {target}: {display_token(result.token)!r} → {display_token(result.target)!r}: probability "
-        f"{final.target_probability:.1%}, rank {final.target_rank}. Each layer's bar splits the residual after "
+        f"{probability(final.target_probability)}, rank {final.target_rank}. Each layer's bar splits the residual after "
         "it into what the layer's attention, its FFN and the incoming residual contributed; click a bar to "
         "open that block in the Explorer."
     )
@@ -275,19 +276,8 @@ def _anatomy_panel(run: Run, history: list[Entry]) -> None:
         st.dataframe(_anatomy_table(result), hide_index=True, width="stretch", key="playground_anatomy_table")
         st.caption("The download icon at the top right of the table saves it as CSV.")
     with st.popover("Export", icon=":material/download:"):
-        title = (f"{run.model.name}: anatomy of the prediction {display_token(result.token)!r} → "
-                 f"{display_token(result.target)!r} at token {target} of {run.prompt!r}")  # fmt: skip
+        title = anatomy_title(run.model.name, run.prompt, result)
         figure_downloads(figure, title, f"anatomy-{run.model.name}-token{target}", key="playground_anatomy_export")
-
-
-def _anatomy(run: Run, position: int, target_id: int | None) -> Anatomy:
-    """Computed once per Run, token and explained token (not again for a slider in the sampling panel)."""
-    inputs = (position, target_id)
-    memo = st.session_state.get(_ANATOMY_MEMO)
-    if memo is None or memo[0]() is not run or memo[1] != inputs:
-        memo = (weakref.ref(run), inputs, anatomy(run, position, target_id))
-        st.session_state[_ANATOMY_MEMO] = memo
-    return memo[2]
 
 
 def _anatomy_table(result: Anatomy) -> pd.DataFrame:

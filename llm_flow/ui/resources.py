@@ -13,12 +13,13 @@ they would keep it alive and its memory would never come back.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import streamlit as st
+from cachetools import LRUCache
 
 from llm_flow.config import Config, load_config
 from llm_flow.models.base import TransparentLlm
@@ -36,13 +37,22 @@ class ModelKey:
 
 
 class ByteBudgetCache:
-    """A thread-safe LRU map bounded by the total size of its values; each value is built at
-    most once per key (a second caller waits for the first)."""
+    """A thread-safe LRU map bounded by the total size of its values (`cachetools.LRUCache`
+    with `getsizeof`); each value is built at most once per key (a second caller waits for the
+    first).
+
+    Two things `LRUCache` alone does not do, done here: a value's size is measured when it is
+    inserted, but runs grow afterwards (`Run.nbytes`), so every use measures all of them again
+    by re-inserting them, oldest first, into a cache of the current limit (which also applies a
+    limit changed in the config); and `LRUCache` refuses a value larger than the whole limit,
+    while the entry just used must always stay: its size is counted as at most the limit, so it
+    fits alone.
+    """
 
     def __init__(self, size: Callable[[object], int], on_evict: Callable[[Hashable], None] | None = None) -> None:
         self._size = size
         self._on_evict = on_evict
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._items = _Lru(0, size, on_evict)
         self._lock = threading.RLock()
         self._building: dict[Hashable, threading.Lock] = {}
 
@@ -50,9 +60,9 @@ class ByteBudgetCache:
         """The value for `key`, built if missing; then evict down to `limit` bytes."""
         with self._lock:
             if key in self._items:
-                self._items.move_to_end(key)
-                self._shrink(limit)
-                return self._items[key]
+                value = self._items[key]  # now the most recently used
+                self._refill(limit)
+                return value
             key_lock = self._building.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
@@ -64,46 +74,64 @@ class ByteBudgetCache:
                 with self._lock:
                     self._building.pop(key, None)
             with self._lock:
+                self._refill(limit)
                 self._items[key] = value
-                self._shrink(limit)
             return value
 
     def discard(self, keep: Callable[[Hashable], bool]) -> None:
         """Drop every entry whose key `keep` rejects."""
         with self._lock:
             for key in [k for k in self._items if not keep(k)]:
-                self._evict(key)
+                del self._items[key]
+                if self._on_evict is not None:
+                    self._on_evict(key)
 
     def settle(self, limit: int) -> None:
         """Evict down to `limit` again: cached runs grow as routes are computed on them."""
         with self._lock:
-            self._shrink(limit)
+            self._refill(limit)
 
     def nbytes(self) -> int:
         with self._lock:
             return sum(self._size(value) for value in self._items.values())
 
     def keys(self) -> list[Hashable]:
+        """Least recently used first."""
         with self._lock:
-            return list(self._items)
+            return [key for key, _ in self._items.oldest_first()]
 
     def clear(self) -> None:
         with self._lock:
-            for key in list(self._items):
-                self._evict(key)
+            self.discard(lambda key: False)
 
-    def _shrink(self, limit: int) -> None:
-        """Evict least recently used entries until the rest fits; the newest always stays."""
-        total = sum(self._size(value) for value in self._items.values())
-        while total > limit and len(self._items) > 1:
-            oldest = next(iter(self._items))
-            total -= self._size(self._items[oldest])
-            self._evict(oldest)
+    def _refill(self, limit: int) -> None:
+        """Measure every value again: re-insert them, oldest first, into a cache of `limit`
+        bytes, which evicts the least recently used until the rest fits."""
+        entries = list(self._items.oldest_first())
+        self._items = _Lru(limit, self._size, self._on_evict)
+        for key, value in entries:
+            self._items[key] = value
 
-    def _evict(self, key: Hashable) -> None:
-        del self._items[key]
+
+class _Lru(LRUCache):
+    """`LRUCache` that reports evictions, lists its entries in LRU order, and counts a value
+    larger than the whole limit as the limit (so the newest entry always fits)."""
+
+    def __init__(self, limit: int, size: Callable[[object], int], on_evict: Callable[[Hashable], None] | None) -> None:
+        super().__init__(limit, getsizeof=lambda value: min(size(value), limit))
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[Hashable, object]:
+        """What `LRUCache` calls to make room."""
+        key, value = super().popitem()
         if self._on_evict is not None:
             self._on_evict(key)
+        return key, value
+
+    def oldest_first(self) -> list[tuple[Hashable, object]]:
+        """Every entry, least recently used first (emptying a copy, without eviction reports)."""
+        drained = copy.copy(self)
+        return [LRUCache.popitem(drained) for _ in range(len(drained))]
 
 
 def model_bytes(model: TransparentLlm) -> int:

@@ -12,12 +12,13 @@ For position ``i`` and the token it is asked to explain (by default the model's 
   ``c_res2[i] * c_res[i]``, FFN = ``c_ffn[i]``. Parallel blocks normalise once, so the shares are
   the contributions themselves. ``heads`` splits the attention share per head.
 * the logit lens of ``resid_post[l][i]`` (final norm and unembedding): its top token, and the
-  explained token's rank (0 = top) and probability.
+  explained token's rank (1 = top) and probability.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -25,6 +26,7 @@ from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows, ffn_contributions
 from llm_flow.routes.nodes import NodeId
+from llm_flow.views.tokens import ranks
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,21 @@ class Anatomy:
         return self.rows[1:]
 
 
+@dataclass(frozen=True)
+class AnatomyOf:
+    """Key of an anatomy in a Run's derived store: the arguments `anatomy` took."""
+
+    position: int  # non-negative
+    target_id: int | None
+    normalize: bool
+
+
+def shared_anatomy(run: Run, position: int = -1, target_id: int | None = None, normalize: bool = True) -> Anatomy:
+    """`anatomy`, kept with the Run (pages redraw it on every rerun, for every session)."""
+    position = run.position(position)
+    return run.derived(AnatomyOf(position, target_id, normalize), partial(anatomy, run, position, target_id, normalize))
+
+
 def anatomy(run: Run, position: int = -1, target_id: int | None = None, normalize: bool = True) -> Anatomy:
     """The anatomy of the prediction at `position`, explaining `target_id` (default: the top token)."""
     position = run.position(position)
@@ -71,7 +88,7 @@ def anatomy(run: Run, position: int = -1, target_id: int | None = None, normaliz
     lens = model.unembed(states, normalize=normalize)  # [L + 1, V]
     probs = torch.softmax(lens, -1)
     top = lens.argmax(-1).tolist()
-    target_ranks = (lens > lens[:, target_id, None]).sum(-1).tolist()  # [L + 1]; ties share the better rank
+    target_ranks = [ranks(row, [target_id])[0] for row in lens]  # [L + 1], from 1
     top_tokens = model.decode_tokens(top)
     norms = states.norm(dim=-1).tolist()
     rows = []

@@ -14,9 +14,8 @@ weights the model used, over the whole layer, before anything is shown.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -73,8 +72,13 @@ class NeuronView:
     hidden_weight: float  # softmax weight of the sources not shown (window, top-k)
 
 
-_MEMO: "weakref.WeakKeyDictionary[Run, dict[int, QueryKeys]]" = weakref.WeakKeyDictionary()
-_MEMO_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class QueryKeysOf:
+    """Key of a layer's `QueryKeys` in a Run's derived store."""
+
+    layer: int
+
+
 _ROWS_PER_CHECK = 256  # query rows scored at once by the layer check: [H, 256, T] floats
 
 
@@ -83,14 +87,7 @@ def query_keys(run: Run, layer: int) -> QueryKeys:
     and remembered with the Run, so other heads and queries of the layer cost nothing (memory:
     T x (H + n_kv) x d_head floats a layer)."""
     layer = check_layer(run, layer)
-    with _MEMO_LOCK:
-        known = _MEMO.get(run, {}).get(layer)
-    if known is not None:
-        return known
-    captured = _reproducing(run, layer)
-    with _MEMO_LOCK:
-        _MEMO.setdefault(run, {})[layer] = captured
-    return captured
+    return run.derived(QueryKeysOf(layer), partial(_reproducing, run, layer))
 
 
 def neuron_view(

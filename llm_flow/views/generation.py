@@ -1,8 +1,8 @@
 """Generating text one token at a time, keeping what each token was drawn from.
 
 Two paths give the same tokens: `step` samples from a `Run`'s last logits (no forward pass: the
-page already has that Run), and `generate` runs the plain `transformers` model with a KV cache for
-N tokens at once. The result is a `Generation`: the prompt's token ids, every generated token with
+page already has that Run), and `generate` runs `transformers`' own ``generate`` (its KV cache,
+its stopping rules) for N tokens at once, drawing each token exactly as `step` does. The result is a `Generation`: the prompt's token ids, every generated token with
 its probabilities, and the text they decode to, which becomes the next prompt to analyse.
 
 Text and ids do not always round-trip: the analysis of the new text tokenises it again, and a
@@ -13,17 +13,20 @@ which position of a re-analysed Run predicted it, and None where the ids no long
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import LogitsProcessor
 
-from llm_flow.errors import ArgumentError, PromptError
+from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.checks import check_prompt_text
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
 from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
+from llm_flow.views.tokens import ranks
 
 #: Why generation stopped.
 STOP_EOS = "eos"  # the model produced an end-of-sequence token
@@ -38,7 +41,7 @@ class GeneratedToken:
     position: int  # where it sits in the generated ids; position - 1 predicted it
     probability: float  # in the distribution it was drawn from (after temperature, top-k, top-p)
     model_probability: float  # softmax of the raw logits: the model's own belief
-    rank: int  # 0-based rank in the raw logits (0: the model's top choice)
+    rank: int  # in the raw logits, from 1 (the model's top choice), as `views.tokens.ranks`
     eos: bool = False  # an end-of-sequence token: ends generation, not part of the text
 
 
@@ -86,24 +89,12 @@ def from_run(run: Run) -> Generation:
     return Generation(run.prompt, tuple(run.tokens.tolist()))
 
 
-def token_limit(model: TransparentLlm) -> tuple[int, str]:
-    """The longest prompt `model.run` accepts, and which limit it is."""
-    limits = [(model.info.n_ctx, "the model's context length")]
-    if model.max_prompt_tokens is not None:
-        limits.append((model.max_prompt_tokens, "the configured limit (limits.max_prompt_tokens)"))
-    return min(limits)
-
-
 def _room(model: TransparentLlm, n_tokens: int) -> int:
     """How many tokens may still be generated after `n_tokens` so the text can be analysed."""
-    limit, reason = token_limit(model)
-    if n_tokens >= limit:
-        where = "at" if n_tokens == limit else "over"
-        raise PromptError(
-            f"the text is {n_tokens} tokens long, {where} {reason} of {limit} tokens: nothing more can "
-            "be generated and analysed; shorten the prompt"
-        )
-    return limit - n_tokens
+    model.check_length(
+        n_tokens + 1, "the text and one more token are", "nothing more can be generated and analysed; shorten the prompt"
+    )
+    return model.token_limit()[0] - n_tokens
 
 
 def eos_ids(model: TransparentLlm) -> frozenset[int]:
@@ -120,8 +111,36 @@ def step(
     """One token drawn from the Run's last logits: no forward pass."""
     generation = from_run(run)
     stages = sampling_stages(run.logits[-1], settings)
-    token_id = choose(stages, generator)
-    return stages, _append(run.model, generation, [(token_id, stages)], stop=None)
+    token = _token(run.model, choose(stages, generator), len(generation.ids), stages, eos_ids(run.model))
+    return stages, _append(run.model, generation, [token], stop=None)
+
+
+class _Draw(LogitsProcessor):
+    """The last logits processor of ``generate``: runs each step's raw logits through the page's
+    sampling stages, draws the token with the caller's generator, keeps what the token was drawn
+    from, and leaves that token the only one greedy decoding can pick. ``generate`` keeps the KV
+    cache, the positions and the stopping rules; the draw is the same as `step`'s."""
+
+    def __init__(
+        self,
+        model: TransparentLlm,
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        stops: frozenset[int],
+        on_token: Callable[[GeneratedToken], None] | None,
+    ) -> None:
+        self.model, self.settings, self.generator, self.stops, self.on_token = model, settings, generator, stops, on_token
+        self.tokens: list[GeneratedToken] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        stages = sampling_stages(scores[0], self.settings)  # [1, V] float32 logits of the last position
+        token = _token(self.model, choose(stages, self.generator), input_ids.shape[1], stages, self.stops)
+        self.tokens.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+        only = torch.full_like(scores, -math.inf)
+        only[0, token.token_id] = 0.0
+        return only
 
 
 def generate(
@@ -132,67 +151,52 @@ def generate(
     generator: torch.Generator | None = None,
     on_token: Callable[[GeneratedToken], None] | None = None,
 ) -> Generation:
-    """Up to `max_new_tokens` tokens with the plain `transformers` model and its KV cache.
+    """Up to `max_new_tokens` tokens by `transformers`' own ``generate`` (KV cache and all).
 
     Stops after an EOS token or when the text would grow past the longest prompt the model may
     analyse (`Generation.stop` says which). `on_token` sees each token as it is chosen (progress).
     Greedy decoding equals ``generate(do_sample=False)``; seeded sampling equals
-    ``generate(do_sample=True)`` after ``torch.manual_seed`` with the same seed.
+    ``generate(do_sample=True)`` after ``torch.manual_seed`` with the same seed, and `step` with
+    the same generator, once per token, draws the same tokens.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ArgumentError(f"the number of tokens to generate must be at least 1 (got {max_new_tokens})")
     generation = start(model, prompt) if isinstance(prompt, str) else prompt
     if generation.ended:
         raise PromptError("the text already ends with an end-of-sequence token: undo it or change the prompt")
-    room = _room(model, len(generation.ids))
-    count = min(max_new_tokens, room)
+    count = min(max_new_tokens, _room(model, len(generation.ids)))
     stops = eos_ids(model)
-    hf_model = model.hf_model
-    device = next(hf_model.parameters()).device
-    chosen: list[tuple[int, SamplingStages]] = []
-    with model.lock, torch.inference_mode():
-        inputs = torch.tensor([generation.ids], dtype=torch.long, device=device)  # [1, T]
-        cache = None
-        for _ in range(count):
-            out = hf_model(input_ids=inputs, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            stages = sampling_stages(out.logits[0, -1], settings)
-            token_id = choose(stages, generator)
-            chosen.append((token_id, stages))
-            if on_token is not None:
-                on_token(_token(model, token_id, len(generation.ids) + len(chosen) - 1, stages, stops))
-            if token_id in stops:
-                break
-            inputs = torch.tensor([[token_id]], dtype=torch.long, device=device)  # [1, 1]
-    if chosen[-1][0] in stops:
+    draw = _Draw(model, settings, generator, stops, on_token)
+    ids = model.generate_ids(list(generation.ids), count, draw, stops)
+    drawn = [t.token_id for t in draw.tokens]
+    if ids != drawn:  # a step of the model's generation config acted after the draw
+        raise UnsupportedModelError(
+            f"{model.name}: transformers' generate chose the tokens {ids}, not the drawn {drawn}; its "
+            "generation config adds a step llm-flow's sampling does not show"
+        )
+    if draw.tokens[-1].eos:
         stop = STOP_EOS
     else:
         stop = STOP_COUNT if count == max_new_tokens else STOP_LIMIT
-    return _append(model, generation, chosen, stop)
+    return _append(model, generation, draw.tokens, stop)
 
 
 def _token(
     model: TransparentLlm, token_id: int, position: int, stages: SamplingStages, stops: frozenset[int]
 ) -> GeneratedToken:
-    logits = stages.logits
     return GeneratedToken(
         token_id=token_id,
         token=model.decode_tokens([token_id])[0],
         position=position,
         probability=float(stages.probs[token_id]),
         model_probability=float(stages.model_probs[token_id]),
-        rank=int((logits > logits[token_id]).sum()),
+        rank=ranks(stages.logits, [token_id])[0],
         eos=token_id in stops,
     )
 
 
-def _append(
-    model: TransparentLlm, generation: Generation, chosen: list[tuple[int, SamplingStages]], stop: str | None
-) -> Generation:
-    stops = eos_ids(model)
-    start_position = len(generation.ids)
-    new = tuple(_token(model, t, start_position + k, s, stops) for k, (t, s) in enumerate(chosen))
-    tokens = generation.tokens + new
+def _append(model: TransparentLlm, generation: Generation, new: list[GeneratedToken], stop: str | None) -> Generation:
+    tokens = generation.tokens + tuple(new)
     continuation = _continuation(model, generation.prompt_ids, tokens)
     return replace(generation, tokens=tokens, continuation=continuation, stop=stop)
 
@@ -228,3 +232,27 @@ def round_trips(model: TransparentLlm, generation: Generation) -> bool:
     """True when the generated text, tokenised again, gives back the generated ids (EOS aside)."""
     analysable = generation.prompt_ids + tuple(t.token_id for t in generation.tokens if not t.eos)
     return tuple(model.encode(generation.text)) == analysable
+
+
+def generation_in_run(run: Run, generated: Sequence[int]) -> Generation | None:
+    """The generation behind `run`'s text when its last tokens are `generated` (what a link
+    keeps: ids survive re-tokenisation, text does not), or None when they are not its last
+    tokens. Each token's model probability and rank come from the Run's own logits; the
+    distribution it was drawn from is not known, so its `probability` is the model's."""
+    ids = run.tokens.tolist()
+    count = len(generated)
+    if not 0 < count < len(ids) or tuple(ids[-count:]) != tuple(generated):
+        return None
+    prompt_ids = tuple(ids[:-count])
+    prompt = run.model.tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+    if not run.prompt.startswith(prompt):
+        return None
+    tokens = []
+    for position in range(len(prompt_ids), len(ids)):
+        logits = run.logits[position - 1].double()
+        token_id = ids[position]
+        probability = float(torch.softmax(logits, -1)[token_id])
+        rank = int((logits > logits[token_id]).sum())
+        decoded = run.model.decode_tokens([token_id])[0]
+        tokens.append(GeneratedToken(token_id, decoded, position, probability, probability, rank))
+    return Generation(prompt, prompt_ids, tuple(tokens), run.prompt[len(prompt):])

@@ -1,11 +1,12 @@
 """The next-token sampling pipeline, every stage kept: logits → ÷ temperature → top-k → top-p → softmax.
 
-The numbers are those of `transformers`' sampling (``generate(do_sample=True)``): the same
-warpers in the same order, with the same rules for when each one is skipped (temperature 1,
-``top_k`` 0, ``top_p`` 1.0), the same tie handling (top-k keeps every token tied with the k-th;
-top-p sorts ascending and cuts the tail whose cumulative probability is ``<= 1 - top_p``), at
-least one token always kept, float32 throughout. Temperature 0 means greedy decoding, which in
-`transformers` is ``do_sample=False``: the argmax of the raw logits, no warper applied.
+The numbers are those of `transformers`' sampling (``generate(do_sample=True)``): its own
+warpers (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in its order,
+skipped when ``generate`` skips them (temperature 1, ``top_k`` 0, ``top_p`` 1.0), hence its tie
+rules (top-k keeps every token tied with the k-th; top-p sorts ascending and cuts the tail whose
+cumulative probability is ``<= 1 - top_p``), at least one token always kept, float32
+throughout. Temperature 0 means greedy decoding, which in `transformers` is ``do_sample=False``:
+the argmax of the raw logits, no warper applied.
 Keeping every stage lets a page grey out exactly the tokens each filter removed.
 """
 
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from llm_flow.checks import check_sampling, check_seed
 from llm_flow.errors import ArgumentError
@@ -82,7 +84,10 @@ class SamplingStages:
 
 
 def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> SamplingStages:
-    """Run one position's logits [vocab] through the pipeline, keeping every stage."""
+    """Run one position's logits [vocab] through the pipeline, keeping every stage.
+
+    Each stage is `transformers`' own warper, added under the condition ``generate`` adds it, so
+    a release that changes a rule changes the page as it changes ``generate``."""
     if logits.dim() != 1:
         raise ArgumentError(f"expected the logits of one position, shape [vocab] (got {tuple(logits.shape)})")
     raw = logits.detach().float()[None]  # [1, V]: the batch shape the warpers work on
@@ -92,31 +97,25 @@ def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> Samplin
         cut = torch.ones_like(none).scatter_(-1, best, False)
         probs = torch.zeros_like(raw).scatter_(-1, best, 1.0)
         return SamplingStages(settings, raw[0], raw[0], raw[0], raw[0], probs[0], cut[0], none[0], none[0])
-    scaled = raw / settings.temperature if settings.temperature != 1.0 else raw
-    cut_k = _top_k_cut(scaled, settings.top_k) if settings.top_k != 0 else none
-    after_k = scaled.masked_fill(cut_k, -math.inf)
-    cut_p = _top_p_cut(after_k, settings.top_p) if settings.top_p < 1.0 else none
-    after_p = after_k.masked_fill(cut_p, -math.inf)
+    no_ids = torch.zeros((1, 0), dtype=torch.long, device=raw.device)  # the warpers do not read them
+    scaled = raw
+    if settings.temperature != 1.0:
+        scaled = TemperatureLogitsWarper(settings.temperature)(no_ids, raw)
+    after_k = scaled
+    if settings.top_k != 0:
+        after_k = TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)(no_ids, scaled)
+    after_p = after_k
+    if settings.top_p < 1.0:
+        after_p = TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)(no_ids, after_k)
+    cut_k = _newly_cut(scaled, after_k)
+    cut_p = _newly_cut(after_k, after_p)
     probs = torch.softmax(after_p, -1)
-    return SamplingStages(
-        settings, raw[0], scaled[0], after_k[0], after_p[0], probs[0], none[0], cut_k[0], (cut_p & ~cut_k)[0]
-    )
+    return SamplingStages(settings, raw[0], scaled[0], after_k[0], after_p[0], probs[0], none[0], cut_k[0], cut_p[0])
 
 
-def _top_k_cut(scores: torch.Tensor, top_k: int) -> torch.Tensor:
-    """[1, V] bool: below the k-th highest score (tokens tied with it stay)."""
-    k = min(max(top_k, MIN_TOKENS_TO_KEEP), scores.shape[-1])
-    kth = torch.topk(scores, k)[0][..., -1, None]
-    return scores < kth
-
-
-def _top_p_cut(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """[1, V] bool: the least likely tokens whose probabilities add up to at most ``1 - top_p``."""
-    ascending, order = torch.sort(scores, descending=False)
-    cumulative = ascending.softmax(-1).cumsum(-1)
-    cut_sorted = cumulative <= (1 - top_p)
-    cut_sorted[..., -MIN_TOKENS_TO_KEEP:] = False
-    return cut_sorted.scatter(-1, order, cut_sorted)
+def _newly_cut(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """The tokens a warper set to -inf that were not -inf before it."""
+    return (after == -math.inf) & (before != -math.inf)
 
 
 def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

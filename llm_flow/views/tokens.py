@@ -38,9 +38,10 @@ def check_count(k: int) -> int:
 
 
 def ranks(scores: torch.Tensor, token_ids: list[int]) -> list[int]:
-    """0-based rank of each token in a [vocab] score vector (ties share the better rank)."""
+    """Rank of each token in a [vocab] score vector, counted from 1 (the highest score) as
+    everywhere in llm-flow: pages, commands and CSV columns. Ties share the better rank."""
     chosen = scores[token_ids]  # [k]
-    return (scores[None, :] > chosen[:, None]).sum(-1).tolist()
+    return ((scores[None, :] > chosen[:, None]).sum(-1) + 1).tolist()
 
 
 def display_token(token: str) -> str:

@@ -1,0 +1,158 @@
+"""Finding a node in a route graph by token text, position, layer or name, and opening the figure
+zoomed on it: the expected nodes are read off the graph's own node attributes, the view from the
+exported SVG's pixels."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import llm_flow
+from llm_flow.errors import ArgumentError
+from llm_flow.export import figure_bytes, route_title
+from llm_flow.figures.route import focus_ranges, route_figure
+from llm_flow.routes.find import find_nodes
+from tests.test_export import SVG, needs_chromium
+from tests.test_export_layout import TRANSLATE, html_figure, svg_trace_points
+
+PROMPT = "The capital of France is Paris. When Mary and John went to the store, John gave a drink to"
+LEVEL = {"embedding": 0, "resid_mid": 1, "ffn": 2, "resid_post": 3}
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_models):
+    """A sequential (Llama) and a parallel (GPT-NeoX) route over the same prompt, kept generous."""
+    return {
+        family: llm_flow.build_graph(tiny_models(family).run(PROMPT), target=-1, threshold=0.02)
+        for family in ("llama", "gpt_neox")
+    }
+
+
+def at(graph, **attributes) -> set[str]:
+    return {n for n, data in graph.nodes(data=True) if all(data[k] == v for k, v in attributes.items())}
+
+
+def reading_order(graph, names) -> list[str]:
+    """Left to right, then bottom to top, from the node attributes."""
+    def place(name):
+        data = graph.nodes[name]
+        return data["position"], data["layer"], LEVEL[data["kind"]]
+
+    return sorted(names, key=place)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_a_position_a_layer_and_the_embeddings_find_all_their_nodes_in_reading_order(graphs, family):
+    graph = graphs[family]
+    last = graph.graph["n_tokens"] - 1
+    queries = {"-1": at(graph, position=last), str(last): at(graph, position=last), "L1": at(graph, layer=1),
+               "l1": at(graph, layer=1), "emb": at(graph, kind="embedding")}  # fmt: skip
+    for query, expected in queries.items():
+        assert expected and find_nodes(graph, query).nodes == tuple(reading_order(graph, expected)), query
+    count = len(at(graph, position=last))
+    assert find_nodes(graph, "-1").message == f"Token {last} {graph.graph['tokens'][last]!r}: {count} nodes."
+    assert find_nodes(graph, "-1").nodes[-1] == f"I{graph.graph['n_layers'] - 1}_{last}", "the top node comes last"
+
+
+def test_token_text_finds_exact_tokens_before_tokens_that_contain_it(graphs):
+    graph = graphs["llama"]
+    tokens = graph.graph["tokens"]
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    word = next(tokens[p].strip() for p in reached if tokens[p].strip().isalpha() and len(tokens[p].strip()) >= 2)
+    exact = [p for p in reached if tokens[p].strip().lower() == word.lower()]
+    for query in (word, f" {word.upper()} ", f"·{word}"):  # as typed: any case, the figure's space dot
+        found = find_nodes(graph, query)
+        first = reading_order(graph, at(graph, position=exact[0]))
+        assert found.nodes[: len(first)] == tuple(first)
+        assert {graph.nodes[n]["position"] for n in found.nodes} == {p for p in reached if word.lower() in tokens[p].lower()}
+    part = word[1:].lower()  # a part of the word: exact tokens first, then tokens that contain it
+    found = [graph.nodes[n]["position"] for n in find_nodes(graph, part).nodes]
+    exact = [p for p in reached if tokens[p].strip().lower() == part]
+    contain = [p for p in reached if part in tokens[p].lower() and p not in exact]
+    assert list(dict.fromkeys(found)) == exact + contain and contain
+
+
+def test_a_node_name_finds_that_node_and_a_missing_one_says_why(graphs):
+    graph = graphs["llama"]
+    name = sorted(at(graph, kind="resid_mid"))[0]
+    assert find_nodes(graph, name).nodes == (name,)
+    assert find_nodes(graph, name.lower()).nodes == (name,)
+    assert "residual after attention" in find_nodes(graph, name).message
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    found = find_nodes(graph, missing)
+    assert found.nodes == () and f"{missing} is not on this route at threshold 0.02" in found.message
+    assert "a lower threshold keeps more" in found.message
+
+
+def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
+    graph = graphs["llama"]
+    n_tokens, n_layers = graph.graph["n_tokens"], graph.graph["n_layers"]
+    assert find_nodes(graph, "Zanzibar").nodes == ()
+    assert find_nodes(graph, "Zanzibar").message == "No token of the prompt reads 'Zanzibar'."
+    assert find_nodes(graph, '"3"').message == "No token of the prompt reads '3'.", "quotes make a query text"
+    unreached = [p for p in range(n_tokens) if not at(graph, position=p)]
+    if unreached:
+        assert "is not reached by this route" in find_nodes(graph, str(unreached[0])).message
+    cases = {
+        "  ": "type a token, a position (7), a layer (L3) or a node name (A3_5)",
+        str(n_tokens): f"token {n_tokens} is out of range: the prompt has {n_tokens} tokens",
+        f"-{n_tokens + 1}": "is out of range",
+        f"L{n_layers}": f"layer {n_layers} is out of range: the model has {n_layers} layers (L0–L{n_layers - 1})",
+        f"A{n_layers}_0": f"layer {n_layers} is out of range",
+        '""': "type some text of a token",
+    }
+    for query, message in cases.items():
+        with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            find_nodes(graph, query)
+
+
+def test_focus_ranges_centre_the_node_and_stay_inside_the_graph(graphs):
+    graph = graphs["llama"]  # 3 layers: levels 0 (embeddings) to 6, fewer than the default window
+    n_columns = graph.graph["n_tokens"]
+    node = next(n for n in reading_order(graph, graph) if 3 <= graph.nodes[n]["position"] <= n_columns - 4)
+    data = graph.nodes[node]
+    level = {"embedding": 0, "resid_mid": 1, "ffn": 1.5, "resid_post": 2}[data["kind"]] + 2 * max(data["layer"], 0)
+    x = data["position"] + (0.3 if data["kind"] == "ffn" else 0.0)  # FFN squares sit right of their column
+    x_range, y_range = focus_ranges(graph, node, columns=5, levels=4)
+    assert x_range == pytest.approx([x - 2.5, x + 2.5])
+    assert y_range == pytest.approx([min(max(level - 2, -0.8), 6.8 - 4), min(max(level - 2, -0.8), 6.8 - 4) + 4])
+    assert focus_ranges(graph, node)[1] == pytest.approx([-0.8, 6.8]), "a graph lower than the window is shown whole"
+    for name, data in graph.nodes(data=True):  # near an edge the window slides, never past it
+        x_range, y_range = focus_ranges(graph, name, columns=5, levels=4)
+        assert -0.6 <= x_range[0] <= data["position"] <= x_range[1] <= n_columns - 0.4
+        assert x_range[1] - x_range[0] == pytest.approx(5) and y_range[1] - y_range[0] == pytest.approx(4)
+        assert -0.8 <= y_range[0] and y_range[1] <= 6.8
+    with pytest.raises(ArgumentError, match="not a node of this route"):
+        focus_ranges(graph, "Q_0")
+
+
+def test_a_focused_figure_keeps_its_view_in_the_html_export(graphs):
+    graph = graphs["llama"]
+    node = sorted(at(graph, layer=1, kind="resid_mid"))[0]
+    _, layout = html_figure(figure_bytes(route_figure(graph, focus=node), "html", "focus").decode("utf-8"))
+    x_range, y_range = focus_ranges(graph, node)
+    assert layout["xaxis"]["range"] == pytest.approx(x_range) and layout["yaxis"]["range"] == pytest.approx(y_range)
+    assert "autorange" not in layout["yaxis"] or layout["yaxis"]["autorange"] is False
+
+
+@pytest.mark.real_model
+@needs_chromium
+@pytest.mark.browser
+def test_the_exported_svg_shows_the_focused_node_in_the_middle(smollm2):
+    run = smollm2.run(PROMPT)
+    graph = llm_flow.build_graph(run, target=-1, threshold=0.04)
+    last = run.n_tokens - 1
+    node = next(
+        n for n in reading_order(graph, at(graph, layer=14, kind="resid_post")) if 4 <= graph.nodes[n]["position"] <= last - 4
+    )
+    figure = route_figure(graph, focus=node)
+    title = route_title("smollm2", PROMPT, run.str_tokens[-1], last, 0.04, True)
+    root = ET.fromstring(figure_bytes(figure, "svg", title, width=1000, height=800))
+    plot = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "xy" and g.get("clip-path"))
+    left, top = map(float, TRANSLATE.search(plot.get("transform")).groups())
+    clip = root.find(f".//{SVG}clipPath[@id='{plot.get('clip-path')[5:-1]}']/{SVG}rect")
+    centre = (left + float(clip.get("width")) / 2, top + float(clip.get("height")) / 2)
+    index = next(i for i, t in enumerate(figure.data) if t.customdata is not None and node in list(t.customdata))
+    drawn = svg_trace_points(root)[index][list(figure.data[index].customdata).index(node)]
+    assert drawn == pytest.approx(centre, abs=1.0)
