@@ -170,3 +170,22 @@ def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs
 
     with pytest.raises(llm_flow.UnsupportedModelError, match=r"\[MASK\] predictions is not implemented"):
         attribute(run.model, PROMPT, "saliency")
+
+
+def test_a_sentence_pair_is_read_with_its_token_types(folders):
+    """"A [SEP] B" is BERT's pair encoding: same ids as tokenizer(A, B), and B's token types set."""
+    from llm_flow.models.encoders import pair_split
+
+    model = llm_flow.load_model(str(folders["bert"]))
+    first, second = "The capital of France is [MASK].", "Paris is a city."
+    run = model.run(f"{first} [SEP] {second}")
+    pair = model.tokenizer(first, second)
+    assert run.tokens.tolist() == pair["input_ids"]
+    hf = AutoModelForMaskedLM.from_pretrained(str(folders["bert"]), attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = hf(run.tokens[None], token_type_ids=torch.tensor([pair["token_type_ids"]])).logits[0]
+        single = hf(run.tokens[None]).logits[0]
+    torch.testing.assert_close(run.logits, expected, atol=1e-4, rtol=1e-4)
+    assert float((run.logits - single).abs().max()) > 1e-2  # the token types matter
+    split = pair_split(run.tokens.tolist(), model.tokenizer.sep_token_id)
+    assert run.str_tokens[split - 1] == "[SEP]" and pair["token_type_ids"].index(1) == split

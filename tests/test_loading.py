@@ -92,7 +92,7 @@ def test_run_keeps_only_what_the_maths_needs(tiny_models):
         "resid_pre", "resid_mid", "resid_post", "values", "pattern", "mlp_out", "neuron_acts",
         "attn_gain", "mlp_gain", "experts",
     }  # fmt: skip
-    assert act.experts is None  # a mixture of experts' routing: llama has none
+    assert act.experts is None  # a dense FFN
 
 
 def test_packed_pattern_round_trips(tiny_models):

@@ -250,6 +250,17 @@ def test_evicted_model_is_released_with_its_runs(resources, tiny_folders, tmp_pa
     assert alive() is None, "nothing keeps the evicted model alive"
 
 
+@pytest.mark.parametrize("family", ["bert", "mixtral"])
+def test_estimate_matches_measured_run_size_of_encoders_and_experts(family):
+    from tests.tiny_models import build_model
+
+    hf_model, tokenizer = build_model(family)
+    model = llm_flow.load_model(hf_model, tokenizer=tokenizer)
+    for prompt in (SHORT, LONG):
+        run = model.run(prompt)  # full [H, T, T] patterns, post-LN gains, active expert neurons
+        assert estimate_run_bytes(model.info, run.n_tokens) == pytest.approx(run.nbytes, rel=0.02)
+
+
 class Sized:
     """A cache value whose size the test sets, and may change after it was cached (as a Run's)."""
 
@@ -304,13 +315,3 @@ def test_byte_budget_cache_builds_a_missing_value_once_for_concurrent_callers():
         thread.join()
     assert len(builds) == 1 and len(results) == 4 and all(r is results[0] for r in results)
 
-
-@pytest.mark.parametrize("family", ["bert", "mixtral"])
-def test_estimate_matches_measured_run_size_of_encoders_and_experts(family):
-    from tests.tiny_models import build_model
-
-    hf_model, tokenizer = build_model(family)
-    model = llm_flow.load_model(hf_model, tokenizer=tokenizer)
-    for prompt in (SHORT, LONG):
-        run = model.run(prompt)  # full [H, T, T] patterns, post-LN gains, active expert neurons
-        assert estimate_run_bytes(model.info, run.n_tokens) == pytest.approx(run.nbytes, rel=0.02)

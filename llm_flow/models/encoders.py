@@ -42,3 +42,18 @@ def _has_head(model: PreTrainedModel, missing: list[str], source: str) -> bool:
         )
     return not missing
 
+
+
+def segment_ids(token_ids: list[int], sep_id: int | None) -> list[int]:
+    """Token types of ``[CLS] A [SEP] B [SEP]``: 0 up to the first ``[SEP]``, 1 after it (a
+    single text, with one ``[SEP]`` at the end, is all 0), as BERT's pair encoding sets them."""
+    if sep_id is None or sep_id not in token_ids:
+        return [0] * len(token_ids)
+    first = token_ids.index(sep_id)
+    return [0 if position <= first else 1 for position in range(len(token_ids))]
+
+
+def pair_split(token_ids: list[int], sep_id: int | None) -> int | None:
+    """Where sentence B starts in ``[CLS] A [SEP] B [SEP]``; None for a single text."""
+    types = segment_ids(token_ids, sep_id)
+    return types.index(1) if 1 in types else None

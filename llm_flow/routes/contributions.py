@@ -153,7 +153,7 @@ def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowCon
     rows = {p: store.peek(AttentionRow(layer, p)) for p in positions}
     missing = sorted(p for p, row in rows.items() if row is None)
     parts = _attention_layer(run, layer) if missing else None
-    counts = run.layer(layer).pattern.source_counts(torch.tensor(missing, dtype=torch.int64)).tolist()
+    counts = _source_counts(run, layer, missing)
     block = _rows_per_block(run, max(counts, default=1))
     for start in range(0, len(missing), block):
         batch = missing[start : start + block]
@@ -167,11 +167,15 @@ def contribution_rows(run: Run, layer: int, positions: list[int]) -> list[RowCon
 
 
 def _row_of(run: Run, layer: int, table: LayerContributions, position: int) -> RowContributions:
-    """One row of a whole-layer table, as a view (no copy): its sources are 0..position for a
-    causal model, every token for an encoder."""
+    """One row of a whole-layer table, as a view (no copy)."""
     ffn = float(table.ffn[position]) if run.parallel else None
-    count = int(run.layer(layer).pattern.source_counts(torch.tensor([position]))[0])
+    count = _source_counts(run, layer, [position])[0]
     return RowContributions(position, table.heads[position, :count], float(table.residual[position]), ffn)
+
+
+def _source_counts(run: Run, layer: int, positions: list[int]) -> list[int]:
+    """Sources each query row has: position + 1 in a decoder, every token in an encoder."""
+    return run.layer(layer).pattern.source_counts(torch.tensor(positions, dtype=torch.int64)).tolist()
 
 
 def attention_parts(run: Run, layer: int, position: int) -> Parts:

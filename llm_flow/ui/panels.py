@@ -166,8 +166,8 @@ def _experts_table(run: Run, layer: int, position: int) -> int | None:
     explorer = get_state().explorer
     if explorer.expert not in choices:  # another node, other experts
         explorer.expert = None
-    st.selectbox("Neurons of", choices, format_func=lambda e: "every expert" if e is None else expert_label(e),
-                 **bind("explorer.expert"))  # fmt: skip
+    label = {e: "every expert" if e is None else expert_label(e) for e in choices}
+    st.selectbox("Neurons of", choices, format_func=label.get, **bind("explorer.expert"))
     return explorer.expert
 
 
