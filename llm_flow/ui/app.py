@@ -34,7 +34,9 @@ def main(argv: list[str]) -> None:
         st.stop()
     from llm_flow.ui import frame
     from llm_flow.ui.pages import pages
+    from llm_flow.ui.process import freeze_imports
 
+    freeze_imports()
     frame.PAGES.clear()
     frame.PAGES.update(pages())
     navigation = st.navigation(list(frame.PAGES.values()), position="top")
