@@ -34,7 +34,9 @@ def main(argv: list[str]) -> None:
         st.stop()
     from llm_flow.ui.frame import page_run
     from llm_flow.ui.pages import pages
+    from llm_flow.ui.process import freeze_imports
 
+    freeze_imports()
     navigation = st.navigation(list(pages().values()), position="top")
     starting.empty()
     with page_run(config):

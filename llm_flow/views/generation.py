@@ -133,7 +133,7 @@ class _Draw(LogitsProcessor):
         self.tokens: list[GeneratedToken] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        stages = sampling_stages(scores[0], self.settings)  # [1, V] float32 logits of the last position
+        stages = sampling_stages(scores[0], self.settings)  # scores: [1, V] raw float32 logits, last position
         token = _token(self.model, choose(stages, self.generator), input_ids.shape[1], stages, self.stops)
         self.tokens.append(token)
         if self.on_token is not None:
