@@ -4,6 +4,7 @@
     model = llm_flow.load_model("smollm2-135m")
     run = model.run("The capital of France is")
     graph = llm_flow.build_graph(run, target=-1, threshold=0.04)
+    llm_flow.explain(model, "The capital of France is")   # in a notebook: the Explorer's main view
 
 The public names below are imported on first use, so that ``import llm_flow.cli`` (argument
 parsing, ``--help``) does not pay for torch and transformers.
@@ -43,6 +44,10 @@ _LAZY = {
     "ffn_contributions": "llm_flow.routes",
     "full_contributions": "llm_flow.routes",
     "neuron_contributions": "llm_flow.routes",
+    "Route": "llm_flow.routes.route",
+    "route": "llm_flow.routes.route",
+    "Explanation": "llm_flow.notebook.explanation",
+    "explain": "llm_flow.notebook.explanation",
 }
 
 if TYPE_CHECKING:
@@ -54,6 +59,8 @@ if TYPE_CHECKING:
         full_contributions,
         neuron_contributions,
     )
+    from llm_flow.notebook.explanation import Explanation, explain
+    from llm_flow.routes.route import Route, route
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,13 +138,8 @@ def figure_bytes(
     check_figure_size(width, height, scale)
     styled = paper_figure(fig, title)
     if fmt == "html":
-        if width is not None or height is not None:
-            styled.update_layout(width=width, height=height, autosize=False)
-        page = styled.to_html(
-            include_plotlyjs=True, full_html=True, div_id="llm-flow-figure", post_script=html_script(styled),
-            config={"displaylogo": False, "responsive": True},
-        )  # fmt: skip
-        return _titled_page(page, title).encode("utf-8")
+        return figure_html(fig, title, width=width, height=height).encode("utf-8")
+    styled = paper_figure(fig, title)
     size = (
         width or styled.layout.width or DEFAULT_SIZE[0],
         height or styled.layout.height or DEFAULT_SIZE[1],
@@ -166,6 +162,30 @@ def check_figure_size(width: int | None = None, height: int | None = None, scale
             f"the PNG scale must be a number from {low:g} to {high:g} (got {scale!r}); "
             "2 gives twice the pixels each way, for print"
         )
+
+
+def figure_html(
+    fig: "go.Figure",
+    title: str | None = None,
+    *,
+    full_html: bool = True,
+    include_plotlyjs: bool = True,
+    width: int | None = None,
+    height: int | None = None,
+) -> str:
+    """The figure as interactive HTML with paper styling, plotly.js embedded (no CDN: it opens
+    offline) and its attached script run. A full page has the plot in ``#llm-flow-figure``; a
+    fragment (``full_html=False``, for a notebook cell or a page of several figures) gets an id
+    of its own, and may leave plotly.js out when an earlier fragment on the page brings it."""
+    styled = paper_figure(fig, title)
+    if width is not None or height is not None:
+        styled.update_layout(width=width, height=height, autosize=False)
+    page = styled.to_html(
+        include_plotlyjs=include_plotlyjs, full_html=full_html, post_script=html_script(styled),
+        div_id="llm-flow-figure" if full_html else f"llm-flow-{uuid.uuid4().hex}",
+        config={"displaylogo": False, "responsive": True},
+    )  # fmt: skip
+    return _titled_page(page, title) if full_html else page
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":

@@ -39,8 +39,10 @@ def exported(tiny_models, tmp_path_factory):
 
 
 def drawn_segments(figure, column: int) -> dict[float, int]:
-    """Lines per token, from the figure: column 0 counts lines out of each query, 1 into each source."""
-    ys = np.concatenate([np.asarray(t.y)[column::3] for t in figure.data if t.mode == "lines" and t.showlegend is False])
+    """Lines per token, from the figure's shown traces: column 0 counts lines out of each query,
+    1 into each source."""
+    ys = np.concatenate([np.asarray(t.y)[column::3] for t in figure.data
+                         if t.mode == "lines" and t.showlegend is False and t.visible in (None, True)])  # fmt: skip
     values, counts = np.unique(ys, return_counts=True)
     return dict(zip(values.tolist(), counts.tolist()))
 
@@ -51,11 +53,17 @@ def test_hovering_a_token_isolates_its_lines_in_the_exported_head_view(browser, 
     page = browser.new_page(viewport={"width": 1100, "height": 1300})
     page.goto(path.as_uri())
     page.wait_for_function("() => { const g = document.querySelector('.js-plotly-plot'); return g && g._fullData; }")
+    assert_hover_isolates(page, figure, ("attention_05_head_html_hover_query.png", "attention_06_head_html_hover_source.png"))
+    page.close()
+
+
+def assert_hover_isolates(page, figure, shots: tuple[str, str] | None = None) -> None:
+    """Hover token 12 on the query side, then token 3 on the source side: every line but the
+    token's own is dimmed and its own (all of them) drawn on top; moving away restores the page."""
     before = page.evaluate(STATE_JS)
     assert before["hover"] == 0 and all(0 < o <= 1 for o in before["opacities"])
     out_of, into = drawn_segments(figure, 0), drawn_segments(figure, 1)
-
-    for column, token, shot in ((0, 12, "attention_05_head_html_hover_query.png"), (1, 3, "attention_06_head_html_hover_source.png")):
+    for k, (column, token) in enumerate(((0, 12), (1, 3))):
         point = page.evaluate(POINT_JS, token) if column == 0 else _source_point(page, token)
         page.mouse.move(*point)
         page.wait_for_function(f"() => ({STATE_JS})().hover > 0", timeout=30_000)
@@ -65,12 +73,11 @@ def test_hovering_a_token_isolates_its_lines_in_the_exported_head_view(browser, 
         ends = [segment[column] for segment in during["segments"]]
         assert set(ends) == {-float(token)}  # only this token's lines are drawn on top
         assert len(ends) == (out_of if column == 0 else into)[-float(token)]  # all of them
-        page.screenshot(path=str(SHOTS / shot), timeout=SHOT_TIMEOUT)
-
+        if shots:
+            page.screenshot(path=str(SHOTS / shots[k]), timeout=SHOT_TIMEOUT)
         page.mouse.move(550, 5)  # off every token
         page.wait_for_function(f"() => ({STATE_JS})().hover === 0", timeout=30_000)
         assert page.evaluate(STATE_JS)["opacities"] == before["opacities"]
-    page.close()
 
 
 def _source_point(page, token: int) -> list[float]:

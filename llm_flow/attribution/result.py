@@ -10,21 +10,29 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 FORMAT = "llm-flow attribution"
 VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
-class Attribution:
+class Attribution(Displayable):
     """Rows are target steps (the continuation's tokens), columns are sources: tokens (or words)
     of the prompt and the continuation before the last token. ``scores[t, c]`` is NaN where step
-    t cannot see column c (it lies at or after its target)."""
+    t cannot see column c (it lies at or after its target).
+
+    In a notebook: a summary with each step's strongest sources; ``.show()`` draws the heatmap
+    with the step scores beside it (as Inseq's ``.show()``), ``.to_frame()`` the long table."""
 
     model: str
     method: str
@@ -81,6 +89,31 @@ class Attribution:
         order = np.argsort(-np.abs(row), kind="stable")[:k]
         sources = self.sources
         return [(int(c), sources[c], float(row[c])) for c in order]
+
+    # --- notebook display (llm_flow.display) ------------------------------------------------
+
+    def summary(self) -> dict[str, object]:
+        explained = "the forward pass" if self.function is None else f"the target's {self.function}"
+        if self.foil is not None and self.function is not None:
+            explained += f" minus the foil {self.foil!r}'s"
+        steps = pd.DataFrame([
+            {"step": step, "target token": token, "probability": self.step_scores["probability"][step],
+             "strongest sources": ", ".join(f"{text!r} {score:+.3g}" for _, text, score in self.top_sources(step, 3))}
+            for step, token in enumerate(self.targets)
+        ])  # fmt: skip
+        return {
+            "model": self.model,
+            "method": f"{self.method} ({self.scale}, {self.level})",
+            "explains": explained,
+            "prompt": self.prompt or "".join(self.tokens[: self.n_prompt]),
+            "continuation": "".join(self.targets) + (" (generated)" if self.generated else ""),
+            "steps": steps,
+        }
+
+    def figure(self, title: str | None = None) -> "go.Figure":
+        from llm_flow.figures.attribution import attribution_figure
+
+        return attribution_figure(self, title)
 
     # --- words -------------------------------------------------------------------------------
 

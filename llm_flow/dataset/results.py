@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,11 @@ from llm_flow.dataset.store import (
     read_frame,
     read_metadata,
 )
+from llm_flow.display import Displayable
 from llm_flow.errors import DatasetError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 #: What a heatmap can show, and how the page names it.
 METRICS = {
@@ -37,8 +42,12 @@ METRICS = {
 
 
 @dataclass(frozen=True, eq=False)
-class DatasetResults:
-    """A finished results folder, as tables."""
+class DatasetResults(Displayable):
+    """A finished results folder, as tables.
+
+    In a notebook: what was analysed and the components most often on a route; ``.show()``
+    draws the layers x heads heatmap (with the FFN column), ``.to_frame()`` the per-component
+    statistics."""
 
     folder: Path
     metadata: dict
@@ -63,6 +72,24 @@ class DatasetResults:
             f"{self.folder.name} ({config['model']}, {counts['ok']} prompts, {positions}, "
             f"t = {config['threshold']})"
         )
+
+    def summary(self) -> dict[str, object]:
+        rows = self.components[self.components["position_class"] == "all"]
+        top = rows.sort_values(["frequency", "mean_contribution"], ascending=False, kind="stable")
+        return {
+            "results": self.label,
+            "prompts": "{ok} analysed, {error} failed, {graphs} route graphs".format(**self.metadata["prompts"]),
+            "most often on a route": top[["component", "frequency", "mean_contribution"]],
+        }
+
+    def figure(self, metric: str = "frequency", position_class: str = "all") -> "go.Figure":
+        """`metric` and `position_class` as `component_grid` takes them."""
+        from llm_flow.figures.dataset import component_heatmap
+
+        return component_heatmap(component_grid(self, metric, position_class))
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.components
 
 
 def load_results(folder: str | os.PathLike[str]) -> DatasetResults:

@@ -7,6 +7,9 @@ out as float32 (plotly sends them base64-encoded), head-view lines are a few tra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -151,6 +154,50 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
         hovermode="closest",
         clickmode="event+select",
     )
+    return attach_html_script(fig, HOVER_ISOLATION_JS)
+
+
+def head_view_menu_figure(view: AttentionView, layer: int | None = None, selected: Sequence[int] | None = None) -> go.Figure:
+    """BertViz's head view with its layer menu: every layer of `view` drawn by `head_view_figure`,
+    one shown at a time (first `layer`, default the first) and the others picked from a dropdown.
+
+    Heads not in `selected` (model head numbers; default all) start hidden, listed in the legend
+    to be clicked back, as BertViz's initially selected heads. Hover isolation works as in the
+    single-layer figure: it only reads the visible traces."""
+    layer = view.layers[0] if layer is None else layer
+    if layer not in view.layers:
+        raise ArgumentError(f"layer {layer} is not among the layers drawn ({', '.join(map(str, view.layers))})")
+    shown_labels = None if selected is None or view.aggregate else {f"head {h}" for h in selected}
+    figures = [head_view_figure(replace(view, layers=(l,), weights=view.weights[a : a + 1], outside=view.outside[a : a + 1]))
+               for a, l in enumerate(view.layers)]  # fmt: skip
+    fig = go.Figure(layout=figures[view.layers.index(layer)].layout)
+    owners = []  # per trace: the layer it belongs to
+    for l, part in zip(view.layers, figures):
+        for trace in part.data:
+            if trace.legendgroup:  # one legend group per layer: a legend click must not reveal hidden layers
+                trace.legendgroup = f"L{l} {trace.legendgroup}"
+            fig.add_trace(trace)
+            owners.append(l)
+
+    def visibility(shown: int) -> list[bool | str]:
+        def state(trace, owner: int) -> bool | str:
+            if owner != shown:
+                return False
+            hidden = shown_labels is not None and trace.name not in shown_labels and trace.mode == "lines"
+            return "legendonly" if hidden else True
+
+        return [state(trace, owner) for trace, owner in zip(fig.data, owners)]
+
+    fig.update_traces(visible=False)
+    for trace, visible in zip(fig.data, visibility(layer)):
+        trace.visible = visible
+    if len(view.layers) > 1:
+        buttons = [dict(label=f"Layer {l}", method="update",
+                        args=[{"visible": visibility(l)}, {"title.text": part.layout.title.text}])
+                   for l, part in zip(view.layers, figures)]  # fmt: skip
+        fig.update_layout(updatemenus=[dict(buttons=buttons, active=view.layers.index(layer), x=0.0, y=1.0,
+                                            xanchor="left", yanchor="bottom", direction="down")])  # fmt: skip
+        fig.update_layout(margin=dict(t=110))
     return attach_html_script(fig, HOVER_ISOLATION_JS)
 
 

@@ -7,6 +7,7 @@ import html
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from llm_flow.attribution.result import Attribution
 from llm_flow.views.tokens import display_token
@@ -62,6 +63,35 @@ def attribution_heatmap(result: Attribution, title: str | None = None) -> go.Fig
         plot_bgcolor="white", paper_bgcolor="white",
     )  # fmt: skip
     return figure
+
+
+def attribution_figure(result: Attribution, title: str | None = None) -> go.Figure:
+    """Inseq's view: the heatmap of `attribution_heatmap`, and beside it the step scores of
+    every generated token (probability, logit, entropy; with a foil its scores and the
+    differences), each column shaded on its own scale with the value written in the cell."""
+    heat = attribution_heatmap(result, title)
+    names = list(result.step_scores)
+    share = min(0.45, 0.05 + 0.06 * len(names))  # the step scores' part of the width
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[1 - share, share], horizontal_spacing=0.09)
+    fig.add_trace(heat.data[0], 1, 1)
+    fig.update_xaxes(heat.layout.xaxis, row=1, col=1)
+    fig.update_yaxes(heat.layout.yaxis, row=1, col=1)
+    for shape in heat.layout.shapes:
+        fig.add_shape(shape, row=1, col=1)
+    fig.update_traces(colorbar=dict(x=fig.layout.xaxis.domain[1] + 0.01, xanchor="left"), row=1, col=1)
+    values = np.array([result.step_scores[name] for name in names], dtype=float).T  # [steps, scores]
+    low, high = np.nanmin(values, 0), np.nanmax(values, 0)
+    shade = (values - low) / np.where(high > low, high - low, 1.0)
+    fig.add_trace(go.Heatmap(
+        z=shade, x=[name.replace("_", " ") for name in names], y=list(range(result.n_steps)),
+        text=np.vectorize(lambda v: f"{v:.3g}")(values), texttemplate="%{text}", customdata=values,
+        colorscale="Greys", zmin=0.0, zmax=1.6, showscale=False,
+        hovertemplate="%{x}: %{customdata:.4g}<extra></extra>",
+    ), 1, 2)  # fmt: skip
+    fig.update_xaxes(side="top", tickangle=-30, showgrid=False, row=1, col=2)
+    fig.update_layout(title=heat.layout.title, height=heat.layout.height + 40, margin=heat.layout.margin,
+                      plot_bgcolor="white", paper_bgcolor="white")  # fmt: skip
+    return fig
 
 
 def step_html(result: Attribution, step: int) -> str:

@@ -22,10 +22,12 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import pandas as pd
 
+from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
 from llm_flow.interventions.forward import Outcome, ablated_logits, outcome
 from llm_flow.interventions.parts import FfnMode, check_ffn_mode
@@ -35,6 +37,9 @@ from llm_flow.checks import check_threshold
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import NodeId
 
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
 #: progress(done, total): called after each forward pass of a long check.
 Progress = Callable[[int, int], None]
 
@@ -43,8 +48,11 @@ MAX_DRAWS = 1000
 
 
 @dataclass(frozen=True)
-class RouteCheck:
-    """The target token's fate with the route alone, without it, and with random parts instead."""
+class RouteCheck(Displayable):
+    """The target token's fate with the route alone, without it, and with random parts instead.
+
+    In a notebook: the conditions table; ``.show()`` draws the probabilities with every random
+    draw, ``.to_frame()`` lists every pass (`draws_table`)."""
 
     position: int  # where the prediction is made
     token_id: int  # the token whose probability is reported (default: the model's top one)
@@ -89,6 +97,25 @@ class RouteCheck:
         frame = pd.DataFrame(rows)
         frame["draw"] = frame["draw"].astype("Int64")
         return frame.assign(token=self.token, position=self.position, seed=self.seed)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "prediction": f"{self.token!r} at token {self.position}",
+            "route": f"threshold {self.threshold:g}: {self.n_route_parts} attention and FFN parts "
+                     f"(route only removes {self.n_dropped_parts} others)",
+            "random draws": f"{len(self.random_only)} of each baseline (seed {self.seed})",
+            "route only beats": f"{self.only_percentile:.0f}% of random routes of its size",
+            "route removed is below": f"{100 - self.removed_percentile:.0f}% of random removals of its size",
+            "conditions": self.table(),
+        }  # fmt: skip
+
+    def figure(self) -> "go.Figure":
+        from llm_flow.figures.route_check import route_check_figure
+
+        return route_check_figure(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.draws_table()
 
 
 @dataclass(frozen=True)

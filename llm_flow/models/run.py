@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
 from llm_flow.models.derived import DerivedStore, tensor_bytes
 from llm_flow.models.experts import ExpertRouting
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
     from llm_flow.models.base import TransparentLlm
 
 V = TypeVar("V")
@@ -147,8 +151,11 @@ class LayerActivations:
 
 
 @dataclass(frozen=True, eq=False)
-class Run:
-    """One prompt through one model. Everything a route, a graph or a view needs."""
+class Run(Displayable):
+    """One prompt through one model. Everything a route, a graph or a view needs.
+
+    In a notebook it shows its model, prompt and next-token predictions; ``.show()`` draws the
+    top next tokens after every position, ``.to_frame()`` lists them (`prediction_table`)."""
 
     model: "TransparentLlm"
     prompt: str
@@ -225,3 +232,28 @@ class Run:
                 f"(use 0..{self.n_layers - 1})"
             )
         return self.layers[layer]
+
+    # --- notebook display (llm_flow.display) --------------------------------------------------
+
+    def summary(self) -> dict[str, object]:
+        from llm_flow.views.predictions import top_predictions
+
+        shown = self.prompt if len(self.prompt) <= 200 else self.prompt[:199] + "…"
+        top = top_predictions(self, -1, k=5)
+        return {
+            "model": self.model.name,
+            "prompt": shown,
+            "tokens": self.n_tokens,
+            "layers × heads": f"{self.n_layers} × {self.n_heads}",
+            "next token": ", ".join(f"{p.token!r} {p.probability:.1%}" for p in top),
+        }
+
+    def figure(self, k: int = 5) -> "go.Figure":
+        from llm_flow.figures.predictions import predictions_figure
+
+        return predictions_figure(self, k)
+
+    def to_frame(self) -> "pd.DataFrame":
+        from llm_flow.views.predictions import prediction_table
+
+        return prediction_table(self)

@@ -203,7 +203,7 @@ def attention_view(
         raise ArgumentError("choose at least one layer and one head")
     check_aggregation(aggregate)
     check_count(top_k, "top-k")
-    _check_split(run, split, part)
+    _check_split(run.n_tokens, split, part)
     window = window or token_window(run)
     size = len(layers) * run.model.info.n_heads * len(window) * n_sources(run, window)
     if size > MAX_ROW_ELEMENTS:
@@ -212,6 +212,59 @@ def attention_view(
             f"({size:,} weights): choose fewer layers or a smaller window"
         )
     rows = window_rows(run, layers, weighting, window)  # [L, H, W, S]
+    tokens = tuple(run.str_tokens[p] for p in window.positions)
+    return _folded(rows, window, tokens, weighting, layers, heads, top_k, aggregate, split, part)
+
+
+def attention_view_of(
+    weights: np.ndarray | torch.Tensor,
+    tokens: Sequence[str],
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    top_k: int | None = None,
+    aggregate: str | None = None,
+    split: int | None = None,
+    part: str = "all",
+) -> AttentionView:
+    """An `AttentionView` of attention weights computed elsewhere (a plain `transformers` model
+    run with ``output_attentions=True``): `weights` [layers, heads, T, T], query x source, and
+    the T `tokens`. `layers` names the layers of `weights` (default 0..L-1); the other options
+    are those of `attention_view`. Nothing is masked: an encoder's weights are drawn as given."""
+    rows = weights.detach().float().cpu() if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights, np.float32))
+    if rows.dim() != 4 or rows.shape[-1] != rows.shape[-2]:
+        raise ArgumentError(
+            f"attention weights must be [layers, heads, tokens, tokens] (got {tuple(rows.shape)}): "
+            "pass the `attentions` of a model run with output_attentions=True"
+        )
+    n_layers, n_heads, n_tokens, _ = rows.shape
+    if len(tokens) != n_tokens:
+        raise ArgumentError(f"the attention covers {n_tokens} tokens but {len(tokens)} tokens were given")
+    layers = tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers)
+    if len(layers) != n_layers:
+        raise ArgumentError(f"{len(layers)} layer numbers given for {n_layers} layers of weights")
+    heads = tuple(range(n_heads)) if heads is None else tuple(heads)
+    if not layers or not heads or not all(isinstance(h, (int, np.integer)) and 0 <= h < n_heads for h in heads):
+        raise ArgumentError(f"choose at least one layer and heads among 0..{n_heads - 1} (got {list(heads)})")
+    check_aggregation(aggregate)
+    check_count(top_k, "top-k")
+    _check_split(n_tokens, split, part)
+    window = TokenWindow(0, n_tokens)
+    return _folded(rows, window, tuple(tokens), "attention", layers, tuple(int(h) for h in heads), top_k, aggregate, split, part)
+
+
+def _folded(
+    rows: torch.Tensor,
+    window: TokenWindow,
+    tokens: tuple[str, ...],
+    weighting: str,
+    layers: tuple[int, ...],
+    heads: tuple[int, ...],
+    top_k: int | None,
+    aggregate: str | None,
+    split: int | None,
+    part: str,
+) -> AttentionView:
+    """The view of `rows` [L, every head, W, S sources]: chosen heads, folded, filtered."""
     if len(heads) < rows.shape[1]:
         rows = rows[:, list(heads)]
     if aggregate is not None:
@@ -226,15 +279,14 @@ def attention_view(
         labels = tuple(f"head {h}" for h in heads)
     else:
         labels = (f"{aggregate} of {len(heads)} heads" if len(heads) > 1 else f"head {heads[0]}",)
-    positions = np.arange(window.start, window.stop)
     return AttentionView(
         weighting=weighting,
         layers=layers,
         heads=heads,
         head_labels=labels,
         aggregate=aggregate,
-        positions=positions,
-        tokens=tuple(run.str_tokens[p] for p in positions),
+        positions=np.arange(window.start, window.stop),
+        tokens=tokens,
         weights=weights.numpy().astype(np.float32),
         outside=outside.numpy().astype(np.float32),
         top_k=top_k,
@@ -253,12 +305,10 @@ def model_view(run: Run, **options) -> AttentionView:
     return attention_view(run, **options)
 
 
-def _check_split(run: Run, split: int | None, part: str) -> None:
+def _check_split(n_tokens: int, split: int | None, part: str) -> None:
     check_pair_part(part, split)
-    if split is not None and not 1 <= split < run.n_tokens:
-        raise ArgumentError(
-            f"split {split} must be the position of sentence B's first token, 1..{run.n_tokens - 1}"
-        )
+    if split is not None and not 1 <= split < n_tokens:
+        raise ArgumentError(f"split {split} must be the position of sentence B's first token, 1..{n_tokens - 1}")
 
 
 def _pair_mask(window: TokenWindow, split: int, part: str, count: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import networkx as nx
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,29 @@ def summarize_route(graph: nx.DiGraph) -> RouteSummary:
         layer_nodes=dict(sorted(layer_nodes.items())),
         input_positions=inputs,
     )
+
+
+def heads_frame(summary: RouteSummary) -> pd.DataFrame:
+    """The route's heads, most weight first: layer, head, weight summed over its kept edges."""
+    return pd.DataFrame(summary.heads, columns=["layer", "head", "weight"])
+
+
+def ffns_frame(summary: RouteSummary, tokens: list[str]) -> pd.DataFrame:
+    """The route's FFN blocks, most weight first: layer, position, its token, the FFN edge's weight."""
+    frame = pd.DataFrame(summary.ffns, columns=["layer", "position", "weight"])
+    frame.insert(2, "token", [tokens[p] for p in frame["position"]])
+    return frame
+
+
+def edges_frame(graph: nx.DiGraph) -> pd.DataFrame:
+    """One row per route edge: source and destination nodes, kind, weight and, for attention
+    edges, the per-head split (one column per head) and the residual's share."""
+    rows = []
+    for source, dest, data in graph.edges(data=True):
+        row = {"source": source, "dest": dest, "kind": data["kind"], "weight": data["weight"],
+               "layer": graph.nodes[dest]["layer"], "position": graph.nodes[dest]["position"]}  # fmt: skip
+        if data["kind"] == "attention":
+            row["residual"] = data.get("residual", 0.0)
+            row.update({f"head_{h}": float(w) for h, w in enumerate(data["heads"])})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -13,13 +13,21 @@ Keeping every stage lets a page grey out exactly the tokens each filter removed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from llm_flow.checks import check_sampling, check_seed
+from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 #: Tokens any filter must keep (transformers uses 1 outside beam search).
 MIN_TOKENS_TO_KEEP = 1
@@ -50,12 +58,13 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True, eq=False)
-class SamplingStages:
+class SamplingStages(Displayable):
     """One position's next-token distribution at every stage of the pipeline (all [vocab], float32).
 
     A filtered stage holds ``-inf`` for the tokens cut so far. ``cut_by_top_k`` / ``cut_by_top_p``
     mark the tokens that filter removed (top-p's mask leaves out what top-k already cut);
-    ``cut_by_greedy`` marks everything but the argmax at temperature 0.
+    ``cut_by_greedy`` marks everything but the argmax at temperature 0. `decode_tokens` (the
+    model's) names the tokens in notebook displays; without it they are shown by id.
     """
 
     settings: SamplingSettings
@@ -67,6 +76,7 @@ class SamplingStages:
     cut_by_greedy: torch.Tensor  # [V] bool
     cut_by_top_k: torch.Tensor  # [V] bool
     cut_by_top_p: torch.Tensor  # [V] bool
+    decode_tokens: Callable[[list[int]], list[str]] | None = field(default=None, repr=False)
 
     @property
     def kept(self) -> torch.Tensor:
@@ -82,9 +92,52 @@ class SamplingStages:
         """[V] softmax of the raw logits: the model's own distribution, before any setting."""
         return torch.softmax(self.logits, -1)
 
+    # --- notebook display (llm_flow.display) --------------------------------------------------
 
-def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> SamplingStages:
-    """Run one position's logits [vocab] through the pipeline, keeping every stage.
+    def _names(self, ids: list[int]) -> list[str]:
+        return self.decode_tokens(ids) if self.decode_tokens is not None else [f"#{i}" for i in ids]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "settings": self.settings.describe(),
+            "tokens that can be drawn": f"{self.n_kept:,} of {self.logits.shape[-1]:,}",
+            "most likely": self.to_frame().head(10),
+        }
+
+    def figure(self, n: int = 15, chosen: int | None = None) -> "go.Figure":
+        """The four stages over the `n` most likely tokens (`chosen` outlined)."""
+        from llm_flow.figures.playground import sampling_figure
+
+        return sampling_figure(self, self._names, n, chosen)
+
+    def to_frame(self) -> "pd.DataFrame":
+        """Every token of the vocabulary, highest logit first: logit, the model's probability,
+        the probability it is drawn with, and the filter that cut it (empty when kept)."""
+        import pandas as pd
+
+        order = torch.argsort(self.logits, descending=True, stable=True)
+        ids = order.tolist()
+        cut = torch.full_like(self.logits, 0, dtype=torch.long)
+        for code, mask in ((1, self.cut_by_greedy), (2, self.cut_by_top_k), (3, self.cut_by_top_p)):
+            cut[mask] = code
+        names = np.array(["", "greedy", "top-k", "top-p"], dtype=object)
+        return pd.DataFrame({
+            "token_id": ids,
+            "token": self._names(ids),
+            "logit": self.logits[order].numpy(),
+            "model_probability": self.model_probs[order].numpy(),
+            "probability": self.probs[order].numpy(),
+            "cut_by": names[cut[order].numpy()],
+        })  # fmt: skip
+
+
+def sampling_stages(
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    decode_tokens: Callable[[list[int]], list[str]] | None = None,
+) -> SamplingStages:
+    """Run one position's logits [vocab] through the pipeline, keeping every stage
+    (`decode_tokens`, e.g. ``model.decode_tokens``, only names tokens in notebook displays).
 
     Each stage is `transformers`' own warper, added under the condition ``generate`` adds it, so
     a release that changes a rule changes the page as it changes ``generate``."""
@@ -96,7 +149,7 @@ def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> Samplin
         best = torch.argmax(raw, -1, keepdim=True)  # [1, 1]; the first index among ties, as generate
         cut = torch.ones_like(none).scatter_(-1, best, False)
         probs = torch.zeros_like(raw).scatter_(-1, best, 1.0)
-        return SamplingStages(settings, raw[0], raw[0], raw[0], raw[0], probs[0], cut[0], none[0], none[0])
+        return SamplingStages(settings, raw[0], raw[0], raw[0], raw[0], probs[0], cut[0], none[0], none[0], decode_tokens)
     no_ids = torch.zeros((1, 0), dtype=torch.long, device=raw.device)  # the warpers do not read them
     scaled = raw
     if settings.temperature != 1.0:
@@ -110,7 +163,9 @@ def sampling_stages(logits: torch.Tensor, settings: SamplingSettings) -> Samplin
     cut_k = _newly_cut(scaled, after_k)
     cut_p = _newly_cut(after_k, after_p)
     probs = torch.softmax(after_p, -1)
-    return SamplingStages(settings, raw[0], scaled[0], after_k[0], after_p[0], probs[0], none[0], cut_k[0], cut_p[0])
+    return SamplingStages(
+        settings, raw[0], scaled[0], after_k[0], after_p[0], probs[0], none[0], cut_k[0], cut_p[0], decode_tokens
+    )
 
 
 def _newly_cut(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,159 @@
+"""BertViz's calls (`llm_flow.notebook`) on the attentions of plain `transformers` models: the
+head view draws the numbers llm-flow's own head view draws from a Run of the same model, and the
+lines it draws are exactly the attention weights transformers returned (above the 1 % of the
+strongest that any head view draws). Tiny random models: the point is the plumbing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from llm_flow.errors import ArgumentError
+from llm_flow.figures.attention import _FAINTEST, head_view_figure, model_view_figure
+from llm_flow.notebook import HtmlPage, head_view, model_view, neuron_view
+from llm_flow.views.attention import head_view as own_head_view
+from llm_flow.views.attention import model_view as own_model_view
+from tests.conftest import PROMPT
+
+LAYER = 1
+
+
+def plain_attentions(folder, run) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """The model in `folder` as plain transformers loads it, run on the Run's token ids."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        outputs = model(run.tokens[None], output_attentions=True)
+    return outputs.attentions, tokenizer.convert_ids_to_tokens(run.tokens.tolist())
+
+
+def shown(figure) -> list:
+    """The traces of the layer on screen (the others wait behind the layer menu)."""
+    return [trace for trace in figure.data if trace.visible is not False]
+
+
+def segments(traces, head: str) -> set[tuple[int, int]]:
+    """(query, source) of every line drawn for `head` (y is minus the token position)."""
+    out = set()
+    for trace in traces:
+        if trace.mode == "lines" and trace.showlegend is False and trace.name == head:
+            ys = np.asarray(trace.y, dtype=float)
+            out |= {(int(-ys[k]), int(-ys[k + 1])) for k in range(0, len(ys), 3)}
+    return out
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_head_view_of_transformers_attentions_draws_llm_flows_own_head_view(family, tiny_folders, tiny_models):
+    run = tiny_models(family).run(PROMPT)
+    attentions, tokens = plain_attentions(tiny_folders[family], run)
+    page = head_view(attentions, tokens, layer=LAYER, html_action="return")
+    own = head_view_figure(own_head_view(run, LAYER))
+    drawn = shown(page.figure)
+    assert len(drawn) == len(own.data)
+    for mine, theirs in zip(drawn, own.data):
+        assert (mine.name, mine.mode, mine.opacity) == (theirs.name, theirs.mode, theirs.opacity)
+        np.testing.assert_allclose(np.asarray(mine.y, dtype=float), np.asarray(theirs.y, dtype=float), atol=0)
+        if mine.mode == "markers+text":  # token labels and the hover numbers (three strongest links)
+            assert list(mine.text) == list(theirs.text)
+            assert [h.split("</b>")[1] for h in mine.hovertext] == [h.split("</b>")[1] for h in theirs.hovertext]
+    weights = attentions[LAYER][0].numpy()  # [H, T, T], as transformers computed them
+    for head in range(weights.shape[0]):
+        expected = set(zip(*np.nonzero(weights[head] >= _FAINTEST)))
+        assert segments(drawn, f"head {head}") == expected
+    assert page.figure.layout.title.text == own.layout.title.text == f"Layer {LAYER}: attention weight"
+
+
+def test_model_view_of_transformers_attentions_draws_llm_flows_own_model_view(tiny_folders, tiny_models):
+    run = tiny_models("llama").run(PROMPT)
+    attentions, tokens = plain_attentions(tiny_folders["llama"], run)
+    page = model_view(attentions, tokens, include_layers=[0, 2], include_heads=[1, 3], html_action="return")
+    own = model_view_figure(own_model_view(run, layers=[0, 2], heads=[1, 3]))
+    np.testing.assert_allclose(page.figure.data[0].z, own.data[0].z, atol=2e-6)
+    stacked = torch.stack([attentions[layer][0, [1, 3]] for layer in (0, 2)]).numpy()  # [2, 2, T, T]
+    n = stacked.shape[-1]
+    np.testing.assert_allclose(page.figure.data[0].z, stacked.transpose(0, 2, 1, 3).reshape(2 * n, 2 * n), atol=1e-6)
+
+
+def test_head_view_of_a_bert_encoder_draws_every_direction():
+    """An encoder's attention reads later tokens too: the head view draws those lines as given.
+    (llm-flow cannot run BERT itself on this branch, so there is no Run to compare with.)"""
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, attn_implementation="eager")  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    ids = torch.tensor([[2, 11, 12, 13, 3, 14, 15, 3]])
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions
+    tokens = ["[CLS]", "the", "cat", "sat", "[SEP]", "it", "slept", "[SEP]"]
+    page = head_view(attentions, tokens, sentence_b_start=5, html_action="return")
+    drawn = shown(page.figure)
+    for head in range(4):
+        expected = set(zip(*np.nonzero(attentions[0][0, head].numpy() >= _FAINTEST)))
+        assert segments(drawn, f"head {head}") == expected
+        assert any(source > query for query, source in expected)  # some lines go forward
+    assert any(annotation.text == "sentence B" for annotation in page.figure.layout.annotations)
+
+
+def test_layer_menu_and_initially_selected_heads(tiny_folders, tiny_models):
+    run = tiny_models("gpt2").run(PROMPT)
+    attentions, tokens = plain_attentions(tiny_folders["gpt2"], run)
+    page = head_view(attentions, tokens, layer=2, heads=[0, 3], include_layers=[1, 2], html_action="return")
+    menu = page.figure.layout.updatemenus[0]
+    assert [button.label for button in menu.buttons] == ["Layer 1", "Layer 2"] and menu.active == 1
+    lines = [t for t in page.figure.data if t.mode == "lines"]
+    on = {t.name for t in lines if t.visible is True}
+    waiting = {t.name for t in lines if t.visible == "legendonly"}
+    assert on == {"head 0", "head 3"} and waiting == {"head 1", "head 2"}
+    # choosing Layer 1 shows its traces (same head choice) and hides layer 2's
+    visible = menu.buttons[0].args[0]["visible"]
+    groups = [t.legendgroup for t in page.figure.data]
+    assert {g.split()[0] for g, v in zip(groups, visible) if v is not False and g} == {"L1"}
+    assert "Layer 1" in menu.buttons[0].args[1]["title.text"]
+
+
+def test_a_run_gives_the_weighting_switch(tiny_models):
+    run = tiny_models("llama").run(PROMPT)
+    for weighting in ("attention", "norm", "alti"):
+        page = model_view(run, weighting=weighting, html_action="return")
+        np.testing.assert_allclose(page.figure.data[0].z, model_view_figure(own_model_view(run, weighting=weighting)).data[0].z)
+    with pytest.raises(ArgumentError, match="needs the model's values"):
+        head_view((torch.rand(1, 2, 3, 3),), ["a", "b", "c"], weighting="alti")
+
+
+def test_neuron_view_on_a_loaded_model(tiny_models):
+    page = neuron_view(tiny_models("gpt2"), PROMPT, layer=1, head=2, html_action="return")
+    assert isinstance(page, HtmlPage) and "Layer 1, head 2" in page.figure.layout.title.text
+    with pytest.raises(ArgumentError, match="loaded by llm-flow"):
+        neuron_view(object(), PROMPT)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda a, t: head_view(a, t[:-1]), "tokens were given"),
+        (lambda a, t: head_view(a, None), "tokens is required"),
+        (lambda a, t: head_view(tuple(torch.cat([x, x]) for x in a), t), "batch of 2"),
+        (lambda a, t: head_view(a, t, include_layers=[7]), "include_layers"),
+        (lambda a, t: head_view(a, t, layer=0, include_layers=[1]), "layer 0 is not among"),
+        (lambda a, t: head_view(a, t, html_action="show"), "html_action"),
+        (lambda a, t: head_view(a, t, encoder_attention=a), "not both"),
+        (lambda a, t: head_view(cross_attention=a, encoder_tokens=t, decoder_tokens=t), "cross_attention"),
+        (lambda a, t: head_view(a[0], t), "tuple of per-layer"),
+        (lambda a, t: head_view((None,) * len(a), t), "eager"),
+    ],
+)
+def test_bad_arguments_say_what_to_change(call, message):
+    attentions = tuple(torch.softmax(torch.rand(1, 2, 4, 4), -1) for _ in range(3))
+    with pytest.raises(ArgumentError, match=message):
+        call(attentions, ["a", "b", "c", "d"])
+
+
+def test_encoder_and_decoder_attention_each_get_a_figure():
+    encoder = tuple(torch.softmax(torch.rand(1, 2, 4, 4), -1) for _ in range(2))
+    decoder = tuple(torch.softmax(torch.rand(1, 2, 3, 3), -1) for _ in range(2))
+    page = model_view(encoder_attention=encoder, decoder_attention=decoder, encoder_tokens=list("abcd"),
+                      decoder_tokens=list("xyz"), html_action="return")  # fmt: skip
+    assert [f.layout.title.text.split(":")[0] for f in page.figures] == ["Encoder", "Decoder"]
+    assert page.data.count("<script") >= 2 and page.data.count("Plotly.newPlot") == 2
