@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 from llm_flow.errors import ArgumentError, ExportError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
     import plotly.graph_objects as go
 
@@ -143,6 +145,28 @@ def figure_bytes(
         height or styled.layout.height or DEFAULT_SIZE[1],
     )
     return _render_static(styled, fmt, size, scale)
+
+
+def html_page(parts: "Sequence[str | go.Figure]", title: str, style: str = "") -> str:
+    """One standalone page of several figures and HTML fragments, in order: plotly.js embedded
+    once (the page opens offline, with no server), each figure with paper styling."""
+    body = []
+    first = True
+    for k, part in enumerate(parts):
+        if isinstance(part, str):
+            body.append(part)
+            continue
+        body.append(
+            paper_figure(part).to_html(
+                include_plotlyjs=first, full_html=False, div_id=f"llm-flow-figure-{k}",
+                config={"displaylogo": False, "responsive": True},
+            )
+        )  # fmt: skip
+        first = False
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(_plain(title))}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":
