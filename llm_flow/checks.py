@@ -91,3 +91,12 @@ def check_seed(seed: object) -> int | None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ArgumentError(f"the seed must be a whole number >= 0 (got {seed!r})")
     return seed
+
+
+#: Every stage the Inside page can show (see llm_flow.views.inside), in the order a model computes
+#: them; a model has a subset (no "rotary" without rotary embeddings, no post-norms but Gemma's, no
+#: "residual_attn" in a parallel block, whose attention and MLP are added together in "block_out").
+INSIDE_STAGES = (
+    "tokens", "embedding", "norm_attn", "qkv", "rotary", "attention", "heads", "post_norm_attn",
+    "residual_attn", "norm_mlp", "mlp", "post_norm_mlp", "block_out", "final_norm", "unembed", "sampling",
+)  # fmt: skip

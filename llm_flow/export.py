@@ -156,8 +156,9 @@ def html_page(parts: "Sequence[str | go.Figure]", title: str, style: str = "") -
         if isinstance(part, str):
             body.append(part)
             continue
+        styled = paper_figure(part).update_layout(margin=part.layout.margin)  # no title: keep the figure's own
         body.append(
-            paper_figure(part).to_html(
+            styled.to_html(
                 include_plotlyjs=first, full_html=False, div_id=f"llm-flow-figure-{k}",
                 config={"displaylogo": False, "responsive": True},
             )

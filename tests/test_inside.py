@@ -13,7 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from llm_flow.errors import UnsupportedModelError
-from llm_flow.views.inside import STAGE_KEYS, WalkthroughOf, overview, shared_walkthrough, walkthrough
+from llm_flow.checks import INSIDE_STAGES
+from llm_flow.views.inside import WalkthroughOf, overview, shared_walkthrough, walkthrough
 from llm_flow.views.sampling import SamplingSettings, sampling_stages
 from tests.conftest import PROMPT
 from tests.reference import reference_stages
@@ -75,7 +76,7 @@ def test_input_stages_equal_transformers(family, family_walks, tiny_folders):
         close(matrix(walk, "embedding", "scaled by"), ref["embed.out"][rows], "scaled embedding")
     if "pos.out" in ref:
         close(matrix(walk, "embedding", "position embedding"), ref["pos.out"][rows], "position embedding")
-    close(matrix(walk, "embedding", "x⁽⁰⁾"), ref["first_block.in"][rows], "block 0's input")
+    close(matrix(walk, "embedding", "x₀"), ref["first_block.in"][rows], "block 0's input")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -189,7 +190,7 @@ def test_output_stages_equal_transformers_and_the_playground(family, family_walk
 def test_stages_come_in_the_models_order(family_walks):
     orders = {family: family_walks(family)[1].keys for family in FAMILIES}
     for keys in orders.values():
-        assert list(keys) == [k for k in STAGE_KEYS if k in keys]  # never out of the model's order
+        assert list(keys) == [k for k in INSIDE_STAGES if k in keys]  # never out of the model's order
     assert "rotary" not in orders["gpt2"] and "rotary" in orders["llama"]
     assert "residual_attn" not in orders["gpt_neox"]  # parallel block
     assert {"post_norm_attn", "post_norm_mlp"} <= set(orders["gemma2"])

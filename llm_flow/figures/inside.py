@@ -35,30 +35,41 @@ _SAMPLING_BARS = 12
 
 
 def strip_figure(stage: Stage) -> go.Figure:
-    """The chosen token's vectors, one thin heat strip each, labelled on the left."""
+    """The chosen token's vectors, one thin heat strip each, labelled on the left. Axes are laid
+    out by hand (a page draws one of these per stage on every rerun; make_subplots is slow)."""
     strips = stage.strip
-    fig = make_subplots(rows=len(strips), cols=1, vertical_spacing=0.5 / max(len(strips), 1) / 4)
-    for k, matrix in enumerate(strips, start=1):
+    heights = [_STRIP_PX + (18 if _labelled(m) or m.kind == "ids" else 0) for m in strips]
+    gap, top = 6, 4
+    plot_px = sum(heights) + gap * (len(strips) - 1)
+    traces, layout, shapes = [], {}, []
+    y = plot_px
+    for k, (matrix, height) in enumerate(zip(strips, heights), start=1):
+        suffix = "" if k == 1 else str(k)
+        labels_px = 18 if _labelled(matrix) else 0
+        domain = [(y - height) / plot_px, (y - labels_px) / plot_px]
+        y -= height + gap
         for trace in _heatmap(matrix, show_text=matrix.kind == "ids" or matrix.columns is not None):
-            fig.add_trace(trace, row=k, col=1)
+            trace.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}")
+            traces.append(trace)
+        layout[f"yaxis{suffix}"] = dict(domain=domain, anchor=f"x{suffix}", tickvals=[0], ticktext=[_escape(matrix.name)],
+                                        tickfont=dict(family="monospace", size=11), fixedrange=True)  # fmt: skip
+        axis = dict(anchor=f"y{suffix}", fixedrange=True, showgrid=False, zeroline=False, showticklabels=False)
+        if _labelled(matrix):
+            axis.update(showticklabels=True, side="top", tickvals=list(range(len(matrix.columns))),
+                        ticktext=[_escape(c) for c in matrix.columns], tickfont=dict(size=10))  # fmt: skip
+        layout[f"xaxis{suffix}"] = axis
         if matrix.marked is not None:
-            fig.add_vrect(x0=matrix.marked - 0.5, x1=matrix.marked + 0.5, line=dict(color=_HIGHLIGHT, width=2),
-                          fillcolor="rgba(0,0,0,0)", row=k, col=1)  # fmt: skip
-        fig.update_yaxes(tickvals=[0], ticktext=[matrix.name], row=k, col=1)
-        labelled = matrix.columns is not None and len(matrix.columns) <= 24 and matrix.kind != "ids"
-        fig.update_xaxes(showticklabels=False, row=k, col=1) if not labelled else fig.update_xaxes(
-            tickvals=list(range(len(matrix.columns))), ticktext=list(matrix.columns), tickfont=dict(size=10),
-            side="top", row=k, col=1,
-        )  # fmt: skip
-    labelled_rows = sum(m.columns is not None and m.kind != "ids" for m in strips)
-    ids_rows = sum(m.kind == "ids" for m in strips)
-    fig.update_layout(
-        height=20 + _STRIP_PX * len(strips) + 18 * (labelled_rows + ids_rows), margin=dict(l=10, r=10, t=10, b=4),
-        plot_bgcolor=_MASKED, font=dict(size=11),
-    )  # fmt: skip
-    fig.update_yaxes(tickfont=dict(family="monospace", size=11), fixedrange=True)
-    fig.update_xaxes(fixedrange=True, showgrid=False, zeroline=False)
-    return fig
+            shapes.append(dict(type="rect", xref=f"x{suffix}", yref=f"y{suffix}", x0=matrix.marked - 0.5,
+                               x1=matrix.marked + 0.5, y0=-0.5, y1=0.5, line=dict(color=_HIGHLIGHT, width=2)))  # fmt: skip
+    return go.Figure(traces, dict(
+        height=plot_px + top + 6, margin=dict(l=10, r=10, t=top, b=6), plot_bgcolor=_MASKED, font=dict(size=11),
+        shapes=shapes, **layout,
+    ))  # fmt: skip
+
+
+def _labelled(matrix: Matrix) -> bool:
+    """Columns named on the strip itself (tokens of the window, top vocabulary tokens)."""
+    return matrix.columns is not None and len(matrix.columns) <= 24 and matrix.kind != "ids"
 
 
 def detail_figure(stage: Stage) -> go.Figure | None:
@@ -74,17 +85,17 @@ def detail_figure(stage: Stage) -> go.Figure | None:
     heights = [max(m.values.shape[0] for m in matrices[r * columns : (r + 1) * columns]) for r in range(rows)]
     row_px = [max(60, 24 + _ROW_PX * h) for h in heights]
     fig = make_subplots(
-        rows=rows, cols=columns, subplot_titles=[m.name for m in matrices], row_heights=row_px,
+        rows=rows, cols=columns, subplot_titles=[_escape(m.name) for m in matrices], row_heights=row_px,
         horizontal_spacing=0.12 if columns > 1 else 0.02, vertical_spacing=min(0.3, 70 / sum(row_px)),
     )  # fmt: skip
     for k, matrix in enumerate(matrices):
         row, col = divmod(k, columns)
         for trace in _heatmap(matrix, show_text=False):
             fig.add_trace(trace, row=row + 1, col=col + 1)
-        fig.update_yaxes(tickvals=list(range(len(matrix.rows))), ticktext=list(matrix.rows), autorange="reversed",
+        fig.update_yaxes(tickvals=list(range(len(matrix.rows))), ticktext=[_escape(r) for r in matrix.rows], autorange="reversed",
                          tickfont=dict(family="monospace", size=10), row=row + 1, col=col + 1)  # fmt: skip
         if matrix.columns is not None:
-            fig.update_xaxes(tickvals=list(range(len(matrix.columns))), ticktext=list(matrix.columns),
+            fig.update_xaxes(tickvals=list(range(len(matrix.columns))), ticktext=[_escape(c) for c in matrix.columns],
                              tickangle=-60 if len(matrix.columns) > 4 else 0, tickfont=dict(size=9),
                              row=row + 1, col=col + 1)  # fmt: skip
         else:
@@ -117,12 +128,12 @@ def _heatmap(matrix: Matrix, show_text: bool) -> list[go.Heatmap]:
     z = np.where(masked, np.nan, values)
     n_rows, n_columns = values.shape
     columns = list(matrix.columns) if matrix.columns is not None else [f"dim {k}" for k in range(n_columns)]
-    hover = [[f"{matrix.rows[r]} · {columns[c]}<br>{_cell(values[r, c], matrix.kind)}" for c in range(n_columns)]
+    hover = [[f"{_escape(matrix.rows[r])} · {_escape(columns[c])}<br>{_cell(values[r, c], matrix.kind)}" for c in range(n_columns)]
              for r in range(n_rows)]  # fmt: skip
     common = dict(z=z, customdata=hover, showscale=False, hoverongaps=False, xgap=0, ygap=1,
                   hovertemplate="%{customdata}<extra></extra>")  # fmt: skip
     if matrix.kind == "ids":
-        cells = [[f"{display_token(c.split(': ', 1)[-1])}<br>{int(v)}" for c, v in zip(columns, values[0])]]
+        cells = [[f"{_escape(c.split(': ', 1)[-1])}<br>{int(v)}" for c, v in zip(columns, values[0])]]
         return [go.Heatmap(**common, text=cells, colorscale=[[0, "#f4f4f4"], [1, "#f4f4f4"]], texttemplate="%{text}",
                            textfont=dict(family="monospace", size=11))]  # fmt: skip
     if matrix.kind == "probability":
@@ -140,6 +151,11 @@ def _heatmap(matrix: Matrix, show_text: bool) -> list[go.Heatmap]:
     grey = go.Heatmap(z=np.where(masked, 1.0, np.nan), colorscale=[[0, _MASKED], [1, _MASKED]], showscale=False,
                       hoverongaps=False, xgap=0, ygap=1, hovertemplate="−∞ (masked)<extra></extra>")  # fmt: skip
     return [heatmap, grey]
+
+
+def _escape(text: str) -> str:
+    """Plotly reads labels as a little HTML: a token such as "<" or "<br>" must stay text."""
+    return html.escape(text, quote=False)
 
 
 def _cell(value: float, kind: str) -> str:
@@ -166,11 +182,11 @@ def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
     labels, xs, ys, colors, hovers = [], [], [], [], []
 
     def node(label: str, x: float, y: float, color: str, hover: str) -> int:
-        labels.append(label)
+        labels.append(_escape(label))
         xs.append(min(max(x, 0.001), 0.999))
         ys.append(min(max(y, 0.001), 0.999))
         colors.append(color)
-        hovers.append(hover)
+        hovers.append(_escape(hover))
         return len(labels) - 1
 
     sources = [(j, label, share) for j, label, share in view.sources]
@@ -209,7 +225,7 @@ def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
         node=dict(label=labels, x=xs, y=ys, color=colors, pad=6, thickness=12, customdata=hovers,
                   hovertemplate="%{customdata}<extra></extra>", line=dict(width=0)),
         link=dict(source=[k[0] for k in kept], target=[k[1] for k in kept], value=[k[2] for k in kept],
-                  color=[_fade(k[3]) for k in kept], customdata=[k[4] for k in kept],
+                  color=[_fade(k[3]) for k in kept], customdata=[_escape(k[4]) for k in kept],
                   hovertemplate="%{customdata}: %{value:.1%} of the layer's output<extra></extra>"),
     )  # fmt: skip
     marker_x = [0.06 + (l + 1) * pitch for l in range(n_layers)]

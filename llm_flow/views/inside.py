@@ -38,13 +38,6 @@ from llm_flow.views.tokens import display_token
 WINDOW = 16
 #: Vocabulary tokens shown in the logit and probability strips.
 TOP_TOKENS = 12
-#: Every stage a walk-through can have, in the order a model computes them. A model has a subset:
-#: no "rotary" without rotary embeddings, no post-norms but Gemma's, no "residual_attn" in a
-#: parallel block (attention and MLP are added together in "block_out").
-STAGE_KEYS = (
-    "tokens", "embedding", "norm_attn", "qkv", "rotary", "attention", "heads", "post_norm_attn",
-    "residual_attn", "norm_mlp", "mlp", "post_norm_mlp", "block_out", "final_norm", "unembed", "sampling",
-)  # fmt: skip
 
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
 _HALF_TOLERANCE = 2e-2
@@ -72,7 +65,7 @@ class Matrix:
 
 @dataclass(frozen=True, eq=False)
 class Stage:
-    key: str  # one of STAGE_KEYS
+    key: str  # one of llm_flow.checks.INSIDE_STAGES
     group: str  # "input", "block" or "output": where the stage sits in the model
     title: str
     formula: str  # LaTeX
@@ -391,8 +384,8 @@ def _embedding_stage(context: _Context) -> Stage:
         how = "a learned row per position is added to the token's row"
     else:
         how = "no position table: positions enter later, inside every attention layer"
-    strip.append(context.strip("x⁽⁰⁾", x0))
-    detail.append(context.window_matrix("x⁽⁰⁾: block 0's input", x0))
+    strip.append(context.strip("x₀", x0))
+    detail.append(context.window_matrix("x₀: block 0's input", x0))
     norms = x0.norm(dim=-1)
     return Stage(
         key="embedding", group="input", title="Embedding", formula=formula,
