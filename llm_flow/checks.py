@@ -93,6 +93,9 @@ def check_seed(seed: object) -> int | None:
     return seed
 
 
+#: Tokens the Inside page's matrices show around the chosen one, by default.
+INSIDE_WINDOW = 16
+
 #: Every stage the Inside page can show (see llm_flow.views.inside), in the order a model computes
 #: them; a model has a subset (no "rotary" without rotary embeddings, no post-norms but Gemma's, no
 #: "residual_attn" in a parallel block, whose attention and MLP are added together in "block_out").

@@ -165,9 +165,18 @@ def html_page(parts: "Sequence[str | go.Figure]", title: str, style: str = "") -
         )  # fmt: skip
         first = False
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(_plain(title))}</title>"
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(_plain(title), quote=False)}</title>"
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def save_html(page: str, path: str | os.PathLike[str]) -> Path:
+    """Write a whole HTML page (e.g. from :func:`html_page`); return the path."""
+    if Path(path).suffix.lower() not in (".html", ".htm"):
+        raise ArgumentError(f"cannot write a page as {Path(path).name!r}: use a name ending in .html")
+    path = check_writable(path)
+    _write(path, page.encode("utf-8"))
+    return path
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from llm_flow.checks import INSIDE_WINDOW
 from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.run import Run
 from llm_flow.views import block_pass
@@ -35,7 +36,7 @@ from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sa
 from llm_flow.views.tokens import display_token
 
 #: Tokens shown around the chosen one (matrices are window x window at most).
-WINDOW = 16
+WINDOW = INSIDE_WINDOW
 #: Vocabulary tokens shown in the logit and probability strips.
 TOP_TOKENS = 12
 
