@@ -120,3 +120,15 @@ def build_named(classes: dict, key: object, name: object, options: dict, what: s
         valid = ", ".join(cls.options()) or "none"
         raise ArgumentError(f"{key} has no option {unknown[0]!r} (its options: {valid})")
     return cls(**options)
+
+
+#: Tokens the Inside page's matrices show around the chosen one, by default.
+INSIDE_WINDOW = 16
+
+#: Every stage the Inside page can show (see llm_flow.views.inside), in the order a model computes
+#: them; a model has a subset (no "rotary" without rotary embeddings, no post-norms but Gemma's, no
+#: "residual_attn" in a parallel block, whose attention and MLP are added together in "block_out").
+INSIDE_STAGES = (
+    "tokens", "embedding", "norm_attn", "qkv", "rotary", "attention", "heads", "post_norm_attn",
+    "residual_attn", "norm_mlp", "mlp", "post_norm_mlp", "block_out", "final_norm", "unembed", "sampling",
+)  # fmt: skip

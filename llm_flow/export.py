@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from llm_flow.errors import ArgumentError, ExportError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
     import plotly.graph_objects as go
 
@@ -186,6 +188,38 @@ def figure_html(
         config={"displaylogo": False, "responsive": True},
     )  # fmt: skip
     return _titled_page(page, title) if full_html else page
+
+
+def html_page(parts: "Sequence[str | go.Figure]", title: str, style: str = "") -> str:
+    """One standalone page of several figures and HTML fragments, in order: plotly.js embedded
+    once (the page opens offline, with no server), each figure with paper styling."""
+    body = []
+    first = True
+    for k, part in enumerate(parts):
+        if isinstance(part, str):
+            body.append(part)
+            continue
+        styled = paper_figure(part).update_layout(margin=part.layout.margin)  # no title: keep the figure's own
+        body.append(
+            styled.to_html(
+                include_plotlyjs=first, full_html=False, div_id=f"llm-flow-figure-{k}",
+                config={"displaylogo": False, "responsive": True},
+            )
+        )  # fmt: skip
+        first = False
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(_plain(title), quote=False)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def save_html(page: str, path: str | os.PathLike[str]) -> Path:
+    """Write a whole HTML page (e.g. from :func:`html_page`); return the path."""
+    if Path(path).suffix.lower() not in (".html", ".htm"):
+        raise ArgumentError(f"cannot write a page as {Path(path).name!r}: use a name ending in .html")
+    path = check_writable(path)
+    _write(path, page.encode("utf-8"))
+    return path
 
 
 def paper_figure(fig: "go.Figure", title: str | None = None) -> "go.Figure":

@@ -365,3 +365,102 @@ def reference_moe(folder: str, token_ids: list[int], layer: int, position: int) 
         s["post"][position], s["mid"][position], s["mlp"][position], experts, weights,
         torch.stack(outputs), torch.cat(neurons),
     )  # fmt: skip
+
+
+# --- every stage of one block, for the Inside page ---------------------------------------------------
+
+#: Per family: where each stage's numbers are read in plain transformers, as (module path, "in" or
+#: "out"); paths are relative to the model, "{l}" is the layer. Absent entries: the family has no
+#: such stage.
+_STAGE_MODULES = {
+    "gpt2": {
+        "embed": "transformer.wte", "pos": "transformer.wpe", "block": "transformer.h.{l}",
+        "ln1": "transformer.h.{l}.ln_1", "qkv": "transformer.h.{l}.attn.c_attn", "o": "transformer.h.{l}.attn.c_proj",
+        "ln2": "transformer.h.{l}.ln_2", "up": "transformer.h.{l}.mlp.c_fc", "down": "transformer.h.{l}.mlp.c_proj",
+        "act": "transformer.h.{l}.mlp.act", "final": "transformer.ln_f", "attn": "transformer.h.{l}.attn",
+    },
+    "gpt_neox": {
+        "embed": "gpt_neox.embed_in", "block": "gpt_neox.layers.{l}", "ln1": "gpt_neox.layers.{l}.input_layernorm",
+        "qkv": "gpt_neox.layers.{l}.attention.query_key_value", "o": "gpt_neox.layers.{l}.attention.dense",
+        "ln2": "gpt_neox.layers.{l}.post_attention_layernorm", "up": "gpt_neox.layers.{l}.mlp.dense_h_to_4h",
+        "down": "gpt_neox.layers.{l}.mlp.dense_4h_to_h", "act": "gpt_neox.layers.{l}.mlp.act",
+        "final": "gpt_neox.final_layer_norm", "attn": "gpt_neox.layers.{l}.attention",
+    },
+    "llama": {
+        "embed": "model.embed_tokens", "block": "model.layers.{l}", "ln1": "model.layers.{l}.input_layernorm",
+        "q": "model.layers.{l}.self_attn.q_proj", "k": "model.layers.{l}.self_attn.k_proj",
+        "v": "model.layers.{l}.self_attn.v_proj", "o": "model.layers.{l}.self_attn.o_proj",
+        "ln2": "model.layers.{l}.post_attention_layernorm", "gate": "model.layers.{l}.mlp.gate_proj",
+        "up": "model.layers.{l}.mlp.up_proj", "down": "model.layers.{l}.mlp.down_proj",
+        "act": "model.layers.{l}.mlp.act_fn", "final": "model.norm", "attn": "model.layers.{l}.self_attn",
+    },
+}
+_STAGE_MODULES["qwen2"] = _STAGE_MODULES["llama"]
+_STAGE_MODULES["gemma2"] = {
+    **_STAGE_MODULES["llama"], "ln2": "model.layers.{l}.pre_feedforward_layernorm",
+    "post_attn": "model.layers.{l}.post_attention_layernorm", "post_mlp": "model.layers.{l}.post_feedforward_layernorm",
+}
+
+
+def reference_stages(folder: str, token_ids: list[int], layer: int):
+    """What plain transformers computes at each stage of block `layer` (float64, eager
+    attention): module inputs and outputs by forward hooks, the rotary embedding by the model's
+    own ``apply_rotary_pos_emb`` on the cos/sin the attention received, the attention weights from
+    ``output_attentions``. Returns (the model, its numbers by name: "<stage>.in" / "<stage>.out" for
+    the modules of `_STAGE_MODULES`, q, k, v, z [T, heads, d_head], q_rot, k_rot, pattern, logits)."""
+    import importlib
+
+    model = reference_model(folder)
+    family = model.config.model_type
+    paths = {name: path.format(l=layer) for name, path in _STAGE_MODULES[family].items()}
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    saved: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def out_hook(name):
+        def hook(_module, _args, out):
+            saved.setdefault(f"{name}.out", (out[0] if isinstance(out, tuple) else out)[0].detach())
+        return hook
+
+    def in_hook(name):
+        def hook(_module, args, kwargs):
+            saved.setdefault(f"{name}.in", (args[0] if args else kwargs["hidden_states"])[0].detach())
+            if "position_embeddings" in kwargs and kwargs["position_embeddings"] is not None:
+                saved.setdefault("cos", kwargs["position_embeddings"][0])
+                saved.setdefault("sin", kwargs["position_embeddings"][1])
+        return hook
+
+    for name, path in paths.items():
+        module = model.get_submodule(path)
+        handles.append(module.register_forward_hook(out_hook(name)))
+        handles.append(module.register_forward_pre_hook(in_hook(name), with_kwargs=True))
+    after = model.get_submodule(_STAGE_MODULES[family]["block"].format(l=layer + 1)) if layer + 1 < cfg.num_hidden_layers else None
+    if after is not None:
+        handles.append(after.register_forward_pre_hook(in_hook("next_block"), with_kwargs=True))
+    first = model.get_submodule(_STAGE_MODULES[family]["block"].format(l=0))
+    handles.append(first.register_forward_pre_hook(in_hook("first_block"), with_kwargs=True))
+    with torch.no_grad():
+        out = model(torch.tensor([token_ids]), output_attentions=True)
+    for handle in handles:
+        handle.remove()
+    T = len(token_ids)
+    stages = dict(saved)
+    stages["logits"] = out.logits[0]
+    stages["pattern"] = out.attentions[layer][0]  # [H, T, T]
+    if family == "gpt2":
+        q, k, v = saved["qkv.out"].split(cfg.hidden_size, dim=-1)
+    elif family == "gpt_neox":
+        q, k, v = saved["qkv.out"].reshape(T, n_heads, 3 * d_head).chunk(3, dim=-1)
+    else:
+        q, k, v = saved["q.out"], saved["k.out"], saved["v.out"]
+    q, k, v = (x.reshape(T, -1, d_head) for x in (q, k, v))
+    stages.update(q=q, k=k, v=v, z=saved["o.in"].reshape(T, n_heads, d_head))
+    if "cos" in saved:
+        rotate = importlib.import_module(type(model).__module__).apply_rotary_pos_emb
+        q_rot, k_rot = rotate(q.transpose(0, 1)[None], k.transpose(0, 1)[None], saved["cos"], saved["sin"])
+        stages.update(q_rot=q_rot[0].transpose(0, 1), k_rot=k_rot[0].transpose(0, 1))
+    attention = model.get_submodule(paths["attn"])
+    stages["scaling"] = torch.tensor(getattr(attention, "scaling", None) or d_head**-0.5)
+    return model, stages

@@ -26,7 +26,7 @@ import llm_flow
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.figures.attention import head_view_figure, model_view_figure, neuron_view_figure
 from llm_flow.models.derived import DerivedStore
-from llm_flow.views import attention_scores
+from llm_flow.views import attention_scores, block_pass
 from llm_flow.views.attention import TokenWindow, attention_view, head_view, model_view, token_window
 from llm_flow.views.attention_scores import QueryKeysOf, neuron_view, query_keys
 from tests.conftest import PROMPT
@@ -284,7 +284,7 @@ def test_neuron_view_on_layers_with_their_own_rotary_tables(tmp_path, monkeypatc
                 np.testing.assert_allclose(view.probabilities, pattern[head, query].numpy(), atol=1e-5)
 
     check_all_layers()  # through the first full block's inputs (the config's layer types)
-    monkeypatch.setattr(attention_scores, "_input_sources", lambda run, layer: list(dict.fromkeys((0, layer))))
+    monkeypatch.setattr(block_pass, "input_sources", lambda run, layer: list(dict.fromkeys((0, layer))))
     check_all_layers()  # block 0's inputs first: refused by the layer check, then the layer's own
 
 

@@ -22,7 +22,7 @@ from tests.conftest import REPO
 from tests.test_browser import CHROMIUM, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
-PAGES = ("Attention", "Attribution", "Playground", "Dataset", "Guide", "Explorer")
+PAGES = ("Attention", "Attribution", "Playground", "Inside", "Dataset", "Guide", "Explorer")
 
 
 @pytest.fixture(scope="module")

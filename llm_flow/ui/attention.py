@@ -31,7 +31,7 @@ from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.ui.state import bind, get_state
-from llm_flow.ui.widgets import token_slider
+from llm_flow.ui.widgets import fit_layer_and_head, token_slider
 from llm_flow.views.attention import attention_table, attention_view, token_window
 from llm_flow.views.attention_scores import neuron_table, neuron_view
 
@@ -83,13 +83,7 @@ def _fit_to_run(run: Run) -> None:
     a value a link asked for that does not fit is reported."""
     state = get_state().attention
     info = run.model.info
-    notices = []
-    if state.layer is not None and not 0 <= state.layer < info.n_layers:
-        notices.append(f"Layer {state.layer} does not exist in {run.model.name} (0–{info.n_layers - 1}).")
-        state.layer = None
-    if not 0 <= state.head < info.n_heads:
-        notices.append(f"Head {state.head} does not exist in {run.model.name} (0–{info.n_heads - 1}).")
-        state.head = 0
+    notices = fit_layer_and_head(run, state)
     for name, count in (("heads", info.n_heads), ("layers", info.n_layers)):
         chosen = getattr(state, name)
         if chosen is not None:

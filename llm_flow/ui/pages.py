@@ -19,6 +19,7 @@ from llm_flow.ui.attribution import attribution_page
 from llm_flow.ui.dataset import dataset_page
 from llm_flow.ui.explorer import explorer_page
 from llm_flow.ui.guide import guide_page
+from llm_flow.ui.inside import inside_page
 from llm_flow.ui.playground import playground_page
 
 
@@ -34,6 +35,7 @@ PAGES: dict[str, PageSpec] = {
     "attention": PageSpec(attention_page, "Attention", ":material/visibility:"),
     "attribution": PageSpec(attribution_page, "Attribution", ":material/highlight:"),
     "playground": PageSpec(playground_page, "Playground", ":material/casino:"),
+    "inside": PageSpec(inside_page, "Inside", ":material/layers:"),
     "dataset": PageSpec(dataset_page, "Dataset", ":material/dataset:"),
     "guide": PageSpec(lambda analysis: guide_page(), "Guide", ":material/menu_book:"),
 }

@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 
 from llm_flow.config import Config
-from llm_flow.checks import ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, PAIR_PARTS, THRESHOLD_RANGE
+from llm_flow.checks import ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, INSIDE_STAGES, PAIR_PARTS, THRESHOLD_RANGE
 
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"
@@ -175,6 +175,14 @@ class PlaygroundState:
 
 
 @dataclass
+class InsideState:
+    layer: int | None = linked("in_layer", None, low=0)  # None: the middle layer
+    head: int = linked("in_head", 0, low=0)
+    stage: str | None = linked("in_stage", None, choices=INSIDE_STAGES)  # the expanded stage; None: overview only
+    step: int = linked("in_step", 0, low=0)  # the guided tour: 0 is the overview, k the model's k-th stage
+
+
+@dataclass
 class DatasetState:
     folder: str = linked("data_folder", "")
     compare: str = linked("data_compare", "")
@@ -198,6 +206,7 @@ class SessionState:
     attention: AttentionState = field(default_factory=AttentionState)
     attribution: AttributionState = field(default_factory=AttributionState)
     playground: PlaygroundState = field(default_factory=PlaygroundState)
+    inside: InsideState = field(default_factory=InsideState)
     dataset: DatasetState = field(default_factory=DatasetState)
     link_read: bool = False  # the session's first URL has been applied
 

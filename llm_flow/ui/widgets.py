@@ -16,3 +16,17 @@ def token_slider(run: Run, label: str, help: str) -> int:
     labels = [f"{i}: {display_token(token)}" for i, token in enumerate(run.str_tokens)]
     return st.select_slider(label, options=list(range(run.n_tokens)), format_func=labels.__getitem__, help=help,
                             **bind("route.position"))  # fmt: skip
+
+
+def fit_layer_and_head(run: Run, settings) -> list[str]:
+    """Put a page's ``layer`` (None: the page's default) and ``head`` back in range for this Run's
+    model (another model, or a link that asked too much); return what was changed, in words."""
+    info = run.model.info
+    notices = []
+    if settings.layer is not None and not 0 <= settings.layer < info.n_layers:
+        notices.append(f"Layer {settings.layer} does not exist in {run.model.name} (0–{info.n_layers - 1}).")
+        settings.layer = None
+    if not 0 <= settings.head < info.n_heads:
+        notices.append(f"Head {settings.head} does not exist in {run.model.name} (0–{info.n_heads - 1}).")
+        settings.head = 0
+    return notices

@@ -24,12 +24,15 @@ import torch
 from llm_flow.checks import check_count
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.run import Run
+from llm_flow.views import block_pass
 from llm_flow.views.attention import TokenWindow, check_head, check_layer
+from llm_flow.views.block_pass import BlockStop, call_block
 
 # Largest difference between our softmax and the model's weights that still counts as the same
 # computation: float32 rounding, or half-precision activations re-scored in float32.
 _TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 _HALF_TOLERANCE = 2e-2
+_NOT_ROTATED = "none (positions enter through the embeddings)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +47,11 @@ class QueryKeys:
     sliding_window: int | None  # query i sees sources j > i - sliding_window only
     rotation: str  # how positions entered q and k, in words
     causal: bool = True  # query i sees sources j <= i only; an encoder's queries see every source
+
+    @property
+    def rotated(self) -> bool:
+        """True when q and k were rotated by position (rotary embeddings)."""
+        return self.rotation != _NOT_ROTATED
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ def neuron_view(
     keys = qk.keys[: _source_count(qk, query), kv_head]  # [S, d_head]
     products = keys * q
     dots = products.sum(-1)
-    scores = _scores(qk, dots[None], torch.tensor([query]))[0]
+    scores = masked_scores(qk, dots[None], torch.tensor([query]))[0]
     probabilities = torch.softmax(scores, -1)
     model_weights = run.layer(layer).pattern.row(query)[head].float().cpu()
     max_error = float((probabilities - model_weights).abs().max())
@@ -165,7 +173,7 @@ def _shown_sources(
     return shown
 
 
-def _scores(qk: QueryKeys, dots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+def masked_scores(qk: QueryKeys, dots: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Dot products [..., r, S] of the queries at positions `queries` [r] with sources 0..S-1,
     scaled, soft-capped and masked as the model does (-inf where a query may not look)."""
     scores = dots * qk.scale
@@ -199,48 +207,11 @@ def _reproducing(run: Run, layer: int) -> QueryKeys:
     unless the config gives layers types (Gemma 2 and 3: sliding and full; Gemma 3 rotates them
     with different bases). Failing that, the layer's own inputs (a pass up to it). When neither
     reproduces, the last is returned and `neuron_view` refuses it with the reason."""
-    for source in _input_sources(run, layer):
+    for source in block_pass.input_sources(run, layer):
         captured = _capture(run, layer, source)
         if _layer_error(run, captured) <= _tolerance(run, layer):
             break
     return captured
-
-
-def _input_sources(run: Run, layer: int) -> list[int]:
-    """Blocks whose inputs to try, cheapest first: the first block of `layer`'s type, `layer`."""
-    types = getattr(run.model.bridge.original_model.config, "layer_types", None)
-    first = list(types).index(types[layer]) if types is not None and len(types) > layer else 0
-    return list(dict.fromkeys((first, layer)))
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a pass as soon as what it was run for is known."""
-
-
-def _block_inputs(run: Run, block: int) -> tuple[tuple, dict]:
-    """The arguments the model passes to `block` besides the hidden states (positions, rotary
-    cos/sin, mask), from a pass over the prompt stopped as it enters that block. The caller holds
-    ``model.lock``."""
-    bridge = run.model.bridge
-    seen: dict[str, object] = {}
-
-    def grab(module, args, kwargs) -> None:
-        seen["args"], seen["kwargs"] = args, kwargs
-        raise _Stop
-
-    handle = bridge.blocks[block].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        bridge(run.tokens[None], return_type=None, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "args" not in seen:
-        raise UnsupportedModelError(
-            f"the neuron view cannot see the inputs of block {block} of {run.model.info.architecture}: "
-            "the model does not call it during a forward pass; head and model views still work"
-        )
-    return seen["args"], seen["kwargs"]
 
 
 def _capture(run: Run, layer: int, source: int) -> QueryKeys:
@@ -256,12 +227,12 @@ def _capture(run: Run, layer: int, source: int) -> QueryKeys:
         def hook(tensor: torch.Tensor, hook) -> None:
             store[short] = tensor[0].detach().float().cpu()
             if short == "rot_k" and "rot_q" in store:
-                raise _Stop
+                raise BlockStop
 
         return hook
 
     def stop(tensor: torch.Tensor, hook) -> None:
-        raise _Stop
+        raise BlockStop
 
     hooks = [
         (f"blocks.{layer}.attn.hook_{short}", keep(short))
@@ -269,19 +240,7 @@ def _capture(run: Run, layer: int, source: int) -> QueryKeys:
         if f"blocks.{layer}.attn.hook_{short}" in bridge.hook_dict
     ]
     hooks.append((f"blocks.{layer}.attn.hook_attn_scores", stop))
-    weight = next(block.parameters())
-    with model.lock, torch.inference_mode(), model.no_kept_patterns():
-        args, kwargs = _block_inputs(run, source)
-        hidden = run.layer(layer).resid_pre[None].to(device=weight.device, dtype=weight.dtype)  # [1, T, d_model]
-        if "hidden_states" in kwargs:
-            kwargs = {**kwargs, "hidden_states": hidden}
-        else:
-            args = (hidden, *args[1:])
-        with bridge.hooks(fwd_hooks=hooks):
-            try:
-                block(*args, **kwargs)
-            except _Stop:
-                pass
+    call_block(run, layer, source, hooks)
     queries, keys, rotation = _rotated(store)
     hf_attn = block.attn.original_component
     softcap = getattr(hf_attn, "attn_logit_softcapping", None)
@@ -308,7 +267,7 @@ def _layer_error(run: Run, qk: QueryKeys) -> float:
         rows = torch.arange(start, min(start + _ROWS_PER_CHECK, pattern.n_tokens))  # [r]
         stop = _source_count(qk, int(rows[-1]))  # sources a row of this chunk can see
         dots = torch.einsum("rhd,shd->hrs", qk.queries[rows], keys[:stop])  # [H, r, stop]
-        probabilities = torch.softmax(_scores(qk, dots, rows), -1)
+        probabilities = torch.softmax(masked_scores(qk, dots, rows), -1)
         used = pattern.rows(rows, stop).float().cpu().transpose(0, 1)  # [H, r, stop]
         worst = max(worst, float((probabilities - used).abs().max()))
     return worst
@@ -322,7 +281,7 @@ def _rotated(store: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
         return _heads(store["rot_q"]), _heads(store["rot_k"]), "rotary, as the model applied it"
     q, k = _heads(store["q"]), _heads(store["k"])
     if "cos" not in store:
-        return q, k, "none (positions enter through the embeddings)"
+        return q, k, _NOT_ROTATED
     cos, sin = store["cos"][:, None, :], store["sin"][:, None, :]  # [T, 1, rotary_dim]
     rotary_dim = cos.shape[-1]
     return (

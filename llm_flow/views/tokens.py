@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +47,15 @@ def ranks(scores: torch.Tensor, token_ids: list[int]) -> list[int]:
 
 
 def display_token(token: str) -> str:
-    """A token made readable as a label: visible spaces at the ends, escaped line breaks."""
+    """A token made readable as a label: visible spaces at the ends, escaped line breaks, other
+    control characters as \\xNN (byte-level vocabularies have them; a browser drawing a figure's
+    SVG refuses them)."""
     core = token.strip(" ")
     lead, trail = len(token) - len(token.lstrip(" ")), len(token) - len(token.rstrip(" "))
     if not core:
         return "·" * len(token) if token else "∅"
     core = core.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+    core = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in core)
     return "·" * lead + core + "·" * trail
 
 
