@@ -154,7 +154,7 @@ def test_attention_views_show_every_source_and_both_pair_directions(runs):
 
 
 def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs):
-    from llm_flow.interventions.checks import check_route
+    from llm_flow.interventions.route_checks import check_route
     from llm_flow.views.generation import generate
     from llm_flow.views.predictions import default_target, prediction_title
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from llm_flow.errors import UnsupportedModelError
-from llm_flow.checks import INSIDE_STAGES
+from llm_flow.validation import INSIDE_STAGES
 from llm_flow.views.inside import WalkthroughOf, overview, shared_walkthrough, walkthrough
 from llm_flow.views.sampling import SamplingSettings, sampling_stages
 from tests.conftest import PROMPT

@@ -19,7 +19,7 @@ from llm_flow.interventions import (
     check_route,
     threshold_curve,
 )
-from llm_flow.interventions.checks import percentile
+from llm_flow.interventions.route_checks import percentile
 from llm_flow.interventions.route import dropped_parts, kept_parts, random_like, route_nodes
 from tests.conftest import PROMPT
 from tests.hf_interventions import HfModel

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from llm_flow.attribution.targets import Sequence
-from llm_flow.checks import check_choice, check_flag, check_positive  # noqa: F401  (the methods' checks)
+from llm_flow.validation import check_choice, check_flag, check_positive  # noqa: F401  (the methods' checks)
 from llm_flow.errors import ArgumentError
 from llm_flow.models.base import TransparentLlm
 

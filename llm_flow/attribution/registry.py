@@ -6,7 +6,7 @@ from llm_flow.attribution.base import Method
 from llm_flow.attribution.gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from llm_flow.attribution.internals import AltiRollout, Attention
 from llm_flow.attribution.perturbation import Occlusion
-from llm_flow.checks import build_named
+from llm_flow.validation import build_named
 
 #: name -> class, in the order the app and the CLI offer them.
 METHODS: dict[str, type[Method]] = {

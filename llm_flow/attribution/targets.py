@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llm_flow.checks import check_prompt_text
+from llm_flow.validation import check_prompt_text
 from llm_flow.errors import ArgumentError, PromptError
 from llm_flow.models.base import TransparentLlm
 from llm_flow.views.generation import Generation, generate

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_flow.checks import (
+from llm_flow.validation import (
     ATTENTION_WEIGHTINGS,
     HEAD_AGGREGATIONS,
     PAIR_PARTS,

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from llm_flow.checks import check_prompt_text
+from llm_flow.validation import check_prompt_text
 from llm_flow.errors import ArgumentError
 from llm_flow.export import SCALE_RANGE, SIZE_RANGE, check_figure_size
 from llm_flow.export import check_writable  # noqa: F401  (subcommands check outputs first)

@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llm_flow.checks import check_sampling, check_seed
+from llm_flow.validation import check_sampling, check_seed
 from llm_flow.cli.common import add_model_arguments, load, progress, prompt_or_default
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llm_flow.checks import INSIDE_WINDOW, check_count, check_sampling, check_seed
+from llm_flow.validation import INSIDE_WINDOW, check_count, check_sampling, check_seed
 from llm_flow.cli.common import add_model_arguments, check_writable, load, prompt_or_default
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from llm_flow.interventions import Outcome
     from llm_flow.models.run import Run
 
-MAX_DRAWS = 1000  # as llm_flow.interventions.checks.MAX_DRAWS, without importing torch here
+MAX_DRAWS = 1000  # as llm_flow.interventions.route_checks.MAX_DRAWS, without importing torch here
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:

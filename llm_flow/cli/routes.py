@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_flow.checks import check_threshold
+from llm_flow.validation import check_threshold
 from llm_flow.cli.common import (
     add_figure_size_arguments,
     add_model_arguments,

@@ -6,7 +6,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
-from llm_flow.checks import check_threshold
+from llm_flow.validation import check_threshold
 from llm_flow.errors import ArgumentError
 
 POSITIONS = ("last", "all")

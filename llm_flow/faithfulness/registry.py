@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_flow.checks import build_named
+from llm_flow.validation import build_named
 from llm_flow.faithfulness.scorers import Alti, Eap, EapIg, Random, Scorer
 
 #: name -> class, in the order the CLI and the app offer them.

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import torch
 
-from llm_flow.checks import check_choice, check_positive, check_seed
+from llm_flow.validation import check_choice, check_positive, check_seed
 from llm_flow.faithfulness.gradients import NodeGradients, node_gradients
 from llm_flow.faithfulness.problem import Problem
 from llm_flow.faithfulness.settings import SELECTIONS

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import pandas as pd
 import plotly.graph_objects as go
 
-from llm_flow.interventions.checks import RouteCheck
+from llm_flow.interventions.route_checks import RouteCheck
 from llm_flow.wording import probability
 
 _ROUTE, _RANDOM, _BASE = "#4c78a8", "#9d9d9d", "#54a24b"

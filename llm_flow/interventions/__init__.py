@@ -1,7 +1,7 @@
 """Interventions on the forward pass: remove attention, residual and FFN parts and re-run, and
 check whether a route carries the prediction (route only, route removed, random baselines)."""
 
-from llm_flow.interventions.checks import (
+from llm_flow.interventions.route_checks import (
     THRESHOLDS,
     EdgeRemoval,
     RouteCheck,

@@ -16,7 +16,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
-from llm_flow.checks import check_prompt_text
+from llm_flow.validation import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
 from llm_flow.models.encoders import segment_ids

@@ -15,7 +15,7 @@ from functools import cached_property
 import pandas as pd
 import plotly.graph_objects as go
 
-from llm_flow.checks import DEFAULT_THRESHOLD, check_prompt_text
+from llm_flow.validation import DEFAULT_THRESHOLD, check_prompt_text
 from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
 from llm_flow.figures.explain import explain_figure

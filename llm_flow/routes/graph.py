@@ -31,7 +31,7 @@ from typing import Protocol
 import networkx as nx
 import torch
 
-from llm_flow.checks import check_threshold
+from llm_flow.validation import check_threshold
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import RowContributions, contribution_rows, ffn_contributions
 from llm_flow.routes.nodes import EMBEDDING_LAYER, KINDS, NodeId

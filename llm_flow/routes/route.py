@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from llm_flow.checks import DEFAULT_THRESHOLD
+from llm_flow.validation import DEFAULT_THRESHOLD
 from llm_flow.display import Displayable
 from llm_flow.models.run import Run
 from llm_flow.routes.graph import shared_graph

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import streamlit as st
 
-from llm_flow.checks import PAIR_PARTS
+from llm_flow.validation import PAIR_PARTS
 from llm_flow.errors import LlmFlowError
 from llm_flow.export import table_csv
 from llm_flow.figures.attention import (

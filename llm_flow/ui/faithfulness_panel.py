@@ -27,7 +27,7 @@ from llm_flow.ui.frame import active_run, sync_link
 from llm_flow.ui.long_work import cancellable
 from llm_flow.ui.resources import get_run
 from llm_flow.ui.state import FaithState, bind, get_state
-from llm_flow.checks import check_threshold
+from llm_flow.validation import check_threshold
 from llm_flow.views.tokens import display_token
 
 _LABELS = {"alti": "ALTI route", "eap": "EAP", "eap-ig": "EAP-IG", "random": "random"}

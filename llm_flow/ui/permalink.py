@@ -19,7 +19,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
-from llm_flow.checks import threshold_message
+from llm_flow.validation import threshold_message
 from llm_flow.config import Config
 from llm_flow.errors import ArgumentError
 from llm_flow.routes.nodes import parse_element

@@ -8,7 +8,7 @@ import torch
 
 from llm_flow.config import Config
 from llm_flow.models.base import TransparentLlm
-from llm_flow.checks import THRESHOLD_RANGE
+from llm_flow.validation import THRESHOLD_RANGE
 from llm_flow.ui.analysis import ask_again
 from llm_flow.ui.state import bind, get_state, widget_key, widget_value
 from llm_flow.wording import block_kind

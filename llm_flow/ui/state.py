@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 
 from llm_flow.config import Config
-from llm_flow.checks import ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, INSIDE_STAGES, PAIR_PARTS, THRESHOLD_RANGE
+from llm_flow.validation import ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, INSIDE_STAGES, PAIR_PARTS, THRESHOLD_RANGE
 
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm_flow.checks import check_aggregation, check_count, check_pair_part, check_weighting
+from llm_flow.validation import check_aggregation, check_count, check_pair_part, check_weighting
 from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows
@@ -73,7 +73,7 @@ class AttentionView:
     outside: np.ndarray  # [layers, head_labels, W] weight of each query to sources outside the window
     top_k: int | None
     split: int | None  # first token position of sentence B, or None
-    part: str  # one of llm_flow.checks.PAIR_PARTS
+    part: str  # one of llm_flow.validation.PAIR_PARTS
 
     def segment(self, position: int) -> str:
         """'A' or 'B' for a token position when a split is set, else ''."""

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm_flow.checks import check_count
+from llm_flow.validation import check_count
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.run import Run
 from llm_flow.views import block_pass

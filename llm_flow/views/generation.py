@@ -21,7 +21,7 @@ import torch
 from transformers import LogitsProcessor
 
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
-from llm_flow.checks import check_prompt_text
+from llm_flow.validation import check_prompt_text
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from llm_flow.checks import INSIDE_WINDOW
+from llm_flow.validation import INSIDE_WINDOW
 from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.run import Run
 from llm_flow.views import block_pass
@@ -66,7 +66,7 @@ class Matrix:
 
 @dataclass(frozen=True, eq=False)
 class Stage:
-    key: str  # one of llm_flow.checks.INSIDE_STAGES
+    key: str  # one of llm_flow.validation.INSIDE_STAGES
     group: str  # "input", "block" or "output": where the stage sits in the model
     title: str
     formula: str  # LaTeX

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from llm_flow.checks import check_sampling, check_seed
+from llm_flow.validation import check_sampling, check_seed
 from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
 

@@ -33,7 +33,7 @@ from llm_flow.interventions.forward import Outcome, ablated_logits, outcome
 from llm_flow.interventions.parts import FfnMode, check_ffn_mode
 from llm_flow.interventions.route import dropped_parts, edge_nodes, kept_parts, random_like, route_nodes
 from llm_flow.models.run import Run
-from llm_flow.checks import check_threshold
+from llm_flow.validation import check_threshold
 from llm_flow.routes.graph import build_graph
 from llm_flow.routes.nodes import NodeId
 
