@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.conftest import REPO
-from tests.test_browser import CHROMIUM, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
+from tests.test_browser import CHROMIUM, LAUNCH_ARGS, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 PAGES = ("Attention", "Attribution", "Playground", "Inside", "Dataset", "Guide", "Explorer")
@@ -228,3 +228,52 @@ def test_find_a_node_selects_and_centres_it(tiny_server, browser):  # noqa: F811
     box.press("Enter")
     settle(page)
     no_exception(page, "after a search that finds nothing")
+
+
+def test_two_sessions_at_once_keep_their_own_pages_and_analyses(tiny_server):
+    """Two browsers act at the same moment (each in its own thread, as the server runs each
+    session's script in its own thread): each ends on its own page, prompt and settings."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    plans = {"one": ("0", "attention", "Where each head looked"), "two": ("1", "playground", "can be drawn")}
+    seen, errors = {}, []
+    barrier = threading.Barrier(len(plans))
+
+    def session(name: str) -> None:
+        prompt, page_name, marker = plans[name]
+        try:
+            with sync_playwright() as p:
+                chromium = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+                page = chromium.new_page(viewport={"width": 1400, "height": 1200})
+                page.goto(tiny_server)
+                page.get_by_text("Next token after").wait_for(timeout=120_000)
+                barrier.wait(timeout=120)
+                for _ in range(2):  # both sessions switch pages while the other does too
+                    page.goto(f"{tiny_server}/{page_name}?prompt={prompt}&threshold=0.{prompt}5")
+                    page.get_by_text(marker).first.wait_for(timeout=120_000)
+                    settle(page)
+                    page.get_by_role("link", name="Explorer", exact=True).first.click()
+                    page.get_by_text("Next token after").wait_for(timeout=120_000)
+                    settle(page)
+                page.get_by_role("link", name=page_name.capitalize(), exact=True).first.click()
+                page.get_by_text(marker).first.wait_for(timeout=120_000)
+                settle(page)
+                no_exception(page, f"session {name}")
+                seen[name] = (link(page), page.url, page.content())
+                chromium.close()
+        except Exception as exc:  # reported below, with the session's name
+            errors.append((name, repr(exc)))
+
+    threads = [threading.Thread(target=session, args=(name,)) for name in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    for name, (prompt, page_name, marker) in plans.items():
+        params, url, content = seen[name]
+        assert params["prompt"] == prompt and params["threshold"] == f"0.{prompt}5", (name, params)
+        assert f"/{page_name}" in url and marker in content
+    assert plans["two"][2] not in seen["one"][2] and plans["one"][2] not in seen["two"][2]
