@@ -173,10 +173,11 @@ def _cell(value: float, kind: str) -> str:
 
 def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
     """A flow from the tokens through every layer to the prediction. Each layer's output is one
-    node; the bands into it are the residual carried in (grey), the attention (blue) and the FFN
-    (pink), sized by their ALTI shares of that output; layer 0's attention is fed by the source
-    tokens it read. Below, one marker per layer (`customdata` = the layer) to click; `layer` is
-    drawn darker."""
+    node; the stream entering a layer splits into the residual carried through (grey), the
+    attention (blue) and the FFN (pink), sized by their ALTI shares of the layer's output, and
+    joins again; layer 0's attention is fed by the source tokens it read. Every block has an
+    input, so plotly lays the columns out by layer. Below, one marker per layer (`customdata` =
+    the layer) to click; `layer` is drawn darker."""
     n_layers = len(view.layers)
     pitch = 0.86 / n_layers
     labels, xs, ys, colors, hovers = [], [], [], [], []
@@ -198,17 +199,22 @@ def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
     state = None
     for anatomy in view.layers:
         l = anatomy.layer
-        chosen = l == layer
-        attention = node("", 0.06 + l * pitch + 0.45 * pitch, 0.12, _COLORS["attention"], f"attention of layer {l}")
-        ffn = node("", 0.06 + l * pitch + 0.45 * pitch, 0.88, _COLORS["ffn"], f"FFN of layer {l}")
-        out = node(f"L{l}", 0.06 + (l + 1) * pitch, 0.5, "#222222" if chosen else "#79706e", f"output of layer {l}")
-        links.append((attention, out, anatomy.attention or 0.0, _COLORS["attention"], f"attention → layer {l}"))
-        links.append((ffn, out, anatomy.ffn or 0.0, _COLORS["ffn"], f"FFN → layer {l}"))
-        carried = source_nodes[view.position] if state is None else state
-        links.append((carried, out, anatomy.residual or 0.0, _COLORS["residual"], f"residual → layer {l}"))
-        if state is None:
-            for j, label, share in sources:
-                links.append((source_nodes[j], attention, share, _COLORS["attention"], f"{label} → attention of layer 0"))
+        block_x = 0.06 + (l + 0.5) * pitch
+        attention = node("", block_x, 0.12, _COLORS["attention"], f"attention of layer {l}")
+        ffn = node("", block_x, 0.88, _COLORS["ffn"], f"FFN of layer {l}")
+        label = f"L{l}" if n_layers <= 12 else ""  # the markers below name them when there are many
+        out = node(label, 0.06 + (l + 1) * pitch, 0.5, "#222222" if l == layer else "#79706e", f"output of layer {l}")
+        shares = {"attention": anatomy.attention or 0.0, "ffn": anatomy.ffn or 0.0, "residual": anatomy.residual or 0.0}
+        stream = source_nodes[view.position] if state is None else state  # the token's stream entering the layer
+        if state is None:  # layer 0's attention reads the tokens themselves
+            for j, name, share in sources:
+                links.append((source_nodes[j], attention, share, _COLORS["attention"], f"{name} → attention of layer 0"))
+        else:
+            links.append((stream, attention, shares["attention"], _COLORS["attention"], f"into attention of layer {l}"))
+        links.append((stream, ffn, shares["ffn"], _COLORS["ffn"], f"into the FFN of layer {l}"))
+        links.append((stream, out, shares["residual"], _COLORS["residual"], f"residual carried through layer {l}"))
+        links.append((attention, out, shares["attention"], _COLORS["attention"], f"attention of layer {l} → its output"))
+        links.append((ffn, out, shares["ffn"], _COLORS["ffn"], f"FFN of layer {l} → its output"))
         state = out
     prediction = node(f"{display_token(view.prediction)} {view.probability:.0%}", 0.999, 0.5, "#e45756",
                       f"prediction {display_token(view.prediction)!r}: p = {view.probability:.1%}")  # fmt: skip
