@@ -121,31 +121,35 @@ def stage_sampling_figure(walk: Walkthrough, bars: int = _SAMPLING_BARS) -> go.F
 
 
 def _heatmap(matrix: Matrix, show_text: bool) -> list[go.Heatmap]:
-    """The matrix as a heatmap (value and labels on hover), and the cells the model masks drawn
-    grey on top (they would read as zeros on a white paper background)."""
+    """The matrix as a heatmap (its row and column, and value, on hover), and the cells the model
+    masks drawn grey on top (they would read as zeros on a white paper background). Labels go out
+    as numpy arrays and values through the hover template: per-cell Python lists are what makes
+    plotly slow (a page draws thousands of cells on every rerun)."""
     values = matrix.values.astype(np.float64)
     masked = np.isneginf(values)
     z = np.where(masked, np.nan, values)
     n_rows, n_columns = values.shape
     columns = list(matrix.columns) if matrix.columns is not None else [f"dim {k}" for k in range(n_columns)]
-    hover = [[f"{_escape(matrix.rows[r])} · {_escape(columns[c])}<br>{_cell(values[r, c], matrix.kind)}" for c in range(n_columns)]
-             for r in range(n_rows)]  # fmt: skip
+    rows = np.array([_escape(r) + " · " for r in matrix.rows], dtype=object)
+    hover = rows[:, None] + np.array([_escape(c) for c in columns], dtype=object)[None, :]  # [rows, columns]
+    value = {"ids": "id %{z:d}", "probability": "%{z:.2%}"}.get(matrix.kind, "%{z:.4g}")
     common = dict(z=z, customdata=hover, showscale=False, hoverongaps=False, xgap=0, ygap=1,
-                  hovertemplate="%{customdata}<extra></extra>")  # fmt: skip
+                  hovertemplate=f"%{{customdata}}<br>{value}<extra></extra>")  # fmt: skip
     if matrix.kind == "ids":
         cells = [[f"{_escape(c.split(': ', 1)[-1])}<br>{int(v)}" for c, v in zip(columns, values[0])]]
         return [go.Heatmap(**common, text=cells, colorscale=[[0, "#f4f4f4"], [1, "#f4f4f4"]], texttemplate="%{text}",
                            textfont=dict(family="monospace", size=11))]  # fmt: skip
     if matrix.kind == "probability":
-        text = [[f"{v:.0%}" if v >= 0.005 else "" for v in row] for row in values]
+        text = [[f"{v:.0%}" if v >= 0.005 else "" for v in row] for row in values] if show_text else None
         heatmap = go.Heatmap(**common, text=text, colorscale=_PROBABILITY, zmin=0, zmax=1,
                              texttemplate="%{text}" if show_text else None, textfont=dict(size=10))  # fmt: skip
     else:
         finite = np.abs(values[~masked]) if (~masked).any() else np.zeros(1)
         bound = float(finite.max()) or 1.0
-        text = [[f"{v:.2g}" for v in row] for row in np.where(masked, 0, values)]
+        written = show_text and n_columns <= 16
+        text = [[f"{v:.2g}" for v in row] for row in np.where(masked, 0, values)] if written else None
         heatmap = go.Heatmap(**common, text=text, colorscale=_SIGNED, zmid=0, zmin=-bound, zmax=bound,
-                             texttemplate="%{text}" if show_text and n_columns <= 16 else None, textfont=dict(size=10))  # fmt: skip
+                             texttemplate="%{text}" if written else None, textfont=dict(size=10))  # fmt: skip
     if not masked.any():
         return [heatmap]
     grey = go.Heatmap(z=np.where(masked, 1.0, np.nan), colorscale=[[0, _MASKED], [1, _MASKED]], showscale=False,
@@ -156,16 +160,6 @@ def _heatmap(matrix: Matrix, show_text: bool) -> list[go.Heatmap]:
 def _escape(text: str) -> str:
     """Plotly reads labels as a little HTML: a token such as "<" or "<br>" must stay text."""
     return html.escape(text, quote=False)
-
-
-def _cell(value: float, kind: str) -> str:
-    if np.isneginf(value):
-        return "−∞ (masked)"
-    if kind == "ids":
-        return f"id {int(value)}"
-    if kind == "probability":
-        return f"{value:.2%}" if value >= 0.0001 else f"{value:.2e}"
-    return f"{value:.4g}"
 
 
 # --- the overview -----------------------------------------------------------------------------------
