@@ -75,7 +75,7 @@ def test_the_tour_walks_every_stage_and_back(app, tiny_config):
         inside = state(app).inside
         assert (inside.step, inside.stage) == (step, stage.key)
         assert formulas(app) == [stage.formula]  # the step's stage alone is expanded
-        assert any(f"{step} of {len(walk.stages)}: {stage.title}" in m.value for m in app.markdown)
+        assert any(f"{step} of {len(walk.stages)}: {page.plain(stage.title)}" in m.value for m in app.markdown)
         assert link_from_state(state(app), config)["in_step"] == str(step)
         if stage.key == "attention":
             detail = [c for key, c in charts(app).items() if key.endswith("inside_attention_detail")]

@@ -34,6 +34,20 @@ def outlined_pixels(png: bytes) -> int:
     return sum(1 for pixel in image.getdata() if all(abs(a - b) <= 12 for a, b in zip(pixel, HIGHLIGHT)))
 
 
+def hover_text(page, key: str, column: int) -> str:
+    """What plotly shows when the mouse is over `column` of the first strip of chart `key`."""
+    x, y = page.evaluate(
+        "([key, column]) => { const g = document.querySelector(`.st-key-${key} .js-plotly-plot`);"
+        " const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, box = g.getBoundingClientRect();"
+        " return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(0)]; }",
+        [key, column],
+    )
+    page.mouse.move(x, y)
+    label = page.locator(f".st-key-{key} .hoverlayer .hovertext")
+    label.wait_for(timeout=30_000)
+    return " ".join((label.text_content() or "").split())
+
+
 def test_the_attention_stage_expands_to_its_matrices(tiny_server, browser):  # noqa: F811
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = open_inside(browser, tiny_server)
@@ -55,6 +69,8 @@ def test_the_attention_stage_expands_to_its_matrices(tiny_server, browser):  # n
                          ".layout.yaxis.ticktext")  # fmt: skip
     query_row = next(k for k, label in enumerate(rows) if label.startswith(f"{token}: "))
     assert layout["shapes"] and {s["y0"] for s in layout["shapes"]} == {query_row - 0.5}
+    hover = hover_text(page, "inside_attention_strip", column=token)  # its weight on itself (the short prompt fits the window)
+    assert hover.startswith(f"a_i· · {token}: ") and hover.endswith("%"), hover
     shot = plot_of(page, "inside_attention_detail").screenshot(timeout=SHOT_TIMEOUT)
     (SHOTS / "inside_01_attention_expanded.png").write_bytes(shot)
     assert outlined_pixels(shot) > 300  # the query row's outline is drawn in each matrix

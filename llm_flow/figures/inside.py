@@ -121,31 +121,35 @@ def stage_sampling_figure(walk: Walkthrough, bars: int = _SAMPLING_BARS) -> go.F
 
 
 def _heatmap(matrix: Matrix, show_text: bool) -> list[go.Heatmap]:
-    """The matrix as a heatmap (value and labels on hover), and the cells the model masks drawn
-    grey on top (they would read as zeros on a white paper background)."""
+    """The matrix as a heatmap (its row and column, and value, on hover), and the cells the model
+    masks drawn grey on top (they would read as zeros on a white paper background). Labels go out
+    as numpy arrays and values through the hover template: per-cell Python lists are what makes
+    plotly slow (a page draws thousands of cells on every rerun)."""
     values = matrix.values.astype(np.float64)
     masked = np.isneginf(values)
     z = np.where(masked, np.nan, values)
     n_rows, n_columns = values.shape
     columns = list(matrix.columns) if matrix.columns is not None else [f"dim {k}" for k in range(n_columns)]
-    hover = [[f"{_escape(matrix.rows[r])} · {_escape(columns[c])}<br>{_cell(values[r, c], matrix.kind)}" for c in range(n_columns)]
-             for r in range(n_rows)]  # fmt: skip
+    rows = np.array([_escape(r) + " · " for r in matrix.rows], dtype=object)
+    hover = rows[:, None] + np.array([_escape(c) for c in columns], dtype=object)[None, :]  # [rows, columns]
+    value = {"ids": "id %{z:d}", "probability": "%{z:.2%}"}.get(matrix.kind, "%{z:.4g}")
     common = dict(z=z, customdata=hover, showscale=False, hoverongaps=False, xgap=0, ygap=1,
-                  hovertemplate="%{customdata}<extra></extra>")  # fmt: skip
+                  hovertemplate=f"%{{customdata}}<br>{value}<extra></extra>")  # fmt: skip
     if matrix.kind == "ids":
         cells = [[f"{_escape(c.split(': ', 1)[-1])}<br>{int(v)}" for c, v in zip(columns, values[0])]]
         return [go.Heatmap(**common, text=cells, colorscale=[[0, "#f4f4f4"], [1, "#f4f4f4"]], texttemplate="%{text}",
                            textfont=dict(family="monospace", size=11))]  # fmt: skip
     if matrix.kind == "probability":
-        text = [[f"{v:.0%}" if v >= 0.005 else "" for v in row] for row in values]
+        text = [[f"{v:.0%}" if v >= 0.005 else "" for v in row] for row in values] if show_text else None
         heatmap = go.Heatmap(**common, text=text, colorscale=_PROBABILITY, zmin=0, zmax=1,
                              texttemplate="%{text}" if show_text else None, textfont=dict(size=10))  # fmt: skip
     else:
         finite = np.abs(values[~masked]) if (~masked).any() else np.zeros(1)
         bound = float(finite.max()) or 1.0
-        text = [[f"{v:.2g}" for v in row] for row in np.where(masked, 0, values)]
+        written = show_text and n_columns <= 16
+        text = [[f"{v:.2g}" for v in row] for row in np.where(masked, 0, values)] if written else None
         heatmap = go.Heatmap(**common, text=text, colorscale=_SIGNED, zmid=0, zmin=-bound, zmax=bound,
-                             texttemplate="%{text}" if show_text and n_columns <= 16 else None, textfont=dict(size=10))  # fmt: skip
+                             texttemplate="%{text}" if written else None, textfont=dict(size=10))  # fmt: skip
     if not masked.any():
         return [heatmap]
     grey = go.Heatmap(z=np.where(masked, 1.0, np.nan), colorscale=[[0, _MASKED], [1, _MASKED]], showscale=False,
@@ -158,25 +162,16 @@ def _escape(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def _cell(value: float, kind: str) -> str:
-    if np.isneginf(value):
-        return "−∞ (masked)"
-    if kind == "ids":
-        return f"id {int(value)}"
-    if kind == "probability":
-        return f"{value:.2%}" if value >= 0.0001 else f"{value:.2e}"
-    return f"{value:.4g}"
-
-
 # --- the overview -----------------------------------------------------------------------------------
 
 
 def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
     """A flow from the tokens through every layer to the prediction. Each layer's output is one
-    node; the bands into it are the residual carried in (grey), the attention (blue) and the FFN
-    (pink), sized by their ALTI shares of that output; layer 0's attention is fed by the source
-    tokens it read. Below, one marker per layer (`customdata` = the layer) to click; `layer` is
-    drawn darker."""
+    node; the stream entering a layer splits into the residual carried through (grey), the
+    attention (blue) and the FFN (pink), sized by their ALTI shares of the layer's output, and
+    joins again; layer 0's attention is fed by the source tokens it read. Every block has an
+    input, so plotly lays the columns out by layer. Below, one marker per layer (`customdata` =
+    the layer) to click; `layer` is drawn darker."""
     n_layers = len(view.layers)
     pitch = 0.86 / n_layers
     labels, xs, ys, colors, hovers = [], [], [], [], []
@@ -198,17 +193,22 @@ def overview_figure(view: Overview, layer: int | None = None) -> go.Figure:
     state = None
     for anatomy in view.layers:
         l = anatomy.layer
-        chosen = l == layer
-        attention = node("", 0.06 + l * pitch + 0.45 * pitch, 0.12, _COLORS["attention"], f"attention of layer {l}")
-        ffn = node("", 0.06 + l * pitch + 0.45 * pitch, 0.88, _COLORS["ffn"], f"FFN of layer {l}")
-        out = node(f"L{l}", 0.06 + (l + 1) * pitch, 0.5, "#222222" if chosen else "#79706e", f"output of layer {l}")
-        links.append((attention, out, anatomy.attention or 0.0, _COLORS["attention"], f"attention → layer {l}"))
-        links.append((ffn, out, anatomy.ffn or 0.0, _COLORS["ffn"], f"FFN → layer {l}"))
-        carried = source_nodes[view.position] if state is None else state
-        links.append((carried, out, anatomy.residual or 0.0, _COLORS["residual"], f"residual → layer {l}"))
-        if state is None:
-            for j, label, share in sources:
-                links.append((source_nodes[j], attention, share, _COLORS["attention"], f"{label} → attention of layer 0"))
+        block_x = 0.06 + (l + 0.5) * pitch
+        attention = node("", block_x, 0.12, _COLORS["attention"], f"attention of layer {l}")
+        ffn = node("", block_x, 0.88, _COLORS["ffn"], f"FFN of layer {l}")
+        label = f"L{l}" if n_layers <= 12 else ""  # the markers below name them when there are many
+        out = node(label, 0.06 + (l + 1) * pitch, 0.5, "#222222" if l == layer else "#79706e", f"output of layer {l}")
+        shares = {"attention": anatomy.attention or 0.0, "ffn": anatomy.ffn or 0.0, "residual": anatomy.residual or 0.0}
+        stream = source_nodes[view.position] if state is None else state  # the token's stream entering the layer
+        if state is None:  # layer 0's attention reads the tokens themselves
+            for j, name, share in sources:
+                links.append((source_nodes[j], attention, share, _COLORS["attention"], f"{name} → attention of layer 0"))
+        else:
+            links.append((stream, attention, shares["attention"], _COLORS["attention"], f"into attention of layer {l}"))
+        links.append((stream, ffn, shares["ffn"], _COLORS["ffn"], f"into the FFN of layer {l}"))
+        links.append((stream, out, shares["residual"], _COLORS["residual"], f"residual carried through layer {l}"))
+        links.append((attention, out, shares["attention"], _COLORS["attention"], f"attention of layer {l} → its output"))
+        links.append((ffn, out, shares["ffn"], _COLORS["ffn"], f"FFN of layer {l} → its output"))
         state = out
     prediction = node(f"{display_token(view.prediction)} {view.probability:.0%}", 0.999, 0.5, "#e45756",
                       f"prediction {display_token(view.prediction)!r}: p = {view.probability:.1%}")  # fmt: skip

@@ -55,6 +55,10 @@ and every page's settings are kept when you move between them.
 * **Playground**: the next-token distribution through temperature, top-k and top-p, one stage
   at a time; step or generate, and open any generated token's route; the *anatomy* of one
   prediction layer by layer.
+* **Inside**: the chosen token's prediction walked through the model stage by stage with its real
+  numbers: embedding, the norms, queries, keys and values, rotary, attention step by step for one
+  head, the MLP, the residual additions, the logits and the sampling; a flow of the whole model
+  on top, and a guided tour (*Previous* / *Next*) through the stages.
 * **Dataset**: route statistics over many prompts (computed with `llm-flow dataset`): which heads
   and FFN blocks are on routes in general, and how two sets of prompts differ.
 * In the Explorer, **Check this route** re-runs the model with only the route, or without it,

@@ -14,6 +14,7 @@ see `llm_flow.views.inside`. The sampling settings are the Playground's.
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import streamlit as st
@@ -88,7 +89,7 @@ def _fit_stage(walk: Walkthrough) -> None:
     if state.step > len(walk.stages):
         state.step = 0
     if state.stage is not None and state.stage not in walk.keys:
-        st.warning(f"{walk.model} has no stage {state.stage!r}; showing the overview.")
+        st.warning(plain(f"{walk.model} has no stage {state.stage!r}; showing the overview."))
         state.stage = None
 
 
@@ -108,10 +109,20 @@ def _caption(run: Run, walk: Walkthrough, flow: Overview) -> None:
     span = walk.window
     shown = f" Matrices show tokens {span.start}–{span.stop - 1} of {run.n_tokens}." if len(span) < run.n_tokens else ""
     st.caption(
-        f"{walk.model} ({walk.architecture}) at token {walk.position} {display_token(walk.token)!r}: the model "
-        f"predicts {display_token(flow.prediction)!r} ({flow.probability:.1%}). Every number below is the model's own; "
-        f"hover a cell for its value.{shown} Sampling: {walk.settings.describe()} (set on the Playground)."
+        plain(f"{walk.model} ({walk.architecture}) at token {walk.position} {display_token(walk.token)!r}: the model "
+              f"predicts {display_token(flow.prediction)!r} ({flow.probability:.1%}). ")
+        + f"Every number below is the model's own; hover a cell for its value.{shown} Sampling: "
+        f"{walk.settings.describe()} (set on the Playground)."
     )
+
+
+def plain(text: str) -> str:
+    """Text with tokens in it, shown as it is: Streamlit reads markdown and $…$ as LaTeX, and a
+    token may be "*", "_", "$" or "<b>"."""
+    return _MARKDOWN.sub(r"\\\g<0>", text)
+
+
+_MARKDOWN = re.compile(r"[\\`*_{}\[\]()#+\-.!|$<>~]")
 
 
 # --- the guided tour ----------------------------------------------------------------------------
@@ -130,8 +141,8 @@ def _tour(walk: Walkthrough) -> None:
             )
         else:
             stage = walk.stages[state.step - 1]
-            text.markdown(f"**Guided tour · {state.step} of {steps}: {stage.title}.** {stage.sentence}  \n"
-                          f"*What to notice:* {stage.notice}")  # fmt: skip
+            text.markdown(f"**Guided tour · {state.step} of {steps}: {plain(stage.title)}.** {plain(stage.sentence)}  \n"
+                          f"*What to notice:* {plain(stage.notice)}")  # fmt: skip
         keys = walk.keys
         back.button("Previous", key="inside_previous_button", icon=":material/arrow_back:", width="stretch",
                     disabled=state.step == 0, on_click=_go, args=(-1, keys))  # fmt: skip
@@ -187,7 +198,7 @@ def _stage(walk: Walkthrough, stage: Stage) -> None:
     expanded = get_state().inside.stage == stage.key
     with st.container(border=True):
         text, button = st.columns([8, 1], vertical_alignment="center")
-        text.markdown(f"**{stage.title}** · {stage.sentence}")
+        text.markdown(f"**{plain(stage.title)}** · {plain(stage.sentence)}")
         button.button(
             "Collapse" if expanded else "Expand", key=f"inside_{stage.key}_button", width="stretch",
             icon=":material/unfold_less:" if expanded else ":material/unfold_more:",
@@ -197,7 +208,7 @@ def _stage(walk: Walkthrough, stage: Stage) -> None:
         if not expanded:
             return
         st.latex(stage.formula)
-        st.caption(f"What to notice: {stage.notice}")
+        st.caption(f"What to notice: {plain(stage.notice)}")
         detail = stage_sampling_figure(walk) if stage.key == "sampling" else detail_figure(stage)
         if detail is not None:
             st.plotly_chart(detail, key=f"inside_{stage.key}_detail", width="stretch", config=_CHART_CONFIG)
