@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from llm_flow.validation import INSIDE_WINDOW
-from llm_flow.errors import UnsupportedModelError
+from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.run import Run
 from llm_flow.views import block_pass
 from llm_flow.views.attention import TokenWindow, check_head, check_layer, token_window
@@ -103,7 +103,7 @@ class Walkthrough:
         for stage in self.stages:
             if stage.key == key:
                 return stage
-        raise KeyError(key)
+        raise ArgumentError(f"this model has no stage {key!r} (its stages: {', '.join(self.keys)})")
 
     def decode(self, ids: list[int]) -> list[str]:
         """Labels of vocabulary ids the walk-through names (for the sampling figure)."""
