@@ -50,7 +50,7 @@ def test_a_pair_file_reports_mean_spread_and_pooled_curves(tiny_config, tmp_path
     assert cli(tiny_config, "--pairs", str(pairs), "--scorer", "eap,random", "--ablation", "zero", "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "2 of 3 evaluated" in printed and "skipped c: the answer ' Mary' is 2 tokens" in printed
-    assert "pooled CPR" in printed
+    assert "pooled CPR" in printed and "nan" not in printed
     table = pd.read_csv(out)
     assert set(table["pair"]) == {"a", "b"} and len(table) == 2 * 2 * 10
     assert table.loc[table["pair"] == "a", "task"].eq("names").all() and table["ablation"].eq("zero").all()

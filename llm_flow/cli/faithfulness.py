@@ -176,8 +176,7 @@ def _many(model, args: argparse.Namespace, pairs, scorers) -> int:
     summary = result.summary()
     print("\nPer pair (mean ± standard deviation), and the pooled curve (f from the set's mean metrics, as MIB):")
     print(f"  {'scorer':<24} {'CPR':>13} {'CMD':>13} {'f at 1%':>8} {'f at 5%':>8} {'pooled CPR':>11} {'pooled CMD':>11}")
-    for row in summary.itertuples(index=False):
-        row = row._asdict()
+    for row in summary.to_dict("records"):
         print(f"  {row['scorer']:<24} {row['cpr_mean']:>6.3f} ± {row['cpr_sd']:<4.2f} {row['cmd_mean']:>6.3f} ± "
               f"{row['cmd_sd']:<4.2f} {row.get('f_1%', float('nan')):>8.3f} {row.get('f_5%', float('nan')):>8.3f} "
               f"{row['cpr_pooled']:>11.3f} {row['cmd_pooled']:>11.3f}")  # fmt: skip

@@ -78,8 +78,8 @@ class Problem:
     contrast: Contrast
     edges: Edges
     values: PartValues
-    _memo: dict[bytes, float] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _memo: dict[bytes, float] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def model(self):

@@ -42,17 +42,10 @@ class Scorer(ABC):
     name: ClassVar[str]
     label: ClassVar[str]
     summary: ClassVar[str]
-    #: True when scores can be negative: the CPR circuit (top-k by score) and the CMD circuit
-    #: (top-k by |score|) then differ.
-    signed: ClassVar[bool] = False
 
     @abstractmethod
     def scores(self, problem: Problem) -> torch.Tensor:
         """One score per unit of `problem.edges`: float [n]."""
-
-    def passes(self) -> int:
-        """Forward passes the scores cost (a backward pass counted as two)."""
-        return 0
 
     @property
     def key(self) -> str:
@@ -123,13 +116,9 @@ class Eap(Scorer):
     name: ClassVar[str] = "eap"
     label: ClassVar[str] = "EAP"
     summary: ClassVar[str] = "Edge attribution patching: first-order effect of ablating each edge (one gradient pass)."
-    signed: ClassVar[bool] = True
 
     def scores(self, problem: Problem) -> torch.Tensor:
         return edge_effects(problem, node_gradients(problem)).neg()
-
-    def passes(self) -> int:
-        return 3
 
 
 @dataclass(frozen=True)
@@ -141,7 +130,6 @@ class EapIg(Scorer):
     summary: ClassVar[str] = (
         "EAP with the gradient averaged between the ablated and the clean input (steps gradient passes)."
     )
-    signed: ClassVar[bool] = True
 
     steps: int = 5
 
@@ -150,9 +138,6 @@ class EapIg(Scorer):
 
     def scores(self, problem: Problem) -> torch.Tensor:
         return edge_effects(problem, node_gradients(problem, self.steps)).neg()
-
-    def passes(self) -> int:
-        return 3 * self.steps
 
 
 @dataclass(frozen=True)

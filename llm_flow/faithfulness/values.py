@@ -56,10 +56,12 @@ class RunValues:
 
     def _attention(self, layer: int):
         if layer not in self._layers:
-            self._layers[layer] = self._dense(layer)
+            self._layers[layer] = self.attention_tensors(layer)
         return self._layers[layer]
 
-    def _dense(self, layer: int):
+    def attention_tensors(self, layer: int):
+        """(pattern [H, T, T], values [T, H, d_head] per query head, W_O [H, d_head, d], post-norm
+        gain [T, d] or None) as float32."""
         acts, n = self.run.layer(layer), self.n_tokens
         pattern = acts.pattern.block(0, n).permute(1, 0, 2).float()  # [H, T, T]
         n_heads = pattern.shape[0]
@@ -85,12 +87,39 @@ class MeanValues:
                 f"the longest reference has {plural(longest, 'token')}: use longer reference prompts"
             )
         self.counts = counts[:, None]
+        self._mixed: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     def attention(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
-        return self._mean(lambda s, n: s.attention(layer, mask[:n, :n]), columns=None)
+        mixed = self._mixed_mean(layer)
+        if mixed is None:
+            return self._mean(lambda s, n: s.attention(layer, mask[:n, :n]), columns=None)
+        means, w_o = mixed
+        return torch.einsum("ihk,hkd->id", torch.einsum("ij,ijhk->ihk", mask.to(means.dtype), means), w_o)
 
     def attention_dot(self, layer: int, grad: torch.Tensor) -> torch.Tensor:
-        return self._mean(lambda s, n: s.attention_dot(layer, grad[:n]), columns=self.n_tokens)
+        mixed = self._mixed_mean(layer)
+        if mixed is None:
+            return self._mean(lambda s, n: s.attention_dot(layer, grad[:n]), columns=self.n_tokens)
+        means, w_o = mixed
+        return torch.einsum("ijhk,ihk->ij", means, torch.einsum("hkd,id->ihk", w_o, grad))
+
+    def _mixed_mean(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The references' mean of ``A[h, i, j] v[j, h]`` [T, T, H, d_head] and W_O, made once per
+        layer so that a pass does not go over every reference again. None under post-norms: each
+        reference's row gain multiplies after W_O and does not factor out."""
+        if layer not in self._mixed:
+            total, w_o = None, None
+            for source in self.sources:
+                pattern, values, w_o, gain = source.attention_tensors(layer)
+                if gain is not None:
+                    self._mixed[layer] = None
+                    return None
+                if total is None:
+                    total = values.new_zeros(self.n_tokens, self.n_tokens, *values.shape[1:])
+                n = source.n_tokens
+                total[:n, :n] += torch.einsum("hij,jhk->ijhk", pattern, values)
+            self._mixed[layer] = (total / self.counts[:, :, None, None], w_o)
+        return self._mixed[layer]
 
     def state(self, layer: int, name: str) -> torch.Tensor:
         return self._mean(lambda s, n: s.state(layer, name), columns=None)
