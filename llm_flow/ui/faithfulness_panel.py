@@ -152,7 +152,10 @@ def _controls(run: Run, state: FaithState, answer: str, foil: str) -> None:
                         help="Smallest route with f at least this.")  # fmt: skip
     row[3].multiselect("Budget curves of", list(SCORER_NAMES), format_func=_LABELS.get,
                        **bind("faith.scorers", to_widget=_scorer_list, from_widget=",".join))  # fmt: skip
-    st.button("Measure", key="faith_measure_button", type="primary", icon=":material/play_arrow:", on_click=_ask)
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    left.button("Measure", key="faith_measure_button", type="primary", icon=":material/play_arrow:", on_click=_ask)
+    right.toggle("Compare with the counterfactual's route", disabled=state.ablation != "patching", **bind("faith.compare"),
+                 help="The counterfactual prompt's own route at this token and threshold, beside this one.")  # fmt: skip
 
 
 def _scorer_list(text: str) -> list[str]:
@@ -182,7 +185,7 @@ def _measure(run: Run, graph: nx.DiGraph, key: FaithOf) -> Measurement | None:
     try:
         spec = AblationSpec(key.ablation, counterfactual=key.counterfactual or None)
         scorers = [get_scorer(name) for name in key.scorers]
-        passes = 3 + sum(2 * 10 + scorer.passes() for scorer in scorers) + 24
+        passes = 3 + len(scorers) * (1 + 2 * 10) + 24  # f of the route; per scorer its scores and curve; the search
         result = cancellable(lambda progress: _compute(run, graph, key, spec, scorers, progress, passes),
                              "Measuring faithfulness", key="faith", on_cancel=_cancel)  # fmt: skip
     except LlmFlowError as exc:
@@ -206,7 +209,7 @@ def _compute(run: Run, graph: nx.DiGraph, key: FaithOf, spec, scorers, progress,
     curves, scores = {}, {}
     for scorer in scorers:
         scores[scorer.key] = scorer.scores(problem)
-        step(scorer.passes())
+        step()
         curves[scorer.key] = budget_curve(problem, scorer, scores=scores[scorer.key],
                                           progress=lambda d, t: progress(min(done[0] + d, passes), passes))  # fmt: skip
         step(2 * 10)
@@ -251,7 +254,6 @@ def _show(run: Run, graph: nx.DiGraph, measurement: Measurement, state: FaithSta
             st.markdown(f"{text}: the route on screen.")
         else:
             st.markdown(f"{text}; its threshold {smallest.threshold:.2g} is outside what the app offers (0.001–0.5).")
-    st.toggle("Compare with the counterfactual", disabled=state.ablation != "patching", **bind("faith.compare"))
 
 
 def curves_figure(curves: dict) -> go.Figure:
