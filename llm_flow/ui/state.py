@@ -251,7 +251,11 @@ def bind(path: str, *, to_widget: Callable[[Any], Any] | None = None, from_widge
     owner, name = resolve(get_state(), path)
     key = widget_key(path)
     value = getattr(owner, name)
-    st.session_state[key] = to_widget(value) if to_widget else value
+    value = to_widget(value) if to_widget else value
+    # Only a value the widget does not hold is written: a write is sent to the browser and
+    # replaces what the user may be changing right now (a slider moved key by key).
+    if key not in st.session_state or st.session_state[key] != value:
+        st.session_state[key] = value
 
     def changed() -> None:
         target, attribute = resolve(get_state(), path)
