@@ -70,7 +70,9 @@ def route_check_panel(graph: nx.DiGraph) -> None:
         state.pending = None
     state.shown = settings in state.asked
     previous = _previous_check(run, state, route) if not state.shown else None
-    with st.expander("Check this route on the model", icon=":material/science:", expanded=state.shown or bool(previous)):
+    # open while this session works on this route's checks (a new draw count must not fold it away)
+    opened = state.shown or previous is not None or any(asked[:3] == route for asked in state.asked)
+    with st.expander("Check this route on the model", icon=":material/science:", expanded=opened):
         st.caption(
             "Re-runs the model keeping only the route's parts at the nodes it reaches (*route only*), and "
             "without the route's attention and FFN parts (*route removed*), against the same number of "
