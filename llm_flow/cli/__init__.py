@@ -13,7 +13,7 @@ import sys
 from llm_flow.errors import LlmFlowError
 
 #: Subcommand modules under ``llm_flow.cli``, in the order ``--help`` lists them.
-COMMANDS = ("routes", "attention", "attribute", "faithfulness", "generate", "inside", "dataset", "models")
+COMMANDS = ("routes", "attention", "attribute", "faithfulness", "generate", "inside", "dataset", "models", "limits")
 
 
 def main(argv: list[str] | None = None) -> int:

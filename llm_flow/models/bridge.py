@@ -36,9 +36,12 @@ class BridgeLlm(TransparentLlm):
         max_prompt_tokens: int | None = None,
         max_run_bytes: int | None = None,
         no_lm_head: bool = False,
+        n_params: int | None = None,
     ) -> None:
         """`no_lm_head`: the checkpoint had no (masked-)LM head (a sentence encoder); predictions
-        then use the input embeddings, never the randomly initialised head."""
+        then use the input embeddings, never the randomly initialised head. `n_params`: the
+        checkpoint's parameter count, taken before the bridge adds split copies of fused
+        weights (GPT-2's and GPT-NeoX's qkv) to the wrapped model."""
         self._bridge = bridge.eval()
         self._tokenizer = tokenizer
         self._prepend_bos = prepend_bos
@@ -69,7 +72,7 @@ class BridgeLlm(TransparentLlm):
             d_head=cfg.d_head,
             d_mlp=self._moe[0].n_active if 0 in self._moe else int(self.neuron_output_weight(0).shape[0]),
             vocab_size=cfg.d_vocab,
-            n_params=sum(p.numel() for p in bridge.original_model.parameters()),
+            n_params=n_params if n_params is not None else sum(p.numel() for p in bridge.original_model.parameters()),
             n_ctx=cfg.n_ctx,
             parallel_blocks=self._parallel,
             device=str(first_param.device),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from llm_flow.errors import ModelLoadError, ModelNotFoundError
 from llm_flow.models.cache import building, cache_dir
@@ -33,19 +33,8 @@ def converted_folder(gguf_path: Path, progress: Progress | None = None) -> Path:
 
     While converting, `progress` hears every second which step is running.
     """
-    gguf_path = gguf_path.expanduser().resolve()
-    if gguf_path.is_dir():
-        raise ModelNotFoundError(f"{gguf_path} is a folder, not a GGUF file")
-    if not gguf_path.is_file():
-        raise ModelNotFoundError(f"GGUF file not found: {gguf_path}")
-    if not is_gguf(gguf_path):
-        raise ModelLoadError(
-            f"{gguf_path} is not a GGUF file: it is {describe_file(gguf_path)} and does not start "
-            "with the GGUF signature. Give a .gguf model file (as llama.cpp writes them)"
-        )
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "converted" / f"{gguf_path.stem}-{key}"
+    gguf_path = _checked(gguf_path)
+    folder = _cached_folder(gguf_path)
     if (folder / "config.json").is_file():
         return folder
     step = [0]  # index into STEPS of the running step, advanced by the worker
@@ -65,6 +54,41 @@ def converted_folder(gguf_path: Path, progress: Progress | None = None) -> Path:
 
     run_reporting(convert, describe, progress)
     return folder
+
+
+def gguf_config(gguf_path: Path) -> PretrainedConfig:
+    """The model config a GGUF file describes, read from its metadata (or from its converted
+    folder when there is one) without dequantising any weight."""
+    gguf_path = _checked(gguf_path)
+    folder = _cached_folder(gguf_path)
+    if (folder / "config.json").is_file():
+        return AutoConfig.from_pretrained(folder)
+    try:
+        return AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except Exception as exc:  # transformers raises many types for unreadable GGUF files
+        raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+
+
+def _checked(gguf_path: Path) -> Path:
+    """The file's resolved path, or an error saying what it is instead of a GGUF file."""
+    gguf_path = gguf_path.expanduser().resolve()
+    if gguf_path.is_dir():
+        raise ModelNotFoundError(f"{gguf_path} is a folder, not a GGUF file")
+    if not gguf_path.is_file():
+        raise ModelNotFoundError(f"GGUF file not found: {gguf_path}")
+    if not is_gguf(gguf_path):
+        raise ModelLoadError(
+            f"{gguf_path} is not a GGUF file: it is {describe_file(gguf_path)} and does not start "
+            "with the GGUF signature. Give a .gguf model file (as llama.cpp writes them)"
+        )
+    return gguf_path
+
+
+def _cached_folder(gguf_path: Path) -> Path:
+    """Where this file's conversion lives: keyed by path, size and modification time."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "converted" / f"{gguf_path.stem}-{key}"
 
 
 def _convert(gguf_path: Path, out: Path, reached: Callable[[int], None]) -> None:

