@@ -40,6 +40,8 @@ class ModelEntry(_Strict):
     prepend_bos: bool | Literal["auto"] = "auto"
     trust_remote_code: bool = False
     chat_template: bool = False
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, int | str] | None = None
+    max_memory: dict[str, str | int] | None = None
 
     @field_validator("prepend_bos", mode="before")
     @classmethod

@@ -86,8 +86,9 @@ def load_model(
         resolved: str | PackagedFile = config.resolve_source(entry)
         prepend_bos = _entry_bos(entry) if prepend_bos is None else prepend_bos
         trust_remote_code = entry.trust_remote_code
+        placement = {k: v for k, v in (("device_map", entry.device_map), ("max_memory", entry.max_memory)) if v}
     else:
-        resolved, trust_remote_code = name, False
+        resolved, trust_remote_code, placement = name, False, {}
     if max_prompt_tokens is None and config is not None:
         max_prompt_tokens = config.max_prompt_tokens
     if max_run_bytes is None and config is not None:
@@ -96,7 +97,7 @@ def load_model(
     folder_or_id = _local_or_hub(resolved, source, progress)
     if progress:
         progress(f"Loading {name}…")
-    hf_model, hf_tokenizer, has_head = _from_pretrained(folder_or_id, source, dtype, trust_remote_code)
+    hf_model, hf_tokenizer, has_head = _from_pretrained(folder_or_id, source, dtype, trust_remote_code, placement)
     return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
 
 
@@ -192,13 +193,15 @@ def _located(resolved: str | PackagedFile, source: _Source, progress: Progress |
 
 
 def _from_pretrained(
-    folder_or_id: str, source: _Source, dtype: torch.dtype, trust_remote_code: bool
+    folder_or_id: str, source: _Source, dtype: torch.dtype, trust_remote_code: bool, placement: dict
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     is_local = Path(folder_or_id).is_dir()
     offline = None if is_local else hub_offline_reason()
     try:
         with nullcontext() if is_local else quiet_hub_logs():
-            return _hf_load(folder_or_id, source.name, dtype, trust_remote_code, local_files_only=offline is not None)
+            return _hf_load(
+                folder_or_id, source.name, dtype, trust_remote_code, placement, local_files_only=offline is not None
+            )
     except OSError as exc:
         if is_local:
             raise ModelLoadError(f"cannot load the model folder {folder_or_id}: {_first_line(exc)}") from exc
@@ -208,11 +211,12 @@ def _from_pretrained(
 
 
 def _hf_load(
-    folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, local_files_only: bool
+    folder_or_id: str, name: str, dtype: torch.dtype, trust_remote_code: bool, placement: dict, local_files_only: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     """The model, its tokenizer and whether its prediction head is the checkpoint's own (an
     encoder saved without one has none). The architecture is checked from the config before any
-    weight is read."""
+    weight is read. `placement`: the config entry's ``device_map`` and ``max_memory``, for a
+    model split over several GPUs by accelerate."""
     hf_config = AutoConfig.from_pretrained(
         folder_or_id, trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
@@ -223,6 +227,7 @@ def _hf_load(
     options = dict(
         dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, local_files_only=local_files_only
     )
+    options.update(placement)
     if is_encoder(hf_config):
         model, has_head = load_masked_lm(folder_or_id, **options)
         return model, tokenizer, has_head
@@ -262,6 +267,7 @@ def _wrap(
     max_run_bytes: int | None,
     has_head: bool = True,
 ) -> TransparentLlm:
+    _check_placement(hf_model, name)
     # The bridge reloads a tokenizer from its name unless told it already adds BOS; llm-flow
     # tokenises by itself, so hand the bridge a copy marked as such and keep the original.
     bridge_tokenizer = copy.deepcopy(tokenizer)
@@ -274,10 +280,12 @@ def _wrap(
     architecture = type(hf_model).__name__
     hf_model.config.architectures = [architecture]  # the bridge picks its adapter by this name
     n_params = sum(p.numel() for p in hf_model.parameters())  # before the bridge adds split copies
+    split = len(set(getattr(hf_model, "hf_device_map", {}).values())) > 1
     try:
         bridge = TransformerBridge.boot_transformers(
-            bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer, device=device, dtype=dtype
-        )
+            bridge_name, hf_model=hf_model.eval().requires_grad_(False), tokenizer=bridge_tokenizer,
+            device=None if split else device, dtype=dtype,
+        )  # fmt: skip
     except Exception as exc:  # the bridge raises many types for architectures it cannot wrap
         if "Could not determine supported architecture" in str(exc):
             raise UnsupportedModelError(
@@ -298,6 +306,25 @@ def _wrap(
             f"({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     return model
+
+
+def _check_placement(hf_model: PreTrainedModel, name: str) -> None:
+    """A model split by accelerate must keep every weight in memory on some GPU or the CPU.
+
+    llm-flow reads weights directly (W_O, W_out, the unembedding) outside the modules' own
+    forward calls, where accelerate's offload hooks would have brought them in; offloaded
+    weights are meta placeholders there, and every number would be wrong or fail.
+    """
+    placed = set(map(str, getattr(hf_model, "hf_device_map", {}).values()))
+    to_disk = bool(placed & {"disk", "meta"})
+    if to_disk or ("cpu" in placed and len(placed) > 1):
+        where = "to disk" if to_disk else "to the CPU beside GPUs"
+        raise UnsupportedModelError(
+            f"{name}: its device_map offloads weights {where} (placement: {sorted(placed)}). llm-flow "
+            "reads weights directly, outside the forward pass that would bring offloaded ones in, so it "
+            "needs every weight in memory: raise max_memory, split the model over GPUs only, or use "
+            "a smaller model or bfloat16"
+        )
 
 
 def _check_device(device: str | torch.device, dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
