@@ -206,3 +206,32 @@ def test_export_buttons_give_files_that_open(server, browser, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24])[0] >= 1000, "PNG at the figure's width or more"
     page.close()
+
+
+LONG_TEXT = "The quick brown fox jumps over the lazy dog while the river runs past old mills and green fields. "
+
+
+def test_a_long_analysis_leaves_the_app_usable_and_can_be_cancelled(server, browser):
+    """A ~900-token forward pass (issue 21, item 5): its progress names the layer, another page
+    can be read while it runs and the Explorer keeps the previous analysis; coming back finds it
+    done. A second one cancelled leaves the previous analysis on screen, with the reason."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = open_app(browser, server)
+    page.get_by_role("textbox", name="New prompt").fill(LONG_TEXT * 45)
+    page.get_by_role("button", name="Analyse new prompt").click()
+    page.get_by_text(re.compile(r"Forward pass over 901 tokens: layer \d+ of 30")).first.wait_for(timeout=180_000)
+    page.get_by_role("link", name="Guide", exact=True).first.click()
+    page.get_by_text("How to read llm-flow").first.wait_for(timeout=30_000)  # while the pass goes on
+    page.screenshot(path=str(SHOTS / "long_01_guide_while_analysing.png"), timeout=SHOT_TIMEOUT)
+    page.get_by_role("link", name="Explorer", exact=True).first.click()
+    page.get_by_text(re.compile(r"for token 900 ")).first.wait_for(timeout=300_000)
+    assert "Traceback" not in page.content()
+
+    page.get_by_role("textbox", name="New prompt").fill(LONG_TEXT * 44)
+    page.get_by_role("button", name="Analyse new prompt").click()
+    page.get_by_text(re.compile(r"Forward pass over 881 tokens")).first.wait_for(timeout=180_000)
+    page.get_by_role("button", name="Cancel").first.click()
+    page.get_by_text("You cancelled the analysis. Still showing 'smollm2-135m' on the previous prompt.").wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"for token 900 ")).first.wait_for(timeout=60_000)  # the previous analysis
+    page.screenshot(path=str(SHOTS / "long_02_cancelled.png"), timeout=SHOT_TIMEOUT)
+    assert "Traceback" not in page.content()

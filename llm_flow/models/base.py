@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -105,6 +106,12 @@ class TransparentLlm(ABC):
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         """Wrap any hooked pass over `bridge`: drops the full attention patterns some modules keep
         after they return, which would otherwise pile up over the layers of a long prompt."""
+
+    @abstractmethod
+    def layer_progress(self, report: Callable[[int, int], None]) -> AbstractContextManager[None]:
+        """While inside, ``report(layers_done, n_layers)`` after each block of a pass made by the
+        calling thread (other threads' passes are not reported). An exception `report` raises
+        ends that pass: how a long forward pass is followed and cancelled."""
 
     @abstractmethod
     def generate_ids(

@@ -136,6 +136,24 @@ class BridgeLlm(TransparentLlm):
 
     # --- the forward pass ---------------------------------------------------------------------
 
+    @contextmanager
+    def layer_progress(self, report: Callable[[int, int], None]) -> Iterator[None]:
+        caller = threading.get_ident()
+
+        def after_block(layer: int):
+            def hook(module, args, output) -> None:
+                if threading.get_ident() == caller:
+                    report(layer + 1, self.info.n_layers)
+
+            return hook
+
+        handles = [block.register_forward_hook(after_block(layer)) for layer, block in enumerate(self._bridge.blocks)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def run(self, prompt: str) -> Run:
         return self._run(self._validated_ids(prompt), prompt)
 

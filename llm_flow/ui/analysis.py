@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
-from llm_flow.ui.resources import ModelKey, get_run
+from llm_flow.ui.jobs import Job, jobs
+from llm_flow.ui.resources import ModelKey, get_model, get_run
 from llm_flow.ui.state import get_state
 from llm_flow.views.predictions import default_target
 from llm_flow.wording import plural, sentence
@@ -30,18 +32,23 @@ class Request:
 
 
 def requested(config_path: str) -> Request:
-    """The pair the session currently asks for. A typed prompt is asked for by one run only."""
+    """The pair the session currently asks for. A typed prompt stays asked for until its
+    analysis is accepted or refused, or the user asks for something else: a page switch while
+    it runs must not drop it."""
     source = get_state().source
-    prompt, source.pending_prompt = source.pending_prompt or source.prompt_choice, None
+    if source.pending_prompt:
+        source.awaited_prompt, source.pending_prompt = source.pending_prompt, None
+    prompt = source.awaited_prompt or source.prompt_choice
     model = source.custom_model.strip() or source.model_choice
     return Request(ModelKey(model, source.device, source.dtype, config_path), prompt)
 
 
 def ask_again() -> None:
     """The user repeated a request on purpose: forget that it failed, so it runs (or fails) anew;
-    what an opening link could not honour has been read by now."""
+    what an opening link could not honour has been read by now. A new choice replaces a typed
+    prompt still being analysed."""
     source = get_state().source
-    source.failed, source.notices = None, ()
+    source.failed, source.notices, source.awaited_prompt = None, (), None
 
 
 def activate(request: Request, fallback: Request | None = None) -> Run | None:
@@ -52,6 +59,9 @@ def activate(request: Request, fallback: Request | None = None) -> Run | None:
     source = get_state().source
     active: Request | None = source.active
     if request != active and request != source.failed:
+        if active is not None and source.watched == request and jobs().running(request) is not None:
+            _follow(request, active)  # the session went on while it runs: don't hold the page
+            return get_run(active.model, active.prompt)
         run = _try(request, active)
         if run is not None:
             _accept(request, run)
@@ -69,17 +79,58 @@ def activate(request: Request, fallback: Request | None = None) -> Run | None:
 
 
 def _try(request: Request, active: Request | None) -> Run | None:
+    """Watch the request's job (started if none runs) until it ends, drawing its progress; a
+    click elsewhere stops this watch, not the job."""
+    asker = get_script_run_ctx().session_id
+    job = jobs().watch(request, asker, lambda job: _analyse(request, job))
+    get_state().source.watched = request
     box = st.empty()  # the progress box goes away whatever happens
     try:
-        with box.container(), st.status(f"Analysing with {request.model.source}…", expanded=True) as status:
-            latest = st.empty()  # progress arrives every second: show the latest message only
-            run = get_run(request.model, request.prompt, progress=latest.write)
+        with box.container(), st.status(f"Analysing with {request.model.source}…", expanded=True):
+            latest = st.empty()
+            _cancel_button(request, active, asker)
+            while not job.finished.wait(0.25):
+                latest.write(job.message)  # also where Streamlit answers a click made meanwhile
+        run = job.outcome()
     except LlmFlowError as exc:
         box.empty()
-        _refuse(request, active, str(exc))
+        if get_state().source.failed != request:  # a Cancel has already said why
+            _refuse(request, active, str(exc))
         return None
     box.empty()
     return run
+
+
+def _analyse(request: Request, job: Job) -> Run:
+    """The job's work: the model (loaded with its progress), then the forward pass, layer by layer."""
+    model = get_model(request.model, job.say)
+    label = f"Forward pass over {plural(len(model.encode(request.prompt)), 'token')}"
+    job.say(f"{label}…")
+    with model.layer_progress(lambda done, total: job.layer_done(done, total, label)):
+        return get_run(request.model, request.prompt)
+
+
+@st.fragment(run_every=0.5)
+def _follow(request: Request, active: Request) -> None:
+    """The progress of an analysis this session asked for and then moved on from (another page,
+    another click), above the page it is using meanwhile; the whole app reruns once it ends."""
+    job = jobs().running(request)
+    if job is None or job.finished.is_set():
+        st.rerun(scope="app")
+    with st.container(border=True):
+        st.caption(f"Analysing with {request.model.source} — the page shows the previous analysis until it is done.")
+        st.write(job.message)
+        _cancel_button(request, active, get_script_run_ctx().session_id)
+
+
+def _cancel_button(request: Request, active: Request | None, asker: str) -> None:
+    st.button("Cancel", key=f"analysis_cancel_{hash(request)}", on_click=_cancel, args=(request, active, asker),
+              icon=":material/cancel:", help="Stop this analysis at its next layer; what was on screen stays.")  # fmt: skip
+
+
+def _cancel(request: Request, active: Request | None, asker: str) -> None:
+    _refuse(request, active, "You cancelled the analysis.")
+    jobs().withdraw(request, asker)
 
 
 def _accept(request: Request, run: Run) -> None:
@@ -91,6 +142,7 @@ def _accept(request: Request, run: Run) -> None:
     if request.prompt not in source.prompts:
         source.prompts = (*source.prompts, request.prompt)
     source.prompt_choice = request.prompt
+    source.awaited_prompt = source.watched = None
     position, source.pending_position = source.pending_position, None
     if position is not None and not -run.n_tokens <= position < run.n_tokens:
         notice = f"Token {position} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
@@ -105,7 +157,7 @@ def _accept(request: Request, run: Run) -> None:
 def _refuse(request: Request, active: Request | None, message: str) -> None:
     """Show why, and put the choice widgets back on what is still displayed."""
     source = get_state().source
-    source.failed = request
+    source.failed, source.awaited_prompt, source.watched = request, None, None
     shown = f" Still showing {active.model.source!r} on the previous prompt." if active else ""
     source.error = f"{sentence(message)}{shown}"
     if active is None:

@@ -50,6 +50,8 @@ class SourceState:
     prompt_choice: str = ""
     new_prompt: str = ""  # the "New prompt" box
     pending_prompt: str | None = None  # a typed prompt waiting to be analysed (consumed by one run)
+    awaited_prompt: str | None = None  # that prompt while its analysis runs (kept across page switches)
+    watched: Any = None  # the Request whose analysis this session has watched run (see analysis)
     pending_position: int | None = None  # token to explain once the pending analysis is accepted
     pending_selected: str | None = None  # element to select then
     active: Any = None  # analysis.Request on screen
