@@ -20,6 +20,18 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
+def duration(seconds: float) -> str:
+    """``"about 40 s"``, ``"about 12 min"``, ``"about 3 h 10 min"``: a time estimate, rounded as
+    far as an estimate deserves."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"about {minutes} min"
+    hours, minutes = divmod(round(seconds / 600) * 10, 60)
+    return f"about {hours} h" + (f" {minutes} min" if minutes else "")
+
+
 def probability(p: float) -> str:
     """A probability as every page and command prints it: ``"77.25%"`` from 1 % up, three
     significant digits below (``"6.85e-09"``), ``"0"`` for zero. A fixed number of decimals would

@@ -128,6 +128,28 @@ def test_a_long_request_waits_for_compute_and_a_cheap_one_does_not(tiny_config, 
     assert "runs the model 30 times" in app.info[0].value  # (8 points + 2 for the delta) x 3 steps
 
 
+def test_a_request_past_an_hour_on_this_machine_is_refused_with_its_cost(tiny_config, monkeypatch):
+    """The cost is the method's token passes over the rate of this prompt's own forward pass;
+    past the page's limit (lowered here to a second: the tiny model stands for a slow machine)
+    there is no Compute button, and a method that reads the Run still works."""
+    from llm_flow.attribution.registry import get_method
+    from llm_flow.ui.resources import token_pass_rate
+    from llm_flow.wording import duration
+
+    monkeypatch.setattr(attribution_page, "REFUSE_ABOVE_SECONDS", 1e-9)
+    app = goto(start(tiny_config, monkeypatch), "attribution")
+    run = active_run(app)
+    rate = token_pass_rate(state(app).source.active.model)
+    assert rate is not None and rate > 0
+    method = get_method("integrated_gradients")
+    expected = duration(method.work(prepare(run.model, run.prompt, generate=3)) / rate)
+    [refusal] = [e.value for e in app.error]
+    assert f": {expected} on this machine" in refusal and "llm-flow attribute" in refusal
+    assert "Compute" not in [b.label for b in app.button] and not app.exception
+    app.segmented_control(key=widget_key("attribution.method")).set_value("alti_rollout").run()
+    assert not app.error and shown_result(app).method == "alti_rollout"
+
+
 def test_every_export_has_its_own_file_name(tiny_config, monkeypatch):
     seen = record_downloads(monkeypatch)
     app = goto(start(tiny_config, monkeypatch), "attribution")

@@ -45,3 +45,14 @@ def test_shortened_keeps_start_and_end_within_the_limit():
 def test_step_progress_says_no_time_before_the_first_step_or_after_the_last():
     assert step_progress("Saliency", 0, 5, 3.0) == "Saliency: step 0 of 5"
     assert step_progress("Saliency", 5, 5, 50.0) == "Saliency: step 5 of 5"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0.2, "about 1 s"), (40.4, "about 40 s"), (89, "about 89 s"), (95, "about 2 min"), (720, "about 12 min"),
+     (5340, "about 89 min"), (5400, "about 1 h 30 min"), (11_400, "about 3 h 10 min"), (7_200, "about 2 h")],
+)
+def test_a_duration_is_rounded_as_an_estimate_deserves(seconds, said):
+    from llm_flow.wording import duration
+
+    assert duration(seconds) == said

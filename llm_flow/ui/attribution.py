@@ -28,16 +28,19 @@ from llm_flow.figures.attribution import attribution_heatmap, standalone_html, s
 from llm_flow.models.base import TransparentLlm
 from llm_flow.ui import frame
 from llm_flow.ui.long_work import cancellable
+from llm_flow.ui.resources import token_pass_rate
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.views.tokens import display_token
-from llm_flow.wording import sentence, shortened
+from llm_flow.wording import duration, sentence, shortened
 
 _KEPT = 12  # sequences and results a session keeps (switching back to a method is instant)
 #: Above this many token passes (`Method.work`) the page asks before computing: ~2 min on the
 #: 2-core development machine under load (benchmarks.attribution), seconds on a GPU.
 ASK_ABOVE_TOKEN_PASSES = 30_000
+#: Past this estimate the page refuses (the CLI and the library have no such limit).
+REFUSE_ABOVE_SECONDS = 3600
 CACHE = "attribution_cache"  # recent sequences and results of this session
 CHART = "attribution_heatmap_chart"  # the plotly chart's selection state (Streamlit's own)
 
@@ -198,22 +201,35 @@ def _cached(key: tuple, compute):
 
 def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
     """Start at once unless the request would take minutes: then say what it costs and wait
-    for *Compute* (a page that computes on every change must not freeze on a long prompt)."""
+    for *Compute* (a page that computes on every change must not freeze on a long prompt); past
+    an hour on this machine, refuse and say what would be quicker."""
     state = get_state().attribution
+    work = method.work(sequence)
+    rate = token_pass_rate(get_state().source.active.model)
+    seconds = None if rate is None else work / rate
+    passes = f"runs the model {method.passes(sequence):,} times over up to {len(sequence.ids) - 1:,} tokens" + (
+        " with a backward pass each" if method.uses_gradients else ""
+    )
+    quicker = (
+        "Saliency, Attention and ALTI rollout are much quicker; fewer integration points or samples, a wider "
+        "occlusion window or fewer generated tokens make this one quicker"
+    )
+    if seconds is not None and seconds > REFUSE_ABOVE_SECONDS:
+        st.error(
+            f"{method.label} here {passes}: {duration(seconds)} on this machine (timed from this prompt's "
+            f"forward pass), over the hour this page allows. {quicker}; `llm-flow attribute` runs it without "
+            "a limit."
+        )
+        return False
     if state.confirmed == request:
         return True
     if state.cancelled == request:
         st.info(f"{method.label} was cancelled. Press *Compute* to start it again, or change a setting.")
-    elif method.work(sequence) <= ASK_ABOVE_TOKEN_PASSES:
+    elif work <= ASK_ABOVE_TOKEN_PASSES:
         return True
     else:
-        passes = method.passes(sequence)
-        with_gradients = " with a backward pass each" if method.uses_gradients else ""
-        st.info(
-            f"{method.label} here runs the model {passes:,} times over up to {len(sequence.ids) - 1:,} tokens"
-            f"{with_gradients}: minutes on a CPU. Saliency, Attention and ALTI rollout are much quicker; fewer "
-            "integration points or samples, a wider occlusion window or fewer generated tokens make this one quicker."
-        )  # fmt: skip
+        cost = "minutes on a CPU" if seconds is None else f"{duration(seconds)} on this machine"
+        st.info(f"{method.label} here {passes}: {cost}. {quicker}.")
     if st.button("Compute", key="attribution_compute_button", type="primary"):
         state.confirmed, state.cancelled = request, None
         return True

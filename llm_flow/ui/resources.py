@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -168,10 +169,29 @@ def get_model(key: ModelKey, progress: Progress | None = None, config: Config | 
 
 
 def get_run(key: ModelKey, prompt: str, progress: Progress | None = None) -> Run:
-    """The shared run of `prompt` on the model of `key`, computed on first use."""
+    """The shared run of `prompt` on the model of `key`, computed on first use (and timed: see
+    `token_pass_rate`)."""
     config = load_config(key.config_path)
     model = get_model(key, progress, config)
-    return _runs().get((key, prompt), lambda: model.run(prompt), config.run_cache_bytes)
+
+    def timed() -> Run:
+        started = time.perf_counter()
+        run = model.run(prompt)
+        _rates()[key] = run.n_tokens / max(time.perf_counter() - started, 1e-6)
+        return run
+
+    return _runs().get((key, prompt), timed, config.run_cache_bytes)
+
+
+def token_pass_rate(key: ModelKey) -> float | None:
+    """Token positions per second of the latest forward pass on this model in this process:
+    how the pages turn a request's cost in token passes into a time on this machine."""
+    return _rates().get(key)
+
+
+@st.cache_resource(show_spinner=False)
+def _rates() -> dict[ModelKey, float]:
+    return {}
 
 
 def settle_caches(config: Config) -> None:
