@@ -47,3 +47,20 @@ def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypa
     assert not app.exception
     neurons = next(df.value for df in app.dataframe if list(df.value.columns) == ["neuron", "contribution", "activation"])
     assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20, expert=shares[0].expert)]
+
+
+@pytest.mark.parametrize("model", ["bert", "mixtral"])
+def test_route_checks_are_offered_only_where_they_work(config, monkeypatch, model):
+    """An encoder has no route checks yet (llm_flow.interventions refuses it): the Explorer says
+    why instead of offering buttons that would refuse after a click."""
+    app = start(config, monkeypatch, {"model": model})
+    inspect(app, lambda o: "->" in o)  # an edge: its panel has the removal button on decoders
+    buttons = {button.key for button in app.button}
+    encoder = model == "bert"
+    assert ("check_route_button" in buttons) is not encoder
+    assert ("check_edge_button" in buttons) is not encoder
+    assert any("faithful" in expander.label for expander in app.expander) is not encoder
+    said = any(c.value.startswith("No route checks on this model: removing route parts is implemented for decoders only")
+               for c in app.caption)  # fmt: skip
+    assert said is encoder
+    assert not app.exception and not app.error
