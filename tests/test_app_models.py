@@ -64,3 +64,35 @@ def test_route_checks_are_offered_only_where_they_work(config, monkeypatch, mode
                for c in app.caption)  # fmt: skip
     assert said is encoder
     assert not app.exception and not app.error
+
+
+def test_the_attribution_page_explains_the_mask_of_an_encoder(config, monkeypatch):
+    import numpy as np
+
+    from llm_flow.attribution import attribute_sequence, prepare
+    from llm_flow.ui import attribution as page
+    from tests.app_helpers import goto
+
+    app = goto(start(config, monkeypatch), "attribution")
+    assert not app.exception and not app.error
+    run = active_run(app)
+    mask = run.str_tokens.index("[MASK]")
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    sequence = prepare(run.model, run.prompt)
+    assert shown.position == mask == sequence.position
+    assert shown.token_ids[-1] == int(run.logits[mask].argmax())  # the model's own prediction there
+    expected = attribute_sequence(run.model, sequence, "integrated_gradients", n_steps=32, baseline="zeros")
+    np.testing.assert_allclose(shown.scores, expected.scores, rtol=1e-5, atol=1e-7)
+    assert app.pills(key=widget_key("attribution.step")).label == "Explained token"
+    app.segmented_control(key=widget_key("attribution.method")).set_value("occlusion").run()
+    assert not app.exception and not app.error
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    assert shown.method == "occlusion" and shown.options["baseline"] == "mask"
+    app.segmented_control(key=widget_key("attribution.source")).set_value("Type").run()
+    app.text_input(key=widget_key("attribution.continuation")).set_value("paris").run()
+    assert not app.exception and not app.error
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    assert shown.targets == ["paris"]
+    app.button(key="attribution_explore_0_button").click().run()
+    assert not app.exception
+    assert state(app).source.active.prompt == run.prompt and state(app).route.position == mask
