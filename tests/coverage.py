@@ -217,8 +217,11 @@ def _neuron_view(run) -> None:
 def _attribution(model) -> None:
     from llm_flow.attribution.api import attribute
 
+    prompt = PROMPT
+    if model.info.bidirectional:  # an encoder's attribution explains its prediction at a mask
+        prompt = f"{PROMPT} {model.tokenizer.mask_token}."
     for method in ("input_x_gradient", "alti_rollout"):
-        result = attribute(model, PROMPT, method, generate=1)
+        result = attribute(model, prompt, method, generate=1)
         assert np.isfinite(np.asarray(result.scores, dtype=float)).all(), f"{method} gave non-finite scores"
 
 

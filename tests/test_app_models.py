@@ -47,3 +47,52 @@ def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypa
     assert not app.exception
     neurons = next(df.value for df in app.dataframe if list(df.value.columns) == ["neuron", "contribution", "activation"])
     assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20, expert=shares[0].expert)]
+
+
+@pytest.mark.parametrize("model", ["bert", "mixtral"])
+def test_route_checks_are_offered_only_where_they_work(config, monkeypatch, model):
+    """An encoder has no route checks yet (llm_flow.interventions refuses it): the Explorer says
+    why instead of offering buttons that would refuse after a click."""
+    app = start(config, monkeypatch, {"model": model})
+    inspect(app, lambda o: "->" in o)  # an edge: its panel has the removal button on decoders
+    buttons = {button.key for button in app.button}
+    encoder = model == "bert"
+    assert ("check_route_button" in buttons) is not encoder
+    assert ("check_edge_button" in buttons) is not encoder
+    assert any("faithful" in expander.label for expander in app.expander) is not encoder
+    said = any(c.value.startswith("No route checks on this model: removing route parts is implemented for decoders only")
+               for c in app.caption)  # fmt: skip
+    assert said is encoder
+    assert not app.exception and not app.error
+
+
+def test_the_attribution_page_explains_the_mask_of_an_encoder(config, monkeypatch):
+    import numpy as np
+
+    from llm_flow.attribution import attribute_sequence, prepare
+    from llm_flow.ui import attribution as page
+    from tests.app_helpers import goto
+
+    app = goto(start(config, monkeypatch), "attribution")
+    assert not app.exception and not app.error
+    run = active_run(app)
+    mask = run.str_tokens.index("[MASK]")
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    sequence = prepare(run.model, run.prompt)
+    assert shown.position == mask == sequence.position
+    assert shown.token_ids[-1] == int(run.logits[mask].argmax())  # the model's own prediction there
+    expected = attribute_sequence(run.model, sequence, "integrated_gradients", n_steps=32, baseline="zeros")
+    np.testing.assert_allclose(shown.scores, expected.scores, rtol=1e-5, atol=1e-7)
+    assert app.pills(key=widget_key("attribution.step")).label == "Explained token"
+    app.segmented_control(key=widget_key("attribution.method")).set_value("occlusion").run()
+    assert not app.exception and not app.error
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    assert shown.method == "occlusion" and shown.options["baseline"] == "mask"
+    app.segmented_control(key=widget_key("attribution.source")).set_value("Type").run()
+    app.text_input(key=widget_key("attribution.continuation")).set_value("paris").run()
+    assert not app.exception and not app.error
+    shown = app.session_state[page.CACHE][state(app).attribution.shown]
+    assert shown.targets == ["paris"]
+    app.button(key="attribution_explore_0_button").click().run()
+    assert not app.exception
+    assert state(app).source.active.prompt == run.prompt and state(app).route.position == mask

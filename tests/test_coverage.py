@@ -67,7 +67,7 @@ def test_the_families_users_bring_load_and_give_exact_routes_and_views(rows):
 def test_encoders_load_and_give_exact_routes_and_views(rows):
     for family in ("BERT", "RoBERTa", "MiniLM (BERT, no MLM head)"):
         cells = rows[README_FAMILIES[family]].cells
-        for capability in ("load", "routes", "attention", "neuron view"):
+        for capability in ("load", "routes", "attention", "neuron view", "attribution"):
             assert cells[capability].status == "yes", (family, capability, cells[capability])
 
 

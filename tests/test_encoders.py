@@ -154,6 +154,7 @@ def test_attention_views_show_every_source_and_both_pair_directions(runs):
 
 
 def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs):
+    # attribution at the mask: tests/test_attribution_masked.py
     from llm_flow.interventions.route_checks import check_route
     from llm_flow.views.generation import generate
     from llm_flow.views.predictions import default_target, prediction_title
@@ -166,10 +167,6 @@ def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs
         generate(run.model, PROMPT, 2)
     with pytest.raises(llm_flow.UnsupportedModelError, match="decoders only"):
         check_route(run, llm_flow.build_graph(run, mask), draws=1)
-    from llm_flow.attribution.api import attribute
-
-    with pytest.raises(llm_flow.UnsupportedModelError, match=r"\[MASK\] predictions is not implemented"):
-        attribute(run.model, PROMPT, "saliency")
 
 
 def test_a_sentence_pair_is_read_with_its_token_types(folders):

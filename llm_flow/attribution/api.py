@@ -9,7 +9,6 @@ from llm_flow.attribution.scores import step_scores
 from llm_flow.attribution.targets import Sequence, prepare
 from llm_flow.models.base import TransparentLlm
 from llm_flow.views.tokens import single_token
-from llm_flow.models.families import refuse_encoder
 
 
 def attribute(
@@ -34,8 +33,11 @@ def attribute(
     (``" London"``) they explain the difference f(target) - f(foil), by default of the logits.
     Attention and ALTI rollout read the forward pass and ignore both.
     `progress(done, total)` is called after each step.
+
+    An encoder (BERT, RoBERTa, MiniLM) explains its prediction at the prompt's first mask token:
+    `continuation` is then the one token explained there (default: its own top prediction), and
+    every input token, before and after the mask, is a source (`llm_flow.attribution.masked`).
     """
-    refuse_encoder(model.info, "attributing its [MASK] predictions is not implemented yet (its routes explain them)")
     method = method if isinstance(method, Method) else get_method(method, **options)
     foil_id, function = _explained(model, foil, function)
     sequence = prepare(model, prompt, continuation, generate, chat_template)
@@ -78,6 +80,7 @@ def attribute_sequence(
         prompt=sequence.prompt,
         generated=sequence.generated,
         chat_template=sequence.chat_template,
+        position=sequence.position,
     )
 
 

@@ -20,8 +20,9 @@ from llm_flow.models.base import TransparentLlm
 
 #: What a target step's score can be a function of: the target token's probability or its logit.
 FUNCTIONS = ("probability", "logit")
-#: Input baselines for integrated gradients and occlusion.
-BASELINES = ("zeros", "mean", "eos")
+#: Input baselines for integrated gradients and occlusion ("mask": the mask token's embedding, what
+#: an encoder was trained to fill in; "eos": the end-of-sequence token's).
+BASELINES = ("zeros", "mean", "eos", "mask")
 #: Activation memory one batched pass may use (bytes). At 1,000 tokens on SmolLM2-135M one
 #: gradient sample needs ~3 GB, so batches shrink to a single sample there.
 MEMORY_BUDGET = 2 << 30
@@ -80,10 +81,15 @@ class Problem:
         elif kind == "mean":
             baseline = table.mean(0).expand_as(embeds).clone()
         else:
-            eos = self.model.tokenizer.eos_token_id
-            if eos is None:
-                raise ArgumentError(f"{self.model.name} has no end-of-sequence token: use baseline 'zeros' or 'mean'")
-            baseline = table[eos].expand_as(embeds).clone()
+            tokenizer = self.model.tokenizer
+            token = _token_of(tokenizer, kind)
+            if token is None:
+                what = "end-of-sequence" if kind == "eos" else "mask"
+                others = ["zeros", "mean"] + [k for k in ("eos", "mask") if k != kind and _token_of(tokenizer, k) is not None]
+                raise ArgumentError(
+                    f"{self.model.name} has no {what} token: use baseline {' or '.join(repr(k) for k in others)}"
+                )
+            baseline = table[token].expand_as(embeds).clone()
         if keep_first:
             baseline[:, 0] = embeds[:, 0].detach()
         return baseline
@@ -92,6 +98,16 @@ class Problem:
         """The explained function of input embeddings [B, T, d] -> [B] (float32) for the step
         whose target token is `target_token_id`."""
         hf, function, foil = self.model.hf_model, self.function, self.foil
+        position = self.sequence.position
+        if position is not None:  # an encoder: the prediction at its mask, every token visible
+            from llm_flow.attribution.masked import masked_logits
+
+            ids = self.sequence.context(0)
+
+            def explained(embeds: torch.Tensor) -> torch.Tensor:
+                return output_function(masked_logits(self.model, ids, embeds, position), target_token_id, foil, function)
+
+            return explained
 
         def explained(embeds: torch.Tensor) -> torch.Tensor:
             logits = hf(inputs_embeds=embeds, logits_to_keep=1, use_cache=False).logits[:, -1].float()
@@ -109,6 +125,10 @@ class Problem:
         per_layer = 3 * info.n_heads * n_tokens + 10 * info.d_model + 4 * info.d_mlp
         per_sample = n_tokens * per_layer * size * (info.n_layers if gradients else 1)
         return max(1, MEMORY_BUDGET // per_sample)
+
+
+def _token_of(tokenizer, kind: str) -> int | None:
+    return tokenizer.eos_token_id if kind == "eos" else getattr(tokenizer, "mask_token_id", None)
 
 
 def output_function(logits: torch.Tensor, target_token_id: int, foil: int | None, function: str) -> torch.Tensor:

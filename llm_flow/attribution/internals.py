@@ -1,7 +1,8 @@
 """Methods that read one forward pass instead of explaining an output: attention weights and
 ALTI rollout. Both come from a single route `Run` over the prompt and the continuation without its
 last token; causal attention makes row ``i`` of that Run exactly what step ``i - n_prompt + 1``
-saw, so every step is answered by the same pass.
+saw, so every step is answered by the same pass. On an encoder that Run is the input itself,
+and the one step reads the row of its mask over every token (the attention is bidirectional).
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ def _run(problem: Problem) -> Run:
 
 
 def _query_rows(problem: Problem) -> list[int]:
-    """The position whose output predicts each target: one before the target."""
+    """The position whose output predicts each target: one before the target (an encoder's mask)."""
+    if problem.sequence.position is not None:
+        return [problem.sequence.position]
     return [problem.sequence.n_prompt + step - 1 for step in range(problem.n_steps)]
+
+
+def _visible(problem: Problem, query: int) -> int:
+    """How many sources the step predicted at `query` sees: up to the query, or all (encoder)."""
+    return problem.n_sources if problem.sequence.position is not None else query + 1
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ class Attention(Method):
         pattern = run.layer(self.layer).pattern  # layer checked here, with the valid range
         rows = []
         for query in _query_rows(problem):
-            weights = pattern.row(query).float()  # [H, query + 1]
+            weights = pattern.row(query).float()[:, : _visible(problem, query)]  # [H, sources seen]
             rows.append(weights.mean(0) if self.heads == "mean" else weights.max(0).values)
         problem.report(problem.n_steps)
         return MethodOutput(stack_rows(rows, problem.n_sources))
@@ -92,7 +100,7 @@ class AltiRollout(Method):
     def compute(self, problem: Problem) -> MethodOutput:
         run = _run(problem)
         rollout = alti_rollout(run)
-        rows = [torch.from_numpy(rollout[query, : query + 1]) for query in _query_rows(problem)]
+        rows = [torch.from_numpy(rollout[query, : _visible(problem, query)]) for query in _query_rows(problem)]
         problem.report(problem.n_steps)
         return MethodOutput(stack_rows(rows, problem.n_sources))
 

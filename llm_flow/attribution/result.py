@@ -52,6 +52,9 @@ class Attribution(Displayable):
     prompt: str = ""  # the prompt as typed (the tokens include a chat template if one was used)
     generated: bool = False  # the continuation was generated greedily (else given as text)
     chat_template: bool = False
+    #: An encoder: the mask position whose prediction the one step explains; every input token is
+    #: then a source, those after the mask included (the continuation is that one token).
+    position: int | None = None
 
     # --- shape -------------------------------------------------------------------------------
 
@@ -61,6 +64,9 @@ class Attribution(Displayable):
 
     @property
     def target_positions(self) -> list[int]:
+        """Where each target is predicted for: its own position, an encoder's mask."""
+        if self.position is not None:
+            return [self.position]
         return list(range(self.n_prompt, len(self.tokens)))
 
     @property
@@ -166,6 +172,7 @@ class Attribution(Displayable):
             "prompt": self.prompt,
             "generated": self.generated,
             "chat_template": self.chat_template,
+            "position": self.position,
         }
 
     @classmethod
@@ -184,7 +191,7 @@ class Attribution(Displayable):
                                 dtype=np.float64).reshape(len(data["scores"]), len(data["spans"])),
                 step_scores=data["step_scores"], deltas=data["deltas"], level=data["level"],
                 scale=data["scale"], prompt=data["prompt"], generated=data["generated"],
-                chat_template=data["chat_template"],
+                chat_template=data["chat_template"], position=data.get("position"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ArgumentError(f"the attribution file is incomplete or malformed ({exc!r})") from None
@@ -193,13 +200,13 @@ class Attribution(Displayable):
         """One row per (step, visible source): the long table CSV export writes."""
         records = []
         sources = self.sources
-        for step, position in enumerate(self.target_positions):
+        for step, (position, text) in enumerate(zip(self.target_positions, self.targets)):
             per_step = {name: values[step] for name, values in self.step_scores.items()}
             for column, (start, stop) in enumerate(self.spans):
-                if start >= position:
+                if start >= self.n_prompt + step:
                     continue
                 records.append({
-                    "step": step, "target_position": position, "target": self.tokens[position],
+                    "step": step, "target_position": position, "target": text,
                     "source_start": start, "source_stop": stop, "source": sources[column],
                     "score": self.scores[step, column], **per_step,
                 })  # fmt: skip

@@ -2,7 +2,7 @@
 
 One forward pass over the prompt and the continuation (without its last token) answers every
 step at once: causal attention makes the logits at position ``n_prompt + t - 1`` exactly those
-that step t's prediction came from.
+that step t's prediction came from. An encoder's one step is its prediction at the mask.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ def step_scores(model: TransparentLlm, sequence: Sequence, foil: int | None = No
     device = next(hf.parameters()).device
     ids = torch.tensor([sequence.ids[:-1]], device=device)
     with model.lock, torch.no_grad():
-        logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
+        if sequence.position is not None:
+            from llm_flow.attribution.masked import masked_logits
+
+            embeds = hf.get_input_embeddings()(ids)
+            logits = masked_logits(model, list(sequence.ids[:-1]), embeds, sequence.position)  # [1, V]
+        else:
+            logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
     log_probs = logits.log_softmax(-1)
     target_ids = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
     rows = torch.arange(sequence.n_steps, device=device)

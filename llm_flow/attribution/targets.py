@@ -32,6 +32,9 @@ class Sequence:
     prompt: str = ""  # as typed (the ids include the chat template if one was applied)
     generated: bool = False  # the continuation was generated greedily, not given
     chat_template: bool = False
+    #: An encoder's explained position, its [MASK]: the ids are then the input followed by the one
+    #: token explained there, and the step sees every input token (llm_flow.attribution.masked).
+    position: int | None = None
 
     @property
     def n_steps(self) -> int:
@@ -70,7 +73,13 @@ def prepare(
     chat_template: bool = False,
 ) -> Sequence:
     """Prompt ids plus a continuation typed by the user or generated greedily (`generate` tokens;
-    generation stops early after an end-of-sequence token, which is then the last target)."""
+    generation stops early after an end-of-sequence token, which is then the last target). An
+    encoder's prompt instead gets the token explained at its mask: `continuation` if given, else
+    its own prediction (`llm_flow.attribution.masked`)."""
+    if model.info.bidirectional:
+        from llm_flow.attribution.masked import prepare_masked
+
+        return prepare_masked(model, prompt, continuation, generate, chat_template)
     if continuation is not None and generate is not None:
         raise ArgumentError("give either a continuation or a number of tokens to generate, not both")
     prompt_ids = encode_prompt(model, prompt, chat_template)

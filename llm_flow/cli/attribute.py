@@ -34,7 +34,8 @@ def register(commands) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", help="text to continue (default: the first configured prompt)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--continuation", help="the continuation to explain, as text (mind its leading space)")
+    target.add_argument("--continuation", help="the continuation to explain, as text (mind its leading space); "
+                        "on an encoder, the one token to explain at the prompt's mask (default: its prediction)")
     target.add_argument("--generate", type=int, metavar="N", help="explain N greedily generated tokens (default: 1)")
     parser.add_argument("--method", default="integrated_gradients",
                         help=f"one of {', '.join(METHOD_NAMES)} (default: integrated_gradients)")
@@ -111,8 +112,13 @@ def _print_summary(result, top: int) -> None:
         explained = f"the target's {result.function}"
     print(f"Method  {result.method} {result.options or ''}".rstrip())
     print(f"Model   {result.model}; explains {explained}")
-    print(f"Prompt  {result.n_prompt} tokens; continuation {'generated' if result.generated else 'given'}: "
-          + "".join(f"[{display_token(t)}]" for t in result.targets))  # fmt: skip
+    targets = "".join(f"[{display_token(t)}]" for t in result.targets)
+    if result.position is not None:  # an encoder
+        mask = display_token(result.tokens[result.position])
+        print(f"Prompt  {result.n_prompt} tokens, every one a source; explained at {mask} (position {result.position}), "
+              f"{'its prediction' if result.generated else 'the given token'}: {targets}")  # fmt: skip
+    else:
+        print(f"Prompt  {result.n_prompt} tokens; continuation {'generated' if result.generated else 'given'}: {targets}")
     for step, token in enumerate(result.targets):
         scores = {name: values[step] for name, values in result.step_scores.items()}
         line = (f"\nStep {step}  {display_token(token)!r}  p={probability(scores['probability'])}  "

@@ -115,4 +115,17 @@ def _print_summary(summary, args: argparse.Namespace) -> None:
         ).head(args.top)
         listing = ", ".join(f"{c} {f:.0%}" for c, f in zip(rows["component"], rows["frequency"]))
         print(f"{title}  most often on a route: {listing}")
-    print(f"Written {summary.folder}/components.parquet, prompts.parquet, prompt_components.parquet, metadata.json")
+    experts = results.experts
+    if not experts.empty:
+        rows = experts[experts["expert"] >= 0].sort_values(
+            ["selection_rate", "mean_contribution"], ascending=False, kind="stable"
+        ).head(args.top)
+        listing = ", ".join(
+            f"L{layer}.E{expert} {rate:.0%} (share {share:.2f})"
+            for layer, expert, rate, share in rows[["layer", "expert", "selection_rate", "mean_share"]].itertuples(index=False)
+        )  # fmt: skip
+        print(f"Experts  most often chosen at the explained positions: {listing}")
+    print(
+        f"Written {summary.folder}/components.parquet, prompts.parquet, prompt_components.parquet, "
+        "experts.parquet, prompt_experts.parquet, metadata.json"
+    )

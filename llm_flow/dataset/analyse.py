@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llm_flow.dataset.experts import ExpertTally, add_expert_tallies
 from llm_flow.dataset.prompts import PromptItem
 from llm_flow.dataset.reduce import Component, Tally, graph_tallies, row_key
 from llm_flow.dataset.settings import Settings
@@ -39,6 +40,7 @@ class PromptResult:
     tokens: list[str] = field(default_factory=list)
     n_targets: int = 0  # graphs built: 1 per prompt ("last") or one per token ("all")
     components: list[ComponentRow] = field(default_factory=list)
+    experts: list[ExpertTally] = field(default_factory=list)  # mixtures of experts only
 
 
 def analyse_prompt(model: TransparentLlm, item: PromptItem, settings: Settings) -> PromptResult:
@@ -47,10 +49,12 @@ def analyse_prompt(model: TransparentLlm, item: PromptItem, settings: Settings) 
         run = model.run(item.text)
         targets = range(run.n_tokens) if settings.positions == "all" else [run.n_tokens - 1]
         sums: dict[tuple[Component, str], _Sum] = {}
+        experts: dict[tuple[int, int], ExpertTally] = {}
         for target in targets:
             graph = build_graph(run, target, settings.threshold, settings.renormalize)
             for key, tally in graph_tallies(graph).items():
                 sums.setdefault(key, _Sum()).add(tally, target)
+            add_expert_tallies(experts, run, graph)
     except Exception as exc:  # a batch of thousands must survive any one prompt
         message = str(exc) if isinstance(exc, LlmFlowError) else f"{type(exc).__name__}: {exc}"
         return PromptResult(item.prompt_id, item.text, item.text_hash, "error", error=message)
@@ -61,6 +65,7 @@ def analyse_prompt(model: TransparentLlm, item: PromptItem, settings: Settings) 
     return PromptResult(
         item.prompt_id, item.text, item.text_hash, "ok",
         tokens=list(run.str_tokens), n_targets=len(targets), components=rows,
+        experts=[experts[key] for key in sorted(experts)],
     )  # fmt: skip
 
 

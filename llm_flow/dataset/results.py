@@ -19,10 +19,14 @@ from llm_flow.dataset.reduce import POSITION_CLASSES, parse_component_id
 from llm_flow.dataset.store import (
     COMPONENTS_FILE,
     COMPONENTS_SCHEMA,
+    EXPERTS_FILE,
+    EXPERTS_SCHEMA,
     METADATA_FILE,
     PARTS_DIR,
     PROMPT_COMPONENTS_FILE,
     PROMPT_COMPONENTS_SCHEMA,
+    PROMPT_EXPERTS_FILE,
+    PROMPT_EXPERTS_SCHEMA,
     PROMPTS_FILE,
     PROMPTS_SCHEMA,
     read_frame,
@@ -39,6 +43,12 @@ METRICS = {
     "frequency": "how often on a route (share of route graphs)",
     "mean_contribution": "mean contribution per route graph",
 }
+#: What the experts' heatmap can show (mixtures of experts).
+EXPERT_METRICS = {
+    "selection_rate": "how often the router chose it at the explained position (share of route graphs)",
+    "mean_share": "its mean share of the FFN node when chosen",
+    "mean_contribution": "its part of the FFN node's route weight, per route graph",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +64,8 @@ class DatasetResults(Displayable):
     prompts: pd.DataFrame  # one row per prompt
     prompt_components: pd.DataFrame  # per prompt, component and position class
     components: pd.DataFrame  # per component and position class, over the dataset
+    prompt_experts: pd.DataFrame  # mixtures of experts: per prompt, layer and expert (else empty)
+    experts: pd.DataFrame  # mixtures of experts: per layer and expert, over the dataset (else empty)
 
     @property
     def n_layers(self) -> int:
@@ -112,7 +124,41 @@ def load_results(folder: str | os.PathLike[str]) -> DatasetResults:
         prompts=read_frame(folder / PROMPTS_FILE, PROMPTS_SCHEMA),
         prompt_components=read_frame(folder / PROMPT_COMPONENTS_FILE, PROMPT_COMPONENTS_SCHEMA),
         components=read_frame(folder / COMPONENTS_FILE, COMPONENTS_SCHEMA),
+        prompt_experts=_optional(folder / PROMPT_EXPERTS_FILE, PROMPT_EXPERTS_SCHEMA),
+        experts=_optional(folder / EXPERTS_FILE, EXPERTS_SCHEMA),
     )
+
+
+def _optional(path: Path, schema) -> pd.DataFrame:
+    """A table that folders written before it existed do not have: empty then."""
+    return read_frame(path, schema) if path.is_file() else schema.empty_table().to_pandas()
+
+
+@dataclass(frozen=True)
+class ExpertGrid:
+    """One metric per layer and expert of a mixture of experts (the shared expert last, if any)."""
+
+    values: np.ndarray  # [layers with experts, columns]
+    layers: list[int]
+    experts: list[int]  # column labels: expert numbers, -1 for the shared expert
+    metric: str
+    title: str
+
+
+def expert_grid(results: DatasetResults, metric: str = "selection_rate") -> ExpertGrid:
+    """`metric` (one of EXPERT_METRICS) as a layers x experts grid; a DatasetError for results
+    of a model without experts."""
+    if metric not in EXPERT_METRICS:
+        raise DatasetError(f"unknown expert metric {metric!r}: use one of {', '.join(EXPERT_METRICS)}")
+    rows = results.experts
+    if rows.empty:
+        raise DatasetError(f"{results.folder.name} has no expert statistics: its model has no mixture-of-experts FFN")
+    layers = sorted(set(rows["layer"].tolist()))
+    experts = sorted(set(rows["expert"].tolist()), key=lambda e: (e < 0, e))
+    values = np.zeros((len(layers), len(experts)))
+    for layer, expert, value in rows[["layer", "expert", metric]].itertuples(index=False):
+        values[layers.index(layer), experts.index(expert)] = value
+    return ExpertGrid(values, layers, experts, metric, results.label)
 
 
 @dataclass(frozen=True)

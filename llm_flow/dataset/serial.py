@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from llm_flow.dataset.analyse import ComponentRow, PromptResult
+from llm_flow.dataset.experts import ExpertTally
 from llm_flow.dataset.reduce import parse_component_id
 
 
@@ -26,6 +27,7 @@ def result_to_json(result: PromptResult) -> str:
                 [row.component.id, row.position_class, row.routes, row.contribution, row.top_target]
                 for row in result.components
             ],
+            "experts": [[e.layer, e.expert, e.selected, e.share, e.contribution] for e in result.experts],
         }
     )
 
@@ -36,4 +38,5 @@ def result_from_json(text: str) -> PromptResult:
         ComponentRow(parse_component_id(component), position_class, routes, contribution, top_target)
         for component, position_class, routes, contribution, top_target in data.pop("components")
     ]
-    return PromptResult(**data, components=rows)
+    experts = [ExpertTally(*row) for row in data.pop("experts")]
+    return PromptResult(**data, components=rows, experts=experts)

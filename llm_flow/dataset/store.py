@@ -4,12 +4,14 @@
     DIR/prompts.parquet             one row per prompt: id, text hash, text, tokens, status, error
     DIR/prompt_components.parquet   per prompt, every component with a part in its graphs
     DIR/components.parquet          per component and position class, over all "ok" prompts
+    DIR/prompt_experts.parquet      mixtures of experts: per prompt, layer and expert
+    DIR/experts.parquet             mixtures of experts: per layer and expert, over all "ok" prompts
     DIR/parts/                      checkpoints of a run in progress (gone once it finishes)
 
 While a run works, finished prompts are written to ``parts/`` every few seconds; a run that is
 stopped loses at most that much. The next run over the same folder reads what is there, skips
 prompts already done (same id, same text hash), retries error rows, and at the end merges
-everything into the three tables. Rows are sorted (prompts by id, components by kind, layer,
+everything into the tables (the expert tables are empty for a dense model). Rows are sorted (prompts by id, components by kind, layer,
 head, position class) and nothing about the engine or the time is stored, so the files have the
 same content whichever engine ran.
 """
@@ -41,6 +43,8 @@ METADATA_FILE = "metadata.json"
 PROMPTS_FILE = "prompts.parquet"
 PROMPT_COMPONENTS_FILE = "prompt_components.parquet"
 COMPONENTS_FILE = "components.parquet"
+PROMPT_EXPERTS_FILE = "prompt_experts.parquet"
+EXPERTS_FILE = "experts.parquet"
 PARTS_DIR = "parts"
 
 PROMPTS_SCHEMA = pa.schema([
@@ -77,6 +81,25 @@ COMPONENTS_SCHEMA = pa.schema([
     ("mean_contribution", pa.float64()),  # total_contribution / graphs
 ])  # fmt: skip
 
+PROMPT_EXPERTS_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("layer", pa.int32()),
+    ("expert", pa.int32()),  # -1: the shared expert every token uses (Qwen2-MoE)
+    ("selected", pa.int32()),  # explained positions of this prompt whose router chose the expert
+    ("share", pa.float64()),  # its shares of those positions' FFN nodes, summed
+    ("contribution", pa.float64()),  # its part of those FFN nodes' route weights, summed
+])  # fmt: skip
+EXPERTS_SCHEMA = pa.schema([
+    ("layer", pa.int32()),
+    ("expert", pa.int32()),
+    ("graphs", pa.int64()),
+    ("selected", pa.int64()),
+    ("selection_rate", pa.float64()),  # selected / graphs
+    ("mean_share", pa.float64()),  # share / selected
+    ("total_contribution", pa.float64()),
+    ("mean_contribution", pa.float64()),  # total_contribution / graphs
+])  # fmt: skip
+
 COLUMN_DESCRIPTIONS = {
     "graphs": "route graphs built over all prompts with status ok (one per prompt and target)",
     "routes": "graphs in which the component has a part above the threshold",
@@ -84,6 +107,17 @@ COLUMN_DESCRIPTIONS = {
     "total_contribution": "the component's parts (edge weights after threshold and renormalisation) summed over all graphs",
     "mean_contribution": "total_contribution / graphs",
     "top_target": "the target position of the prompt's graph the component contributed most to",
+    "expert": "mixtures of experts: the expert's number in its layer; -1 is the shared expert every token uses",
+    "selected": "explained positions (one per graph) at which the router chose the expert in that layer",
+    "selection_rate": "selected / graphs",
+    "mean_share": (
+        "the expert's share of the FFN node at the explained position (proximity, renormalised over "
+        "the node's experts), averaged over the positions that chose it"
+    ),
+    "expert_contribution": (
+        "experts.parquet total_contribution and mean_contribution: the weight of the kept edge "
+        "M{l}_t -> I{l}_t (0 when not kept) times the expert's share, summed over graphs / per graph"
+    ),
 }
 
 #: Settings that decide the numbers; a folder only takes more prompts made with the same ones.
@@ -112,7 +146,7 @@ class ResultsWriter:
         self.checkpoint_seconds = checkpoint_seconds
         previous = check_folder(self.folder, config)
         self.model_info: dict | None = previous.get("model") if previous else None
-        prompts, _ = _stored_tables(self.folder, with_components=False)
+        prompts, _, _ = _stored_tables(self.folder, with_components=False)
         ok = prompts[prompts["status"] == "ok"]
         self.done = set(zip(ok["prompt_id"], ok["text_hash"]))
         self._buffer: list[PromptResult] = []
@@ -140,8 +174,9 @@ class ResultsWriter:
         parts = self.folder / PARTS_DIR
         parts.mkdir(exist_ok=True)
         number = 1 + max((int(p.name.split("-")[1]) for p in parts.glob("part-*-prompts.parquet")), default=0)
-        prompts, components = _results_tables(self._buffer)
+        prompts, components, experts = _results_tables(self._buffer)
         _write(components, parts / f"part-{number:06d}-components.parquet")
+        _write(experts, parts / f"part-{number:06d}-experts.parquet")
         _write(prompts, parts / f"part-{number:06d}-prompts.parquet")
         self._buffer.clear()
         self._last_flush = time.monotonic()
@@ -149,13 +184,16 @@ class ResultsWriter:
     def finish(self, skipped: int) -> Summary:
         """Merge the folder's tables and checkpoints into the final, sorted tables."""
         self.flush()
-        prompts, components = _stored_tables(self.folder)
+        prompts, components, experts = _stored_tables(self.folder)
         if self.model_info is None:
             raise DatasetError(f"{self.folder}: no model shape recorded; run again to finish the folder")
         statistics = aggregate(prompts, components, self.model_info["n_layers"], self.model_info["n_heads"])
+        expert_statistics = aggregate_experts(prompts, experts, self.model_info.get("n_experts", 0))
         _write(_table(prompts, PROMPTS_SCHEMA), self.folder / PROMPTS_FILE)
         _write(_table(components, PROMPT_COMPONENTS_SCHEMA), self.folder / PROMPT_COMPONENTS_FILE)
         _write(_table(statistics, COMPONENTS_SCHEMA), self.folder / COMPONENTS_FILE)
+        _write(_table(experts, PROMPT_EXPERTS_SCHEMA), self.folder / PROMPT_EXPERTS_FILE)
+        _write(_table(expert_statistics, EXPERTS_SCHEMA), self.folder / EXPERTS_FILE)
         ok = prompts["status"] == "ok"
         counts = {"ok": int(ok.sum()), "error": int((~ok).sum()), "graphs": int(prompts.loc[ok, "n_targets"].sum())}
         self._write_metadata(counts)
@@ -197,6 +235,28 @@ def aggregate(prompts: pd.DataFrame, components: pd.DataFrame, n_layers: int, n_
     table["graphs"] = graphs
     table["routes"] = table["routes"].astype("int64")
     table["frequency"] = table["routes"] / graphs if graphs else 0.0
+    table["total_contribution"] = table["contribution"].astype("float64")
+    table["mean_contribution"] = table["total_contribution"] / graphs if graphs else 0.0
+    return table
+
+
+def aggregate_experts(prompts: pd.DataFrame, experts: pd.DataFrame, n_experts: int) -> pd.DataFrame:
+    """Per layer and expert over the "ok" prompts. Every expert of every layer that has experts
+    appears (with zeros where the router never chose it), and the shared expert where there is one."""
+    ok = prompts.loc[prompts["status"] == "ok", "prompt_id"]
+    graphs = int(prompts.loc[prompts["status"] == "ok", "n_targets"].sum())
+    used = experts[experts["prompt_id"].isin(ok)]
+    sums = used.groupby(["layer", "expert"], sort=True)[["selected", "share", "contribution"]].sum()
+    shared = set(used.loc[used["expert"] < 0, "layer"])
+    keys = [(layer, expert) for layer in sorted(set(used["layer"])) for expert in range(n_experts)]
+    keys += [(layer, -1) for layer in shared]
+    table = pd.DataFrame(sorted(keys), columns=["layer", "expert"], dtype="int64")
+    table = table.join(sums, on=["layer", "expert"]).fillna({"selected": 0, "share": 0.0, "contribution": 0.0})
+    table["graphs"] = graphs
+    table["selected"] = table["selected"].astype("int64")
+    table["selection_rate"] = table["selected"] / graphs if graphs else 0.0
+    chosen = table["selected"].where(table["selected"] > 0)
+    table["mean_share"] = (table["share"] / chosen).fillna(0.0)
     table["total_contribution"] = table["contribution"].astype("float64")
     table["mean_contribution"] = table["total_contribution"] / graphs if graphs else 0.0
     return table
@@ -271,28 +331,44 @@ def _check_same_settings(folder: Path, previous: dict, config: dict) -> None:
         )
 
 
-def _stored_tables(folder: Path, with_components: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _stored_tables(
+    folder: Path, with_components: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """The folder's merged tables plus its checkpoints; for a prompt id stored more than once the
-    latest row wins (finals first, then parts in order), with its component rows (not read
-    unless `with_components`: knowing what is done needs only the prompts)."""
-    sources = [(folder / PROMPTS_FILE, folder / PROMPT_COMPONENTS_FILE)]
+    latest row wins (finals first, then parts in order), with its component and expert rows (not
+    read unless `with_components`: knowing what is done needs only the prompts). Folders written
+    before the expert tables existed have none: they read as empty."""
+    sources = [(folder / PROMPTS_FILE, folder / PROMPT_COMPONENTS_FILE, folder / PROMPT_EXPERTS_FILE)]
     for prompts_part in sorted((folder / PARTS_DIR).glob("part-*-prompts.parquet")):
-        sources.append((prompts_part, prompts_part.with_name(prompts_part.name.replace("-prompts", "-components"))))
-    prompt_frames, component_frames = [], []
-    for sequence, (prompts_path, components_path) in enumerate(sources):
+        sources.append(tuple(
+            prompts_part.with_name(prompts_part.name.replace("-prompts", suffix))
+            for suffix in ("-prompts", "-components", "-experts")
+        ))  # fmt: skip
+    prompt_frames, component_frames, expert_frames = [], [], []
+    for sequence, (prompts_path, components_path, experts_path) in enumerate(sources):
         if not prompts_path.is_file():
             continue
         prompt_frames.append(read_frame(prompts_path, PROMPTS_SCHEMA).assign(_seq=sequence))
         if with_components:
             component_frames.append(read_frame(components_path, PROMPT_COMPONENTS_SCHEMA).assign(_seq=sequence))
+            if experts_path.is_file():
+                expert_frames.append(read_frame(experts_path, PROMPT_EXPERTS_SCHEMA).assign(_seq=sequence))
     if not prompt_frames:
-        return _empty(PROMPTS_SCHEMA), _empty(PROMPT_COMPONENTS_SCHEMA)
+        return _empty(PROMPTS_SCHEMA), _empty(PROMPT_COMPONENTS_SCHEMA), _empty(PROMPT_EXPERTS_SCHEMA)
     prompts = pd.concat(prompt_frames, ignore_index=True).drop_duplicates("prompt_id", keep="last")
     if not with_components:
-        return _sorted_prompts(prompts.drop(columns="_seq")), None
-    components = pd.concat(component_frames, ignore_index=True)
-    components = components.merge(prompts[["prompt_id", "_seq"]], on=["prompt_id", "_seq"])
-    return _sorted_prompts(prompts.drop(columns="_seq")), _sorted_components(components.drop(columns="_seq"))
+        return _sorted_prompts(prompts.drop(columns="_seq")), None, None
+    latest = prompts[["prompt_id", "_seq"]]
+    components = pd.concat(component_frames, ignore_index=True).merge(latest, on=["prompt_id", "_seq"])
+    experts = pd.concat([_empty(PROMPT_EXPERTS_SCHEMA).assign(_seq=0), *expert_frames], ignore_index=True)
+    experts = experts.merge(latest, on=["prompt_id", "_seq"]).drop(columns="_seq")
+    experts = experts.assign(_prompt=experts["prompt_id"].map(_id_rank(experts["prompt_id"])))
+    experts = experts.sort_values(["_prompt", "layer", "expert"], kind="stable").drop(columns="_prompt")
+    return (
+        _sorted_prompts(prompts.drop(columns="_seq")),
+        _sorted_components(components.drop(columns="_seq")),
+        experts.reset_index(drop=True),
+    )
 
 
 def _sorted_prompts(prompts: pd.DataFrame) -> pd.DataFrame:
@@ -318,7 +394,7 @@ def _id_rank(ids: pd.Series) -> dict[str, int]:
     return {value: rank for rank, value in enumerate(sorted(set(ids), key=key))}
 
 
-def _results_tables(results: list[PromptResult]) -> tuple[pa.Table, pa.Table]:
+def _results_tables(results: list[PromptResult]) -> tuple[pa.Table, pa.Table, pa.Table]:
     prompts = [
         {
             "prompt_id": r.prompt_id, "text_hash": r.text_hash, "text": r.text, "status": r.status,
@@ -336,7 +412,19 @@ def _results_tables(results: list[PromptResult]) -> tuple[pa.Table, pa.Table]:
         for r in results
         for row in r.components
     ]
-    return pa.Table.from_pylist(prompts, PROMPTS_SCHEMA), pa.Table.from_pylist(components, PROMPT_COMPONENTS_SCHEMA)
+    experts = [
+        {
+            "prompt_id": r.prompt_id, "layer": e.layer, "expert": e.expert, "selected": e.selected,
+            "share": e.share, "contribution": e.contribution,
+        }  # fmt: skip
+        for r in results
+        for e in r.experts
+    ]
+    return (
+        pa.Table.from_pylist(prompts, PROMPTS_SCHEMA),
+        pa.Table.from_pylist(components, PROMPT_COMPONENTS_SCHEMA),
+        pa.Table.from_pylist(experts, PROMPT_EXPERTS_SCHEMA),
+    )
 
 
 def read_frame(path: Path, schema: pa.Schema) -> pd.DataFrame:

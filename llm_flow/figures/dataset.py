@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from llm_flow.dataset.reduce import Component, parse_component_id
-from llm_flow.dataset.results import METRICS, ComponentGrid
+from llm_flow.dataset.results import EXPERT_METRICS, METRICS, ComponentGrid, ExpertGrid
 
 _SEQUENTIAL = "Blues"
 _DIVERGING = "RdBu_r"  # red: larger in the first folder; blue: larger in the second
@@ -113,3 +113,24 @@ def _outline(figure: go.Figure, component_id: str) -> None:
         type="rect", xref=axes[0], yref=axes[1], x0=x - 0.5, x1=x + 0.5,
         y0=component.layer - 0.5, y1=component.layer + 0.5, line=dict(color="black", width=2),
     )  # fmt: skip
+
+
+def expert_heatmap(grid: ExpertGrid) -> go.Figure:
+    """A mixture of experts' layers x experts (the shared expert last, when there is one)."""
+    labels = ["shared" if expert < 0 else f"E{expert}" for expert in grid.experts]
+    label = EXPERT_METRICS[grid.metric].split(" (")[0]
+    figure = go.Figure(go.Heatmap(
+        z=grid.values, x=labels, y=grid.layers, xgap=1, ygap=1, colorbar=dict(thickness=12),
+        hovertemplate="layer %{y}, %{x}<br>" + label + ": %{z:.3f}<extra></extra>",
+        colorscale=_SEQUENTIAL, zmin=0.0, zmax=float(grid.values.max()) or 1.0,
+    ))  # fmt: skip
+    figure.update_layout(
+        title=dict(text=f"{grid.title}<br><sup>experts: {label}</sup>"),
+        height=max(280, 140 + _ROW_PX * len(grid.layers)),
+        margin=dict(l=60, r=40, t=90, b=40),
+        plot_bgcolor="white",
+        xaxis_title="expert",
+        yaxis_title="layer",
+    )
+    figure.update_yaxes(dtick=max(1, len(grid.layers) // 15))
+    return figure

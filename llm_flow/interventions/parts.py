@@ -92,8 +92,11 @@ class Ablation:
 
 
 NO_ABLATION = (
-    "removing route parts by ablation is implemented for decoders only (the forward pass of a "
-    "post-LN encoder would need its norms linearised the same way)"
+    "removing route parts is implemented for decoders only: in a post-LN encoder block every part "
+    "enters the residual through a LayerNorm of the whole sum (docs/method.md#encoders), so a removal "
+    "would have to be subtracted after that norm with the whole sum's scale, which the intervention "
+    "hooks do for Gemma's post-norms but not yet for BERT's; and an encoder's tokens also read the "
+    "tokens after them, which the random look-alike parts of a route check do not draw yet"
 )
 
 def ablation(run: Run, parts: Iterable[Part], ffn_mode: FfnMode = "zero") -> Ablation:

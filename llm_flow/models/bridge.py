@@ -19,7 +19,7 @@ from llm_flow.errors import PromptError, UnsupportedModelError
 from llm_flow.validation import check_prompt_text
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
-from llm_flow.models.encoders import segment_ids
+from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.experts import ExpertRouting, MoeLayer
 from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
@@ -234,11 +234,9 @@ class BridgeLlm(TransparentLlm):
     def _segments(self, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         """An encoder that knows sentence pairs (BERT) reads "A [SEP] B" with B's token types
         set, as its tokenizer's pair encoding gives them; nothing for other models."""
-        n_types = getattr(self.hf_model.config, "type_vocab_size", 1)
-        if not self._bidirectional or n_types < 2:
+        if not self._bidirectional:
             return {}
-        types = segment_ids(ids, self._tokenizer.sep_token_id)
-        return {"token_type_ids": torch.tensor([types], dtype=torch.long, device=device)}
+        return segment_inputs(self.hf_model.config, self._tokenizer.sep_token_id, ids, device)
 
     def _hook_names(self) -> list[str]:
         names = []

@@ -9,7 +9,8 @@ the checkpoint; without it llm-flow predicts through the input embeddings
 
 from __future__ import annotations
 
-from transformers import AutoModelForMaskedLM, PreTrainedModel
+import torch
+from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
 from llm_flow.errors import ModelLoadError
 
@@ -43,7 +44,6 @@ def _has_head(model: PreTrainedModel, missing: list[str], source: str) -> bool:
     return not missing
 
 
-
 def segment_ids(token_ids: list[int], sep_id: int | None) -> list[int]:
     """Token types of ``[CLS] A [SEP] B [SEP]``: 0 up to the first ``[SEP]``, 1 after it (a
     single text, with one ``[SEP]`` at the end, is all 0), as BERT's pair encoding sets them."""
@@ -51,6 +51,14 @@ def segment_ids(token_ids: list[int], sep_id: int | None) -> list[int]:
         return [0] * len(token_ids)
     first = token_ids.index(sep_id)
     return [0 if position <= first else 1 for position in range(len(token_ids))]
+
+
+def segment_inputs(config: PretrainedConfig, sep_id: int | None, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """``token_type_ids`` [1, T] for an encoder that knows sentence pairs (BERT), as its
+    tokenizer's pair encoding sets them; nothing for a model with a single token type."""
+    if getattr(config, "type_vocab_size", 1) < 2:
+        return {}
+    return {"token_type_ids": torch.tensor([segment_ids(ids, sep_id)], dtype=torch.long, device=device)}
 
 
 def pair_split(token_ids: list[int], sep_id: int | None) -> int | None:

@@ -64,7 +64,7 @@ def attribution_page(analysis: Analysis) -> None:
     model = run.model
     _fit_to_model(model)
     entry = analysis.config.model(model.name)
-    target = _target_controls(run.prompt, bool(entry and entry.chat_template))
+    target = _target_controls(run.prompt, bool(entry and entry.chat_template), model.info.bidirectional)
     method, options = _method_controls(model)
     foil, function = _contrast_controls()
     request = ("result", target, method, tuple(sorted(options.items())), foil, function)
@@ -119,20 +119,35 @@ def _fit_to_model(model: TransparentLlm) -> None:
 # --- controls ---------------------------------------------------------------------------------
 
 
-def _target_controls(prompt: str, chat_template: bool) -> _Target:
-    st.caption(f"Prompt: {shortened(prompt)!r}" + (" (in the model's chat template)" if chat_template else ""))
+def _target_controls(prompt: str, chat_template: bool, encoder: bool) -> _Target:
+    """What to explain: a continuation; on an encoder, the token predicted at the mask (its own
+    prediction, or one typed)."""
+    if encoder:
+        chat_template = False
+        st.caption(f"Prompt: {shortened(prompt)!r}. An encoder's prediction at its first mask token is explained, "
+                   "from every token of the prompt, before and after the mask.")  # fmt: skip
+    else:
+        st.caption(f"Prompt: {shortened(prompt)!r}" + (" (in the model's chat template)" if chat_template else ""))
     source, detail = st.columns([1, 3], vertical_alignment="bottom")
-    source.segmented_control("Continuation", ["Generate", "Type"], required=True, **bind("attribution.source"))
+    source.segmented_control("Token at the mask" if encoder else "Continuation", ["Generate", "Type"], required=True,
+                             format_func={"Generate": "Predicted", "Type": "Type"}.get if encoder else None,
+                             **bind("attribution.source"))  # fmt: skip
     state = get_state().attribution
     generated = state.source == "Generate"
-    if generated:
+    if generated and encoder:
+        detail.caption("The token the model predicts at the mask.")
+    elif generated:
         detail.number_input("Tokens to generate (greedy)", 1, MAX_GENERATE, **bind("attribution.generate"))
+    elif encoder:
+        detail.text_input("Token to explain at the mask", placeholder="e.g. 'paris' (one token)",
+                          **bind("attribution.continuation"))  # fmt: skip
     else:
         detail.text_input("Continuation to explain", placeholder="e.g. ' Paris' (mind the leading space)",
                           **bind("attribution.continuation"))  # fmt: skip
     return _Target(
         model=get_state().source.active.model, prompt=prompt, chat_template=chat_template,
-        continuation=None if generated else state.continuation, generate=int(state.generate) if generated else None,
+        continuation=None if generated else state.continuation,
+        generate=(1 if encoder else int(state.generate)) if generated else None,
     )  # fmt: skip
 
 
@@ -154,6 +169,9 @@ def _method_controls(model: TransparentLlm) -> tuple[str, dict[str, object]]:
     if method == "occlusion":
         columns[0].number_input("Window (tokens occluded at once)", 1, 512, **bind("attribution.window"))
         options["window"] = int(state.window)
+        if model.info.bidirectional:  # an encoder has no end-of-sequence token to occlude with
+            options["baseline"] = "mask"
+            columns[1].caption(f"Each token is replaced by {model.tokenizer.mask_token}.")
     if method == "integrated_gradients":
         columns[1].selectbox("Baseline", BASELINES,
                              help="What a token is compared with: zero embeddings, the vocabulary's "
@@ -252,8 +270,8 @@ def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> 
     if state.step not in range(result.n_steps):
         state.step = 0
     labels = target_labels(result)
-    st.pills("Generated token", list(range(result.n_steps)), required=True, format_func=labels.__getitem__,
-             **bind("attribution.step"))  # fmt: skip
+    st.pills("Explained token" if result.position is not None else "Generated token", list(range(result.n_steps)),
+             required=True, format_func=labels.__getitem__, **bind("attribution.step"))  # fmt: skip
     step = state.step
     st.html(step_html(result, step))
     _explorer_links(model, sequence, result)
@@ -280,8 +298,10 @@ def _explorer_links(model: TransparentLlm, sequence: Sequence, result: Attributi
     with st.container(horizontal=True):
         for step, token in enumerate(result.targets):
             if st.button(f"{step}: {display_token(token)}", key=f"attribution_explore_{step}_button"):
-                text = context_text(model, sequence.ids[: sequence.n_prompt + step])
-                frame.open_prompt(text, position=-1)
+                if sequence.position is not None:  # an encoder: the same prompt, on its mask
+                    frame.open_prompt(sequence.prompt, position=sequence.position)
+                else:
+                    frame.open_prompt(context_text(model, sequence.ids[: sequence.n_prompt + step]), position=-1)
 
 
 def step_table(result: Attribution) -> pd.DataFrame:

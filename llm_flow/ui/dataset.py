@@ -10,16 +10,18 @@ import streamlit as st
 
 from llm_flow.dataset.reduce import POSITION_CLASSES, all_components
 from llm_flow.dataset.results import (
+    EXPERT_METRICS,
     METRICS,
     DatasetResults,
     component_grid,
     difference_grid,
+    expert_grid,
     load_results,
     top_prompts,
 )
 from llm_flow.errors import LlmFlowError
 from llm_flow.export import table_csv
-from llm_flow.figures.dataset import component_heatmap
+from llm_flow.figures.dataset import component_heatmap, expert_heatmap
 from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.explorer import clicked_element
@@ -96,6 +98,33 @@ def dataset_page(analysis: Analysis) -> None:
                      help="Heads L{layer}.H{head}, FFN blocks L{layer}.FFN, residual streams L{layer}.res")  # fmt: skip
         for field, results in zip(("prompt", "prompt_compare"), (first, second) if second is not None else (first,)):
             _top_prompts(results, state.component, position_class, field, several=second is not None)
+    with_experts = [r for r in ((first, second) if second is not None else (first,)) if not r.experts.empty]
+    if with_experts:
+        _experts(with_experts)
+
+
+def _experts(folders: list[DatasetResults]) -> None:
+    """Mixtures of experts: per layer and expert, how often the router chose it at the explained
+    positions and what it gave the FFN node there; one heatmap per folder."""
+    st.markdown("**Experts**")
+    st.caption(
+        "Per layer and expert, at the explained position of every route graph: how often the router "
+        "chose the expert, its mean share of the FFN node when chosen (the same proximity as every "
+        "part, over the node's experts), and its part of that node's weight on the route."
+    )
+    state = get_state().dataset
+    st.radio("Expert metric", list(EXPERT_METRICS), horizontal=True, **bind("dataset.expert_metric"),
+             format_func=lambda m: m.replace("_", " "),
+             help="; ".join(f"{m.replace('_', ' ')}: {text}" for m, text in EXPERT_METRICS.items()))  # fmt: skip
+    for number, (column, results) in enumerate(zip(st.columns(len(folders)), folders)):
+        figure = expert_heatmap(expert_grid(results, state.expert_metric))
+        column.plotly_chart(figure, width="stretch", height=int(figure.layout.height),
+                            config={"displaylogo": False}, key=f"dataset_experts_chart_{number}")  # fmt: skip
+        column.download_button(
+            f"Expert statistics of {results.folder.name} as CSV", data=partial(table_csv, results.experts),
+            file_name=f"{safe_stem(results.folder.name)}-experts.csv", mime="text/csv",
+            key=f"dataset_experts_csv_button_{number}", on_click="ignore",
+        )  # fmt: skip
 
 
 def _exports(figure, grid, results: DatasetResults) -> None:

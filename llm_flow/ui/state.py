@@ -192,6 +192,9 @@ class DatasetState:
     position_class: str = linked("data_class", "all")
     view: str = linked("data_view", "first folder")
     component: str | None = linked("data_component", None)
+    expert_metric: str = linked(
+        "data_expert_metric", "selection_rate", choices=("selection_rate", "mean_share", "mean_contribution")
+    )  # mixtures of experts: what the experts' heatmap shows
     prompt: str | None = None  # the prompt chosen in the component's list (first folder)
     prompt_list: tuple | None = None  # (folder, component, position class) that list was for
     prompt_compare: str | None = None  # and in the second folder's list
