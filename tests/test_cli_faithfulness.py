@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pandas as pd
@@ -56,6 +57,20 @@ def test_a_pair_file_reports_mean_spread_and_pooled_curves(tiny_config, tmp_path
     assert table.loc[table["pair"] == "a", "task"].eq("names").all() and table["ablation"].eq("zero").all()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed (pip install "llm-flow[scale]")')
+def test_a_pair_file_on_ray_writes_the_in_process_curves(tiny_config, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    records = [{"id": n, "clean": clean, "counterfactual": other, "answer": " John", "foil": " a"}
+               for n, (clean, other) in enumerate([(CLEAN, COUNTERFACTUAL), (COUNTERFACTUAL, CLEAN)])]  # fmt: skip
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for engine in ("inprocess", "ray"):
+        more = ["--engine", "ray", "--workers", "2"] if engine == "ray" else []
+        assert cli(tiny_config, "--pairs", str(pairs), "--scorer", "alti,eap", "--out", str(tmp_path / f"{engine}.csv"), *more) == 0
+        assert f"2 of 2 evaluated from {pairs}; ablation patching, metric logit_diff; engine {engine}" in capsys.readouterr().out
+    here, there = (pd.read_csv(tmp_path / f"{engine}.csv") for engine in ("inprocess", "ray"))
+    pd.testing.assert_frame_equal(there, here, rtol=1e-4, atol=1e-5)
+
+
 def test_scorer_names_are_the_registry(capsys):
     assert SCORER_NAMES == tuple(SCORERS)
     with pytest.raises(SystemExit):
@@ -76,6 +91,9 @@ def test_scorer_names_are_the_registry(capsys):
     (["--pairs", "pairs.jsonl", "--answer", " x"], "--answer is for one --prompt"),
     (["--pairs", "missing.jsonl"], "pair file not found: missing.jsonl"),
     ([*ONE[:6], "--foil", " Mary"], "the foil ' Mary' is 2 tokens"),
+    ([*ONE, "--engine", "ray"], "--engine ray is for --pairs; one prompt runs in-process"),
+    (["--pairs", "pairs.jsonl", "--workers", "2"], "workers and address are for the Ray engine"),
+    (["--pairs", "pairs.jsonl", "--engine", "ray", "--workers", "0"], "workers must be a whole number >= 1"),
 ])  # fmt: skip
 def test_errors_are_one_clear_line(tiny_config, capsys, args, message):
     assert cli(tiny_config, *args) == 2
@@ -94,6 +112,7 @@ def test_a_bad_pair_line_is_named(tiny_config, tmp_path, capsys):
     ["faithfulness", "--help"],
     ["faithfulness", *ONE, "--out", "x.txt"],
     ["faithfulness", "--pairs", "missing.jsonl"],
+    ["faithfulness", "--pairs", "missing.jsonl", "--engine", "ray"],
 ])  # fmt: skip
 def test_help_and_argument_errors_load_no_model_libraries(tiny_config, args):
     code, loaded, err = modules_loaded_by(args, tiny_config)

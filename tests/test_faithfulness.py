@@ -5,7 +5,9 @@ exact patching on a model made linear, EAP-IG's completeness, and ALTI routes as
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
+import pandas as pd
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -361,3 +363,33 @@ def test_a_set_of_pairs_averages_per_pair_and_pools_metrics_as_mib(tiny_models):
     assert row["cpr_pooled"] == pytest.approx(area((0.01, 0.5, 1.0), pooled))
     frame = result.frame()
     assert len(frame) == 2 * 2 * 3 and list(frame.columns[:3]) == ["pair", "task", "scorer"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed (pip install "llm-flow[scale]")')
+def test_the_ray_engine_gives_the_in_process_curves(tiny_folders, tiny_models):
+    import ray
+
+    pairs = [Pair("a", CLEAN, COUNTERFACTUAL, " John", " a", task="names"), Pair("b", COUNTERFACTUAL, CLEAN, " John", " a"),
+             Pair("c", CLEAN, COUNTERFACTUAL, " Mary", " a"), Pair("d", CLEAN, COUNTERFACTUAL + " John", " John", " a")]  # fmt: skip
+    scorers = [Alti(), Eap(), EapIg(steps=2), Random(seed=4)]
+    budgets = (0.01, 0.1, 0.5, 1.0)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        for mode in ("patching", "mean"):
+            here = evaluate_pairs(tiny_models("llama"), pairs, scorers, mode, budgets=budgets)
+            there = evaluate_pairs(str(tiny_folders["llama"]), pairs, scorers, mode, budgets=budgets, engine="ray", workers=2)
+            assert [r.pair for r in there.results] == pairs  # in the file's order, tasks kept
+            assert [r.error for r in there.results] == [r.error for r in here.results]
+            assert len(there.evaluated) == (2 if mode == "patching" else 3)  # c: 2 tokens; d: lengths differ
+            for mine, theirs in zip(here.evaluated, there.evaluated):
+                assert mine.curves.keys() == theirs.curves.keys()
+                for key, curve in mine.curves.items():
+                    other = theirs.curves[key]
+                    assert (other.edges, other.budgets, other.scorer) == (curve.edges, curve.budgets, curve.scorer)
+                    for name in ("metric", "faithfulness", "metric_absolute", "faithfulness_absolute"):
+                        assert getattr(other, name) == pytest.approx(getattr(curve, name), rel=1e-4, abs=1e-5), (mode, key, name)
+            pd.testing.assert_frame_equal(there.summary(), here.summary(), rtol=1e-4, atol=1e-5)
+        with pytest.raises(ArgumentError, match="pass its name or a ModelSpec"):
+            evaluate_pairs(tiny_models("llama"), pairs, scorers, engine="ray")
+    finally:
+        ray.shutdown()
