@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llm_flow.cli import main
-from llm_flow.faithfulness import SCORERS, AblationSpec, Random, budget_curve, prepare
+from llm_flow.faithfulness import SCORERS, AblationSpec, Alti, Random, budget_curve, prepare
 from llm_flow.faithfulness.settings import SCORER_NAMES
 from tests.test_cli import modules_loaded_by
 from tests.test_faithfulness import CLEAN, COUNTERFACTUAL
@@ -37,6 +37,19 @@ def test_one_prompt_prints_the_table_and_writes_the_library_curves(tiny_config, 
     cpr_line = next(line for line in printed.splitlines() if line.strip().startswith("CPR"))
     assert f"{direct.cpr:.3f}" in cpr_line
     assert "Smallest alti circuit with f >= 0.8" in printed and "route threshold" in printed
+
+
+def test_alti_can_rank_the_edges_patching_cannot_change_last(tiny_config, tiny_models, tmp_path):
+    out = tmp_path / "curve.csv"
+    later = CLEAN.replace("store,", "store.")  # the prompts part at the comma
+    assert cli(tiny_config, *ONE[:2], "--counterfactual", later, *ONE[4:], "--scorer", "alti", "--alti-changed-only",
+               "--out", str(out)) == 0  # fmt: skip
+    table = pd.read_csv(out)
+    problem = prepare(tiny_models("llama").run(CLEAN), " John", " a", AblationSpec("patching", counterfactual=later))
+    direct = budget_curve(problem, Alti(changed_only=True))
+    assert table["scorer"].eq("alti[changed_only=True]").all()
+    assert table["faithfulness"].tolist() == pytest.approx(list(direct.faithfulness), abs=1e-6)
+    assert direct.faithfulness != budget_curve(problem, Alti()).faithfulness
 
 
 def test_a_pair_file_reports_mean_spread_and_pooled_curves(tiny_config, tmp_path, capsys):

@@ -27,6 +27,7 @@ from llm_flow.faithfulness import (
     get_scorer,
     prepare,
     smallest_circuit,
+    top_k,
 )
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL
 from llm_flow.faithfulness.gradients import node_gradients
@@ -280,6 +281,30 @@ def test_smallest_alti_route_is_a_route_and_reaches_the_target(tiny_models):
     route = llm_flow.build_graph(problem.run, threshold=found.threshold)
     assert torch.equal(problem.edges.mask_of_graph(route), found.kept)
     assert faithfulness(problem, route).faithfulness == pytest.approx(found.faithfulness)
+
+
+def test_edges_patching_cannot_change_are_inert_and_alti_can_rank_them_last(tiny_models):
+    model = tiny_models("llama")
+    later = CLEAN.replace("store,", "store.")  # the same tokens up to the comma
+    clean_ids, later_ids = model.encode(CLEAN), model.encode(later)
+    first = next(n for n, (a, b) in enumerate(zip(clean_ids, later_ids)) if a != b)
+    assert len(clean_ids) == len(later_ids) and 5 < first < len(clean_ids) - 5
+    problem = prepare(model.run(CLEAN), " John", " a", AblationSpec("patching", counterfactual=later))
+    inert = problem.inert
+    assert 0 < int(inert.sum()) < len(inert)
+    # keeping or ablating them gives the same pass; one edge into the first differing token does not
+    circuit = torch.rand(len(inert), generator=torch.Generator().manual_seed(1)) < 0.5
+    with_inert, without = problem.logits(circuit | inert), problem.logits(circuit & ~inert)
+    assert (with_inert - without).abs().max() < 1e-5
+    changed = int(torch.nonzero((problem.edges.position == first) & ~circuit)[0])
+    assert (problem.logits(circuit | inert) - problem.logits(circuit | inert | (torch.arange(len(inert)) == changed))).abs().max() > 1e-4
+    for other in ("mean", "zero"):
+        assert not bool(_problem(model, other).inert.any())
+    plain, last = Alti().scores(problem), Alti(changed_only=True).scores(problem)
+    assert Alti(changed_only=True).key == "alti[changed_only=True]" and bool((last >= 0).all())
+    assert torch.equal(top_k(last, int((~inert).sum())), ~inert)  # every changed edge first
+    assert torch.equal(last[inert], plain[inert].double())  # ALTI's own scores within each group
+    assert torch.allclose(last[~inert] - 1, plain[~inert].double(), rtol=0, atol=1e-15)
 
 
 def test_signed_scorers_rank_twice_and_unsigned_once(tiny_models):

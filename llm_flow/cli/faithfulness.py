@@ -43,6 +43,9 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG's points between ablated and clean input (default: 5)")
     parser.add_argument("--alti-selection", choices=SELECTIONS, default="threshold",
                         help="how ALTI's top edges are chosen (default: threshold, the pruner's routes)")
+    parser.add_argument("--alti-changed-only", action="store_true",
+                        help="ALTI ranks last the edges the ablation cannot change (with patching: those into tokens "
+                             "before the first one where the prompts differ)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random scorer (default: 0)")
     parser.add_argument("--target", type=int, default=-1, help="token position whose prediction is read (default: -1)")
     parser.add_argument("--smallest", type=float, metavar="F",
@@ -122,8 +125,8 @@ def _check(args: argparse.Namespace) -> list[str]:
 
 
 def _options(name: str, args: argparse.Namespace) -> dict[str, object]:
-    return {"alti": {"selection": args.alti_selection}, "eap-ig": {"steps": args.steps},
-            "random": {"seed": args.seed}}.get(name, {})  # fmt: skip
+    return {"alti": {"selection": args.alti_selection, "changed_only": args.alti_changed_only},
+            "eap-ig": {"steps": args.steps}, "random": {"seed": args.seed}}.get(name, {})  # fmt: skip
 
 
 def _one(model, args: argparse.Namespace, spec: AblationSpec, scorers) -> int:
