@@ -1,5 +1,5 @@
-"""Budget curves over a set of prompt pairs, in-process: each pair its own circuits (a route is
-per prompt), then the mean and spread of CPR, CMD and f over the pairs, and MIB's pooled
+"""Budget curves over a set of prompt pairs, in-process or on Ray (`ray_engine`): each pair its
+own circuits (a route is per prompt), then the mean and spread of CPR, CMD and f over the pairs, and MIB's pooled
 curve, f from the metrics averaged over the set:
 
     f_pooled(k) = (mean m(C_k) - mean m(∅)) / (mean m(M) - mean m(∅))
