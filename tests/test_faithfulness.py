@@ -5,7 +5,9 @@ exact patching on a model made linear, EAP-IG's completeness, and ALTI routes as
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
+import pandas as pd
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -25,6 +27,7 @@ from llm_flow.faithfulness import (
     get_scorer,
     prepare,
     smallest_circuit,
+    top_k,
 )
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL
 from llm_flow.faithfulness.gradients import node_gradients
@@ -280,6 +283,30 @@ def test_smallest_alti_route_is_a_route_and_reaches_the_target(tiny_models):
     assert faithfulness(problem, route).faithfulness == pytest.approx(found.faithfulness)
 
 
+def test_edges_patching_cannot_change_are_inert_and_alti_can_rank_them_last(tiny_models):
+    model = tiny_models("llama")
+    later = CLEAN.replace("store,", "store.")  # the same tokens up to the comma
+    clean_ids, later_ids = model.encode(CLEAN), model.encode(later)
+    first = next(n for n, (a, b) in enumerate(zip(clean_ids, later_ids)) if a != b)
+    assert len(clean_ids) == len(later_ids) and 5 < first < len(clean_ids) - 5
+    problem = prepare(model.run(CLEAN), " John", " a", AblationSpec("patching", counterfactual=later))
+    inert = problem.inert
+    assert 0 < int(inert.sum()) < len(inert)
+    # keeping or ablating them gives the same pass; one edge into the first differing token does not
+    circuit = torch.rand(len(inert), generator=torch.Generator().manual_seed(1)) < 0.5
+    with_inert, without = problem.logits(circuit | inert), problem.logits(circuit & ~inert)
+    assert (with_inert - without).abs().max() < 1e-5
+    changed = int(torch.nonzero((problem.edges.position == first) & ~circuit)[0])
+    assert (problem.logits(circuit | inert) - problem.logits(circuit | inert | (torch.arange(len(inert)) == changed))).abs().max() > 1e-4
+    for other in ("mean", "zero"):
+        assert not bool(_problem(model, other).inert.any())
+    plain, last = Alti().scores(problem), Alti(changed_only=True).scores(problem)
+    assert Alti(changed_only=True).key == "alti[changed_only=True]" and bool((last >= 0).all())
+    assert torch.equal(top_k(last, int((~inert).sum())), ~inert)  # every changed edge first
+    assert torch.equal(last[inert], plain[inert].double())  # ALTI's own scores within each group
+    assert torch.allclose(last[~inert] - 1, plain[~inert].double(), rtol=0, atol=1e-15)
+
+
 def test_signed_scorers_rank_twice_and_unsigned_once(tiny_models):
     problem = _problem(tiny_models("llama"))
     budgets = (0.01, 0.1, 1.0)
@@ -361,3 +388,33 @@ def test_a_set_of_pairs_averages_per_pair_and_pools_metrics_as_mib(tiny_models):
     assert row["cpr_pooled"] == pytest.approx(area((0.01, 0.5, 1.0), pooled))
     frame = result.frame()
     assert len(frame) == 2 * 2 * 3 and list(frame.columns[:3]) == ["pair", "task", "scorer"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed (pip install "llm-flow[scale]")')
+def test_the_ray_engine_gives_the_in_process_curves(tiny_folders, tiny_models):
+    import ray
+
+    pairs = [Pair("a", CLEAN, COUNTERFACTUAL, " John", " a", task="names"), Pair("b", COUNTERFACTUAL, CLEAN, " John", " a"),
+             Pair("c", CLEAN, COUNTERFACTUAL, " Mary", " a"), Pair("d", CLEAN, COUNTERFACTUAL + " John", " John", " a")]  # fmt: skip
+    scorers = [Alti(), Eap(), EapIg(steps=2), Random(seed=4)]
+    budgets = (0.01, 0.1, 0.5, 1.0)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        for mode in ("patching", "mean"):
+            here = evaluate_pairs(tiny_models("llama"), pairs, scorers, mode, budgets=budgets)
+            there = evaluate_pairs(str(tiny_folders["llama"]), pairs, scorers, mode, budgets=budgets, engine="ray", workers=2)
+            assert [r.pair for r in there.results] == pairs  # in the file's order, tasks kept
+            assert [r.error for r in there.results] == [r.error for r in here.results]
+            assert len(there.evaluated) == (2 if mode == "patching" else 3)  # c: 2 tokens; d: lengths differ
+            for mine, theirs in zip(here.evaluated, there.evaluated):
+                assert mine.curves.keys() == theirs.curves.keys()
+                for key, curve in mine.curves.items():
+                    other = theirs.curves[key]
+                    assert (other.edges, other.budgets, other.scorer) == (curve.edges, curve.budgets, curve.scorer)
+                    for name in ("metric", "faithfulness", "metric_absolute", "faithfulness_absolute"):
+                        assert getattr(other, name) == pytest.approx(getattr(curve, name), rel=1e-4, abs=1e-5), (mode, key, name)
+            pd.testing.assert_frame_equal(there.summary(), here.summary(), rtol=1e-4, atol=1e-5)
+        with pytest.raises(ArgumentError, match="pass its name or a ModelSpec"):
+            evaluate_pairs(tiny_models("llama"), pairs, scorers, engine="ray")
+    finally:
+        ray.shutdown()

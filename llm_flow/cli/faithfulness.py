@@ -10,6 +10,7 @@ from pathlib import Path
 
 from llm_flow.cli.common import add_model_arguments, check_writable, end_progress, load, progress
 from llm_flow.config import Config
+from llm_flow.dataset.settings import check_engine
 from llm_flow.errors import ArgumentError
 from llm_flow.faithfulness.settings import METRICS, MODES, SCORER_NAMES, SELECTIONS, AblationSpec
 from llm_flow.wording import plural, step_progress
@@ -42,11 +43,19 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG's points between ablated and clean input (default: 5)")
     parser.add_argument("--alti-selection", choices=SELECTIONS, default="threshold",
                         help="how ALTI's top edges are chosen (default: threshold, the pruner's routes)")
+    parser.add_argument("--alti-changed-only", action="store_true",
+                        help="ALTI ranks last the edges the ablation cannot change (with patching: those into tokens "
+                             "before the first one where the prompts differ)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random scorer (default: 0)")
     parser.add_argument("--target", type=int, default=-1, help="token position whose prediction is read (default: -1)")
     parser.add_argument("--smallest", type=float, metavar="F",
                         help="also find each scorer's smallest circuit with f >= F (one prompt only)")
     parser.add_argument("--limit", type=int, help="with --pairs: the first N pairs only")
+    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
+                        help='with --pairs: inprocess (default) or ray (pip install "llm-flow[scale]"), same results')
+    parser.add_argument("--workers", type=int,
+                        help="Ray actors, one model each (default: one per CPU, or per GPU with --device cuda)")
+    parser.add_argument("--address", help="address of an existing Ray cluster (default: start a local Ray)")
     parser.add_argument("--out", type=Path, help="write every curve as CSV (one row per scorer and budget)")
     parser.set_defaults(handler=run)
 
@@ -69,6 +78,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from llm_flow.faithfulness import get_scorer
 
     scorers = [get_scorer(name, **_options(name, args)) for name in names]
+    if args.engine == "ray":  # each worker loads its own
+        from llm_flow.dataset.spec import ModelSpec, resolved
+
+        return _many(resolved(ModelSpec(args.model or config.default_model, args.device, args.dtype, str(config.path))),
+                     args, pairs, scorers)  # fmt: skip
     model = load(args, config)
     if pairs is None:
         return _one(model, args, spec, scorers)
@@ -83,6 +97,9 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise ArgumentError(f"unknown scorer {unknown[0] if unknown else args.scorer!r}: use {', '.join(SCORER_NAMES)}")
     if len(set(names)) != len(names):
         raise ArgumentError(f"--scorer lists a scorer twice ({args.scorer})")
+    check_engine(args.engine, args.workers, args.address)
+    if args.pairs is None and args.engine != "inprocess":
+        raise ArgumentError("--engine ray is for --pairs; one prompt runs in-process")
     if args.pairs is not None:
         given = [flag for flag in ("counterfactual", "answer", "foil") if getattr(args, flag) is not None]
         if given:
@@ -108,8 +125,8 @@ def _check(args: argparse.Namespace) -> list[str]:
 
 
 def _options(name: str, args: argparse.Namespace) -> dict[str, object]:
-    return {"alti": {"selection": args.alti_selection}, "eap-ig": {"steps": args.steps},
-            "random": {"seed": args.seed}}.get(name, {})  # fmt: skip
+    return {"alti": {"selection": args.alti_selection, "changed_only": args.alti_changed_only},
+            "eap-ig": {"steps": args.steps}, "random": {"seed": args.seed}}.get(name, {})  # fmt: skip
 
 
 def _one(model, args: argparse.Namespace, spec: AblationSpec, scorers) -> int:
@@ -164,11 +181,12 @@ def _many(model, args: argparse.Namespace, pairs, scorers) -> int:
     def report(done: int, total: int, what: str) -> None:
         progress(step_progress(f"Pairs ({what})", done, total, time.perf_counter() - started))
 
-    result = evaluate_pairs(model, pairs, scorers, args.ablation, args.reference, args.metric, progress=report)
+    result = evaluate_pairs(model, pairs, scorers, args.ablation, args.reference, args.metric, progress=report,
+                            engine=args.engine, workers=args.workers, address=args.address)  # fmt: skip
     end_progress()
     failed = [r for r in result.results if r.error is not None]
     print(f"Pairs   {len(result.evaluated)} of {len(pairs)} evaluated from {args.pairs}; ablation {args.ablation}, "
-          f"metric {args.metric}")  # fmt: skip
+          f"metric {args.metric}; engine {args.engine}")  # fmt: skip
     for r in failed[:3]:
         print(f"  skipped {r.pair.pair_id}: {r.error}")
     if not result.evaluated:

@@ -52,6 +52,30 @@ def run_ray(
     batch_size: int = 1,
 ) -> Iterator[PromptResult]:
     """Results as the actors finish them (in no particular order: the files are sorted later)."""
+    rows = [{"prompt_id": item.prompt_id, "text": item.text} for item in items]
+    kwargs = {"spec": spec, "settings": settings, "cpus": cpus_per_worker}
+    seen_info = None
+    for row in map_on_actors(RouteActor, kwargs, rows, spec.device, workers, address, cpus_per_worker, batch_size):
+        if row["model_info"] != seen_info:
+            seen_info = row["model_info"]
+            on_model(json.loads(seen_info))
+        yield result_from_json(row["result"])
+
+
+def map_on_actors(
+    actor: type,
+    kwargs: dict,
+    rows: list[dict],
+    device: str = "cpu",
+    workers: int | None = None,
+    address: str | None = None,
+    cpus_per_worker: float = 1.0,
+    batch_size: int = 1,
+) -> Iterator[dict]:
+    """Ray Data ``map_batches`` of `rows` over a pool of `actor`s (built with `kwargs`, one model
+    each, CPU or GPU by `device`), on the cluster at `address` or a local Ray started and stopped
+    here; the output rows as they come. An llm-flow error raised in a worker reaches the caller
+    as itself, with "(in a Ray worker)" added."""
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -60,28 +84,22 @@ def run_ray(
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ArgumentError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(exc)}") from None
     try:
-        gpu = spec.device.startswith("cuda")
+        gpu = device.startswith("cuda")
         resources = {"num_gpus": 1} if gpu else {"num_cpus": cpus_per_worker}
         if workers is None:  # as many as the cluster holds
             available = ray.cluster_resources().get("GPU" if gpu else "CPU", 1)
             workers = max(1, int(available // (1 if gpu else cpus_per_worker)))
-        rows = [{"prompt_id": item.prompt_id, "text": item.text} for item in items]
         results = ray.data.from_items(rows).map_batches(
-            RouteActor,
-            fn_constructor_kwargs={"spec": spec, "settings": settings, "cpus": cpus_per_worker},
+            actor,
+            fn_constructor_kwargs=kwargs,
             batch_format="pyarrow",
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=workers),
             **resources,
         )
-        seen_info = None
         try:
             for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.to_pylist():
-                    if row["model_info"] != seen_info:
-                        seen_info = row["model_info"]
-                        on_model(json.loads(seen_info))
-                    yield result_from_json(row["result"])
+                yield from batch.to_pylist()
         except LlmFlowError:
             raise
         except Exception as exc:  # Ray wraps a failing actor (model load) in its own types

@@ -11,8 +11,9 @@ left.
 
 Ablations: ``patching`` (from a counterfactual prompt of the same length), ``mean`` (over
 reference prompts), ``zero``. Scorers: ``alti``, ``eap``, ``eap-ig``, ``random`` (`SCORERS`).
-Sets of prompt pairs: `read_pairs`, `evaluate_pairs`. Names are imported on first use, so that
-reading a pair file or checking settings (the CLI does both first) does not load torch.
+Sets of prompt pairs: `read_pairs`, `evaluate_pairs` (in-process, or ``engine="ray"``). Names
+are imported on first use, so that reading a pair file or checking settings (the CLI does both
+first) does not load torch.
 """
 
 from __future__ import annotations

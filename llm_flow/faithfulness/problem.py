@@ -28,7 +28,7 @@ from llm_flow.views.tokens import single_token
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.faithfulness.edges import ATTENTION, FFN, RESIDUAL, Edges
 from llm_flow.faithfulness.settings import METRICS, AblationSpec
-from llm_flow.faithfulness.values import PartValues, ZeroValues, ablation_values
+from llm_flow.faithfulness.values import PartValues, RunValues, ZeroValues, ablation_values
 from llm_flow.interventions.forward import ablated_logits
 from llm_flow.interventions.parts import Ablation, LayerRemoval
 from llm_flow.models.run import Run
@@ -94,6 +94,17 @@ class Problem:
     def empty(self) -> float:
         """m(∅): every edge of the full graph ablated."""
         return self.metric(torch.zeros(len(self.edges), dtype=torch.bool))
+
+    @cached_property
+    def inert(self) -> torch.Tensor:
+        """Units whose ablated value is their clean value, bool [n]: keeping or ablating them
+        changes nothing. Under patching on a causal model, every unit into a token before the
+        first one where the two prompts differ (everything there is the same in both runs)."""
+        if not isinstance(self.values, RunValues) or self.model.info.bidirectional:
+            return torch.zeros(len(self.edges), dtype=torch.bool)
+        differ = torch.nonzero(self.run.tokens != self.values.run.tokens).flatten()
+        first = int(differ[0]) if len(differ) else self.run.n_tokens
+        return self.edges.position < first
 
     def normalised(self, metric: float) -> float:
         """f for a metric value; NaN when ablating everything leaves the metric unchanged."""

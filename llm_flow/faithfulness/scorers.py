@@ -11,6 +11,9 @@
     rollout on the graph, comparable across destinations.
   - ``contribution``: the raw contribution c(e), normalised per destination node (what MIB
     had to pick greedily from).
+  With ``changed_only``, the edges the ablation leaves unchanged (`Problem.inert`: under
+  patching, those into tokens before the first one where the prompts differ) rank last: keeping
+  them spends budget on edges whose ablation cannot move the metric.
 * `Eap`: edge attribution patching, the first-order estimate of what ablating the edge costs:
   ``score = -(z_ablated - z_clean) · ∂m/∂(destination node)``, z summed over the edge's parts.
 * `EapIg`: the same with the gradient averaged over `steps` points between the ablated and the
@@ -28,6 +31,7 @@ from typing import ClassVar
 
 import torch
 
+from llm_flow.errors import ArgumentError
 from llm_flow.validation import check_choice, check_positive, check_seed
 from llm_flow.faithfulness.gradients import NodeGradients, node_gradients
 from llm_flow.faithfulness.problem import Problem
@@ -70,9 +74,12 @@ class Alti(Scorer):
     summary: ClassVar[str] = "The information-flow route's contributions (no extra forward pass)."
 
     selection: str = "threshold"
+    changed_only: bool = False
 
     def __post_init__(self) -> None:
         check_choice("selection", self.selection, SELECTIONS)
+        if not isinstance(self.changed_only, bool):
+            raise ArgumentError(f"changed_only must be True or False (got {self.changed_only!r})")
 
     def scores(self, problem: Problem) -> torch.Tensor:
         run, target = problem.run, problem.contrast.position
@@ -82,7 +89,10 @@ class Alti(Scorer):
         ffn = torch.stack([c.ffn for c in layers])
         if self.selection != "contribution":
             attention, residual, ffn = _reach(attention, residual, ffn, target, self.selection == "flow")
-        return problem.edges.gather(attention, residual, ffn).float()
+        scores = problem.edges.gather(attention, residual, ffn).float()
+        if self.changed_only:  # the others above them (contributions are in [0, 1]; scores stay >= 0,
+            scores = torch.where(problem.inert, scores.double(), scores.double() + 1.0)  # float64 keeps their order)
+        return scores
 
 
 def _reach(attention, residual, ffn, target: int, flow: bool):

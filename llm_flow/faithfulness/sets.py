@@ -1,5 +1,5 @@
-"""Budget curves over a set of prompt pairs, in-process: each pair its own circuits (a route is
-per prompt), then the mean and spread of CPR, CMD and f over the pairs, and MIB's pooled
+"""Budget curves over a set of prompt pairs, in-process or on Ray (`ray_engine`): each pair its
+own circuits (a route is per prompt), then the mean and spread of CPR, CMD and f over the pairs, and MIB's pooled
 curve, f from the metrics averaged over the set:
 
     f_pooled(k) = (mean m(C_k) - mean m(∅)) / (mean m(M) - mean m(∅))
@@ -99,35 +99,80 @@ def evaluate_pairs(
     metric: str = "logit_diff",
     budgets: Sequence[float] = BUDGETS,
     progress: Progress | None = None,
+    *,
+    engine: str = "inprocess",
+    workers: int | None = None,
+    address: str | None = None,
 ) -> PairsResult:
     """Each pair's budget curve per scorer. Mean ablation averages over `reference` (a prompt
     file or list), by default over the set's counterfactual prompts (the IOI convention: the
-    mean of the corrupted distribution), run once for all pairs."""
+    mean of the corrupted distribution), run once for all pairs (once per worker on Ray).
+
+    `engine`: ``inprocess`` (`model` a loaded model) or ``ray`` (`model` a name or a
+    `llm_flow.dataset.ModelSpec`: each of `workers` actors loads its own, on the cluster at
+    `address` or a local Ray), with the same results."""
+    from llm_flow.dataset.settings import check_engine
+
+    check_engine(engine, workers, address)
     budgets = check_budgets(budgets)
     keys = [scorer.key for scorer in scorers]
     if len(set(keys)) != len(keys):
         raise ArgumentError(f"each scorer may appear once (got {', '.join(keys)})")
-    shared = None
-    if mode == "mean":
-        reference = [p.counterfactual for p in pairs] if reference is None else reference
-        if progress is not None:
-            progress(0, len(pairs), "running the reference prompts")
-        shared = reference_runs(model, AblationSpec("mean", reference=reference))
+    if mode == "mean" and reference is None:
+        reference = [p.counterfactual for p in pairs]
+    task = PairTask(tuple(scorers), mode, reference, metric, budgets)
+    if engine == "ray":
+        from llm_flow.faithfulness.ray_engine import evaluate_on_ray
+
+        results = evaluate_on_ray(model, pairs, task, workers, address, progress)
+    else:
+        results = _evaluate_here(model, pairs, task, progress)
+    return PairsResult(tuple(results), tuple(keys), mode, metric, budgets)
+
+
+@dataclass(frozen=True)
+class PairTask:
+    """What is measured on every pair: all an engine's worker needs besides the model."""
+
+    scorers: tuple[Scorer, ...]
+    mode: str
+    reference: object  # prompts mean ablation averages over (None for the other modes)
+    metric: str
+    budgets: tuple[float, ...]
+
+    def references(self, model) -> list | None:
+        """The reference runs mean ablation shares across pairs (None for the other modes)."""
+        return reference_runs(model, AblationSpec("mean", reference=self.reference)) if self.mode == "mean" else None
+
+    def evaluate(self, model, pair: Pair, shared: list | None) -> PairCurves:
+        """One pair's curves, or the reason it cannot be evaluated."""
+        try:
+            spec = AblationSpec(self.mode, counterfactual=pair.counterfactual if self.mode == "patching" else None,
+                                reference=self.reference if self.mode == "mean" else None)  # fmt: skip
+            problem = prepare(model.run(pair.clean), pair.answer, pair.foil, spec, self.metric, references=shared)
+            return PairCurves(pair, {s.key: budget_curve(problem, s, self.budgets) for s in self.scorers})
+        except LlmFlowError as exc:
+            return PairCurves(pair, {}, str(exc))
+
+
+def _evaluate_here(model, pairs: Sequence[Pair], task: PairTask, progress: Progress | None) -> list[PairCurves]:
+    from llm_flow.dataset.spec import ModelSpec
+
+    if isinstance(model, str):
+        model = ModelSpec(model)
+    if isinstance(model, ModelSpec):
+        model = model.load()
+    if task.mode == "mean" and progress is not None:
+        progress(0, len(pairs), "running the reference prompts")
+    shared = task.references(model)
     results = []
     for done, pair in enumerate(pairs):
         if progress is not None:
             progress(done, len(pairs), f"pair {pair.pair_id}")
-        try:
-            spec = AblationSpec(mode, counterfactual=pair.counterfactual if mode == "patching" else None,
-                                reference=reference if mode == "mean" else None)  # fmt: skip
-            problem = prepare(model.run(pair.clean), pair.answer, pair.foil, spec, metric, references=shared)
-            curves = {scorer.key: budget_curve(problem, scorer, budgets) for scorer in scorers}
-            results.append(PairCurves(pair, curves))
-        except LlmFlowError as exc:
-            results.append(PairCurves(pair, {}, str(exc)))
+        results.append(task.evaluate(model, pair, shared))
     if progress is not None:
         progress(len(pairs), len(pairs), "done")
-    return PairsResult(tuple(results), tuple(keys), mode, metric, budgets)
+    return results
 
 
 def _sd(values: list[float]) -> float:
