@@ -262,3 +262,20 @@ def test_tokens_without_a_tokenizer_are_named_by_id_and_the_figure_takes_its_arg
     top_p = figure.data[-1]
     assert list(top_p.customdata) == torch.topk(logits, 7).indices.tolist()
     assert [w > 0 for w in top_p.marker.line.width] == [i == 2 for i in range(7)]
+
+
+def test_edge_cases_a_page_can_reach():
+    """Tied logits listed by token id; a token the model already gave -inf is not top-k's cut;
+    one token left is drawn; greedy stages keep the raw logits; the figure shows 15 tokens."""
+    tied = sampling_stages(torch.tensor([1.0, 3.0, 1.0, 3.0, 1.0]), SamplingSettings(temperature=0.5))
+    assert tied.to_frame()["token_id"].tolist() == [1, 3, 0, 2, 4]
+    masked = sampling_stages(torch.tensor([2.0, -math.inf, 1.0, 0.0]), SamplingSettings(top_k=2))
+    assert masked.cut_by_top_k.tolist() == [False, False, False, True]
+    assert masked.to_frame()["cut_by"].tolist() == ["", "", "top-k", ""]
+    one_left = sampling_stages(random_logits(8), SamplingSettings(temperature=1.3, top_k=1))
+    assert choose(one_left, seeded_generator(0)) == int(random_logits(8).argmax())
+    logits = random_logits(9)
+    greedy = sampling_stages(logits, SamplingSettings(temperature=0))
+    for stage in (greedy.scaled, greedy.after_top_k, greedy.after_top_p):
+        assert torch.equal(stage, logits)
+    assert len(sampling_stages(logits, SamplingSettings()).figure().data[-1].customdata) == 15
