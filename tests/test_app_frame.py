@@ -317,3 +317,30 @@ def test_find_a_node_selects_it_and_centres_the_graph(tiny_config, monkeypatch):
     assert not app.exception
     app.text_input(key=widget_key("explorer.find")).input("").run()
     assert state(app).explorer.focus is None and "focus" not in dict(app.query_params)
+
+
+def test_link_values_at_their_limits_and_in_other_spellings_are_read(tiny_config):
+    """What a hand-edited or old link may hold: the first prompt and token 0, every bound itself,
+    other spellings of yes and no, an empty optional value; and the fields' kinds as declared."""
+    config = load_config(tiny_config)  # two prompts
+    for params, read in [
+        ({"prompt": "0"}, lambda s: s.source.prompt_choice == config.prompts[0]),
+        ({"prompt": "1"}, lambda s: s.source.prompt_choice == config.prompts[1]),
+        ({"token": "0"}, lambda s: s.source.pending_position == 0),
+        ({"threshold": "0.001", "temp": "5.0"}, lambda s: (s.route.threshold, s.explorer.temperature) == (0.001, 5.0)),
+        ({"check_draws": "1", "neurons": "100"}, lambda s: (s.check.draws, s.explorer.neuron_count) == (1, 100)),
+        ({"renorm": "OFF", "lens_norm": "False", "check": "Yes"},
+         lambda s: (s.route.renormalize, s.explorer.lens_normalize, s.check.shown) == (False, False, True)),
+        ({"att_layers": "", "compact": ""}, lambda s: (s.attention.layers, s.explorer.compact) == (None, None)),
+    ]:  # fmt: skip
+        state_out, notices = state_from_link(params, config)
+        assert notices == [] and read(state_out), params
+    state_out, notices = state_from_link({"prompt": "2"}, config)
+    assert notices == ["The link asks for prompt 2, but 2 prompts are configured (0–1); showing the first."]
+    state_out, notices = state_from_link({"att_layers": "1,-2"}, config)
+    assert state_out.attention.layers is None and notices == [
+        "The link's att_layers '1,-2' is not a list of numbers from 0; the default (none) is used."
+    ]
+    kinds = {(section, name): (spec.kind, spec.optional) for section, name, spec in linked_fields.__wrapped__()}
+    assert kinds[("attention", "heads")] == (tuple, True) and kinds[("explorer", "compact")] == (bool, True)
+    assert kinds[("route", "threshold")] == (float, False) and kinds[("explorer", "head")] == (int, True)

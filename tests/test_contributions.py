@@ -78,6 +78,47 @@ def test_neuron_contributions_match_independent_reference(runs, references, fami
             assert abs(float(c_neurons.sum()) + c_rest - 1) < 1e-5
 
 
+BIASED = ["gpt2", "gpt_neox", "qwen2"]  # the families with biases (Qwen2: on q, k and v only)
+
+
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory):
+    """(run, reference layers) of models whose biases are random, not zero as initialised."""
+    from tests.tiny_models import save_tiny_model
+
+    root = tmp_path_factory.mktemp("biased")
+
+    def load(family):
+        folder = str(save_tiny_model(family, root / family, random_biases=True))
+        run = llm_flow.load_model(folder).run(PROMPT)
+        return run, reference_layers(folder, run.tokens.tolist())
+
+    return {family: load(family) for family in BIASED}
+
+
+@pytest.mark.parametrize("family", BIASED)
+def test_biases_that_belong_to_no_part(biased, family):
+    """b_O and the FFN output bias enter the whole but are nobody's part; b_V is in every head's
+    part: the parts plus those biases rebuild the whole, and the contributions still equal the
+    reference's, where each bias is kept where DESIGN.md §1 puts it."""
+    run, references = biased[family]
+    for layer, ref in enumerate(references):
+        for position in (1, run.n_tokens - 1):
+            p, f = attention_parts(run, layer, position), ffn_parts(run, layer, position)
+            torch.testing.assert_close(p.bias.double(), ref.attn_bias[position], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(f.bias.double(), ref.neuron_bias[position], atol=1e-5, rtol=1e-5)
+            rebuilt = p.residual + p.pieces.sum((0, 1)) + p.bias + (p.ffn if p.ffn is not None else 0)
+            assert torch.allclose(rebuilt, p.whole, atol=1e-4, rtol=1e-5)
+            assert torch.allclose(f.residual + f.pieces.sum(0) + f.bias, f.whole, atol=1e-4, rtol=1e-5)
+            ref_neurons, ref_rest = reference_neurons(ref, position, run.parallel)
+            c_neurons, c_rest = llm_flow.neuron_contributions(run, layer, position)
+            torch.testing.assert_close(c_neurons.double(), ref_neurons, atol=ATOL, rtol=0)
+            assert abs(c_rest - float(ref_rest)) < ATOL
+        assert_layer_matches(run, layer, ref, ATOL)
+    if family != "qwen2":
+        assert float(references[0].attn_bias.abs().max()) > 0.1 and float(references[0].neuron_bias.abs().max()) > 0.1
+
+
 def test_reference_is_not_trivially_uniform(runs):
     """Guard against a weak test: the tiny models' contributions must differ a lot between parts."""
     c_heads, _ = llm_flow.attention_contributions(runs["llama"], 1)
@@ -99,8 +140,9 @@ def test_grouped_query_heads_read_their_own_kv_head(runs, tiny_models):
         torch.testing.assert_close(vectors[:, head], values[:, kv_head] @ w_o[head])
 
 
-def test_rows_cached_on_the_run_are_reused(runs):
+def test_rows_cached_on_the_run_are_reused(runs, monkeypatch):
     """A second graph for the same run computes no new attention rows."""
+    from llm_flow.routes import contributions
     from llm_flow.routes.graph import build_graph
 
     run = runs["gpt2"]
@@ -108,9 +150,20 @@ def test_rows_cached_on_the_run_are_reused(runs):
     store = run.derived_store
     before = {key: store.peek(key) for key in store.keys()}
     assert before, "the graph kept its attention rows"
+    for name in ("_rows", "_attention_layer"):
+        monkeypatch.setattr(contributions, name, lambda *a, **k: pytest.fail("a row was computed again"))
     build_graph(run, target=-1, threshold=0.05)
     assert store.keys() == list(before)
     assert all(store.peek(k) is before[k] for k in before)
+
+
+def _edge_numbers(graph) -> dict:
+    """Every edge's weight, per-head split and residual share, one number per key."""
+    numbers = {}
+    for u, v, d in graph.edges(data=True):
+        for k, value in enumerate([d["weight"], d.get("residual", 0.0), *d.get("heads", [])]):
+            numbers[(u, v, d["kind"], k)] = value
+    return numbers
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
@@ -120,6 +173,7 @@ def test_full_contributions_cover_every_layer_and_serve_later_graphs(tiny_models
     from llm_flow.routes import contributions
 
     run = tiny_models(family).run(PROMPT)
+    fresh = tiny_models(family).run(PROMPT)  # the same prompt, nothing computed on it yet
     table = llm_flow.full_contributions(run)
     assert len(table) == run.n_layers
     for layer, entry in enumerate(table):
@@ -129,7 +183,9 @@ def test_full_contributions_cover_every_layer_and_serve_later_graphs(tiny_models
         torch.testing.assert_close(entry.residual, c_res)
         torch.testing.assert_close(entry.ffn, c_ffn)
         torch.testing.assert_close(entry.ffn_residual, c_res2)
+    # the same graphs as from rows computed as the pruner asks for them (on a run without the table)
+    expected = [_edge_numbers(llm_flow.build_graph(fresh, t, threshold=0.01)) for t in range(run.n_tokens)]
     monkeypatch.setattr(contributions, "_rows", lambda *a, **k: pytest.fail("a row was computed again"))
     for target in range(run.n_tokens):
-        llm_flow.build_graph(run, target, threshold=0.01)
+        assert _edge_numbers(llm_flow.build_graph(run, target, threshold=0.01)) == pytest.approx(expected[target], abs=1e-6)
     assert all(a is b for a, b in zip(llm_flow.full_contributions(run), table)), "a second call computes nothing"

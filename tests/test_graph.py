@@ -226,3 +226,128 @@ def test_real_run_graph_is_a_route_to_the_target(tiny_models, family):
         assert data["token"] == run.str_tokens[data["position"]]
     if run.parallel:
         assert not any(d["kind"] == "resid_mid" for _, d in graph.nodes(data=True))
+
+
+def _reference_source(folder: str, run) -> TableSource:
+    """The run's contributions from the float64 reference of tests/reference.py."""
+    from tests.reference import reference_contributions, reference_layers
+
+    tables = [reference_contributions(layer, run.parallel) for layer in reference_layers(folder, run.tokens.tolist())]
+    return TableSource(*([t[k] for t in tables] for k in range(4)), parallel=run.parallel)
+
+
+def _margin(source: TableSource, threshold: float) -> float:
+    """How close any edge weight of any node comes to the threshold (before renormalisation)."""
+    weights = []
+    for layer in range(source.n_layers):
+        edge = source.heads[layer].sum(-1)  # [T, T] per source
+        edge = edge + torch.diag(source.residual[layer])
+        weights += [edge[edge > 0], source.ffn_share[layer], source.ffn_residual[layer]]
+    return float((torch.cat(weights) - threshold).abs().min())
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_a_real_runs_route_is_the_route_of_the_reference_contributions(tiny_models, tiny_folders, family, renormalize):
+    """End to end: `build_graph` on a run (its settings, graph attributes, edges and weights)
+    against the brute-force route of contributions computed by the independent float64
+    reference, at a threshold no weight comes within the tolerance of the contribution tests
+    (1e-4) of: there float32 rounding cannot decide whether an edge is kept."""
+    run = tiny_models(family).run("When Mary and John went to the store, John gave a drink to")
+    source = _reference_source(str(tiny_folders[family]), run)
+    threshold = max((round(0.03 + 0.0005 * k, 4) for k in range(100)), key=lambda t: _margin(source, t))
+    assert _margin(source, threshold) > 1e-4
+    target = run.n_tokens - 2
+    graph = llm_flow.build_graph(run, target - run.n_tokens, threshold, renormalize)
+    assert graph.graph == {
+        "tokens": run.str_tokens, "target": target, "threshold": threshold, "renormalize": renormalize,
+        "n_layers": run.n_layers, "n_tokens": run.n_tokens, "parallel": run.parallel,
+        "model": run.model.name, "prompt": run.prompt,
+    }  # fmt: skip
+    expected = brute_force(source, target, threshold, renormalize)
+    got = {(u, v): d["weight"] for u, v, d in graph.edges(data=True)}
+    assert set(got) == set(expected) and len(got) > 10
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_build_graph_defaults(tiny_models):
+    """As documented: the last token, threshold 0.04, renormalised."""
+    run = tiny_models("gpt2").run("The capital of France is")
+    attrs = llm_flow.build_graph(run).graph
+    assert (attrs["target"], attrs["threshold"], attrs["renormalize"]) == (run.n_tokens - 1, 0.04, True)
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_a_weight_equal_to_the_threshold_is_dropped(renormalize):
+    """"<= t is dropped" (DESIGN.md §1), at every kind of edge: the residual and FFN shares of an
+    I node and an attention edge, each exactly at the threshold."""
+    heads, residual = [torch.zeros(2, 2, 1)], [torch.tensor([1.0, 0.25])]
+    heads[0][1] = torch.tensor([[0.25], [0.5]])  # row 1: source 0 at exactly 0.25; source 1 0.5 + residual 0.25
+    ffn, ffn_residual = [torch.tensor([0.25, 0.25])], [torch.tensor([0.75, 0.75])]
+    graph = route_graph(TableSource(heads, residual, ffn, ffn_residual), 1, 0.25, renormalize)
+    assert set(graph.edges) == {("A0_1", "I0_1"), ("X_1", "A0_1")}, "the FFN (0.25) and source 0 (0.25) are dropped"
+    heads = [torch.zeros(2, 2, 1)]
+    heads[0][1] = torch.tensor([[0.5], [0.25]])
+    source = TableSource(heads, [torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 0.75])], [torch.tensor([0.0, 0.25])])
+    graph = route_graph(source, 1, 0.25, renormalize)
+    # the residual share of I0_1 (0.25) and source 1 of A0_1 (0.25) are dropped
+    assert set(graph.edges) == {("M0_1", "I0_1"), ("A0_1", "M0_1"), ("X_0", "A0_1")}
+
+
+def test_a_shared_route_is_built_once_per_run_and_settings(tiny_models):
+    """Pages take the route from the Run (every session, every rerun): the same settings give the
+    same graph object, and each settings' graph equals a fresh `build_graph` with them."""
+    from llm_flow.routes.graph import shared_graph
+
+    run = tiny_models("llama").run("The capital of France is Paris, and Rome is")
+    graph = shared_graph(run, -1, 0.05, False)
+    assert shared_graph(run, run.n_tokens - 1, 0.05, False) is graph
+    for settings in ((-1, 0.05, False), (-2, 0.05, False), (-1, 0.02, False), (-1, 0.05, True)):
+        shared, fresh = shared_graph(run, *settings), llm_flow.build_graph(run, *settings)
+        assert shared.graph == fresh.graph and sorted(shared.edges(data=True)) == sorted(fresh.edges(data=True))
+    assert len({id(shared_graph(run, *s)) for s in ((-1, 0.05, False), (-2, 0.05, False), (-1, 0.05, True))}) == 3
+    assert shared_graph(run).graph == llm_flow.build_graph(run).graph, "the same defaults as build_graph"
+
+
+def test_the_graph_as_json_reads_back_as_the_same_graph(tiny_models):
+    import json
+
+    from llm_flow.routes.graph import graph_json
+
+    graph = llm_flow.build_graph(tiny_models("gpt2").run("One, two, three, four"), -1, 0.04)
+    back = nx.node_link_graph(json.loads(graph_json(graph)), edges="edges")
+    assert back.is_directed() and back.graph == graph.graph
+    assert dict(back.nodes(data=True)) == dict(graph.nodes(data=True))
+    assert sorted(back.edges(data=True)) == sorted(graph.edges(data=True))
+
+
+@pytest.mark.parametrize("name", ["X_0", "A3_5", "M0_12", "I11_0", "I4_1->A5_3", "X_2->M0_2"])
+def test_node_and_edge_names_read_back(name):
+    from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
+
+    element = parse_element(name)
+    assert str(element) == name and isinstance(element, EdgeId if "->" in name else NodeId)
+
+
+@pytest.mark.parametrize("name", ["", "X0_1", "A_3", "A3_", "Q1_2", "A-1_2", "I4_1->", "->A5_3", "A1_2->A1_3->I1_3", "I4_1-A5_3"])
+def test_names_that_are_neither_a_node_nor_an_edge_are_refused(name):
+    from llm_flow.routes.nodes import parse_element
+
+    with pytest.raises(llm_flow.ArgumentError, match="is not a route-graph (node|edge) name"):
+        parse_element(name)
+
+
+@pytest.mark.parametrize(
+    "kind, layer, position, message",
+    [
+        ("Q", 0, 1, r"unknown node kind 'Q' \(use one of X, A, M, I\)"),
+        ("X", 2, 0, "no such node: kind 'X', layer 2, position 0"),
+        ("A", -1, 0, "no such node: kind 'A', layer -1, position 0"),
+        ("I", 1, -1, "no such node: kind 'I', layer 1, position -1"),
+    ],
+)
+def test_a_node_that_cannot_exist_is_refused(kind, layer, position, message):
+    from llm_flow.routes.nodes import NodeId
+
+    with pytest.raises(llm_flow.ArgumentError, match=message):
+        NodeId(kind, layer, position)

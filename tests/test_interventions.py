@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -28,14 +29,26 @@ from tests.tiny_models import FAMILIES
 ATOL = 1e-4  # float32 TransformerLens pass vs float64 HF, logits up to ~10 (seen: up to 6.5e-5)
 
 
+class PerFamily(dict):
+    """Built for a family the first time a test asks for it (a test of one family loads one)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, family: str):
+        self[family] = value = self._make(family)
+        return value
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_models):
-    return {family: tiny_models(family).run(PROMPT) for family in FAMILIES}
+    return PerFamily(lambda family: tiny_models(family).run(PROMPT))
 
 
 @pytest.fixture(scope="module")
 def hf(tiny_folders):
-    return {family: HfModel(str(tiny_folders[family])) for family in FAMILIES}
+    return PerFamily(lambda family: HfModel(str(tiny_folders[family])))
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -160,14 +173,13 @@ def _minus(name: str, position: int):
     return edit
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
-def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
-    """Route only == every A/I node of the route rebuilt, in HF, from the parts its graph edges
-    name (read here from the edges directly): kept heads of kept sources, the residual if the
-    self edge or residual edge is kept, the FFN if its edge is kept."""
-    run = runs[family]
-    graph = llm_flow.build_graph(run, threshold=0.06)
+def _hf_route_only_logits(run, model: HfModel, graph, ffn_mode: str = "zero") -> torch.Tensor:
+    """Route only, in HF: every A/I node of the route rebuilt from the parts its graph edges name
+    (read here from the edges directly): kept heads of kept sources, the residual if the self
+    edge or residual edge is kept, the FFN if its edge is kept (else zero, or its mean output over
+    the prompt in the unmodified pass)."""
     heads = run.model.info.n_heads
+    ids = run.tokens.tolist()
     sources: dict[tuple[int, int], set[int]] = {}  # attention node -> kept source positions
     residual_kept, ffn_kept = set(), set()
     for u, v, data in graph.edges(data=True):
@@ -181,10 +193,9 @@ def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
             residual_kept.add((dest["kind"], *key))
         if data["kind"] == "ffn":
             ffn_kept.add(key)
-    attention_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True)
-                       if d["kind"] == ("resid_post" if run.parallel else "resid_mid")]  # fmt: skip
-    i_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True) if d["kind"] == "resid_post"]
     attention_kind = "resid_post" if run.parallel else "resid_mid"
+    attention_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True) if d["kind"] == attention_kind]
+    i_nodes = [(d["layer"], d["position"]) for _, d in graph.nodes(data=True) if d["kind"] == "resid_post"]
 
     def attention_edit(layer):
         def edit(out, ctx):
@@ -202,13 +213,15 @@ def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
         return edit
 
     def ffn_edit(layer):
+        mean = model.ffn_outputs(ids, layer).mean(0) if ffn_mode == "mean" else 0.0
+
         def edit(out, ctx):
             out = out.clone()
             for lay, i in i_nodes:
                 if lay != layer:
                     continue
                 if (lay, i) not in ffn_kept:
-                    out[i] = 0.0
+                    out[i] = mean
                 if not run.parallel and ("resid_post", lay, i) not in residual_kept:
                     out[i] -= ctx.saved["resid_mid"][i]
             return out
@@ -216,14 +229,59 @@ def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
         return edit
 
     layers = sorted({lay for lay, _ in attention_nodes} | {lay for lay, _ in i_nodes})
-    expected = hf[family].logits(
-        run.tokens.tolist(),
-        attention={lay: attention_edit(lay) for lay in layers},
-        ffn={lay: ffn_edit(lay) for lay in layers},
+    return model.logits(
+        ids, attention={lay: attention_edit(lay) for lay in layers}, ffn={lay: ffn_edit(lay) for lay in layers}
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
+def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.06)
     logits = ablated_logits(run, dropped_parts(run, route_nodes(run, graph), "zero"))
-    _close(logits, expected)
+    _close(logits, _hf_route_only_logits(run, hf[family], graph))
     _changed(logits, run)
+
+
+def test_causal_pairs_are_numbered_row_by_row():
+    """Random removals draw a number and turn it into (query, source <= query): row by row, and
+    still in the right row far beyond the integers a float64 holds exactly."""
+    from llm_flow.interventions.route import _pair
+
+    n = 300
+    query, source = _pair(torch.arange(n * (n + 1) // 2))
+    assert list(zip(query.tolist(), source.tolist())) == [(i, j) for i in range(n) for j in range(i + 1)]
+    for k in (10**8, 3 * 10**9 + 7, 2**31 - 1):
+        first = k * (k + 1) // 2  # row k holds first .. first + k
+        query, source = _pair(torch.tensor([first - 1, first, first + 1, first + k, first + k + 1]))
+        assert query.tolist() == [k - 1, k, k, k, k + 1] and source.tolist() == [k - 1, 0, 1, k, 0]
+
+
+def test_random_removals_draw_from_every_causal_part_of_the_layer(runs):
+    """The random baseline of route removed: as many parts per layer and kind as the route's,
+    drawn from all of the layer's (query, source <= query, head) triples and positions."""
+    import random
+
+    run = runs["gpt2"]
+    heads, n = run.model.info.n_heads, run.n_tokens
+    every = {(i, j, h) for i in range(n) for j in range(i + 1) for h in range(heads)}
+    chosen = sorted(every)[:: max(1, len(every) // 400)]
+    route = ablation(
+        run, [AttentionPart(1, *t) for t in chosen] + [ResidualPart(1, 2, "A"), ResidualPart(1, 3, "I"), FfnPart(1, 4)],
+        ffn_mode="mean",
+    )
+    rng, seen, positions = random.Random(0), set(), set()
+    for _ in range(200):
+        look = random_like(run, route, rng)
+        assert look.ffn_mode == "mean" and list(look.layers) == [1]
+        layer = look.layers[1]
+        triples = {tuple(t) for t in layer.attention.tolist()}
+        assert len(triples) == len(chosen) and triples <= every
+        assert (len(layer.residual_attention), len(layer.residual_ffn), len(layer.ffn)) == (1, 1, 1)
+        seen |= triples
+        positions |= layer.residual_attention | layer.residual_ffn | layer.ffn
+    assert seen == every, f"{len(every - seen)} parts were never drawn"
+    assert positions == set(range(n))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
@@ -289,11 +347,35 @@ def test_the_percentiles_on_screen_compare_each_route_with_its_own_baseline():
     )  # fmt: skip
     assert check.only_percentile == 62.5  # 0.1, 0.2 below, 0.4 a tie: 2.5 of 4
     assert check.removed_percentile == 20.0  # 0.05 below: 1 of 5
-    table = check.table().set_index("condition")
+    table = check.table()
+    assert list(table.columns) == ["condition", "probability", "logit", "rank", "percentile", "low", "high"]
+    assert table["rank"].tolist() == [1, 1, 1, 1, 1]
+    table = table.set_index("condition")
     assert table.loc["route only", "percentile"] == 62.5 and table.loc["route removed", "percentile"] == 20.0
     medians = table.loc[["random only (median)", "random removed (median)"], ["probability", "logit", "low", "high"]]
     assert medians.values.tolist() == [pytest.approx([0.3, 0.3, 0.1, 0.6]), pytest.approx([0.35, 0.35, 0.05, 0.5])]
     assert table.loc["unmodified", "probability"] == 0.5 and table.loc["route removed", "probability"] == 0.1
+
+
+def test_every_pass_as_csv_lists_each_condition_and_draw():
+    """The "Every pass as CSV" download: one row per pass, in order, with its numbers."""
+    check = RouteCheck(
+        position=3, token_id=7, token="x", threshold=0.04, n_route_parts=10, n_dropped_parts=20, seed=5,
+        unmodified=Outcome(0.5, 2.0, 1), route_only=Outcome(0.4, 1.5, 2), route_removed=Outcome(0.1, -1.0, 9),
+        random_only=(Outcome(0.2, 0.5, 3), Outcome(0.3, 0.7, 2)), random_removed=(Outcome(0.45, 1.9, 1),),
+    )  # fmt: skip
+    table = check.draws_table()
+    assert list(table.columns) == ["condition", "draw", "probability", "logit", "rank", "token", "position", "seed"]
+    rows = [tuple(None if isinstance(v, type(pd.NA)) else v for v in row) for row in table.itertuples(index=False)]
+    assert rows == [
+        ("unmodified", None, 0.5, 2.0, 1, "x", 3, 5),
+        ("route only", None, 0.4, 1.5, 2, "x", 3, 5),
+        ("route removed", None, 0.1, -1.0, 9, "x", 3, 5),
+        ("random only", 0, 0.2, 0.5, 3, "x", 3, 5),
+        ("random only", 1, 0.3, 0.7, 2, "x", 3, 5),
+        ("random removed", 0, 0.45, 1.9, 1, "x", 3, 5),
+    ]
+    assert str(table["draw"].dtype) == "Int64", "draw numbers stay whole numbers in the CSV"
 
 
 def test_route_check_is_seeded(runs):
@@ -302,13 +384,89 @@ def test_route_check_is_seeded(runs):
     first = check_route(run, graph, draws=3, seed=7)
     assert check_route(run, graph, draws=3, seed=7) == first
     other = check_route(run, graph, draws=3, seed=8)
-    assert other.random_removed != first.random_removed
+    assert other.random_removed != first.random_removed and other.random_only != first.random_only
+    assert first.route_only not in first.random_only, "random routes are not the route"
+    mean = check_route(run, graph, draws=3, seed=7, ffn_mode="mean")
+    assert mean.random_only != first.random_only and mean.random_removed != first.random_removed
     assert (other.route_only, other.route_removed) == (first.route_only, first.route_removed)
     assert first.unmodified.rank == 1 and first.token_id == int(run.logits[-1].argmax())
     assert len(first.random_only) == 3 and 0 <= first.only_percentile <= 100
     table = first.table()
     assert list(table["condition"]) == [
         "unmodified", "route only", "random only (median)", "route removed", "random removed (median)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_route_check_against_transformers(runs, hf, family):
+    """The two numbers a check is about, for a token the model does not rank first and with FFNs
+    mean-replaced: route only against HF route only; route removed against HF with every
+    attention part of the route's attention edges and every FFN on the route taken out (the
+    residual stream stays: see llm_flow/interventions/route_checks.py)."""
+    run, model = runs[family], hf[family]
+    graph = llm_flow.build_graph(run, threshold=0.04)
+    position, ids = graph.graph["target"], run.tokens.tolist()
+    token = int(torch.argsort(run.logits[position], descending=True)[1])
+    check = check_route(run, graph, draws=1, seed=3, token=token, ffn_mode="mean")
+    only = _hf_route_only_logits(run, model, graph, ffn_mode="mean")[position]
+    sources: dict[tuple[int, int], set[int]] = {}
+    ffn_cut: dict[int, set[int]] = {}
+    for u, v, data in graph.edges(data=True):
+        dest = graph.nodes[v]
+        if data["kind"] == "attention":
+            sources.setdefault((dest["layer"], dest["position"]), set()).add(graph.nodes[u]["position"])
+        elif data["kind"] == "ffn" and dest["kind"] == "resid_post":
+            ffn_cut.setdefault(dest["layer"], set()).add(dest["position"])
+    heads = run.model.info.n_heads
+
+    def attention(layer):
+        def edit(out, ctx):
+            out = out.clone()
+            for (lay, i), kept in sources.items():
+                if lay == layer:
+                    out[i] -= sum(ctx.part(i, j, h) for j in kept for h in range(heads))
+            return out
+
+        return edit
+
+    def ffn(layer):
+        mean = model.ffn_outputs(ids, layer).mean(0)
+
+        def edit(out, ctx):
+            out = out.clone()
+            out[sorted(ffn_cut[layer])] = mean
+            return out
+
+        return edit
+
+    removed = model.logits(ids, attention={lay: attention(lay) for lay, _ in sources}, ffn={lay: ffn(lay) for lay in ffn_cut})
+    removed = removed[position]
+    for got, logits in ((check.route_only, only), (check.route_removed, removed)):
+        assert got.probability == pytest.approx(float(torch.softmax(logits, -1)[token]), rel=1e-3)
+        assert got.logit == pytest.approx(float(logits[token]), abs=ATOL)
+        assert got.rank == int((logits > logits[token]).sum()) + 1
+    assert check.token_id == token and check.token == run.model.decode_tokens([token])[0]
+    assert (check.position, check.threshold, check.seed) == (position, 0.04, 3)
+    n_kept_attention = heads * sum(map(len, sources.values()))
+    assert check.n_route_parts == n_kept_attention + sum(map(len, ffn_cut.values()))
+    # route only drops, at every A/I node of the route, each part its edges do not keep
+    nodes = [d for _, d in graph.nodes(data=True) if d["kind"] in ("resid_mid", "resid_post")]
+    with_attention = "resid_post" if run.parallel else "resid_mid"
+    every = sum((d["position"] + 1) * heads * (d["kind"] == with_attention) + 1 + (d["kind"] == "resid_post") for d in nodes)
+    residual_kept = {v for u, v, d in graph.edges(data=True) if d["kind"] == "residual"
+                     or (d["kind"] == "attention" and graph.nodes[u]["position"] == graph.nodes[v]["position"])}  # fmt: skip
+    kept = n_kept_attention + len(residual_kept) + sum(map(len, ffn_cut.values()))
+    assert check.n_dropped_parts == every - kept
+    assert abs(check.route_removed.logit - check.unmodified.logit) > 100 * ATOL
+    assert len(check.random_only) == len(check.random_removed) == 1
+
+
+def test_route_check_defaults(runs):
+    """20 draws of each kind and seed 0 unless asked otherwise (what the CLI and app document)."""
+    run = runs["gpt_neox"]
+    graph = llm_flow.build_graph(run, threshold=0.1)
+    check = check_route(run, graph)
+    assert len(check.random_only) == len(check.random_removed) == 20 and check.seed == 0
+    assert check == check_route(run, graph, draws=20, seed=0)
 
 
 def _hf_edge_removal(run, graph, source: str, dest: str):
@@ -364,8 +522,9 @@ def _edges_of_each_kind(graph) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
 def test_edge_removal_equals_removing_its_parts_in_transformers(runs, hf, family):
-    """What "Remove this edge" reports (probability, logit, rank of the predicted token, before
-    and after) against the same removal done with hooks on plain transformers in float64."""
+    """What "Remove this edge" reports (probability, logit and rank of the predicted token before
+    and after, the parts removed) against the same removal done with hooks on plain transformers
+    in float64."""
     run = runs[family]
     graph = llm_flow.build_graph(run, threshold=0.04)
     ids, target = run.tokens.tolist(), graph.graph["target"]
@@ -373,11 +532,16 @@ def test_edge_removal_equals_removing_its_parts_in_transformers(runs, hf, family
     token = int(plain.argmax())
     edges = _edges_of_each_kind(graph)
     assert len(edges) == (4 if run.parallel else 5), edges  # parallel blocks have no residual edge
+    heads = run.model.info.n_heads
     for source, dest in edges:
         result = check_edge(run, graph, source, dest)
         attention, ffn = _hf_edge_removal(run, graph, source, dest)
         removed = hf[family].logits(ids, attention=attention, ffn=ffn)[target]
-        assert result.token_id == token
+        assert (result.source, result.dest, result.token_id) == (source, dest, token)
+        assert result.token == run.model.decode_tokens([token])[0]
+        self_edge = graph.nodes[source]["position"] == graph.nodes[dest]["position"]
+        kind = graph.edges[source, dest]["kind"]
+        assert result.n_parts == (heads + self_edge if kind == "attention" else 1), (source, dest)
         for got, logits in ((result.unmodified, plain), (result.removed, removed)):
             probability = float(torch.softmax(logits, -1)[token])
             assert got.probability == pytest.approx(probability, rel=1e-3), (source, dest)
@@ -386,12 +550,48 @@ def test_edge_removal_equals_removing_its_parts_in_transformers(runs, hf, family
         assert abs(result.removed.logit - result.unmodified.logit) > 100 * ATOL, f"{source}->{dest} changed nothing"
 
 
-def test_threshold_curve(runs):
-    run = runs["gpt2"]
+def test_edge_removal_of_an_ffn_edge_with_mean_replacement_and_another_token(runs, hf):
+    run, model = runs["llama"], hf["llama"]
     graph = llm_flow.build_graph(run, threshold=0.04)
-    curve = threshold_curve(run, graph, thresholds=(0.2, 0.01))
-    assert list(curve["threshold"]) == [0.01, 0.2]
-    assert curve["parts"].iloc[0] > curve["parts"].iloc[1]
+    source, dest = next((u, v) for u, v in _edges_of_each_kind(graph) if v.startswith("I") and u.startswith("M"))
+    target, ids = graph.graph["target"], run.tokens.tolist()
+    token = int(torch.argsort(run.logits[target], descending=True)[3])
+    result = check_edge(run, graph, source, dest, token=token, ffn_mode="mean")
+    layer, i = graph.nodes[dest]["layer"], graph.nodes[dest]["position"]
+    mean = model.ffn_outputs(ids, layer).mean(0)
+
+    def replace(out, ctx):
+        out = out.clone()
+        out[i] = mean
+        return out
+
+    logits = model.logits(ids, ffn={layer: replace})[target]
+    assert result.token_id == token and result.removed.rank == int((logits > logits[token]).sum()) + 1
+    assert result.removed.logit == pytest.approx(float(logits[token]), abs=ATOL)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_threshold_curve_is_route_only_at_each_threshold(runs, hf, family):
+    """Each row of the curve: the route at that threshold (target and renormalisation from the
+    graph), its size, and the chosen token's fate with that route alone, against HF route only."""
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.04, renormalize=False)
+    position = graph.graph["target"]
+    token = int(torch.argsort(run.logits[position], descending=True)[2])  # not the top prediction
+    curve = threshold_curve(run, graph, thresholds=(0.2, 0.02, 0.05), token=token, ffn_mode="mean")
+    assert list(curve.columns) == ["threshold", "nodes", "edges", "parts", "probability", "logit", "rank"]
+    assert list(curve["threshold"]) == [0.02, 0.05, 0.2]
+    heads = run.model.info.n_heads
+    for row in curve.itertuples():
+        route = llm_flow.build_graph(run, position, row.threshold, renormalize=False)
+        assert (row.nodes, row.edges) == (route.number_of_nodes(), route.number_of_edges())
+        kinds = [(d["kind"], v[0]) for _, v, d in route.edges(data=True)]
+        assert row.parts == heads * kinds.count(("attention", "I" if run.parallel else "A")) + kinds.count(("ffn", "I"))
+        logits = _hf_route_only_logits(run, hf[family], route, ffn_mode="mean")[position]
+        assert row.probability == pytest.approx(float(torch.softmax(logits, -1)[token]), rel=1e-3)
+        assert row.logit == pytest.approx(float(logits[token]), abs=ATOL)
+        assert row.rank == int((logits > logits[token]).sum()) + 1
+    assert curve["parts"].iloc[0] > curve["parts"].iloc[-1]
 
 
 @pytest.mark.parametrize(
@@ -399,9 +599,14 @@ def test_threshold_curve(runs):
     [
         ([AttentionPart(3, 1, 0, 0)], "layer must be 0..2"),
         ([AttentionPart(0, 99, 0, 0)], "token positions must be"),
+        ([FfnPart(0, 36)], r"FfnPart\(layer=0, position=36\): token positions must be 0\.\.35 for this 36-token prompt"),
+        ([AttentionPart(0, 4, 36, 0)], r"AttentionPart\(layer=0, query=4, source=36, head=0\): token positions"),
+        ([AttentionPart(3, 4, 3, 0)], r"AttentionPart\(layer=3, query=4, source=3, head=0\): layer must be"),
         ([AttentionPart(0, 1, 2, 0)], "comes after query"),
         ([AttentionPart(0, 2, 1, 4)], "head must be 0..3"),
         ([ResidualPart(0, 1, "M")], "node must be 'A'"),
+        ([ResidualPart(5, 1, "A")], r"ResidualPart\(layer=5, position=1, node='A'\): layer must be"),
+        ([ResidualPart(0, 99, "I")], r"ResidualPart\(layer=0, position=99, node='I'\): token positions must be"),
         ([FfnPart(-1, 0)], "layer must be"),
         ([(0, 1, 0, 0)], "is not a part"),
     ],
@@ -422,6 +627,11 @@ def test_bad_arguments(runs):
         check_route(run, graph, draws=0)
     with pytest.raises(llm_flow.ArgumentError, match="another prompt or model"):
         check_route(other, graph)
+    import networkx as nx
+
+    for foreign in (nx.DiGraph(), nx.DiGraph(n_layers=run.n_layers)):
+        with pytest.raises(llm_flow.ArgumentError, match=r"this is not a route graph: build one with llm_flow\.build_graph"):
+            check_route(run, foreign)
     with pytest.raises(llm_flow.ArgumentError, match="token id"):
         check_route(run, graph, token=10**6)
     with pytest.raises(llm_flow.ArgumentError, match="no edge"):

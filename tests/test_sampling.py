@@ -219,3 +219,63 @@ def test_stage_figure_greys_what_each_filter_cut():
     assert [x for x, i in zip(top_p.x, shown) if stages.kept[i]] == pytest.approx(stages.probs[kept].tolist())
     assert list(tempered.x) == pytest.approx(torch.softmax(logits / 1.5, -1)[shown].tolist(), rel=1e-5)
     assert top_p.marker.line.width[0] > 0 and not any(top_p.marker.line.width[1:])  # the chosen token
+
+
+def test_the_settings_read_as_the_sliders_set_them():
+    assert SamplingSettings(0.7, 5, 0.9).describe() == "temperature 0.7, top-k 5, top-p 0.9"
+    assert SamplingSettings().describe() == "temperature 1, top-k off, top-p off"
+    assert SamplingSettings(temperature=0, top_k=5).describe() == "greedy (temperature 0: always the most likely token)"
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 40, 0.9), (1.5, 3, 1.0), (0.0, 10, 0.5)])
+def test_the_table_holds_every_tokens_numbers_from_the_definitions(temperature, top_k, top_p):
+    """`to_frame()` (the notebook's table): highest logit first, the model's softmax, the
+    probability of being drawn and the filter that cut each token, all from `by_definition`."""
+    logits = random_logits(5)
+    stages = sampling_stages(logits, SamplingSettings(temperature, top_k, top_p), lambda ids: [f"t{i}" for i in ids])
+    frame = stages.to_frame()
+    order = sorted(range(VOCAB), key=lambda i: -float(logits[i]))
+    assert frame["token_id"].tolist() == order and frame["token"].tolist() == [f"t{i}" for i in order]
+    assert frame["logit"].tolist() == logits[order].tolist()
+    assert frame["model_probability"].tolist() == pytest.approx(torch.softmax(logits.double(), -1)[order].tolist(), rel=1e-5)
+    if temperature == 0:
+        best = int(logits.argmax())
+        assert frame["probability"].tolist() == [1.0] + [0.0] * (VOCAB - 1) and order[0] == best
+        assert frame["cut_by"].tolist() == [""] + ["greedy"] * (VOCAB - 1)
+        return
+    by_k, by_p, final = by_definition(logits, temperature, top_k, top_p)
+    assert frame["probability"].tolist() == pytest.approx(final[order].tolist(), abs=1e-6)
+    expected_cut = ["top-k" if not by_k[i] else "top-p" if not by_p[i] else "" for i in order]
+    assert frame["cut_by"].tolist() == expected_cut and "top-k" in expected_cut
+    summary = stages.summary()
+    assert summary["tokens that can be drawn"] == f"{int(by_p.sum()):,} of {VOCAB}"
+    assert summary["settings"] == SamplingSettings(temperature, top_k, top_p).describe()
+    assert summary["most likely"]["token_id"].tolist() == order[:10]
+
+
+def test_tokens_without_a_tokenizer_are_named_by_id_and_the_figure_takes_its_arguments():
+    logits = random_logits(6)
+    stages = sampling_stages(logits, SamplingSettings(temperature=1.2, top_k=8))
+    assert stages.to_frame()["token"].tolist()[:3] == [f"#{i}" for i in torch.topk(logits, 3).indices.tolist()]
+    chosen = int(torch.topk(logits, 3).indices[2])
+    figure = stages.figure(n=7, chosen=chosen)
+    top_p = figure.data[-1]
+    assert list(top_p.customdata) == torch.topk(logits, 7).indices.tolist()
+    assert [w > 0 for w in top_p.marker.line.width] == [i == 2 for i in range(7)]
+
+
+def test_edge_cases_a_page_can_reach():
+    """Tied logits listed by token id; a token the model already gave -inf is not top-k's cut;
+    one token left is drawn; greedy stages keep the raw logits; the figure shows 15 tokens."""
+    tied = sampling_stages(torch.tensor([1.0, 3.0, 1.0, 3.0, 1.0]), SamplingSettings(temperature=0.5))
+    assert tied.to_frame()["token_id"].tolist() == [1, 3, 0, 2, 4]
+    masked = sampling_stages(torch.tensor([2.0, -math.inf, 1.0, 0.0]), SamplingSettings(top_k=2))
+    assert masked.cut_by_top_k.tolist() == [False, False, False, True]
+    assert masked.to_frame()["cut_by"].tolist() == ["", "", "top-k", ""]
+    one_left = sampling_stages(random_logits(8), SamplingSettings(temperature=1.3, top_k=1))
+    assert choose(one_left, seeded_generator(0)) == int(random_logits(8).argmax())
+    logits = random_logits(9)
+    greedy = sampling_stages(logits, SamplingSettings(temperature=0))
+    for stage in (greedy.scaled, greedy.after_top_k, greedy.after_top_p):
+        assert torch.equal(stage, logits)
+    assert len(sampling_stages(logits, SamplingSettings()).figure().data[-1].customdata) == 15

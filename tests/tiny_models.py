@@ -160,9 +160,17 @@ def build_model(family: str, seed: int = 0):
     return model_class(config).eval(), tokenizer
 
 
-def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
-    """Build the family's random model and save it with the tiny tokenizer as a local folder."""
+def save_tiny_model(family: str, folder: Path, seed: int = 0, random_biases: bool = False) -> Path:
+    """Build the family's random model and save it with the tiny tokenizer as a local folder.
+
+    `transformers` initialises biases to zero, so a bias that belongs to no part (b_O, the FFN
+    output bias) would go unseen: `random_biases` draws every bias at random instead."""
     model, tokenizer = build_model(family, seed)
+    if random_biases:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(".bias"):
+                    parameter.normal_(0.0, 0.3)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -221,7 +221,7 @@ def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax,
     return out
 
 
-def _correction_kernel(dots, packed, offsets, counts, key, signed_gain, abs_whole, vectors_t, vmax, out):
+def _correction_kernel(dots, packed, offsets, counts, key, signed_gain, abs_whole, vectors_t, vmax, out):  # pragma: no mutate block
     """out[k, j, h] = max(a * dots[h, k, j] - 2 * correction, 0) with a = packed[h, offsets[k] + j];
     0 for j >= counts[k] (the sources row k does not have).
 
