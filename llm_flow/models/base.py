@@ -46,6 +46,7 @@ class ModelInfo:
     no_lm_head: bool = False  # no (masked-)LM head: the input embeddings serve as the unembedding
     n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
     experts_per_token: int = 0
+    encoder_layers: int = 0  # an encoder–decoder: its encoder's layers (n_layers counts the decoder's)
 
 
 class TransparentLlm(ABC):

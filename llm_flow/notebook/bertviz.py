@@ -9,6 +9,9 @@ meanings (``attention`` is the ``attentions`` tuple of a ``transformers`` model 
 tokens (queries) to the encoder's (sources). The figures are llm-flow's own head, model and neuron
 views (`llm_flow.figures.attention`), and they embed plotly.js, so they draw offline.
 
+An encoder–decoder loaded by llm-flow gives the same three tabs from
+``model.run_pair(source, target)`` passed as ``attention``.
+
 What llm-flow adds: pass a `Run` (``model.run(text)``) as ``attention`` to choose the
 ``weighting``: the attention weights, the norm-based weights (attention x value norm) or ALTI
 contributions, which only a model's values can give.
@@ -25,9 +28,11 @@ from llm_flow.errors import ArgumentError
 from llm_flow.figures.attention import head_view_menu_figure, model_view_figure, neuron_view_figure
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.notebook.page import HtmlPage, deliver
 from llm_flow.views.attention import AttentionView, attention_view, attention_view_of
 from llm_flow.views.attention_scores import neuron_view as neuron_view_data
+from llm_flow.views.seq2seq_attention import seq2seq_views
 
 # BertViz's prettify_tokens: the word-start marks of byte-level BPE and SentencePiece, and
 # BPE's end-of-word mark, as the text they stand for (plus byte-level BPE's line break).
@@ -141,6 +146,10 @@ def _views(
             raise ArgumentError(
                 "give either attention (a self-attention model) or the encoder/decoder arguments, not both"
             )
+        if isinstance(attention, Seq2SeqRun):
+            if tokens is not None or sentence_b_start is not None:
+                raise ArgumentError("an encoder–decoder run carries its own tokens and has no sentence pair: leave tokens out")
+            return seq2seq_views(attention, layers=include_layers, heads=include_heads, weighting=weighting)
         if isinstance(attention, Run):
             return [(None, _run_view(attention, tokens, sentence_b_start, include_layers, include_heads, weighting))]
         return [(None, _tuple_view(attention, tokens, sentence_b_start, prettify_tokens, include_layers, include_heads,
