@@ -52,6 +52,7 @@ class Attribution(Displayable):
     prompt: str = ""  # the prompt as typed (the tokens include a chat template if one was used)
     generated: bool = False  # the continuation was generated greedily (else given as text)
     chat_template: bool = False
+    n_source: int | None = None  # an encoder–decoder: the first n_source tokens are the source
 
     # --- shape -------------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Attribution(Displayable):
         return replace(self, spans=spans, scores=scores, level="words")
 
     def _starts_word(self, position: int) -> bool:
-        if position in (0, self.n_prompt) or self.special[position] or self.special[position - 1]:
+        if position in (0, self.n_prompt, self.n_source) or self.special[position] or self.special[position - 1]:
             return True
         text, before = self.tokens[position], self.tokens[position - 1]
         if before.isspace():  # a whitespace-only token (" ", "\n") opens the word that follows
@@ -166,6 +167,7 @@ class Attribution(Displayable):
             "prompt": self.prompt,
             "generated": self.generated,
             "chat_template": self.chat_template,
+            "n_source": self.n_source,
         }
 
     @classmethod
@@ -184,7 +186,7 @@ class Attribution(Displayable):
                                 dtype=np.float64).reshape(len(data["scores"]), len(data["spans"])),
                 step_scores=data["step_scores"], deltas=data["deltas"], level=data["level"],
                 scale=data["scale"], prompt=data["prompt"], generated=data["generated"],
-                chat_template=data["chat_template"],
+                chat_template=data["chat_template"], n_source=data.get("n_source"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ArgumentError(f"the attribution file is incomplete or malformed ({exc!r})") from None
