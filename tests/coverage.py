@@ -183,8 +183,9 @@ def _seq2seq(model: Seq2SeqLlm, reference, name: str) -> dict[str, Cell]:
     def attribution() -> None:
         from llm_flow.attribution.api import attribute
 
-        result = attribute(model, PROMPT, "input_x_gradient", generate=1)  # ALTI rollout: not for encoder–decoders yet
-        assert np.isfinite(result.scores[0, : result.n_prompt]).all(), "input x gradient gave non-finite scores"
+        for method in ("input_x_gradient", "alti_rollout"):  # ALTI+ on an encoder–decoder
+            result = attribute(model, PROMPT, method, generate=1)
+            assert np.isfinite(result.scores[0, : result.n_prompt]).all(), f"{method} gave non-finite scores"
 
     checks = {
         "routes": lambda: model.run(PROMPT),

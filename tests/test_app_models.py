@@ -47,3 +47,17 @@ def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypa
     assert not app.exception
     neurons = next(df.value for df in app.dataframe if list(df.value.columns) == ["neuron", "contribution", "activation"])
     assert list(neurons["neuron"]) == [n.neuron for n in top_neurons(run, layer, position, k=20, expert=shares[0].expert)]
+
+
+def test_an_encoder_decoder_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """The app's pages read a Run of one prompt, which an encoder–decoder does not have: choosing
+    one says so (and what the library and the CLI do with it), with no traceback."""
+    folder = save_tiny_model("marian", tmp_path / "marian")
+    (tmp_path / "prompts.json").write_text(json.dumps(["The capital of France is Paris."]))
+    path = tmp_path / "local.json"
+    path.write_text(json.dumps({"default_model": "marian", "models": {"marian": {"source": str(folder)}},
+                                "prompts_file": "prompts.json"}))  # fmt: skip
+    app = start(path, monkeypatch)
+    assert not app.exception
+    shown = " ".join(e.value for e in app.error)
+    assert "MarianMTModel is an encoder–decoder" in shown and "run_pair" in shown

@@ -147,9 +147,9 @@ def test_words_json_and_refusals(loaded, tmp_path):
     path = result.save(tmp_path / "a.json")
     again = load_attribution(path)
     assert again.n_source == result.n_source and np.allclose(again.scores, result.scores, equal_nan=True)
+    with pytest.raises(ArgumentError, match="unknown attribution method"):
+        attribute(model, SOURCE, "alti_rollout_typo", continuation=TARGET)
     with pytest.raises(UnsupportedModelError, match="not available for encoder–decoders; use one of"):
-        attribute(model, SOURCE, "alti_rollout", continuation=TARGET)
-    with pytest.raises(UnsupportedModelError, match="not available for encoder–decoders"):
         attribute(model, SOURCE, "gradient_shap", continuation=TARGET)
     with pytest.raises(ArgumentError, match="not both"):
         attribute(model, SOURCE, "saliency", continuation=TARGET, generate=2)

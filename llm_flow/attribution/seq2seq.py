@@ -28,14 +28,16 @@ from llm_flow.attribution.base import (
     stack_rows,
 )
 from llm_flow.attribution.gradient import InputXGradient, IntegratedGradients, Saliency
-from llm_flow.attribution.internals import Attention
+from llm_flow.attribution.internals import AltiRollout, Attention
 from llm_flow.attribution.perturbation import Occlusion
+from llm_flow.attribution.registry import METHODS
 from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import scores_of
 from llm_flow.attribution.targets import Sequence
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.seq2seq import Seq2SeqLlm
 from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.routes.seq2seq import seq2seq_contributions
 from llm_flow.validation import build_named
 from llm_flow.views.tokens import single_token
 
@@ -65,9 +67,31 @@ class CrossAttention(Attention):
         return MethodOutput(stack_rows(rows, problem.n_sources))
 
 
+@dataclass(frozen=True)
+class AltiPlusRollout(AltiRollout):
+    """ALTI+ (Ferrando et al. 2022, *Towards Opening the Black Box of Neural Machine
+    Translation*): the exact contributions of every attention block of the encoder and the
+    decoder (self and cross), rolled out into each target token's shares of the source tokens and
+    the target prefix (`llm_flow.routes.seq2seq`, docs/method.md). Each row sums to 1."""
+
+    label: ClassVar[str] = "ALTI+ rollout"
+    summary: ClassVar[str] = (
+        "Each source and target-prefix token's share in the state that predicts the target: ALTI "
+        "contributions of the encoder, the decoder and the cross-attention, multiplied through all layers."
+    )
+
+    def compute(self, problem: Problem) -> MethodOutput:
+        ids, n_source = list(problem.sequence.ids), problem.n_source
+        rollout = seq2seq_contributions(problem.seq2seq, ids[:n_source], ids[n_source + 1 :]).rollout()  # [T, S + T]
+        rows = [torch.from_numpy(rollout[step, : n_source + step + 1]) for step in range(problem.n_steps)]
+        problem.report(problem.n_steps)
+        return MethodOutput(stack_rows(rows, problem.n_sources))
+
+
 #: The methods an encoder–decoder can be attributed with, by name, in the order they are offered.
 SEQ2SEQ_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Saliency, InputXGradient, IntegratedGradients, Occlusion, CrossAttention)
+    cls.name: cls
+    for cls in (Saliency, InputXGradient, IntegratedGradients, Occlusion, CrossAttention, AltiPlusRollout)
 }
 
 
@@ -153,7 +177,7 @@ def attribute_seq2seq(
     `llm_flow.attribution.attribute`."""
     if isinstance(method, str):
         key = method.strip().lower().replace("-", "_")
-        if key not in SEQ2SEQ_METHODS:
+        if key not in SEQ2SEQ_METHODS and key in METHODS:
             raise UnsupportedModelError(
                 f"{seq2seq.name}: attribution method {method!r} is not available for encoder–decoders; "
                 f"use one of {', '.join(SEQ2SEQ_METHODS)}"

@@ -160,6 +160,11 @@ class TransparentLlm(ABC):
     def name(self) -> str:
         return self.info.name
 
+    def parameter_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (what unloading it gives back)."""
+        tensors = [*self.hf_model.parameters(), *self.hf_model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def token_limit(self) -> tuple[int, str]:
         """The most tokens one pass may analyse, and which limit that is (the model's context
         length or the configured ``limits.max_prompt_tokens``, whichever is lower)."""
