@@ -42,6 +42,8 @@ ATTENTION_WEIGHTINGS = ("attention", "norm", "alti")
 HEAD_AGGREGATIONS = ("mean", "max")
 # Sentence pairs (BertViz's sentence A / B): which query segment -> which source segment to keep.
 # A causal model never lets A attend to B, so "A->B" is always empty; it is offered for symmetry.
+#: The three attentions of an encoder–decoder, in BertViz's order.
+SEQ2SEQ_STACKS = ("encoder", "decoder", "cross")
 PAIR_PARTS = ("all", "A->A", "B->A", "B->B", "A->B")
 
 

@@ -23,6 +23,7 @@ from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_AR
 
 import llm_flow
 from llm_flow.models.families import is_encoder
+from llm_flow.models.seq2seq import Seq2SeqLlm
 from llm_flow.routes.contributions import attention_parts, ffn_parts
 from tests.reference import l1_proximity
 from tests.tiny_models import tiny_tokenizer, tiny_wordpiece_tokenizer
@@ -94,6 +95,8 @@ def _shrink(config: transformers.PretrainedConfig, vocab: int) -> None:
                 setattr(config, name, value)
             except AttributeError:  # a size derived from others (a property)
                 pass
+    if getattr(config, "is_encoder_decoder", False):  # T5's config only has it when a checkpoint sets it
+        config.decoder_start_token_id = ids["decoder_start_token_id"]
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = list(config.layer_types)[: config.num_hidden_layers]
     for key in getattr(config, "sub_configs", {}):
@@ -139,6 +142,9 @@ def check(name: str) -> Row:
                 row.cells[capability] = Cell("refused", "not loaded")
             return row
         model = load[1]
+        if isinstance(model, Seq2SeqLlm):
+            row.cells.update(_seq2seq(model, reference, name))
+            return row
         run = model.run(PROMPT)
         with torch.no_grad():
             out = reference(run.tokens[None], output_hidden_states=True, output_attentions=True)
@@ -152,6 +158,43 @@ def check(name: str) -> Row:
         for capability, function in checks.items():
             row.cells[capability] = _attempt(function, name)[0]
     return row
+
+
+def _seq2seq(model: Seq2SeqLlm, reference, name: str) -> dict[str, Cell]:
+    """An encoder–decoder's capabilities: its three attentions against `output_attentions`, its
+    greedy target against `generate` with one beam; the rest is refused by llm-flow or crashes."""
+    source_ids = model.encode(PROMPT)
+
+    def attention() -> None:
+        run = model.run_pair_ids(source_ids, source_ids[:5])
+        with torch.no_grad():
+            out = reference(input_ids=run.source_tokens[None], decoder_input_ids=run.decoder_tokens[None],
+                            output_attentions=True)  # fmt: skip
+        for stack, expected in (("encoder", out.encoder_attentions), ("decoder", out.decoder_attentions),
+                                ("cross", out.cross_attentions)):  # fmt: skip
+            _close(run.patterns(stack), torch.stack([layer[0] for layer in expected]), f"{stack} attention weights")
+
+    def generation() -> None:
+        ours = model.generate_target(source_ids, 4)
+        with torch.no_grad():
+            theirs = reference.generate(torch.tensor([source_ids]), max_new_tokens=4, do_sample=False, num_beams=1)
+        assert ours == theirs[0, 1:].tolist(), "greedy tokens differ from transformers' generate"
+
+    def attribution() -> None:
+        from llm_flow.attribution.api import attribute
+
+        for method in ("input_x_gradient", "alti_rollout"):  # ALTI+ on an encoder–decoder
+            result = attribute(model, PROMPT, method, generate=1)
+            assert np.isfinite(result.scores[0, : result.n_prompt]).all(), f"{method} gave non-finite scores"
+
+    checks = {
+        "routes": lambda: model.run(PROMPT),
+        "attention": attention,
+        "neuron view": lambda: model.run(PROMPT),
+        "attribution": attribution,
+        "generation": generation,
+    }
+    return {capability: _attempt(function, name)[0] for capability, function in checks.items()}
 
 
 def _attempt(function, name: str) -> tuple[Cell, object]:

@@ -139,9 +139,12 @@ def test_neuron_view_on_a_loaded_model(tiny_models):
         (lambda a, t: head_view(a, t, layer=0, include_layers=[1]), "layer 0 is not among"),
         (lambda a, t: head_view(a, t, html_action="show"), "html_action"),
         (lambda a, t: head_view(a, t, encoder_attention=a), "not both"),
-        (lambda a, t: head_view(cross_attention=a, encoder_tokens=t, decoder_tokens=t), "cross_attention"),
+        (lambda a, t: head_view(cross_attention=a, decoder_tokens=t), "encoder_tokens is required"),
+        (lambda a, t: head_view(cross_attention=a, encoder_tokens=t[:-1], decoder_tokens=t), "reads 4 source tokens"),
+        (lambda a, t: head_view(decoder_attention=tuple(x[..., :-1] for x in a), decoder_tokens=t), "not \\[1, heads"),
         (lambda a, t: head_view(a[0], t), "tuple of per-layer"),
         (lambda a, t: head_view((None,) * len(a), t), "eager"),
+        (lambda a, t: head_view(encoder_attention=(), encoder_tokens=t), "is empty"),
     ],
 )
 def test_bad_arguments_say_what_to_change(call, message):
@@ -157,3 +160,71 @@ def test_encoder_and_decoder_attention_each_get_a_figure():
                       decoder_tokens=list("xyz"), html_action="return")  # fmt: skip
     assert [f.layout.title.text.split(":")[0] for f in page.figures] == ["Encoder", "Decoder"]
     assert page.data.count("<script") >= 2 and page.data.count("Plotly.newPlot") == 2
+
+
+# --- encoder–decoders: BertViz's encoder_attention / decoder_attention / cross_attention -------
+
+SOURCE_IDS = [5, 17, 9, 23, 11, 1]  # the tiny tokenizer's ids; 1 ends the source
+TARGET_IDS = [2, 30, 8, 14, 27]  # decoder start, then a target prefix
+
+
+def seq2seq_attentions(family: str):
+    """A tiny random encoder–decoder as plain transformers runs it, with its three attentions."""
+    from tests.tiny_models import build_model
+
+    model, tokenizer = build_model(family)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        outputs = model(input_ids=torch.tensor([SOURCE_IDS]), decoder_input_ids=torch.tensor([TARGET_IDS]),
+                        output_attentions=True)  # fmt: skip
+    return outputs, tokenizer.convert_ids_to_tokens(SOURCE_IDS), tokenizer.convert_ids_to_tokens(TARGET_IDS)
+
+
+def three(outputs, source, target, **options):
+    return dict(encoder_attention=outputs.encoder_attentions, decoder_attention=outputs.decoder_attentions,
+                cross_attention=outputs.cross_attentions, encoder_tokens=source, decoder_tokens=target,
+                html_action="return", **options)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["marian", "t5", "bart"])
+def test_model_view_of_an_encoder_decoder_draws_its_three_attentions(family):
+    outputs, source, target = seq2seq_attentions(family)
+    page = model_view(**three(outputs, source, target))
+    assert page.tabs == ["Encoder", "Decoder", "Cross"]
+    for figure, weights in zip(page.figures, (outputs.encoder_attentions, outputs.decoder_attentions,
+                                              outputs.cross_attentions)):  # fmt: skip
+        stacked = torch.stack([layer[0] for layer in weights]).numpy()  # [L, H, queries, sources]
+        n_layers, n_heads, rows, cols = stacked.shape
+        expected = stacked.transpose(0, 2, 1, 3).reshape(n_layers * rows, n_heads * cols)
+        np.testing.assert_allclose(figure.data[0].z, expected, atol=1e-7)
+    cross = page.figures[2]
+    assert cross.data[0].z.shape == (2 * len(TARGET_IDS), 4 * len(SOURCE_IDS))  # rows: decoder, columns: encoder
+    assert cross.data[0].y[0].startswith("layer 0 · query 0") and f"source 0 {source[0]}" in cross.data[0].x[0]
+    assert f"source {len(SOURCE_IDS) - 1}" in cross.data[0].x[-1]
+
+
+@pytest.mark.parametrize("family", ["marian", "t5", "bart"])
+def test_head_view_of_cross_attention_joins_decoder_tokens_to_encoder_tokens(family):
+    outputs, source, target = seq2seq_attentions(family)
+    page = head_view(**three(outputs, source, target, layer=1))
+    encoder, decoder, cross = page.figures
+    for figure, weights in ((encoder, outputs.encoder_attentions), (decoder, outputs.decoder_attentions),
+                            (cross, outputs.cross_attentions)):  # fmt: skip
+        drawn = shown(figure)
+        for head in range(4):
+            expected = set(zip(*np.nonzero(weights[1][0, head].numpy() >= _FAINTEST)))
+            assert segments(drawn, f"head {head}") == expected
+    tokens = {trace.name: list(trace.text) for trace in shown(cross) if trace.mode == "markers+text"}
+    assert len(tokens["query tokens"]) == len(TARGET_IDS) and len(tokens["source tokens"]) == len(SOURCE_IDS)
+    assert cross.layout.title.text.startswith("Cross: Layer 1")
+    decoder_lines = segments(shown(decoder), "head 0")
+    assert all(source <= query for query, source in decoder_lines)  # the decoder's self-attention is causal
+
+
+def test_three_tabs_in_one_standalone_page():
+    outputs, source, target = seq2seq_attentions("marian")
+    page = head_view(**three(outputs, source, target))
+    document = page.data
+    assert document.startswith("<!DOCTYPE html>") and document.count("Plotly.newPlot") == 3
+    assert document.count("<button") == 3 and ">Cross</button>" in document
+    assert "<script src=" not in document and document.count("class='llm-flow-tab'") == 3

@@ -7,7 +7,10 @@ from llm_flow.attribution.registry import get_method
 from llm_flow.attribution.result import Attribution
 from llm_flow.attribution.scores import step_scores
 from llm_flow.attribution.targets import Sequence, prepare
+from llm_flow.attribution.seq2seq import attribute_seq2seq
+from llm_flow.errors import ArgumentError
 from llm_flow.models.base import TransparentLlm
+from llm_flow.models.seq2seq import Seq2SeqLlm
 from llm_flow.views.tokens import single_token
 
 
@@ -37,7 +40,14 @@ def attribute(
     An encoder (BERT, RoBERTa, MiniLM) explains its prediction at the prompt's first mask token:
     `continuation` is then the one token explained there (default: its own top prediction), and
     every input token, before and after the mask, is a source (`llm_flow.attribution.masked`).
+    An encoder–decoder's prompt is its source and `continuation` its target: each target token
+    is attributed to the source and the target prefix (`llm_flow.attribution.seq2seq`).
     """
+    if isinstance(model, Seq2SeqLlm):
+        if chat_template:
+            raise ArgumentError(f"{model.name} is an encoder–decoder: it has no chat template to apply")
+        return attribute_seq2seq(model, prompt, method, continuation=continuation, generate=generate, foil=foil,
+                                 function=function, progress=progress, **options)  # fmt: skip
     method = method if isinstance(method, Method) else get_method(method, **options)
     foil_id, function = _explained(model, foil, function)
     sequence = prepare(model, prompt, continuation, generate, chat_template)

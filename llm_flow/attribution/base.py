@@ -53,6 +53,12 @@ class Problem:
     def device(self) -> torch.device:
         return next(self.model.hf_model.parameters()).device
 
+    @property
+    def kept_position(self) -> int:
+        """The position `baseline` leaves alone with ``keep_first`` (an encoder–decoder keeps
+        its decoder start instead)."""
+        return 0
+
     def report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done, self.n_steps)

@@ -68,7 +68,7 @@ class Occlusion(Method):
                 )
             row = attribution[0, :, 0].float()
             if self.keep_first:
-                row[0] = 0.0  # not occluded: only batched-pass rounding could make it non-zero
+                row[problem.kept_position] = 0.0  # not occluded: only batched-pass rounding could make it non-zero
             rows.append(row)
             problem.report(step + 1)
         return MethodOutput(stack_rows(rows, problem.n_sources))

@@ -55,6 +55,7 @@ class Attribution(Displayable):
     #: An encoder: the mask position whose prediction the one step explains; every input token is
     #: then a source, those after the mask included (the continuation is that one token).
     position: int | None = None
+    n_source: int | None = None  # an encoder–decoder: the first n_source tokens are the source
 
     # --- shape -------------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class Attribution(Displayable):
         return replace(self, spans=spans, scores=scores, level="words")
 
     def _starts_word(self, position: int) -> bool:
-        if position in (0, self.n_prompt) or self.special[position] or self.special[position - 1]:
+        if position in (0, self.n_prompt, self.n_source) or self.special[position] or self.special[position - 1]:
             return True
         text, before = self.tokens[position], self.tokens[position - 1]
         if before.isspace():  # a whitespace-only token (" ", "\n") opens the word that follows
@@ -173,6 +174,7 @@ class Attribution(Displayable):
             "generated": self.generated,
             "chat_template": self.chat_template,
             "position": self.position,
+            "n_source": self.n_source,
         }
 
     @classmethod
@@ -191,7 +193,7 @@ class Attribution(Displayable):
                                 dtype=np.float64).reshape(len(data["scores"]), len(data["spans"])),
                 step_scores=data["step_scores"], deltas=data["deltas"], level=data["level"],
                 scale=data["scale"], prompt=data["prompt"], generated=data["generated"],
-                chat_template=data["chat_template"], position=data.get("position"),
+                chat_template=data["chat_template"], position=data.get("position"), n_source=data.get("n_source"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ArgumentError(f"the attribution file is incomplete or malformed ({exc!r})") from None

@@ -28,9 +28,16 @@ def step_scores(model: TransparentLlm, sequence: Sequence, foil: int | None = No
             logits = masked_logits(model, list(sequence.ids[:-1]), embeds, sequence.position)  # [1, V]
         else:
             logits = hf(ids, logits_to_keep=sequence.n_steps, use_cache=False).logits[0].float()  # [n_steps, V]
-    log_probs = logits.log_softmax(-1)
     target_ids = torch.tensor(sequence.ids[sequence.n_prompt :], device=device)
-    rows = torch.arange(sequence.n_steps, device=device)
+    return scores_of(logits, target_ids, foil)
+
+
+def scores_of(logits: torch.Tensor, target_ids: torch.Tensor, foil: int | None = None) -> dict[str, list[float]]:
+    """The step scores of `step_scores` from each step's logits [n_steps, V] and target ids [n_steps]."""
+    logits = logits.float()
+    log_probs = logits.log_softmax(-1)
+    rows = torch.arange(target_ids.shape[0], device=logits.device)
+    target_ids = target_ids.to(logits.device)
     scores = {
         "probability": log_probs[rows, target_ids].exp(),
         "logit": logits[rows, target_ids],

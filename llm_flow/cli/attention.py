@@ -11,6 +11,7 @@ from llm_flow.validation import (
     ATTENTION_WEIGHTINGS,
     HEAD_AGGREGATIONS,
     PAIR_PARTS,
+    SEQ2SEQ_STACKS as STACKS,
     check_count,
     check_pair_part,
 )
@@ -59,6 +60,14 @@ def register(commands) -> None:
     parser.add_argument("--split", type=int, help="sentence pairs: position of sentence B's first token")
     parser.add_argument("--part", choices=PAIR_PARTS, default="all",
                         help="sentence pairs: keep only this query -> source segment pair (default: all)")
+    parser.add_argument("--target", help="encoder–decoders: the target text (the prompt is the source; default: "
+                                         "the model writes it greedily)")
+    parser.add_argument("--generate", type=int, default=40,
+                        help="encoder–decoders without --target: most target tokens to write (default: 40)")
+    parser.add_argument("--stack", choices=("all",) + STACKS, default="all",
+                        help="encoder–decoders: which attention to draw: the encoder's, the decoder's, the "
+                             "cross-attention (decoder tokens reading source tokens), or all three as tabs in "
+                             "the HTML (default: all)")
     parser.add_argument("--html", type=Path, help="write the figure as standalone interactive HTML (opens offline)")
     parser.add_argument("--svg", type=Path, help="write the figure as SVG (needs Chromium: apt-get install chromium)")
     parser.add_argument("--png", type=Path, help="write the figure as PNG (needs Chromium)")
@@ -80,6 +89,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from llm_flow.export import save_figure, save_table, title_text
 
     model = load(args, config)
+    from llm_flow.models.seq2seq import Seq2SeqLlm
+
+    if isinstance(model, Seq2SeqLlm):
+        return _run_seq2seq(model, prompt, args, layers, heads, figures, size)
+    if args.target is not None or args.stack != "all":
+        raise ArgumentError(f"--target and --stack are for encoder–decoders; {model.info.name} is not one")
     run_ = model.run(prompt)
     figure, table = _build(run_, args, layers, heads)
     print(f"Model   {model.info.name} ({model.info.n_layers} layers x {model.info.n_heads} heads, "
@@ -89,6 +104,56 @@ def run(args: argparse.Namespace, config: Config) -> int:
     title = f"{title_text(model.info.name)} · {figure.layout.title.text}"
     for path in figures:
         save_figure(figure, path, title=title, **size)
+        print(f"Figure written to {path}.")
+    if args.csv is not None:
+        save_table(table, args.csv)
+        print(f"Numbers written to {args.csv} (CSV).")
+    return 0
+
+
+def _run_seq2seq(seq2seq, source: str, args: argparse.Namespace, layers, heads, figures: list[Path], size: dict) -> int:
+    """The three attentions of an encoder–decoder (`seq2seq`, a `Seq2SeqLlm`: its own interface, not a
+    `TransparentLlm`'s), or the one `--stack` names; as tabs in HTML."""
+    import pandas as pd
+
+    from llm_flow.export import save_figure, save_table, title_text
+    from llm_flow.figures.attention import head_view_figure, model_view_figure
+    from llm_flow.notebook.page import HtmlPage
+    from llm_flow.views.attention import attention_table
+    from llm_flow.views.seq2seq_attention import seq2seq_views
+
+    unsupported = [flag for flag, value in (("--window", args.window), ("--split", args.split),
+                                            ("--query", args.query)) if value is not None]  # fmt: skip
+    if args.view == "neuron" or args.weight != "attention" or args.part != "all" or unsupported:
+        raise ArgumentError(
+            "encoder–decoders have the head and model views of the attention weights, over all their tokens: "
+            "leave out --view neuron, --weight, --part, --window, --split and --query"
+        )
+    stacks = STACKS if args.stack == "all" else (args.stack,)
+    if len(stacks) > 1 and any(path.suffix.lower() != ".html" for path in figures):
+        raise ArgumentError("an SVG or PNG holds one attention: choose it with --stack encoder, decoder or cross")
+    run_ = seq2seq.run_pair(source, args.target, max_new_tokens=args.generate)
+    views = seq2seq_views(run_, stacks, layers=[args.layer] if args.view == "head" else layers, heads=heads,
+                          top_k=args.top_k, aggregate=args.aggregate)  # fmt: skip
+    draw = head_view_figure if args.view == "head" else model_view_figure
+    drawn = []
+    for name, view in views:
+        figure = draw(view)
+        figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
+        drawn.append(figure)
+    table = pd.concat([attention_table(view).assign(attention=name.lower()) for name, view in views], ignore_index=True)
+    print(f"Model   {seq2seq.info.name} (encoder–decoder: {seq2seq.info.encoder_layers} encoder and "
+          f"{seq2seq.info.n_layers} decoder layers x {seq2seq.info.n_heads} heads)")  # fmt: skip
+    print(f"Source  {run_.n_source} tokens")
+    print(f"Target  {run_.n_decoder - 1} tokens{' (written by the model)' if args.target is None else ''}: "
+          f"{''.join(run_.decoder_str_tokens[1:])!r}")  # fmt: skip
+    _print_strongest(table, args.view)
+    title = title_text(seq2seq.info.name)
+    for path in figures:
+        if len(drawn) > 1:
+            HtmlPage(drawn, title, [name for name, _ in views]).save(path)
+        else:
+            save_figure(drawn[0], path, title=f"{title} · {drawn[0].layout.title.text}", **size)
         print(f"Figure written to {path}.")
     if args.csv is not None:
         save_table(table, args.csv)

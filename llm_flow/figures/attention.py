@@ -117,8 +117,11 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     if focus is not None and focus not in positions:
         raise ArgumentError(f"token {focus} is not in the window {positions[0]}..{positions[-1]}")
     n = len(positions)
-    row_px = max(_ROW_PX, min(30, 600 // n))  # short prompts get room, long ones 18 px a token
+    source_positions, source_tokens = view.sources
+    rows = max(n, len(source_positions))  # cross-attention: queries and sources are two texts
+    row_px = max(_ROW_PX, min(30, 600 // rows))  # short prompts get room, long ones 18 px a token
     y = -np.arange(n, dtype=np.float32)
+    y_sources = -np.arange(len(source_positions), dtype=np.float32)
     top = strongest(view)
     drawn = int((view.weights >= _FAINTEST * top).sum())
     if drawn > MAX_LINES:
@@ -128,15 +131,18 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
         )
     fig = go.Figure()
     for b, label in enumerate(view.head_labels):
-        weights = view.weights[0, b]  # [W, W]
+        weights = view.weights[0, b]  # [W, S]
         if focus is not None:
             weights = np.where(np.arange(n)[:, None] == focus - positions[0], weights, 0.0)
-        _add_head_lines(fig, weights, y, top, label, _AGGREGATE_COLOR if view.aggregate else color_of(view.heads[b]))
-    labels = [display_token(t) for t in view.tokens]
-    for side, x, anchor in (("query", 0.0, "middle left"), ("source", 1.0, "middle right")):
+        color = _AGGREGATE_COLOR if view.aggregate else color_of(view.heads[b])
+        _add_head_lines(fig, weights, y, y_sources, top, label, color)
+    for side, x, anchor, ys, where, words in (
+        ("query", 0.0, "middle left", y, positions, view.tokens),
+        ("source", 1.0, "middle right", y_sources, source_positions, source_tokens),
+    ):
         fig.add_trace(go.Scatter(
-            x=np.full(n, x, dtype=np.float32), y=y, mode="markers+text", text=labels,
-            textposition=anchor, customdata=positions, name=f"{side} tokens", showlegend=False,
+            x=np.full(len(ys), x, dtype=np.float32), y=ys, mode="markers+text", text=[display_token(t) for t in words],
+            textposition=anchor, customdata=where, name=f"{side} tokens", showlegend=False,
             marker=dict(size=7, color="#555" if side == "query" else "#999"),
             hovertext=_token_hovers(view, side), hoverinfo="text",
         ))  # fmt: skip
@@ -144,12 +150,12 @@ def head_view_figure(view: AttentionView, focus: int | None = None, title: str |
     layer = view.layers[0]
     fig.update_layout(
         title=title or f"Layer {layer}: {WEIGHTING_NAMES[view.weighting]}" + _filters(view),
-        height=row_px * n + 140,
+        height=row_px * rows + 140,
         width=760,
         margin=dict(l=20, r=20, t=70, b=20),
         plot_bgcolor="white",
         xaxis=dict(visible=False, range=[-0.9, 1.9], fixedrange=True),
-        yaxis=dict(visible=False, range=[-n + 0.4, 0.6]),
+        yaxis=dict(visible=False, range=[-rows + 0.4, 0.6]),
         legend=dict(x=1.0, y=1.0, yanchor="top", title_text="click to hide/show"),
         hovermode="closest",
         clickmode="event+select",
@@ -201,7 +207,9 @@ def head_view_menu_figure(view: AttentionView, layer: int | None = None, selecte
     return attach_html_script(fig, HOVER_ISOLATION_JS)
 
 
-def _add_head_lines(fig: go.Figure, weights: np.ndarray, y: np.ndarray, top: float, label: str, color: str) -> None:
+def _add_head_lines(
+    fig: go.Figure, weights: np.ndarray, y: np.ndarray, y_sources: np.ndarray, top: float, label: str, color: str
+) -> None:
     """One trace per shade: segments separated by NaN gaps, so thousands of lines stay a few traces.
     A line-less trace carries the legend entry, drawn at full strength."""
     fig.add_trace(go.Scatter(
@@ -218,7 +226,7 @@ def _add_head_lines(fig: go.Figure, weights: np.ndarray, y: np.ndarray, top: flo
         count = int(pick.sum())
         xs = np.tile(np.array([0.0, 1.0, np.nan], dtype=np.float32), count)
         ys = np.empty(3 * count, dtype=np.float32)
-        ys[0::3], ys[1::3], ys[2::3] = y[query[pick]], y[source[pick]], np.nan
+        ys[0::3], ys[1::3], ys[2::3] = y[query[pick]], y_sources[source[pick]], np.nan
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines", line=dict(color=color, width=width), opacity=opacity,
             name=label, legendgroup=label, showlegend=False, hoverinfo="skip",
@@ -227,26 +235,31 @@ def _add_head_lines(fig: go.Figure, weights: np.ndarray, y: np.ndarray, top: flo
 
 def _token_hovers(view: AttentionView, side: str) -> list[str]:
     """Per token: its three strongest links (over heads) and, for queries, what went outside the window."""
-    weights = view.weights[0]  # [B, W, W]
+    weights = view.weights[0]  # [B, W, S]
+    source_positions, source_tokens = view.sources
+    labels = [f"{p} {display_token(t)}" for p, t in zip(view.positions, view.tokens)]
+    others = [f"{p} {display_token(t)}" for p, t in zip(source_positions, source_tokens)]
     if side == "source":
         weights = weights.transpose(0, 2, 1)  # rows = sources, columns = queries reading them
-    n = len(view.positions)
-    flat = weights.transpose(1, 0, 2).reshape(n, -1)  # [W, B * W]: row -> (head, other token)
+        labels, others = others, labels
+    n, m = weights.shape[1], weights.shape[2]
+    flat = weights.transpose(1, 0, 2).reshape(n, -1)  # [rows, B * others]: row -> (head, other token)
     k = min(3, flat.shape[1])
     best = np.argpartition(-flat, k - 1, axis=1)[:, :k]
     best = np.take_along_axis(best, np.argsort(-np.take_along_axis(flat, best, 1), axis=1), 1)
     arrow = "→" if side == "query" else "←"
-    labels = [f"{p} {display_token(t)}" for p, t in zip(view.positions, view.tokens)]
+    where = view.positions if side == "query" else source_positions
     out = []
     for row in range(n):
         links = [
-            f"{view.head_labels[c // n]} {arrow} {labels[c % n]}: {flat[row, c]:.3g}"
+            f"{view.head_labels[c // m]} {arrow} {others[c % m]}: {flat[row, c]:.3g}"
             for c in best[row]
             if flat[row, c] > 0
         ]
-        text = f"<b>{labels[row]}</b> ({side}{_segment(view, int(view.positions[row]))})<br>"
+        segment = "" if view.is_cross else _segment(view, int(where[row]))
+        text = f"<b>{labels[row]}</b> ({side}{segment})<br>"
         text += "<br>".join(links or ["no link shown"])
-        if side == "query" and view.positions[0] > 0:
+        if side == "query" and view.positions[0] > 0 and not view.is_cross:
             text += f"<br>to tokens outside the window: {view.outside[0, :, row].mean():.3g} (mean over heads)"
         out.append(text)
     return out
@@ -286,25 +299,26 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
 
     A marker at the centre of each tile carries ``customdata = [layer, head]`` so a click can open
     that head large (the app does)."""
-    n_layers, n_cols, w, _ = view.weights.shape
+    n_layers, n_cols, w, ws = view.weights.shape
     if view.weights.size > MAX_CELLS:
         raise ArgumentError(
             f"the model view would draw {view.weights.size:,} cells (at most {MAX_CELLS:,}): show fewer "
             f"layers or heads, or a window of at most {int((MAX_CELLS / (n_layers * n_cols)) ** 0.5)} tokens"
         )
-    mosaic = view.weights.transpose(0, 2, 1, 3).reshape(n_layers * w, n_cols * w)
+    mosaic = view.weights.transpose(0, 2, 1, 3).reshape(n_layers * w, n_cols * ws)
     tokens = [f"{p} {display_token(t)}" for p, t in zip(view.positions, view.tokens)]
+    sources = [f"{p} {display_token(t)}" for p, t in zip(*view.sources)]
     rows = [f"layer {layer} · query {token}" for layer in view.layers for token in tokens]
-    cols = [f"{label} · source {token}" for label in view.head_labels for token in tokens]
+    cols = [f"{label} · source {token}" for label in view.head_labels for token in sources]
     fig = go.Figure(go.Heatmap(
         z=mosaic, x=cols, y=rows, colorscale=WEIGHTING_SCALES[view.weighting], zmin=0.0, zmax=strongest(view),
         colorbar=dict(title=dict(text=view.weighting, side="right"), thickness=12),
         hovertemplate="%{y}<br>%{x}<br>weight %{z:.3g}<extra></extra>",
     ))  # fmt: skip
-    centre = w // 2
+    centre, centre_s = w // 2, ws // 2
     heads = (-1,) if view.aggregate else view.heads  # -1: no single head to open
     fig.add_trace(go.Scatter(
-        x=[cols[b * w + centre] for _ in view.layers for b in range(n_cols)],
+        x=[cols[b * ws + centre_s] for _ in view.layers for b in range(n_cols)],
         y=[rows[a * w + centre] for a in range(n_layers) for _ in range(n_cols)],
         customdata=[[layer, head] for layer in view.layers for head in heads],
         mode="markers", marker=dict(size=10, color="rgba(0,0,0,0)", symbol="square"),
@@ -313,8 +327,8 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
     ))  # fmt: skip
     # Tile borders, set at once (add_shape one by one re-validates every earlier shape).
     border = dict(type="line", line=dict(color="white", width=3))
-    shapes = [dict(border, x0=k * w - 0.5, x1=k * w - 0.5, y0=-0.5, y1=n_layers * w - 0.5) for k in range(1, n_cols)]
-    shapes += [dict(border, y0=k * w - 0.5, y1=k * w - 0.5, x0=-0.5, x1=n_cols * w - 0.5) for k in range(1, n_layers)]
+    shapes = [dict(border, x0=k * ws - 0.5, x1=k * ws - 0.5, y0=-0.5, y1=n_layers * w - 0.5) for k in range(1, n_cols)]
+    shapes += [dict(border, y0=k * w - 0.5, y1=k * w - 0.5, x0=-0.5, x1=n_cols * ws - 0.5) for k in range(1, n_layers)]
     tile = max(24, tile_px)
     fig.update_layout(
         title=title or f"All layers × heads: {WEIGHTING_NAMES[view.weighting]}" + _filters(view),
@@ -323,7 +337,7 @@ def model_view_figure(view: AttentionView, tile_px: int = 64, title: str | None 
         margin=dict(l=70, r=20, t=90, b=20),
         plot_bgcolor="white",
         # fixed ranges: autorange pads category axes around the click markers
-        xaxis=dict(side="top", tickvals=[cols[b * w + centre] for b in range(n_cols)], range=[-0.5, n_cols * w - 0.5],
+        xaxis=dict(side="top", tickvals=[cols[b * ws + centre_s] for b in range(n_cols)], range=[-0.5, n_cols * ws - 0.5],
                    ticktext=[label.replace("head ", "h") for label in view.head_labels], showgrid=False),
         yaxis=dict(range=[n_layers * w - 0.5, -0.5], tickvals=[rows[a * w + centre] for a in range(n_layers)],
                    ticktext=[f"L{layer}" for layer in view.layers], showgrid=False),

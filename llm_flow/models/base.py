@@ -47,6 +47,7 @@ class ModelInfo:
     no_lm_head: bool = False  # no (masked-)LM head: the input embeddings serve as the unembedding
     n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
     experts_per_token: int = 0
+    encoder_layers: int = 0  # an encoder–decoder: its encoder's layers (n_layers counts the decoder's)
 
 
 class TransparentLlm(ABC):
@@ -165,6 +166,11 @@ class TransparentLlm(ABC):
     @property
     def name(self) -> str:
         return self.info.name
+
+    def parameter_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (what unloading it gives back)."""
+        tensors = [*self.hf_model.parameters(), *self.hf_model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def token_limit(self) -> tuple[int, str]:
         """The most tokens one pass may analyse, and which limit that is (the model's context

@@ -3,7 +3,8 @@
 A checkpoint of a family llm-flow cannot explain exactly must be refused before its weights are
 read, with the reason: loading a BERT checkpoint through ``AutoModelForCausalLM`` gives a model
 with a causal mask and a next-token head the checkpoint never had, whose routes look plausible
-and are wrong. An encoder–decoder has no causal-LM class at all.
+and are wrong. An encoder–decoder has no causal-LM class at all: the ones llm-flow explains load
+as sequence-to-sequence models (`llm_flow.models.seq2seq`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 
 from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -19,6 +20,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from llm_flow.errors import UnsupportedModelError
+from llm_flow.models.seq2seq import SEQ2SEQ_TYPES, seq2seq_refusal
 
 _OTHER_MODALITY = re.compile(r"vision|audio|image|speech|video|vq")
 
@@ -50,6 +52,8 @@ def model_class(name: str, config: PretrainedConfig) -> type:
     refusal = refusal_reason(config)
     if refusal is not None:
         raise UnsupportedModelError(f"{name}: {refusal}")
+    if is_encoder_decoder(config):
+        return AutoModelForSeq2SeqLM
     return AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
 
 
@@ -69,10 +73,7 @@ def refusal_reason(config: PretrainedConfig, architecture: str | None = None) ->
             "text-only language models"
         )
     if is_encoder_decoder(config):
-        return (
-            f"{arch} is an encoder–decoder (translation/summarisation) model; llm-flow explains "
-            "decoder-only language models only: cross-attention routes are not implemented yet"
-        )
+        return None if config.model_type in SEQ2SEQ_TYPES else seq2seq_refusal(arch)
     if is_encoder(config) and masked_lm_class_name(config) not in SUPPORTED_ARCHITECTURES:
         return (
             f"{arch} is a bidirectional encoder TransformerLens's bridge has no adapter for "

@@ -2,7 +2,8 @@
 
 Sources, tried in this order: an in-memory ``transformers`` model; a short name from the config;
 a ``.gguf`` file; a local Hugging Face folder; a Hugging Face hub id. Whatever the source, the
-model ends up as a ``transformers`` model plus tokenizer wrapped in a TransformerBridge.
+model ends up as a ``transformers`` model plus tokenizer wrapped in a TransformerBridge (an
+encoder–decoder: in `Seq2SeqLlm`, plain ``transformers`` modules).
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from llm_flow.models.base import TransparentLlm
 from llm_flow.models.archives import unpacked_folder
 from llm_flow.models.bridge import BridgeLlm
 from llm_flow.models.encoders import as_masked_lm, load_masked_lm
-from llm_flow.models.families import is_encoder, model_class, refusal_reason
+from llm_flow.models.families import is_encoder, is_encoder_decoder, model_class, refusal_reason
 from llm_flow.models.gguf import converted_folder, gguf_config
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
 from llm_flow.models.probe import check_parts_add_up
+from llm_flow.models.seq2seq import Seq2SeqLlm
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,6 +73,8 @@ def load_model(
         refusal = refusal_reason(source.config, type(source).__name__)
         if refusal is not None:
             raise UnsupportedModelError(f"{name}: {refusal}")
+        if is_encoder_decoder(source.config):
+            return Seq2SeqLlm(source.to(device=device, dtype=dtype), tokenizer, name, max_prompt_tokens, max_run_bytes)
         has_head = True
         if is_encoder(source.config):
             source, has_head = as_masked_lm(source)
@@ -98,6 +102,8 @@ def load_model(
     if progress:
         progress(f"Loading {name}…")
     hf_model, hf_tokenizer, has_head = _from_pretrained(folder_or_id, source, dtype, trust_remote_code, placement)
+    if is_encoder_decoder(hf_model.config):
+        return Seq2SeqLlm(hf_model.to(device), hf_tokenizer, name, max_prompt_tokens, max_run_bytes)
     return _wrap(hf_model, hf_tokenizer, name, device, dtype, prepend_bos, max_prompt_tokens, max_run_bytes, has_head)
 
 

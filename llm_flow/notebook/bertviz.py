@@ -3,8 +3,14 @@
 A BertViz notebook switches by changing its import: the arguments keep BertViz's names and
 meanings (``attention`` is the ``attentions`` tuple of a ``transformers`` model run with
 ``output_attentions=True``, batch size 1; ``tokens`` its tokens; ``include_layers``, ``heads``,
-``sentence_b_start``, ``html_action`` ...). The figures are llm-flow's own head, model and neuron
+``sentence_b_start``, ``html_action`` ...). An encoder–decoder's ``encoder_attention``,
+``decoder_attention`` and ``cross_attention`` (``encoder_attentions``, ``decoder_attentions``,
+``cross_attentions`` of its output) are drawn in three tabs; cross-attention joins the decoder's
+tokens (queries) to the encoder's (sources). The figures are llm-flow's own head, model and neuron
 views (`llm_flow.figures.attention`), and they embed plotly.js, so they draw offline.
+
+An encoder–decoder loaded by llm-flow gives the same three tabs from
+``model.run_pair(source, target)`` passed as ``attention``.
 
 What llm-flow adds: pass a `Run` (``model.run(text)``) as ``attention`` to choose the
 ``weighting``: the attention weights, the norm-based weights (attention x value norm) or ALTI
@@ -22,9 +28,11 @@ from llm_flow.errors import ArgumentError
 from llm_flow.figures.attention import head_view_menu_figure, model_view_figure, neuron_view_figure
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.notebook.page import HtmlPage, deliver
 from llm_flow.views.attention import AttentionView, attention_view, attention_view_of
 from llm_flow.views.attention_scores import neuron_view as neuron_view_data
+from llm_flow.views.seq2seq_attention import seq2seq_views
 
 # BertViz's prettify_tokens: the word-start marks of byte-level BPE and SentencePiece, and
 # BPE's end-of-word mark, as the text they stand for (plus byte-level BPE's line break).
@@ -60,7 +68,7 @@ def head_view(
         if name:
             figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
         figures.append(figure)
-    return deliver(HtmlPage(figures, "Head view"), html_action)
+    return deliver(HtmlPage(figures, "Head view", _tabs(views)), html_action)
 
 
 def model_view(
@@ -92,7 +100,7 @@ def model_view(
         if name:
             figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
         figures.append(figure)
-    return deliver(HtmlPage(figures, "Model view"), html_action)
+    return deliver(HtmlPage(figures, "Model view", _tabs(views)), html_action)
 
 
 def neuron_view(
@@ -130,31 +138,43 @@ def _views(
     attention, tokens, sentence_b_start, prettify_tokens, encoder_attention, decoder_attention,
     cross_attention, encoder_tokens, decoder_tokens, include_layers, include_heads, weighting,
 ) -> list[tuple[str | None, AttentionView]]:  # fmt: skip
-    """(name, view) per attention to draw: the self-attention, or an encoder-decoder's parts."""
+    """(name, view) per attention to draw: the self-attention, or an encoder-decoder's parts
+    (encoder self, decoder self, cross: rows are decoder tokens, columns encoder tokens)."""
     pairs = (encoder_attention, decoder_attention, cross_attention, encoder_tokens, decoder_tokens)
     if attention is not None:
         if any(part is not None for part in pairs):
             raise ArgumentError(
                 "give either attention (a self-attention model) or the encoder/decoder arguments, not both"
             )
+        if isinstance(attention, Seq2SeqRun):
+            if tokens is not None or sentence_b_start is not None:
+                raise ArgumentError("an encoder–decoder run carries its own tokens and has no sentence pair: leave tokens out")
+            return seq2seq_views(attention, layers=include_layers, heads=include_heads, weighting=weighting)
         if isinstance(attention, Run):
             return [(None, _run_view(attention, tokens, sentence_b_start, include_layers, include_heads, weighting))]
         return [(None, _tuple_view(attention, tokens, sentence_b_start, prettify_tokens, include_layers, include_heads,
                                    weighting, "attention", "tokens"))]  # fmt: skip
-    if cross_attention is not None:
-        raise ArgumentError(
-            "cross_attention is not drawn by llm-flow yet: its head and model views join a sequence's "
-            "tokens to themselves. Pass encoder_attention and/or decoder_attention"
-        )
     views = []
-    for name, weights, words, what in (("Encoder", encoder_attention, encoder_tokens, "encoder"),
-                                       ("Decoder", decoder_attention, decoder_tokens, "decoder")):  # fmt: skip
-        if weights is not None:
-            views.append((name, _tuple_view(weights, words, None, prettify_tokens, include_layers, include_heads,
-                                            weighting, f"{what}_attention", f"{what}_tokens")))  # fmt: skip
+    for name, weights, words, sources, what in (
+        ("Encoder", encoder_attention, encoder_tokens, None, "encoder"),
+        ("Decoder", decoder_attention, decoder_tokens, None, "decoder"),
+        ("Cross", cross_attention, decoder_tokens, encoder_tokens, "cross"),
+    ):
+        if weights is None:
+            continue
+        if what == "cross" and encoder_tokens is None:
+            raise ArgumentError("encoder_tokens is required with cross_attention: the source tokens it reads")
+        tokens_name = "decoder_tokens" if what == "cross" else f"{what}_tokens"
+        views.append((name, _tuple_view(weights, words, None, prettify_tokens, include_layers, include_heads,
+                                        weighting, f"{what}_attention", tokens_name, sources)))  # fmt: skip
     if not views:
         raise ArgumentError("no attention given: pass attention=outputs.attentions (run with output_attentions=True)")
     return views
+
+
+def _tabs(views: list[tuple[str | None, AttentionView]]) -> list[str] | None:
+    """Tab names for an encoder-decoder's attentions (BertViz's switch between them)."""
+    return [name for name, _ in views] if views[0][0] else None
 
 
 def _run_view(run, tokens, split, include_layers, include_heads, weighting) -> AttentionView:
@@ -163,7 +183,9 @@ def _run_view(run, tokens, split, include_layers, include_heads, weighting) -> A
     return attention_view(run, layers=include_layers, heads=include_heads, weighting=weighting, split=split)
 
 
-def _tuple_view(attention, tokens, split, prettify, include_layers, include_heads, weighting, name, tokens_name) -> AttentionView:
+def _tuple_view(
+    attention, tokens, split, prettify, include_layers, include_heads, weighting, name, tokens_name, sources=None,
+) -> AttentionView:  # fmt: skip
     if weighting != "attention":
         raise ArgumentError(
             f"the {weighting!r} weighting needs the model's values, not only its attention: pass a Run "
@@ -171,18 +193,26 @@ def _tuple_view(attention, tokens, split, prettify, include_layers, include_head
         )
     if tokens is None:
         raise ArgumentError(f"{tokens_name} is required with {name}: the tokens the attention covers")
-    weights = _stacked(attention, name)
+    weights = _stacked(attention, name, cross=sources is not None)
     layers = list(range(weights.shape[0])) if include_layers is None else list(include_layers)
     bad = [layer for layer in layers if not (isinstance(layer, (int, np.integer)) and 0 <= layer < weights.shape[0])]
     if bad or not layers:
         raise ArgumentError(f"include_layers must list layers among 0..{weights.shape[0] - 1} (got {layers})")
     tokens = [_prettified(t) if prettify else t for t in tokens]
-    return attention_view_of(weights[layers], tokens, layers=layers, heads=include_heads, split=split)
+    if sources is not None:
+        sources = [_prettified(t) if prettify else t for t in sources]
+    return attention_view_of(weights[layers], tokens, layers=layers, heads=include_heads, split=split, source_tokens=sources)
 
 
-def _stacked(attention, name: str) -> torch.Tensor:
-    """[layers, heads, T, T] float32 from a tuple of per-layer [1, heads, T, T] (or [heads, T, T])."""
-    if isinstance(attention, (torch.Tensor, np.ndarray)) or not isinstance(attention, Sequence) or not attention:
+def _stacked(attention, name: str, cross: bool = False) -> torch.Tensor:
+    """[layers, heads, T, T] float32 from a tuple of per-layer [1, heads, T, T] (or [heads, T, T]);
+    [layers, heads, T, S] for cross-attention."""
+    if isinstance(attention, Sequence) and not isinstance(attention, (torch.Tensor, np.ndarray)) and not attention:
+        raise ArgumentError(
+            f"{name} is empty: the model returned no attention weights. Run it with output_attentions=True "
+            "after loading it with attn_implementation=\"eager\""
+        )
+    if isinstance(attention, (torch.Tensor, np.ndarray)) or not isinstance(attention, Sequence):
         raise ArgumentError(
             f"{name} must be the tuple of per-layer attention tensors that a transformers model returns "
             "with output_attentions=True (outputs.attentions)"
@@ -199,8 +229,9 @@ def _stacked(attention, name: str) -> torch.Tensor:
             if layer.shape[0] != 1:
                 raise ArgumentError(f"{name} holds a batch of {layer.shape[0]} sequences: pass one (batch size 1)")
             layer = layer[0]
-        if layer.dim() != 3:
-            raise ArgumentError(f"layer {index} of {name} has shape {tuple(layer.shape)}, not [1, heads, tokens, tokens]")
+        if layer.dim() != 3 or (not cross and layer.shape[1] != layer.shape[2]):
+            expected = "[1, heads, decoder tokens, encoder tokens]" if cross else "[1, heads, tokens, tokens]"
+            raise ArgumentError(f"layer {index} of {name} has shape {tuple(layer.shape)}, not {expected}")
         layers.append(layer)
     if len({tuple(layer.shape) for layer in layers}) != 1:
         raise ArgumentError(f"the layers of {name} differ in shape: pass the attentions of one forward pass")

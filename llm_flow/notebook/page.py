@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import uuid
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -20,13 +21,35 @@ from llm_flow.export import check_writable, figure_html
 HTML_ACTIONS = ("view", "return")
 
 
+# Tabs: one button per figure, one figure shown at a time (BertViz's encoder / decoder / cross
+# switch). Plain DOM, no library. A waiting tab is moved off screen rather than not displayed, so
+# plotly lays its figure out (measures its text) as if it were shown.
+_SHOWN = "position: static; visibility: visible"
+_WAITING = "position: absolute; left: -100000px; top: 0; visibility: hidden"
+_TABS_JS = """
+(function () {
+  const root = document.getElementById('{page_id}');
+  const buttons = root.querySelectorAll(':scope > .llm-flow-tabs > button');
+  const panels = root.querySelectorAll(':scope > .llm-flow-tab');
+  buttons.forEach((button, k) => button.addEventListener('click', () => {
+    panels.forEach((panel, j) => { panel.style.cssText = j === k ? '{shown}' : '{waiting}'; });
+    buttons.forEach((other, j) => { other.style.fontWeight = j === k ? 'bold' : 'normal'; });
+  }));
+})();
+"""
+
+
 class HtmlPage:
     """Figures as standalone HTML. ``data`` is the page (as BertViz's ``html_action="return"``
-    gives it: write it to a file, or display it); ``figures`` are the plotly figures drawn."""
+    gives it: write it to a file, or display it); ``figures`` are the plotly figures drawn.
+    With `tabs` (one name per figure) the figures sit in tabs, one shown at a time."""
 
-    def __init__(self, figures: list[go.Figure], title: str) -> None:
+    def __init__(self, figures: list[go.Figure], title: str, tabs: list[str] | None = None) -> None:
+        if tabs is not None and len(tabs) != len(figures):
+            raise ArgumentError(f"{len(tabs)} tab names for {len(figures)} figures")
         self.figures = figures
         self.title = title
+        self.tabs = tabs
 
     @property
     def figure(self) -> go.Figure:
@@ -45,9 +68,21 @@ class HtmlPage:
         return self._fragment()
 
     def _fragment(self) -> str:
-        return "".join(
-            figure_html(figure, full_html=False, include_plotlyjs=k == 0) for k, figure in enumerate(self.figures)
+        parts = [figure_html(figure, full_html=False, include_plotlyjs=k == 0) for k, figure in enumerate(self.figures)]
+        if self.tabs is None:
+            return "".join(parts)
+        page_id = f"llm-flow-page-{uuid.uuid4().hex}"
+        buttons = "".join(
+            f"<button type='button' style='margin-right: 4px; font-weight: {'bold' if k == 0 else 'normal'}'>"
+            f"{html.escape(name)}</button>"
+            for k, name in enumerate(self.tabs)
         )
+        panels = "".join(
+            f"<div class='llm-flow-tab' style='{_SHOWN if k == 0 else _WAITING}'>{part}</div>"
+            for k, part in enumerate(parts)
+        )
+        script = _TABS_JS.replace("{page_id}", page_id).replace("{shown}", _SHOWN).replace("{waiting}", _WAITING)
+        return f"<div id='{page_id}' style='position: relative'><div class='llm-flow-tabs'>{buttons}</div>{panels}<script>{script}</script></div>"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the page to `path` (``.html``)."""

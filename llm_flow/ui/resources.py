@@ -137,11 +137,7 @@ class _Lru(LRUCache):
 
 def model_bytes(model: TransparentLlm) -> int:
     """Bytes of the model's parameters and buffers (what unloading it gives back)."""
-    module = getattr(model, "hf_model", None)
-    if module is None:
-        return 0
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return model.parameter_bytes()
 
 
 @st.cache_resource(show_spinner=False)

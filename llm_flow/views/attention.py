@@ -60,6 +60,10 @@ class AttentionView:
     ``weights[a, b, q, s]`` is the weight from query ``positions[q]`` to source ``positions[s]``
     through head ``head_labels[b]`` of layer ``layers[a]``; zero above the diagonal, for sources
     dropped by top-k and outside the chosen sentence-pair part.
+
+    Cross-attention (an encoder–decoder's decoder reading the encoder) has sources of its own:
+    then ``source_positions`` and ``source_tokens`` are set and ``weights`` is
+    [layers, head_labels, queries, sources]; otherwise the queries are the sources.
     """
 
     weighting: str
@@ -74,6 +78,19 @@ class AttentionView:
     top_k: int | None
     split: int | None  # first token position of sentence B, or None
     part: str  # one of llm_flow.validation.PAIR_PARTS
+    source_positions: np.ndarray | None = None  # [S] for cross-attention, else None (= positions)
+    source_tokens: tuple[str, ...] | None = None  # [S] for cross-attention, else None (= tokens)
+
+    @property
+    def sources(self) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Positions and tokens of the sources (the columns of `weights`)."""
+        if self.source_positions is None:
+            return self.positions, self.tokens
+        return self.source_positions, self.source_tokens
+
+    @property
+    def is_cross(self) -> bool:
+        return self.source_positions is not None
 
     def segment(self, position: int) -> str:
         """'A' or 'B' for a token position when a split is set, else ''."""
@@ -225,20 +242,29 @@ def attention_view_of(
     aggregate: str | None = None,
     split: int | None = None,
     part: str = "all",
+    source_tokens: Sequence[str] | None = None,
 ) -> AttentionView:
     """An `AttentionView` of attention weights computed elsewhere (a plain `transformers` model
     run with ``output_attentions=True``): `weights` [layers, heads, T, T], query x source, and
     the T `tokens`. `layers` names the layers of `weights` (default 0..L-1); the other options
-    are those of `attention_view`. Nothing is masked: an encoder's weights are drawn as given."""
+    are those of `attention_view`. Nothing is masked: an encoder's weights are drawn as given.
+
+    Cross-attention: `weights` [layers, heads, T, S] with `tokens` the T queries (decoder tokens)
+    and `source_tokens` the S sources (encoder tokens), as BertViz's ``cross_attention``."""
     rows = weights.detach().float().cpu() if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights, np.float32))
-    if rows.dim() != 4 or rows.shape[-1] != rows.shape[-2]:
+    cross = source_tokens is not None
+    if rows.dim() != 4 or (not cross and rows.shape[-1] != rows.shape[-2]):
         raise ArgumentError(
             f"attention weights must be [layers, heads, tokens, tokens] (got {tuple(rows.shape)}): "
             "pass the `attentions` of a model run with output_attentions=True"
         )
-    n_layers, n_heads, n_tokens, _ = rows.shape
+    n_layers, n_heads, n_tokens, n_sources_ = rows.shape
     if len(tokens) != n_tokens:
         raise ArgumentError(f"the attention covers {n_tokens} tokens but {len(tokens)} tokens were given")
+    if cross and len(source_tokens) != n_sources_:
+        raise ArgumentError(f"the attention reads {n_sources_} source tokens but {len(source_tokens)} were given")
+    if cross and split is not None:
+        raise ArgumentError("a sentence-pair split does not apply to cross-attention (queries and sources are two texts)")
     layers = tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers)
     if len(layers) != n_layers:
         raise ArgumentError(f"{len(layers)} layer numbers given for {n_layers} layers of weights")
@@ -249,7 +275,8 @@ def attention_view_of(
     check_count(top_k, "top-k")
     _check_split(n_tokens, split, part)
     window = TokenWindow(0, n_tokens)
-    return _folded(rows, window, tuple(tokens), "attention", layers, tuple(int(h) for h in heads), top_k, aggregate, split, part)
+    return _folded(rows, window, tuple(tokens), "attention", layers, tuple(int(h) for h in heads), top_k, aggregate,
+                   split, part, tuple(source_tokens) if cross else None)  # fmt: skip
 
 
 def _folded(
@@ -263,16 +290,21 @@ def _folded(
     aggregate: str | None,
     split: int | None,
     part: str,
+    source_tokens: tuple[str, ...] | None = None,
 ) -> AttentionView:
-    """The view of `rows` [L, every head, W, S sources]: chosen heads, folded, filtered."""
+    """The view of `rows` [L, every head, W, S sources]: chosen heads, folded, filtered.
+    With `source_tokens` the sources are another text (cross-attention), all of them shown."""
     if len(heads) < rows.shape[1]:
         rows = rows[:, list(heads)]
     if aggregate is not None:
         rows = rows.mean(1, keepdim=True) if aggregate == "mean" else rows.amax(1, keepdim=True)
     if part != "all" and split is not None:
         rows = rows * _pair_mask(window, split, part, rows.shape[-1])
-    outside = rows[..., : window.start].sum(-1) + rows[..., window.stop :].sum(-1)  # [L, h, W]
-    weights = rows[..., window.start : window.stop]  # [L, h, W, W]
+    if source_tokens is None:
+        outside = rows[..., : window.start].sum(-1) + rows[..., window.stop :].sum(-1)  # [L, h, W]
+        weights = rows[..., window.start : window.stop]  # [L, h, W, W]
+    else:
+        outside, weights = rows.new_zeros(rows.shape[:-1]), rows
     if top_k is not None:
         weights = _keep_top_k(weights, top_k)
     if aggregate is None:
@@ -292,6 +324,8 @@ def _folded(
         top_k=top_k,
         split=split,
         part=part,
+        source_positions=None if source_tokens is None else np.arange(len(source_tokens)),
+        source_tokens=source_tokens,
     )
 
 
@@ -330,12 +364,13 @@ def attention_table(view: AttentionView) -> pd.DataFrame:
     """The drawn weights as a long table, one row per non-zero (layer, head, query, source)."""
     layer, head, query, source = np.nonzero(view.weights)
     tokens = np.array(view.tokens, dtype=object)
+    source_positions, source_tokens = view.sources
     return pd.DataFrame({
         "layer": np.array(view.layers)[layer],
         "head": np.array(view.head_labels, dtype=object)[head],
         "query": view.positions[query],
         "query_token": tokens[query],
-        "source": view.positions[source],
-        "source_token": tokens[source],
+        "source": source_positions[source],
+        "source_token": np.array(source_tokens, dtype=object)[source],
         "weight": view.weights[layer, head, query, source],
     })  # fmt: skip

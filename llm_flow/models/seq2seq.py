@@ -1,0 +1,261 @@
+"""Encoder–decoders (Marian, T5, BART, mBART): a source text read by an encoder and a target text
+written by a decoder that also reads the encoder through cross-attention.
+
+They run as plain ``transformers`` modules with eager attention (TransformerLens 4.3 boots these
+architectures, but its encoder–decoder bridge has no ``blocks`` for ``set_use_attn_result`` and
+none of the hooks llm-flow's decoder engine reads), behind the same `TransparentLlm` interface:
+what only a decoder-only model has (a `Run` of one prompt, the bridge, the causal LM) is refused
+with the reason, so no decoder-only page or command gives a wrong answer on one of these.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, NoReturn
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
+from llm_flow.models.base import ModelInfo, TransparentLlm
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.validation import check_prompt_text
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessor
+
+#: transformers model types llm-flow explains as encoder–decoders (checked on tiny random models).
+SEQ2SEQ_TYPES = {"marian": "Marian", "t5": "T5", "mt5": "mT5", "bart": "BART", "mbart": "mBART"}
+#: The most target tokens `run_pair` generates when no target is given.
+MAX_GENERATED = 256
+
+
+class Seq2SeqLlm(TransparentLlm):
+    """An encoder–decoder: `run_pair(source, target)` is its Run."""
+
+    def __init__(
+        self,
+        hf_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        max_prompt_tokens: int | None = None,
+        max_run_bytes: int | None = None,
+    ) -> None:
+        if hf_model.config.model_type not in SEQ2SEQ_TYPES:
+            raise UnsupportedModelError(f"{name}: {seq2seq_refusal(type(hf_model).__name__)}")
+        self.hf_seq2seq = hf_model.eval().requires_grad_(False)
+        self.hf_seq2seq.set_attn_implementation("eager")  # the attention weights are returned only by eager attention
+        self._tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_run_bytes = max_run_bytes
+        self._lock = threading.Lock()
+        config = hf_model.config
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is None:
+            start = hf_model.generation_config.decoder_start_token_id
+        if start is None:
+            raise UnsupportedModelError(f"{name}: the config names no decoder_start_token_id, so the target cannot begin")
+        self.decoder_start_token_id = int(start)
+        parameter = next(hf_model.parameters())
+        d_model = config.d_model
+        n_heads = getattr(config, "decoder_attention_heads", None) or config.num_heads
+        self.info = ModelInfo(
+            name=name,
+            architecture=type(hf_model).__name__,
+            n_layers=getattr(config, "decoder_layers", None) or config.num_decoder_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_heads,
+            d_model=d_model,
+            d_head=getattr(config, "d_kv", None) or d_model // n_heads,
+            d_mlp=getattr(config, "decoder_ffn_dim", None) or config.d_ff,
+            vocab_size=config.vocab_size,
+            n_params=sum(p.numel() for p in hf_model.parameters()),
+            n_ctx=getattr(config, "max_position_embeddings", None) or 512,
+            parallel_blocks=False,
+            device=str(parameter.device),
+            dtype=str(parameter.dtype).removeprefix("torch."),
+            post_ln=config.model_type in ("marian", "bart", "mbart") and not getattr(config, "normalize_before", False),
+            encoder_layers=getattr(config, "encoder_layers", None) or config.num_layers,
+        )
+
+    # --- tokens -------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    def encode(self, prompt: str) -> list[int]:
+        """The source's token ids, as the tokenizer gives them (end-of-sequence included)."""
+        return list(self._tokenizer(check_prompt_text(prompt)).input_ids)
+
+    def encode_target(self, target: str) -> list[int]:
+        """The target text's token ids, as the tokenizer gives them for a target (``text_target``)."""
+        if not target.strip():
+            raise PromptError("the target text is empty: type the translation to explain, or let the model write it")
+        return list(self._tokenizer(text_target=target).input_ids)
+
+    def decode_tokens(self, token_ids: list[int] | torch.Tensor) -> list[str]:
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+        return [self._tokenizer.decode([i]) for i in ids]
+
+    def input_embeddings(self, ids: list[int], side: str) -> torch.Tensor:
+        """[1, n, d]: what the encoder (`side` "encoder") or the decoder ("decoder") computes from
+        `ids` when it is given ``inputs_embeds`` / ``decoder_inputs_embeds`` instead. Marian's
+        encoder scales its embeddings only when it looks them up itself; its decoder, and BART's
+        and T5's stacks, scale (or not) either way."""
+        stack = self.hf_seq2seq.get_encoder() if side == "encoder" else self.hf_seq2seq.get_decoder()
+        device = next(self.hf_seq2seq.parameters()).device
+        embeds = stack.embed_tokens(torch.tensor([ids], device=device, dtype=torch.long))
+        if side == "encoder" and self.hf_seq2seq.config.model_type == "marian":
+            embeds = embeds * stack.embed_scale
+        return embeds
+
+    def baseline_embedding(self, kind: str, side: str) -> torch.Tensor:
+        """[d]: the end-of-sequence token's input embedding (`kind` "eos") or the mean over the
+        vocabulary ("mean"), as `side`'s stack sees its input."""
+        if kind == "eos":
+            eos = self._tokenizer.eos_token_id
+            if eos is None:
+                raise ArgumentError(f"{self.name} has no end-of-sequence token: use baseline 'zeros' or 'mean'")
+            return self.input_embeddings([eos], side)[0, 0]
+        with torch.no_grad():
+            return self.input_embeddings(list(range(self.info.vocab_size)), side)[0].mean(0)
+
+    # --- passes -------------------------------------------------------------------------------
+
+    def run_pair(self, source: str, target: str | None = None, max_new_tokens: int = 40) -> Seq2SeqRun:
+        """The source through the encoder and ``[decoder start] + target`` through the decoder.
+
+        Without a `target` the model writes one greedily (its own generation settings, one beam,
+        no sampling), up to `max_new_tokens` tokens."""
+        source_ids = self.encode(source)
+        self.check_length(len(source_ids), "the source is", "shorten it")
+        if target is None:
+            target_ids = self.generate_target(source_ids, max_new_tokens)
+        else:
+            target_ids = self.encode_target(target)
+        self.check_length(len(target_ids) + 1, "the target is", "shorten it")
+        return self.run_pair_ids(source_ids, target_ids, source, target)
+
+    def run_pair_ids(
+        self, source_ids: list[int], target_ids: list[int], source: str | None = None, target: str | None = None
+    ) -> Seq2SeqRun:
+        """A Seq2SeqRun over token ids as given (the decoder reads the start token, then `target_ids`)."""
+        if not source_ids or not target_ids:
+            raise PromptError("an encoder–decoder run needs at least one source token and one target token")
+        device = next(self.hf_seq2seq.parameters()).device
+        source_tensor = torch.tensor([source_ids], device=device)
+        decoder_tensor = torch.tensor([[self.decoder_start_token_id, *target_ids]], device=device)
+        with self._lock, torch.no_grad():
+            outputs = self.hf_seq2seq(
+                input_ids=source_tensor, decoder_input_ids=decoder_tensor, output_attentions=True, return_dict=True
+            )
+        return Seq2SeqRun(
+            model=self,
+            source=source,
+            target=target,
+            source_tokens=source_tensor[0].cpu(),
+            decoder_tokens=decoder_tensor[0].cpu(),
+            source_str_tokens=self.decode_tokens(source_ids),
+            decoder_str_tokens=self.decode_tokens(decoder_tensor[0]),
+            logits=outputs.logits[0].float().cpu(),
+            encoder_patterns=_stacked(outputs.encoder_attentions),
+            decoder_patterns=_stacked(outputs.decoder_attentions),
+            cross_patterns=_stacked(outputs.cross_attentions),
+        )
+
+    def generate_target(self, source_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy target ids after the decoder start (end-of-sequence included when reached)."""
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_GENERATED:
+            raise ArgumentError(f"the number of target tokens to write must be 1..{MAX_GENERATED} (got {max_new_tokens!r})")
+        settings = GenerationConfig.from_dict({
+            **self.hf_seq2seq.generation_config.to_dict(), "num_beams": 1, "do_sample": False,
+            "max_new_tokens": max_new_tokens, "max_length": None, "min_length": 0, "num_return_sequences": 1,
+        })  # fmt: skip
+        device = next(self.hf_seq2seq.parameters()).device
+        with self._lock, torch.no_grad():
+            out = self.hf_seq2seq.generate(torch.tensor([source_ids], device=device), generation_config=settings)
+        return out[0, 1:].tolist()  # one sequence: no padding after its end, and the start token first
+
+    def run(self, prompt: str) -> NoReturn:
+        self._refuse_run("model.run_pair(source, target)")
+
+    def run_ids(self, token_ids: list[int], prompt: str | None = None) -> NoReturn:
+        self._refuse_run("model.run_pair_ids(source_ids, target_ids)")
+
+    def parameter_bytes(self) -> int:
+        tensors = [*self.hf_seq2seq.parameters(), *self.hf_seq2seq.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    @property
+    def hf_model(self) -> NoReturn:
+        self._refuse("the decoder-only (causal LM) passes", "attribute its target with llm_flow.attribution.attribute(model, source, method, continuation=target)")
+
+    @property
+    def bridge(self) -> NoReturn:
+        self._refuse("TransformerLens hooked passes (interventions, route checks)")
+
+    def no_kept_patterns(self) -> AbstractContextManager[None]:
+        self._refuse("TransformerLens hooked passes (interventions, route checks)")
+
+    def generate_ids(self, token_ids, max_new_tokens, last_processor: "LogitsProcessor", eos_ids) -> NoReturn:
+        self._refuse("continuing a prompt (the Playground)", "let run_pair write the target: model.run_pair(source)")
+
+    def post_norm_gain(self, layer, norm, scale) -> NoReturn:
+        self._refuse("routes")
+
+    def post_ln_bias(self, layer, norm) -> NoReturn:
+        self._refuse("routes")
+
+    def active_neuron_weights(self, layer, routing, position) -> NoReturn:
+        self._refuse("routes")
+
+    def attention_output_weight(self, layer) -> NoReturn:
+        self._refuse("routes")
+
+    def attention_output_bias(self, layer) -> NoReturn:
+        self._refuse("routes")
+
+    def neuron_output_weight(self, layer) -> NoReturn:
+        self._refuse("routes")
+
+    def neuron_output_bias(self, layer) -> NoReturn:
+        self._refuse("routes")
+
+    def unembed(self, residual, normalize=True) -> NoReturn:
+        self._refuse("the logit lens")
+
+    def vocab_projection(self, vectors) -> NoReturn:
+        self._refuse("promoted and suppressed tokens")
+
+    def _refuse_run(self, instead: str) -> NoReturn:
+        raise UnsupportedModelError(
+            f"{self.info.name}: {self.info.architecture} is an encoder–decoder: it reads a source and writes a "
+            "target, so it has no run of one prompt (routes, the logit lens, the neuron view and the pages built "
+            f"on them are for decoder-only and encoder models so far); {instead} gives its three attentions"
+        )
+
+    def _refuse(self, what: str, instead: str | None = None) -> NoReturn:
+        tail = f"; {instead}" if instead else ""
+        raise UnsupportedModelError(
+            f"{self.info.name}: {self.info.architecture} is an encoder–decoder: {what} works on decoder-only "
+            f"and encoder models only so far{tail}"
+        )
+
+
+def seq2seq_refusal(architecture: str) -> str:
+    """Why an encoder–decoder outside `SEQ2SEQ_TYPES` is refused."""
+    return (
+        f"{architecture} is an encoder–decoder llm-flow has not been checked on; it explains "
+        f"{', '.join(SEQ2SEQ_TYPES.values())}"
+    )
+
+
+def _stacked(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """[layers, heads, queries, sources] float32 on the CPU from one sequence's per-layer weights."""
+    return torch.stack([layer[0] for layer in attentions]).float().cpu()

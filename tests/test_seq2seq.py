@@ -1,0 +1,149 @@
+"""Encoder–decoders (Marian, T5, BART) loaded by llm-flow: a source and a target (typed or written
+greedily) give the three attentions, and they are what plain `transformers` returns for the same
+token ids; everything only decoder-only models have is refused with the reason. Tiny random
+models saved to folders, loaded the way users load them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import llm_flow
+from llm_flow.cli import main
+from llm_flow.errors import ArgumentError, UnsupportedModelError
+from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.notebook import head_view, model_view, neuron_view
+from tests.tiny_models import build_model, save_tiny_model
+
+FAMILIES = ["marian", "t5", "bart"]
+SOURCE = "The capital of France is Paris."
+TARGET = "Paris is the capital"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seq2seq")
+    return {family: save_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def loaded(folders):
+    return {family: llm_flow.load_model(str(folder)) for family, folder in folders.items()}
+
+
+def plain(folder, run):
+    """The folder's model as plain transformers loads it, on the run's own ids."""
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return model(input_ids=run.source_tokens[None], decoder_input_ids=run.decoder_tokens[None], output_attentions=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_three_attentions_and_logits_are_transformers_own(family, folders, loaded):
+    model = loaded[family]
+    assert isinstance(model, Seq2SeqLlm) and model.info.encoder_layers == 2 and model.info.n_layers == 2
+    run = model.run_pair(SOURCE, TARGET)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders[family])
+    assert run.source_tokens.tolist() == tokenizer(SOURCE).input_ids
+    assert run.target_ids == tokenizer(text_target=TARGET).input_ids
+    assert run.decoder_tokens[0] == transformers.AutoConfig.from_pretrained(folders[family]).decoder_start_token_id
+    reference = plain(folders[family], run)
+    for mine, theirs in ((run.encoder_patterns, reference.encoder_attentions),
+                         (run.decoder_patterns, reference.decoder_attentions),
+                         (run.cross_patterns, reference.cross_attentions)):  # fmt: skip
+        np.testing.assert_allclose(mine.numpy(), torch.stack([t[0] for t in theirs]).numpy(), atol=1e-6)
+    assert run.cross_patterns.shape[2:] == (run.n_decoder, run.n_source)
+    np.testing.assert_allclose(run.logits.numpy(), reference.logits[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_target_written_greedily_is_the_argmax_of_each_step(family, loaded):
+    model = loaded[family]
+    run = model.run_pair(SOURCE, max_new_tokens=5)
+    assert run.target is None and 1 <= len(run.target_ids) <= 5
+    # teacher-forced over the written target, each written token is the previous step's argmax,
+    # but for the end-of-sequence the model's own settings force at the length limit (Marian)
+    written, greedy = run.target_ids, run.logits[:-1].argmax(-1).tolist()
+    forced = model.hf_seq2seq.generation_config.forced_eos_token_id
+    if len(written) == 5 and forced is not None:
+        assert written[-1] == forced
+        written, greedy = written[:-1], greedy[:-1]
+    assert greedy == written
+
+
+def test_the_notebook_draws_a_run_in_three_tabs(folders, loaded):
+    run = loaded["marian"].run_pair(SOURCE, TARGET)
+    reference = plain(folders["marian"], run)
+    page = model_view(run, html_action="return")
+    assert page.tabs == ["Encoder", "Decoder", "Cross"]
+    stacked = torch.stack([t[0] for t in reference.cross_attentions]).numpy()  # [L, H, T, S]
+    n_layers, n_heads, rows, cols = stacked.shape
+    np.testing.assert_allclose(page.figures[2].data[0].z,
+                               stacked.transpose(0, 2, 1, 3).reshape(n_layers * rows, n_heads * cols), atol=1e-6)  # fmt: skip
+    page = head_view(run, layer=1, html_action="return")
+    assert [f.layout.title.text.split(":")[0] for f in page.figures] == ["Encoder", "Decoder", "Cross"]
+    with pytest.raises(ArgumentError, match="not available for encoder–decoders"):
+        head_view(run, weighting="alti")
+
+
+def test_the_cli_writes_three_tabs_and_their_numbers(folders, tmp_path, capsys):
+    html, csv = tmp_path / "model.html", tmp_path / "model.csv"
+    code = main(["attention", "--model", str(folders["t5"]), "--prompt", SOURCE, "--target", TARGET,
+                 "--view", "model", "--html", str(html), "--csv", str(csv)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "encoder–decoder: 2 encoder and 2 decoder layers" in printed and "Strongest links" in printed
+    page = html.read_text()
+    assert page.count("Plotly.newPlot") == 3 and ">Cross</button>" in page
+    import pandas as pd
+
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert set(table["attention"]) == {"encoder", "decoder", "cross"}
+    cross = table[table["attention"] == "cross"]
+    model = llm_flow.load_model(str(folders["t5"]))
+    run = model.run_pair(SOURCE, TARGET)
+    for row in cross.sample(20, random_state=0).itertuples():
+        assert abs(row.weight - float(run.cross_patterns[row.layer, int(row.head.split()[1]), row.query, row.source])) < 1e-6
+        assert row.source_token == run.source_str_tokens[row.source]
+    for extra, message in ((["--png", str(tmp_path / "x.png")], "choose it with --stack"),
+                           (["--weight", "alti"], "leave out --view neuron")):  # fmt: skip
+        assert main(["attention", "--model", str(folders["t5"]), "--prompt", SOURCE, "--view", "model", *extra]) != 0
+        assert message in capsys.readouterr().err
+
+
+def test_decoder_only_capabilities_are_refused_with_the_reason(loaded):
+    model = loaded["bart"]
+    for call in (lambda: model.run(SOURCE), lambda: model.hf_model, lambda: model.bridge,
+                 lambda: model.unembed(torch.zeros(64)), lambda: neuron_view(model, SOURCE)):  # fmt: skip
+        with pytest.raises(UnsupportedModelError, match="BartForConditionalGeneration is an encoder–decoder"):
+            call()
+    with pytest.raises(llm_flow.PromptError, match="target text is empty"):
+        model.run_pair(SOURCE, "  ")
+    with pytest.raises(ArgumentError, match="1..256"):
+        model.run_pair(SOURCE, max_new_tokens=0)
+
+
+def test_unchecked_encoder_decoders_are_refused_at_load(tmp_path):
+    """In memory, and from a folder before any weight is read."""
+    from transformers import PegasusConfig, PegasusForConditionalGeneration
+
+    _, tokenizer = build_model("t5")
+    config = PegasusConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)  # fmt: skip
+    model = PegasusForConditionalGeneration(config)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for source in (model, str(tmp_path)):
+        with pytest.raises(UnsupportedModelError) as error:
+            llm_flow.load_model(source, tokenizer=tokenizer if source is model else None)
+        message = str(error.value)
+        assert "PegasusForConditionalGeneration is an encoder–decoder llm-flow has not been checked on" in message
+        assert "Marian, T5" in message and "\n" not in message
+
+
+def test_an_in_memory_model_loads_too():
+    model, tokenizer = build_model("t5")
+    loaded = llm_flow.load_model(model, tokenizer=tokenizer)
+    assert isinstance(loaded, Seq2SeqLlm) and loaded.run_pair(SOURCE, TARGET).n_source == len(tokenizer(SOURCE).input_ids)
