@@ -184,6 +184,10 @@ class Seq2SeqLlm(TransparentLlm):
     def run_ids(self, token_ids: list[int], prompt: str | None = None) -> NoReturn:
         self._refuse_run("model.run_pair_ids(source_ids, target_ids)")
 
+    def layer_progress(self, report) -> NoReturn:
+        """Follows `run`, which an encoder–decoder does not have."""
+        self._refuse_run("model.run_pair(source, target)")
+
     def parameter_bytes(self) -> int:
         tensors = [*self.hf_seq2seq.parameters(), *self.hf_seq2seq.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors)
