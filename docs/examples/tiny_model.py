@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MarianConfig, MarianMTModel, PreTrainedTokenizerFast,
+)  # fmt: skip
 
 SPECIAL = ["<bos>", "<eos>", "[UNK]"]
 WORDS = (
@@ -31,8 +33,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(family: str = "gpt2", seed: int = 0):
-    """(model, tokenizer): a random 4-layer GPT-2 or Llama (grouped-query attention) that
-    returns its attention weights when asked (``output_attentions=True``)."""
+    """(model, tokenizer): a random 4-layer GPT-2 or Llama (grouped-query attention), or a
+    2 + 2-layer Marian translation model (an encoder–decoder), that returns its attention weights
+    when asked (``output_attentions=True``)."""
     tokenizer = tiny_tokenizer()
     shape = dict(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, initializer_range=0.3)
     if family == "gpt2":
@@ -42,8 +45,13 @@ def tiny_model(family: str = "gpt2", seed: int = 0):
         config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=128, **shape)  # fmt: skip
         model_class = LlamaForCausalLM
+    elif family == "marian":
+        config = MarianConfig(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96,
+                              max_position_embeddings=128, decoder_start_token_id=0, pad_token_id=2, **shape)  # fmt: skip
+        model_class = MarianMTModel
     else:
-        raise ValueError(f"family must be 'gpt2' or 'llama' (got {family!r})")
+        raise ValueError(f"family must be 'gpt2', 'llama' or 'marian' (got {family!r})")
     config._attn_implementation = "eager"  # attention weights are returned only by the eager kernel
     torch.manual_seed(seed)
     return model_class(config).eval(), tokenizer
