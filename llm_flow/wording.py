@@ -41,12 +41,13 @@ def probability(p: float) -> str:
     return f"{p:.2%}" if p >= 0.01 else f"{p:.2e}"
 
 
-def step_progress(label: str, done: int, total: int, elapsed: float) -> str:
+def step_progress(label: str, done: int, total: int, elapsed: float, unit: str = "step") -> str:
     """``"Saliency: step 2 of 5, 00:15 left"``: what the page's progress bar and the CLI say after
     each step of a long computation. The time left is tqdm's own estimate and format (the rate of
-    the steps done so far); there is none before the first step or after the last."""
+    the steps done so far); there is none before the first step or after the last. `unit` names
+    the steps (``"layer"`` for a forward pass)."""
     ahead = ", {remaining} left" if 0 < done < total else ""
-    return tqdm.format_meter(done, total, elapsed, prefix=label, bar_format="{desc}: step {n_fmt} of {total_fmt}" + ahead)
+    return tqdm.format_meter(done, total, elapsed, prefix=label, bar_format=f"{{desc}}: {unit} {{n_fmt}} of {{total_fmt}}" + ahead)
 
 
 def shortened(text: str, limit: int = 200) -> str:

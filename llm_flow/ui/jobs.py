@@ -45,7 +45,7 @@ class Job:
         """The model's per-layer report: the message, and the point where a cancelled job stops."""
         if self.cancelled.is_set():
             raise Cancelled("the analysis was cancelled")
-        self.message = step_progress(label, done, total, time.perf_counter() - self._started).replace("step", "layer", 1)
+        self.message = step_progress(label, done, total, time.perf_counter() - self._started, unit="layer")
 
     def outcome(self) -> object:
         """The result, or the job's exception raised again in the caller's thread."""
