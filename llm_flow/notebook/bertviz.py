@@ -62,13 +62,7 @@ def head_view(
     shown first (the others wait in the legend), `include_layers` the layers in the menu."""
     views = _views(attention, tokens, sentence_b_start, prettify_tokens, encoder_attention, decoder_attention,
                    cross_attention, encoder_tokens, decoder_tokens, include_layers, None, weighting)  # fmt: skip
-    figures = []
-    for name, view in views:
-        figure = head_view_menu_figure(view, layer, heads)
-        if name:
-            figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
-        figures.append(figure)
-    return deliver(HtmlPage(figures, "Head view", _tabs(views)), html_action)
+    return deliver(_page(views, lambda view: head_view_menu_figure(view, layer, heads), "Head view"), html_action)
 
 
 def model_view(
@@ -94,13 +88,7 @@ def model_view(
         raise ArgumentError(f"display_mode must be 'dark' or 'light' (got {display_mode!r})")
     views = _views(attention, tokens, sentence_b_start, prettify_tokens, encoder_attention, decoder_attention,
                    cross_attention, encoder_tokens, decoder_tokens, include_layers, include_heads, weighting)  # fmt: skip
-    figures = []
-    for name, view in views:
-        figure = model_view_figure(view)
-        if name:
-            figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
-        figures.append(figure)
-    return deliver(HtmlPage(figures, "Model view", _tabs(views)), html_action)
+    return deliver(_page(views, model_view_figure, "Model view"), html_action)
 
 
 def neuron_view(
@@ -170,6 +158,17 @@ def _views(
     if not views:
         raise ArgumentError("no attention given: pass attention=outputs.attentions (run with output_attentions=True)")
     return views
+
+
+def _page(views: list[tuple[str | None, AttentionView]], draw, title: str) -> HtmlPage:
+    """One figure per view, titled by its part of an encoder–decoder (one tab each) if it has one."""
+    figures = []
+    for name, view in views:
+        figure = draw(view)
+        if name:
+            figure.update_layout(title_text=f"{name}: {figure.layout.title.text}")
+        figures.append(figure)
+    return HtmlPage(figures, title, _tabs(views))
 
 
 def _tabs(views: list[tuple[str | None, AttentionView]]) -> list[str] | None:
