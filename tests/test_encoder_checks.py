@@ -174,7 +174,8 @@ def test_residual_parts(runs, hf, family):
         return edit
 
     attention = {0: minus("resid_pre", "gain", [i]), 1: minus("resid_pre", "gain", [2])}
-    _close(logits, hf[family].logits(run.tokens.tolist(), attention=attention, ffn={1: minus("resid_mid", "ffn_gain", [i])}))
+    ffn = {1: minus("resid_mid", "ffn_gain", [i])}
+    _close(logits, hf[family].logits(run.tokens.tolist(), attention=attention, ffn=ffn))
     _changed(logits, run)
 
 
@@ -289,7 +290,8 @@ def test_route_check_against_transformers(runs, hf, family):
     for u, v, data in graph.edges(data=True):
         dest = graph.nodes[v]
         if data["kind"] == "attention":
-            cut.setdefault(dest["layer"], []).extend((dest["position"], graph.nodes[u]["position"], h) for h in range(heads))
+            i, j = dest["position"], graph.nodes[u]["position"]
+            cut.setdefault(dest["layer"], []).extend((i, j, h) for h in range(heads))
         elif data["kind"] == "ffn" and dest["kind"] == "resid_post":
             ffn_cut.setdefault(dest["layer"], []).append(dest["position"])
 
@@ -372,6 +374,7 @@ def test_patching_values_into_an_encoder_is_refused(runs):
 
     run = runs["bert"]
     added = torch.zeros(run.n_tokens, run.model.info.d_model)
-    patched = Ablation(run.n_tokens, {0: LayerRemoval(torch.zeros(0, 3, dtype=torch.long), frozenset({1}), frozenset(), frozenset(), added)})
+    no_rows = torch.zeros(0, 3, dtype=torch.long)
+    patched = Ablation(run.n_tokens, {0: LayerRemoval(no_rows, frozenset({1}), frozenset(), frozenset(), added)})
     with pytest.raises(llm_flow.UnsupportedModelError, match="implemented for decoders only"):
         ablated_logits(run, patched)

@@ -95,7 +95,8 @@ def test_removals_on_real_weights_equal_transformers_with_hooks(run, folder):
         out[mask] -= ctx.through_norm(ctx.saved["mlp_out"][mask], mask, "ffn_gain")
         return out
 
-    expected = HfModel(str(folder), headless=True).logits(run.tokens.tolist(), attention={1: subtract, 4: subtract}, ffn={2: no_ffn})
+    reference = HfModel(str(folder), headless=True)
+    expected = reference.logits(run.tokens.tolist(), attention={1: subtract, 4: subtract}, ffn={2: no_ffn})
     diff = (logits.double() - expected).abs().max().item()
     assert diff < 1e-3, f"max logit difference {diff:.2e}"  # logits up to ~100: float32 against float64
     assert (logits - run.logits).abs().max().item() > 100 * 1e-3
