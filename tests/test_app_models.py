@@ -66,8 +66,9 @@ def test_route_checks_are_offered_on_encoders_and_faithfulness_only_on_decoders(
 
 
 def test_an_encoders_mask_prediction_is_checked_then_other_pages_open(config, monkeypatch):
-    """"Check this route" on the [MASK] token's route shows the library's check; removing an edge
-    from a token after the [MASK] shows its removal; the other pages and the way back raise nothing."""
+    """"Check this route" on the [MASK] token's route shows the library's check, and its threshold
+    curve; removing an edge from a token after the [MASK] shows its removal; the other pages and
+    the way back raise nothing."""
     import llm_flow
     from llm_flow.interventions import check_edge, check_route
     from llm_flow.wording import probability
@@ -84,6 +85,10 @@ def test_an_encoders_mask_prediction_is_checked_then_other_pages_open(config, mo
     shown = next(df.value for df in app.dataframe if "condition" in df.value.columns)
     assert list(shown["probability"]) == [probability(p) for p in expected.table()["probability"]]
     assert expected.position == mask and expected.token_id == int(run.logits[mask].argmax())
+    next(b for b in app.button if b.label == "Threshold curve").click().run()
+    assert not app.exception and not app.error
+    curve = next(df.value for df in app.dataframe if "threshold" in df.value.columns)
+    assert curve["probability"].between(0, 1).all() and curve["edges"].is_monotonic_decreasing
 
     later = next(f"{u}->{v}" for u, v, d in graph.edges(data=True)
                  if d["kind"] == "attention" and graph.nodes[u]["position"] > graph.nodes[v]["position"])  # fmt: skip

@@ -135,23 +135,29 @@ def test_a_node_without_its_parts_is_what_belongs_to_no_part(runs, hf, family):
     _changed(logits, run)
 
 
-@pytest.mark.parametrize("family", HEADED)
+@pytest.mark.parametrize("family", ENCODERS)
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ffn_zeroed_or_mean_replaced_through_ln2(runs, hf, family, mode):
+    """FFN parts of both layers (the last one's edit is what a headless encoder's prediction reads)."""
     run = runs[family]
     positions = [2, run.str_tokens.index("[MASK]")]
-    logits = ablated_logits(run, ablation(run, [FfnPart(0, p) for p in positions], ffn_mode=mode))
+    parts = [FfnPart(layer, p) for layer in (0, 1) for p in positions]
+    logits = ablated_logits(run, ablation(run, parts, ffn_mode=mode))
     ids = run.tokens.tolist()
-    mean = hf[family].ffn_outputs(ids, 0).mean(0)
 
-    def replace(out, ctx):
-        out = out.clone()
-        for p in positions:
-            replacement = torch.zeros_like(mean) if mode == "zero" else mean
-            out[p] -= ctx.through_norm(ctx.saved["mlp_out"][p] - replacement, p, "ffn_gain")
-        return out
+    def replace(layer):
+        mean = hf[family].ffn_outputs(ids, layer).mean(0)
 
-    _close(logits, hf[family].logits(ids, ffn={0: replace}))
+        def edit(out, ctx):
+            out = out.clone()
+            for p in positions:
+                replacement = torch.zeros_like(mean) if mode == "zero" else mean
+                out[p] -= ctx.through_norm(ctx.saved["mlp_out"][p] - replacement, p, "ffn_gain")
+            return out
+
+        return edit
+
+    _close(logits, hf[family].logits(ids, ffn={0: replace(0), 1: replace(1)}))
     _changed(logits, run)
 
 
