@@ -4,6 +4,10 @@ modules in float64 with forward hooks that edit what a block adds to the residua
 An edit is a function ``(output [T, d], context) -> new output [T, d]`` for one layer's attention
 or FFN output, where the context holds what that layer computed *in the same pass* (residual
 states, attention weights, values, post-norm gain) and its weights, read from the HF modules.
+
+Post-LN encoders (BERT, RoBERTa): the edits act on the outputs of the block's two LayerNorms,
+the states ``A{l}`` and ``I{l}`` themselves, and ``through_norm`` maps a vector into them as the
+norm does at fixed σ: ``γ / σ(u_i) ⊙ (x − mean x)`` with ``u_i`` the norm's input in this pass.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tests.reference import reference_model
+from tests.reference import ENCODER_TYPES, reference_model
 
 
 @dataclass
@@ -21,13 +25,22 @@ class LayerContext:
     w_o: torch.Tensor  # [H, d_head, d]
     bias: torch.Tensor  # [d] attention output bias (zeros when the model has none)
     saved: dict[str, torch.Tensor] = field(default_factory=dict)  # resid_pre, resid_mid, pattern, v, gain
+    post_ln: bool = False  # a post-LN encoder block: parts enter through a centring LayerNorm
 
     def part(self, query: int, source: int, head: int) -> torch.Tensor:
-        """z[i, j, h] = A[h, i, j] (v[j, kv(h)] @ W_O[h]), times the post-norm gain if any: [d]."""
+        """z[i, j, h] = A[h, i, j] (v[j, kv(h)] @ W_O[h]), times the post-norm gain if any (through
+        ln1 on a post-LN block): [d]."""
         v = self.saved["v"]  # [T, n_kv, d_head]
         kv = head // (self.w_o.shape[0] // v.shape[1])
         z = self.saved["pattern"][head, query, source] * (v[source, kv] @ self.w_o[head])
+        if self.post_ln:
+            return self.through_norm(z, query)
         return z * self.saved["gain"][query] if "gain" in self.saved else z
+
+    def through_norm(self, x: torch.Tensor, query: int, gain: str = "gain") -> torch.Tensor:
+        """A post-LN block's norm at position `query` as a linear map (``gain``: "gain" for ln1,
+        "ffn_gain" for ln2): [d]."""
+        return self.saved[gain][query] * (x - x.mean())
 
     def attention_bias(self, query: int) -> torch.Tensor:
         return self.bias * self.saved["gain"][query] if "gain" in self.saved else self.bias
@@ -37,11 +50,15 @@ Edit = Callable[[torch.Tensor, LayerContext], torch.Tensor]
 
 
 class HfModel:
-    """One tiny model folder loaded with AutoModelForCausalLM, and its modules by role."""
+    """One model folder loaded with AutoModelForCausalLM (AutoModelForMaskedLM for an encoder),
+    and its modules by role. `headless`: an encoder saved without its masked-LM head predicts
+    through its input embeddings (docs/method.md#encoders)."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, headless: bool = False) -> None:
         self.model = reference_model(folder)
         self.family = self.model.config.model_type
+        self.encoder = self.family in ENCODER_TYPES
+        self.headless = headless
         cfg = self.model.config
         self.n_heads = cfg.num_attention_heads if hasattr(cfg, "num_attention_heads") else cfg.n_head
 
@@ -53,10 +70,12 @@ class HfModel:
             handles += self._hooks(layer, attention.get(layer), ffn.get(layer))
         try:
             with torch.no_grad():
-                out = self.model(torch.tensor([ids]), output_attentions=True)
+                out = self.model(torch.tensor([ids]), output_attentions=True, output_hidden_states=self.headless)
         finally:
             for handle in handles:
                 handle.remove()
+        if self.headless:
+            return out.hidden_states[-1][0] @ self.model.get_input_embeddings().weight.T
         return out.logits[0]
 
     def ffn_outputs(self, ids: list[int], layer: int) -> torch.Tensor:
@@ -64,7 +83,7 @@ class HfModel:
         kept = {}
 
         def grab(out, ctx):
-            kept["out"] = out.clone()
+            kept["out"] = (ctx.saved["mlp_out"] if self.encoder else out).clone()
             return out
 
         self.logits(ids, ffn={layer: grab})
@@ -73,6 +92,8 @@ class HfModel:
     # --- modules by role ----------------------------------------------------------------------
 
     def _hooks(self, layer: int, attn_edit: Edit | None, ffn_edit: Edit | None) -> list:
+        if self.encoder:
+            return self._encoder_hooks(layer, attn_edit, ffn_edit)
         m, family = self.model, self.family
         ctx = LayerContext(*self._weights(layer))
         saved = ctx.saved
@@ -118,6 +139,50 @@ class HfModel:
             handles.append(parts["ffn"].register_forward_hook(lambda mod, args, out: ffn_edit(out[0], ctx)[None]))
         return handles
 
+    def _encoder_hooks(self, layer: int, attn_edit: Edit | None, ffn_edit: Edit | None) -> list:
+        """BERT/RoBERTa: ``A{l}`` is ``attention.output.LayerNorm``'s output, ``I{l}`` that of
+        ``output.LayerNorm``; each norm's gain is taken from its own input in this pass."""
+        block = self.model.base_model.encoder.layer[layer]
+        ctx = LayerContext(*self._weights(layer), post_ln=True)
+        saved = ctx.saved
+        attn_norm, ffn_norm = block.attention.output.LayerNorm, block.output.LayerNorm
+        saved |= {"ln1_bias": attn_norm.bias, "ln2_bias": ffn_norm.bias}  # β of each norm: in no part
+        d_head = self.model.config.hidden_size // self.n_heads
+
+        def keep(name):
+            def hook(module, args, out):
+                saved[name] = (out[1] if name == "pattern" else out)[0]
+
+            return hook
+
+        def gain(name):
+            def hook(module, args):
+                u = args[0][0]
+                sigma = torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + module.eps)
+                saved[name] = module.weight / sigma
+
+            return hook
+
+        def edit(fn):
+            return lambda module, args, out: fn(out[0], ctx)[None]
+
+        handles = [
+            block.register_forward_pre_hook(_save_input(saved, "resid_pre"), with_kwargs=True),
+            block.attention.self.value.register_forward_hook(
+                lambda mod, args, out: saved.update(v=out[0].reshape(out.shape[1], self.n_heads, d_head))
+            ),
+            block.attention.self.register_forward_hook(keep("pattern")),
+            attn_norm.register_forward_pre_hook(gain("gain")),
+            block.intermediate.register_forward_pre_hook(_save_input(saved, "resid_mid"), with_kwargs=True),
+            block.output.dense.register_forward_hook(keep("mlp_out")),
+            ffn_norm.register_forward_pre_hook(gain("ffn_gain")),
+        ]
+        if attn_edit is not None:
+            handles.append(attn_norm.register_forward_hook(edit(attn_edit)))
+        if ffn_edit is not None:
+            handles.append(ffn_norm.register_forward_hook(edit(ffn_edit)))
+        return handles
+
     def _value_hook(self, block, saved):
         cfg = self.model.config
         if self.family == "gpt2":
@@ -151,6 +216,9 @@ class HfModel:
             weight = proj.weight  # Conv1D: [in, out]
         elif self.family == "gpt_neox":
             proj = m.gpt_neox.layers[layer].attention.dense
+            weight = proj.weight.T
+        elif self.encoder:
+            proj = m.base_model.encoder.layer[layer].attention.output.dense
             weight = proj.weight.T
         else:
             proj = m.model.layers[layer].self_attn.o_proj

@@ -50,20 +50,56 @@ def test_an_ffn_node_of_a_mixture_of_experts_is_split_by_expert(config, monkeypa
 
 
 @pytest.mark.parametrize("model", ["bert", "mixtral"])
-def test_route_checks_are_offered_only_where_they_work(config, monkeypatch, model):
-    """An encoder has no route checks yet (llm_flow.interventions refuses it): the Explorer says
-    why instead of offering buttons that would refuse after a click."""
+def test_route_checks_are_offered_on_encoders_and_faithfulness_only_on_decoders(config, monkeypatch, model):
+    """Route checks and edge removal work on both; the faithfulness check reads a decoder's
+    causal edges, so on an encoder the Explorer says why instead of offering it."""
     app = start(config, monkeypatch, {"model": model})
-    inspect(app, lambda o: "->" in o)  # an edge: its panel has the removal button on decoders
+    inspect(app, lambda o: "->" in o)  # an edge: its panel has the removal button
     buttons = {button.key for button in app.button}
     encoder = model == "bert"
-    assert ("check_route_button" in buttons) is not encoder
-    assert ("check_edge_button" in buttons) is not encoder
+    assert {"check_route_button", "check_edge_button"} <= buttons
     assert any("faithful" in expander.label for expander in app.expander) is not encoder
-    said = any(c.value.startswith("No route checks on this model: removing route parts is implemented for decoders only")
+    said = any(c.value.startswith("No faithfulness check on this model: faithfulness checks score and ablate a decoder")
                for c in app.caption)  # fmt: skip
     assert said is encoder
     assert not app.exception and not app.error
+
+
+def test_an_encoders_mask_prediction_is_checked_then_other_pages_open(config, monkeypatch):
+    """"Check this route" on the [MASK] token's route shows the library's check, and its threshold
+    curve; removing an edge from a token after the [MASK] shows its removal; the other pages and
+    the way back raise nothing."""
+    import llm_flow
+    from llm_flow.interventions import check_edge, check_route
+    from llm_flow.wording import probability
+    from tests.app_helpers import goto
+
+    app = start(config, monkeypatch)
+    run = active_run(app)
+    mask = run.str_tokens.index("[MASK]")
+    app.number_input(key=widget_key("check.draws")).set_value(3).run()
+    next(b for b in app.button if b.label == "Check this route").click().run()
+    assert not app.exception and not app.error
+    graph = llm_flow.build_graph(run, mask, 0.04, True)
+    expected = check_route(run, graph, draws=3, seed=0)
+    shown = next(df.value for df in app.dataframe if "condition" in df.value.columns)
+    assert list(shown["probability"]) == [probability(p) for p in expected.table()["probability"]]
+    assert expected.position == mask and expected.token_id == int(run.logits[mask].argmax())
+    next(b for b in app.button if b.label == "Threshold curve").click().run()
+    assert not app.exception and not app.error
+    curve = next(df.value for df in app.dataframe if "threshold" in df.value.columns)
+    assert curve["probability"].between(0, 1).all() and curve["edges"].is_monotonic_decreasing
+
+    later = next(f"{u}->{v}" for u, v, d in graph.edges(data=True)
+                 if d["kind"] == "attention" and graph.nodes[u]["position"] > graph.nodes[v]["position"])  # fmt: skip
+    inspect(app, lambda o: o == later)
+    next(b for b in app.button if b.label == "Remove this edge").click().run()
+    assert not app.exception and not app.error
+    removal = check_edge(run, graph, *later.split("->"))
+    assert any(m.value == probability(removal.removed.probability) for m in app.metric)
+    for page in ("attention", "attribution", "guide", "explorer"):
+        goto(app, page)
+        assert not app.exception and not app.error, page
 
 
 def test_the_attribution_page_explains_the_mask_of_an_encoder(config, monkeypatch):

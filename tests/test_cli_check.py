@@ -62,3 +62,28 @@ def test_check_is_in_the_help(tiny_config, capsys):
     with pytest.raises(SystemExit):
         main(["routes", "--help"])
     assert "--check" in capsys.readouterr().out
+
+
+def test_an_encoders_mask_prediction_is_checked(tmp_path, capsys):
+    """On a masked-LM encoder the check is of the prediction at the [MASK] (the route's default
+    target), with the library's numbers."""
+    import json
+
+    import llm_flow
+    from llm_flow.interventions import check_route
+    from tests.tiny_models import save_tiny_model
+
+    folder = save_tiny_model("bert", tmp_path / "bert")
+    config = tmp_path / "local.json"
+    config.write_text(json.dumps({"default_model": "bert", "models": {"bert": {"source": str(folder)}}}))
+    prompt, check_csv = "The capital of France is [MASK]. Paris is big.", tmp_path / "check.csv"
+    code = main(["--config", str(config), "routes", "--prompt", prompt, "--check", "--draws", "2",
+                 "--check-csv", str(check_csv)])  # fmt: skip
+    assert code == 0
+    run = llm_flow.load_model(str(folder)).run(prompt)
+    mask = run.str_tokens.index("[MASK]")
+    assert f"at position {mask}, re-running the model" in capsys.readouterr().out
+    expected = check_route(run, llm_flow.build_graph(run, mask), draws=2).draws_table()
+    written = pd.read_csv(check_csv, keep_default_na=False)
+    assert set(written["position"]) == {mask}
+    assert written["probability"].tolist() == pytest.approx(expected["probability"].tolist(), rel=1e-5)

@@ -155,7 +155,8 @@ def test_attention_views_show_every_source_and_both_pair_directions(runs):
 
 def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs):
     # attribution at the mask: tests/test_attribution_masked.py
-    from llm_flow.interventions.route_checks import check_route
+    from llm_flow.faithfulness.problem import prepare
+    from llm_flow.faithfulness.settings import AblationSpec
     from llm_flow.views.generation import generate
     from llm_flow.views.predictions import default_target, prediction_title
 
@@ -165,8 +166,9 @@ def test_routes_start_at_the_mask_and_decoder_only_capabilities_are_refused(runs
     assert prediction_title(run, "[MASK]") == "Predicted at '[MASK]'"
     with pytest.raises(llm_flow.UnsupportedModelError, match="does not generate text"):
         generate(run.model, PROMPT, 2)
-    with pytest.raises(llm_flow.UnsupportedModelError, match="decoders only"):
-        check_route(run, llm_flow.build_graph(run, mask), draws=1)
+    # route checks work on encoders (tests/test_encoder_checks.py); faithfulness reads causal edges
+    with pytest.raises(llm_flow.UnsupportedModelError, match="faithfulness checks score and ablate a decoder"):
+        prepare(run, "the", "a", AblationSpec("zero"))
 
 
 def test_a_sentence_pair_is_read_with_its_token_types(folders):

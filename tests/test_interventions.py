@@ -243,18 +243,23 @@ def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
     _changed(logits, run)
 
 
-def test_causal_pairs_are_numbered_row_by_row():
-    """Random removals draw a number and turn it into (query, source <= query): row by row, and
-    still in the right row far beyond the integers a float64 holds exactly."""
+def test_pairs_are_numbered_row_by_row():
+    """Random removals draw a number and turn it into (query, source): row by row, over the causal
+    triangle in a decoder and over all T × T pairs in an encoder, exactly at row boundaries even
+    for rows of billions of pairs."""
     from llm_flow.interventions.route import _pair
 
     n = 300
-    query, source = _pair(torch.arange(n * (n + 1) // 2))
+    causal, full = torch.arange(n) + 1, torch.full((n,), n)
+    query, source = _pair(causal, torch.arange(n * (n + 1) // 2))
     assert list(zip(query.tolist(), source.tolist())) == [(i, j) for i in range(n) for j in range(i + 1)]
-    for k in (10**8, 3 * 10**9 + 7, 2**31 - 1):
-        first = k * (k + 1) // 2  # row k holds first .. first + k
-        query, source = _pair(torch.tensor([first - 1, first, first + 1, first + k, first + k + 1]))
-        assert query.tolist() == [k - 1, k, k, k, k + 1] and source.tolist() == [k - 1, 0, 1, k, 0]
+    query, source = _pair(full, torch.arange(n * n))
+    assert list(zip(query.tolist(), source.tolist())) == [(i, j) for i in range(n) for j in range(n)]
+    counts = torch.tensor([10**9, 3 * 10**9 + 7, 2**31 - 1])
+    ends = [10**9, 4 * 10**9 + 7, 4 * 10**9 + 7 + 2**31 - 1]
+    query, source = _pair(counts, torch.tensor([ends[0] - 1, ends[0], ends[1] - 1, ends[1], ends[2] - 1]))
+    assert query.tolist() == [0, 1, 1, 2, 2]
+    assert source.tolist() == [10**9 - 1, 0, 3 * 10**9 + 6, 0, 2**31 - 2]
 
 
 def test_random_removals_draw_from_every_causal_part_of_the_layer(runs):

@@ -57,7 +57,8 @@ def print_check(run: "Run", graph: "nx.DiGraph", args: argparse.Namespace) -> No
     from llm_flow.interventions import check_route, threshold_curve
 
     check = check_route(run, graph, draws=args.draws, seed=args.seed, ffn_mode=args.ffn_mode)
-    print(f"\nCheck   p({check.token!r}) after position {check.position}, re-running the model "
+    where = "at" if run.model.info.bidirectional else "after"  # an encoder predicts the token itself ([MASK])
+    print(f"\nCheck   p({check.token!r}) {where} position {check.position}, re-running the model "
           f"({args.draws} random draws each, seed {args.seed}, FFN {args.ffn_mode}):")
     print(f"  {'unmodified':<16} {_fate(check.unmodified)}")
     print(f"  {'route only':<16} {_fate(check.route_only)}   ({check.n_dropped_parts:,} parts off the route removed)")

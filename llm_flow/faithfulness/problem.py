@@ -31,7 +31,15 @@ from llm_flow.faithfulness.settings import METRICS, AblationSpec
 from llm_flow.faithfulness.values import PartValues, RunValues, ZeroValues, ablation_values
 from llm_flow.interventions.forward import ablated_logits
 from llm_flow.interventions.parts import Ablation, LayerRemoval
+from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
+
+#: Why encoders get no faithfulness check (the route check works on them).
+NO_FAITHFULNESS = (
+    "faithfulness checks score and ablate a decoder's edges (each token reads only the tokens before "
+    "it), and patching or mean ablation would put values into post-LN blocks, which is not implemented; "
+    "the route check (route only, route removed, random routes) works on encoders"
+)
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,7 @@ def prepare(
     model = run.model
     if getattr(model, "bridge", None) is None:
         raise UnsupportedModelError(f"{model.name}: faithfulness checks need a model loaded through TransformerLens")
+    refuse_encoder(model.info, NO_FAITHFULNESS)
     if not isinstance(ablation, AblationSpec):
         raise ArgumentError(f"ablation must be an AblationSpec (got {type(ablation).__name__})")
     position = run.position(target)

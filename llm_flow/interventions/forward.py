@@ -17,6 +17,14 @@ What "remove" means (and what the tests check against plain `transformers`):
   output ``o_i``, as in the contributions: the parts then still add up to what entered the
   residual and a removal takes out exactly its share. (Normalising the remainder again would
   scale what is left back up to the old norm and hide most of any removal.)
+* Post-LN blocks (BERT, RoBERTa, MiniLM): every part enters the state through the block's
+  LayerNorm, ``L_i(x) = g_i ⊙ (x − mean x)`` with ``g_i = γ / σ_i`` and ``σ_i`` the scale of the
+  pass's *whole* sum at position ``i`` (docs/method.md#encoders), the same linearisation as the
+  contributions and as Gemma's post-norms above. A removal subtracts ``L_i`` of the removed
+  parts from the norm's output (``ln1`` for ``A{l}_i``, ``ln2`` for ``I{l}_i``), so a node keeps
+  exactly the sum of its other parts plus the norm's bias. A masked-LM head then reads the
+  final state as usual; a checkpoint without one predicts through its input embeddings, as the
+  run does.
 * FFN parts are zeroed or replaced by the FFN's mean output over the prompt's positions in the
   unmodified run (a fixed reference, as mean ablation usually is).
 * A layer's fixed replacement vectors (``LayerRemoval.attention_added``, ``ffn_added``) are added
@@ -33,6 +41,7 @@ import torch
 
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
+from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.run import Run
 from llm_flow.views.tokens import ranks
 
@@ -67,14 +76,28 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
     bridge = getattr(model, "bridge", None)
     if bridge is None:
         raise UnsupportedModelError(f"{model.name}: interventions need a model loaded through TransformerLens")
+    surgery = _PostLnSurgery if model.info.post_ln else _LayerSurgery
     hooks = []
     for layer, layer_removal in removal.layers.items():
-        hooks += _LayerSurgery(run, layer, layer_removal, removal.ffn_mode).hooks()
+        hooks += surgery(run, layer, layer_removal, removal.ffn_mode).hooks()
+    final: dict[str, torch.Tensor] = {}
+    if model.info.no_lm_head:  # the bridge's logits would come from a head the checkpoint lacks
+        hooks.append((f"blocks.{run.n_layers - 1}.hook_resid_post", lambda x, hook: final.update(state=x[0].clone())))
     # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
     # modules are dropped as in `TransparentLlm.run` (they would pile up to L full [H, T, T] copies).
     with model.lock, torch.inference_mode(), model.no_kept_patterns():
-        logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits")
+        logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **_segments(run))
+    if final:
+        return model.unembed(final["state"])
     return logits[0].float()
+
+
+def _segments(run: Run) -> dict[str, torch.Tensor]:
+    """The token types the run's own pass read (an encoder's sentence pair: ``A [SEP] B``)."""
+    model = run.model
+    if not model.info.bidirectional:
+        return {}
+    return segment_inputs(model.hf_model.config, model.tokenizer.sep_token_id, run.tokens.tolist(), run.tokens.device)
 
 
 class _LayerSurgery:
@@ -83,7 +106,7 @@ class _LayerSurgery:
     def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode) -> None:
         self.model, self.layer, self.removal = run.model, layer, removal
         self.parallel = run.parallel
-        self.post_norms = run.layer(layer).attn_gain is not None
+        self.post_norms = run.model.info.post_norms
         self.seen: dict[str, torch.Tensor] = {}
         self.ffn_mean = run.layer(layer).mlp_out.float().mean(0) if ffn_mode == "mean" else None  # [d]
 
@@ -151,3 +174,78 @@ class _LayerSurgery:
         if self.removal.ffn_added is not None:
             out[0] += self.removal.ffn_added.to(out)
         return out
+
+
+class _PostLnSurgery(_LayerSurgery):
+    """A post-LN block's hooks: the removed parts leave the outputs of its two LayerNorms, through
+    each norm linearised with this pass's own scale at each position (the module docstring)."""
+
+    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode) -> None:
+        if removal.attention_added is not None or removal.ffn_added is not None:
+            raise UnsupportedModelError(
+                f"{run.model.name}: putting other values where parts were (patching, mean ablation of "
+                "edges) is implemented for decoders only; on an encoder, remove parts (route checks, ablation)"
+            )
+        super().__init__(run, layer, removal, ffn_mode)
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        """The bridge's attention pattern arrives only after ln1's output has gone by, so ``A{l}``
+        is edited where it is read: the FFN's input (``mlp.hook_in``) and the residual added to
+        the FFN's output (ln2's input)."""
+        block, r = f"blocks.{self.layer}", self.removal
+        edits_attention = bool(len(r.attention) or r.residual_attention)
+        hooks = []
+        if len(r.attention):
+            hooks += [(f"{block}.attn.hook_pattern", self._keep("pattern")), (f"{block}.attn.hook_v", self._keep("v"))]
+        if r.residual_attention:
+            hooks.append((f"{block}.hook_resid_pre", self._keep("resid_pre")))
+        if edits_attention:
+            hooks.append((f"{block}.ln1.hook_scale", self._keep("ln1")))
+        if edits_attention or r.residual_ffn:
+            hooks.append((f"{block}.mlp.hook_in", self._attention_state))
+        if edits_attention:
+            hooks.append((f"{block}.ln2.hook_in", self._ffn_residual))
+        if r.ffn or r.residual_ffn:
+            if r.ffn:
+                hooks.append((f"{block}.hook_mlp_out", self._keep("mlp_out")))
+            hooks += [(f"{block}.ln2.hook_scale", self._keep("ln2")), (f"{block}.ln2.hook_out", self._layer_state)]
+        return hooks
+
+    def _attention_state(self, state: torch.Tensor, hook) -> torch.Tensor:
+        """``A{l}`` [1, T, d] as the FFN reads it, less its removed parts; kept as I's residual."""
+        r = self.removal
+        if len(r.attention) or r.residual_attention:
+            removed = state.new_zeros(state.shape[1:], dtype=torch.float32)  # [T, d], before the norm
+            if len(r.attention):
+                rows, vectors = self._removed_heads()
+                removed[rows] += vectors
+            if r.residual_attention:
+                positions = sorted(r.residual_attention)
+                removed[positions] += self.seen.pop("resid_pre")[positions].float()
+            self.seen["removed"] = self._through_norm("ln1", removed).to(state.dtype)
+            state = state - self.seen["removed"][None]
+        if r.residual_ffn:
+            self.seen["resid_mid"] = state[0]
+        return state
+
+    def _ffn_residual(self, whole: torch.Tensor, hook) -> torch.Tensor:
+        """ln2's input [1, T, d], ``A{l}`` + FFN output: the same parts leave its ``A{l}``."""
+        return whole - self.seen.pop("removed")[None]
+
+    def _layer_state(self, state: torch.Tensor, hook) -> torch.Tensor:
+        """``I{l}`` = ln2's output [1, T, d], less its removed parts (σ from the edited input)."""
+        r = self.removal
+        removed = state.new_zeros(state.shape[1:], dtype=torch.float32)  # [T, d]
+        if r.ffn:
+            positions = sorted(r.ffn)
+            replacement = 0.0 if self.ffn_mean is None else self.ffn_mean
+            removed[positions] += self.seen.pop("mlp_out")[positions].float() - replacement
+        if r.residual_ffn:
+            positions = sorted(r.residual_ffn)
+            removed[positions] += self.seen.pop("resid_mid")[positions].float()
+        return state - self._through_norm("ln2", removed).to(state.dtype)[None]
+
+    def _through_norm(self, norm: str, vectors: torch.Tensor) -> torch.Tensor:
+        """L_i(x) = g_i ⊙ (x − mean x) for each row of `vectors` [T, d], σ_i from this pass."""
+        gain = self.model.post_norm_gain(self.layer, norm, self.seen.pop(norm))  # [T, d]
+        return gain * (vectors - vectors.mean(-1, keepdim=True))

@@ -4,8 +4,9 @@ The parts are those of DESIGN.md §1, so that removing a part removes exactly wh
 contribution measured:
 
 * `AttentionPart(layer, query, source, head)`: ``z[i, j, h] = A[h, i, j] (v[j, kv(h)] + b_V) W_O[h]``
-  (times the post-norm gain on Gemma-style blocks), a part of ``A{layer}_i`` (of ``I{layer}_i``
-  for parallel blocks).
+  (times the post-norm gain on Gemma-style blocks, through the linearised LayerNorm on post-LN
+  encoders), a part of ``A{layer}_i`` (of ``I{layer}_i`` for parallel blocks). In a decoder the
+  source is at most the query; an encoder's query reads every source, after it too.
 * `ResidualPart(layer, position, node)`: the residual stream as a part of the graph node
   ``node{layer}_position``: ``resid_pre[i]`` in ``A{l}_i``, ``resid_mid[i]`` in ``I{l}_i``
   (parallel blocks: ``resid_pre[i]`` in ``I{l}_i``, and there is no ``A`` node).
@@ -24,7 +25,6 @@ from typing import Literal, NamedTuple
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
 
 FfnMode = Literal["zero", "mean"]
@@ -66,7 +66,7 @@ class LayerRemoval:
     a part as the pass computes it and add the value it has elsewhere (a counterfactual prompt,
     a reference mean). They are fixed in advance, not recomputed in the pass."""
 
-    attention: torch.Tensor  # [n, 3] int64 rows (query i, source j, head h), unique, j <= i
+    attention: torch.Tensor  # [n, 3] int64 rows (query i, source j, head h), unique; j <= i in a decoder
     residual_attention: frozenset[int]  # resid_pre[i] leaves A{l}_i (parallel blocks: I{l}_i)
     residual_ffn: frozenset[int]  # resid_mid[i] leaves I{l}_i (sequential blocks only)
     ffn: frozenset[int]  # mlp_out[i] is zeroed or mean-replaced
@@ -91,17 +91,8 @@ class Ablation:
         return sum(removal.n_parts for removal in self.layers.values())
 
 
-NO_ABLATION = (
-    "removing route parts is implemented for decoders only: in a post-LN encoder block every part "
-    "enters the residual through a LayerNorm of the whole sum (docs/method.md#encoders), so a removal "
-    "would have to be subtracted after that norm with the whole sum's scale, which the intervention "
-    "hooks do for Gemma's post-norms but not yet for BERT's; and an encoder's tokens also read the "
-    "tokens after them, which the random look-alike parts of a route check do not draw yet"
-)
-
 def ablation(run: Run, parts: Iterable[Part], ffn_mode: FfnMode = "zero") -> Ablation:
     """Validate `parts` against `run`'s model and prompt; duplicates count once."""
-    refuse_encoder(run.model.info, NO_ABLATION)
     check_ffn_mode(ffn_mode)
     attention: dict[int, list[tuple[int, int, int]]] = {}
     sets: dict[int, tuple[set[int], set[int], set[int]]] = {}
@@ -138,11 +129,18 @@ def n_heads(run: Run) -> int:
     return run.layer(0).pattern.n_heads
 
 
+def n_sources(run: Run, query: int) -> int:
+    """How many sources query row `query` reads: query + 1 in a decoder, every token in an encoder."""
+    return int(run.layer(0).pattern.source_counts(torch.tensor([query]))[0])
+
+
 def _attention_part(run: Run, part: AttentionPart) -> tuple[int, int, int, int]:
     layer = _check_layer(run, part.layer, part)
     query, source = _check_position(run, part.query, part), _check_position(run, part.source, part)
-    if source > query:
-        raise ArgumentError(f"{part}: source {source} comes after query {query}; a token only reads earlier ones")
+    if source >= n_sources(run, query):
+        raise ArgumentError(
+            f"{part}: source {source} comes after query {query}; in this decoder a token only reads earlier ones"
+        )
     heads = n_heads(run)
     if not isinstance(part.head, int) or not 0 <= part.head < heads:
         raise ArgumentError(f"{part}: head must be 0..{heads - 1} (got {part.head!r})")

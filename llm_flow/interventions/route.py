@@ -21,8 +21,7 @@ import networkx as nx
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.interventions.parts import NO_ABLATION, Ablation, FfnMode, LayerRemoval, n_heads
-from llm_flow.models.families import refuse_encoder
+from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, n_heads, n_sources
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import NodeId
 
@@ -35,6 +34,7 @@ class NodeParts:
     position: int
     node: str  # "A" or "I"
     attention: bool  # does this node have attention parts (A, or I of a parallel block)
+    n_sources: int  # tokens its attention reads: position + 1 in a decoder, all in an encoder
     sources: set[int] = field(default_factory=set)  # attention edges kept (all heads)
     residual: bool = False
     ffn: bool = False
@@ -58,8 +58,7 @@ class _Removal:
 
 
 def check_graph(run: Run, graph: nx.DiGraph) -> None:
-    """A route graph must come from this run's prompt and model (a decoder's: see NO_ABLATION)."""
-    refuse_encoder(run.model.info, NO_ABLATION)
+    """A route graph must come from this run's prompt and model."""
     attrs = graph.graph
     if "target" not in attrs or "n_layers" not in attrs:
         raise ArgumentError("this is not a route graph: build one with llm_flow.build_graph(run, ...)")
@@ -96,7 +95,10 @@ def edge_nodes(run: Run, graph: nx.DiGraph, source: str, dest: str) -> list[Node
 
 def _node(run: Run, name: str) -> NodeParts:
     node = NodeId.parse(name)
-    return NodeParts(node.layer, node.position, node.kind, attention=node.kind == "A" or run.parallel)
+    return NodeParts(
+        node.layer, node.position, node.kind, attention=node.kind == "A" or run.parallel,
+        n_sources=n_sources(run, node.position),
+    )  # fmt: skip
 
 
 def _add_edge(node: NodeParts, source: dict, kind: str) -> None:
@@ -147,13 +149,15 @@ def dropped_parts(run: Run, nodes: list[NodeParts], ffn_mode: FfnMode, rng: rand
 
 def random_like(run: Run, route: Ablation, rng: random.Random) -> Ablation:
     """As many parts as `route` removes in each layer and of each kind, chosen uniformly among
-    all parts of that layer and kind (route removed's baseline)."""
+    all parts of that layer and kind (route removed's baseline): every (query, source, head) the
+    layer's attention has, the causal triangle in a decoder, all T × T pairs in an encoder."""
     heads, n_tokens = n_heads(run), run.n_tokens
+    counts = run.layer(0).pattern.source_counts(torch.arange(n_tokens))  # [T] sources per query row
+    n_pairs = int(counts.sum())
     layers = {}
     for layer, removal in route.layers.items():
-        n_pairs = n_tokens * (n_tokens + 1) // 2  # causal (query, source) pairs
         flat = torch.tensor(rng.sample(range(n_pairs * heads), len(removal.attention)), dtype=torch.long)
-        query, source = _pair(flat // heads)
+        query, source = _pair(counts, flat // heads)
         rows = torch.stack([query, source, flat % heads], 1)
         layers[layer] = LayerRemoval(
             rows,
@@ -164,7 +168,7 @@ def random_like(run: Run, route: Ablation, rng: random.Random) -> Ablation:
 
 def _dropped_heads(node: NodeParts, heads: int, rng: random.Random | None) -> torch.Tensor:
     """Attention rows (i, j, h) of `node` outside what it keeps: [n, 3]."""
-    n_parts = (node.position + 1) * heads  # flat index j * heads + h
+    n_parts = node.n_sources * heads  # flat index j * heads + h
     keep = torch.zeros(n_parts, dtype=torch.bool)
     if rng is None:
         sources = torch.tensor(sorted(node.sources), dtype=torch.long)
@@ -182,9 +186,9 @@ def _rows(query: int, sources: torch.Tensor, heads: int) -> torch.Tensor:
     return torch.stack([torch.full_like(j, query), j, h], 1)
 
 
-def _pair(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal pair number -> (query i, source j <= i), pairs ordered row by row."""
-    query = ((8 * index.double() + 1).sqrt().sub(1).div(2)).floor().long()
-    query -= (query * (query + 1) // 2 > index).long()  # guard against rounding either way
-    query += ((query + 1) * (query + 2) // 2 <= index).long()
-    return query, index - query * (query + 1) // 2
+def _pair(counts: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair number -> (query i, source j), pairs ordered row by row, row i holding `counts[i]`
+    sources 0..counts[i] - 1 (counts [T] int64; index [n] int64, exact in integers)."""
+    ends = torch.cumsum(counts, 0)  # [T] first pair number after each row
+    query = torch.searchsorted(ends, index, right=True)
+    return query, index - (ends[query] - counts[query])

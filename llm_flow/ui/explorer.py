@@ -19,7 +19,7 @@ from llm_flow.ui.frame import Analysis
 from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.ui.faithfulness_panel import drawn_graph, faithfulness_panel
-from llm_flow.interventions.parts import NO_ABLATION
+from llm_flow.faithfulness.problem import NO_FAITHFULNESS
 from llm_flow.ui.route_check import route_check_panel
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
@@ -78,10 +78,10 @@ def explorer_page(analysis: Analysis) -> None:
         )  # fmt: skip
         _find_box(graph, search)
         _exports(run, graph, compact, focus)
-        if run.model.info.bidirectional:  # the checks re-run the model with parts removed
-            st.caption(f"No route checks on this model: {NO_ABLATION}.")
+        route_check_panel(graph)
+        if run.model.info.bidirectional:
+            st.caption(f"No faithfulness check on this model: {NO_FAITHFULNESS}.")
         else:
-            route_check_panel(graph)
             faithfulness_panel(graph)
     with panel_column:
         predictions_panel(position)

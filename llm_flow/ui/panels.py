@@ -175,8 +175,7 @@ def _edge_panel(run: Run, graph: nx.DiGraph, edge: EdgeId) -> None:
     data = graph.edges[edge.pair]
     st.subheader(f"{edge.source} → {edge.target}")
     st.caption(edge_weight_text(data, graph.graph["renormalize"]))
-    if not run.model.info.bidirectional:  # see NO_ABLATION: no removals on encoders
-        edge_removal_panel(run, graph, edge)
+    edge_removal_panel(run, graph, edge)
     if data["kind"] == "residual":
         _residual_panel(run, edge.target)
         return
