@@ -62,7 +62,17 @@ def test_route_checks_are_offered_on_encoders_and_faithfulness_only_on_decoders(
     said = any(c.value.startswith("No faithfulness check on this model: faithfulness checks score and ablate a decoder")
                for c in app.caption)  # fmt: skip
     assert said is encoder
+    # nor edges scored by EAP-IG, which would only point at that check
+    assert any(radio.label == "Score edges by" for radio in app.radio) is not encoder
     assert not app.exception and not app.error
+
+
+def test_a_link_asking_for_eap_ig_edges_on_an_encoder_draws_the_alti_route(config, monkeypatch):
+    """A link made on a decoder may carry *Score edges by: EAP-IG*; on an encoder there is no
+    such measurement, so the route is drawn as ALTI scores it, with no note pointing elsewhere."""
+    app = start(config, monkeypatch, {"model": "bert", "score_by": "eap-ig"})
+    assert not any("Edges are scored by" in caption.value for caption in app.caption)
+    assert app.get("plotly_chart") and not app.exception and not app.error
 
 
 def test_an_encoders_mask_prediction_is_checked_then_other_pages_open(config, monkeypatch):

@@ -60,12 +60,14 @@ def explorer_page(analysis: Analysis) -> None:
             "Only the tokens the route reaches", **bind("explorer.compact", to_widget=lambda _: compact),
             help="Leave out the token columns with no node on the route: long prompts stay readable.",
         )  # fmt: skip
-        st.radio(
-            "Score edges by", ["alti", "eap-ig"], format_func={"alti": "ALTI contributions", "eap-ig": "EAP-IG"}.get,
-            horizontal=True, **bind("faith.score_by"),
-            help="EAP-IG draws its own top edges, as many as the route keeps (measured under *Is this route faithful?*).",
-        )  # fmt: skip
-        drawn, note = drawn_graph(run, graph)
+        faithfulness = not run.model.info.bidirectional  # EAP-IG scores a decoder's causal edges
+        if faithfulness:
+            st.radio(
+                "Score edges by", ["alti", "eap-ig"], format_func={"alti": "ALTI contributions", "eap-ig": "EAP-IG"}.get,
+                horizontal=True, **bind("faith.score_by"),
+                help="EAP-IG draws its own top edges, as many as the route keeps (measured under *Is this route faithful?*).",
+            )  # fmt: skip
+        drawn, note = drawn_graph(run, graph) if faithfulness else (graph, None)
         if note:
             st.caption(note)
         focus = state.explorer.focus
@@ -79,10 +81,10 @@ def explorer_page(analysis: Analysis) -> None:
         _find_box(graph, search)
         _exports(run, graph, compact, focus)
         route_check_panel(graph)
-        if run.model.info.bidirectional:
-            st.caption(f"No faithfulness check on this model: {NO_FAITHFULNESS}.")
-        else:
+        if faithfulness:
             faithfulness_panel(graph)
+        else:
+            st.caption(f"No faithfulness check on this model: {NO_FAITHFULNESS}.")
     with panel_column:
         predictions_panel(position)
         st.selectbox(
