@@ -61,6 +61,17 @@ def decoder_position(run: Seq2SeqRun, target: int) -> int:
     return int(target) % n
 
 
+def default_decoder_position(run: Seq2SeqRun) -> int:
+    """The decoder position that predicts the last target token before the end-of-sequence token
+    (the last word of a translation, rather than its end): what to explain when nobody chose."""
+    eos = run.model.tokenizer.eos_token_id
+    ids = run.decoder_tokens.tolist()
+    for position in reversed(range(len(ids) - 1)):
+        if ids[position + 1] != eos:
+            return position
+    return len(ids) - 2
+
+
 def seq2seq_route_graph(
     contributions: Seq2SeqContributions,
     source_tokens: list[str],

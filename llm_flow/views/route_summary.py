@@ -23,7 +23,7 @@ def summarize_route(graph: nx.DiGraph) -> RouteSummary:
     ffns: list[tuple[int, int, float]] = []
     for _, dest, data in graph.edges(data=True):
         node = graph.nodes[dest]
-        if data["kind"] == "attention":
+        if data["kind"] in ("attention", "cross"):
             for head, weight in enumerate(data["heads"]):
                 heads[(node["layer"], head)] += weight
         elif data["kind"] == "ffn" and node["kind"] == "resid_post":
@@ -38,6 +38,18 @@ def summarize_route(graph: nx.DiGraph) -> RouteSummary:
         layer_nodes=dict(sorted(layer_nodes.items())),
         input_positions=inputs,
     )
+
+
+def stack_summaries(graph: nx.DiGraph) -> dict[str, RouteSummary]:
+    """An encoder–decoder's route (:func:`llm_flow.seq2seq_route`) summarised apart for the
+    "encoder" and "decoder" stacks (their self-attention heads, FFN blocks, nodes and embeddings)
+    and the "cross" edges between them (the cross-attention heads)."""
+    summaries = {
+        stack: summarize_route(graph.subgraph(n for n, d in graph.nodes(data=True) if d["stack"] == stack))
+        for stack in ("encoder", "decoder")
+    }
+    summaries["cross"] = summarize_route(graph.edge_subgraph((u, v) for u, v, d in graph.edges(data=True) if d["kind"] == "cross"))
+    return summaries
 
 
 def heads_frame(summary: RouteSummary) -> pd.DataFrame:
