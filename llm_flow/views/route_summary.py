@@ -66,12 +66,13 @@ def ffns_frame(summary: RouteSummary, tokens: list[str]) -> pd.DataFrame:
 
 def edges_frame(graph: nx.DiGraph) -> pd.DataFrame:
     """One row per route edge: source and destination nodes, kind, weight and, for attention
-    edges, the per-head split (one column per head) and the residual's share."""
+    (and an encoder–decoder's cross-attention) edges, the per-head split (one column per head)
+    and the residual's share."""
     rows = []
     for source, dest, data in graph.edges(data=True):
         row = {"source": source, "dest": dest, "kind": data["kind"], "weight": data["weight"],
                "layer": graph.nodes[dest]["layer"], "position": graph.nodes[dest]["position"]}  # fmt: skip
-        if data["kind"] == "attention":
+        if data["kind"] in ("attention", "cross"):
             row["residual"] = data.get("residual", 0.0)
             row.update({f"head_{h}": float(w) for h, w in enumerate(data["heads"])})
         rows.append(row)
