@@ -81,7 +81,7 @@ def recorded_states(model, run) -> tuple[dict, object]:
             records.setdefault(key, {})[name] = (value[0] if isinstance(value, tuple) else value)[0]
         return hook
 
-    t5, pre_ln = model.config.model_type == "t5", model.config.model_type == "mbart"
+    t5, pre_ln = model.config.model_type in ("t5", "mt5"), model.config.model_type == "mbart"
     for stack, owner in (("encoder", model.get_encoder()), ("decoder", model.get_decoder())):
         for layer, block in enumerate(owner.block if t5 else owner.layers):
             key = (stack, layer)
@@ -129,7 +129,7 @@ def post_ln(norm, residual, parts, bias):
 def reference_layer(model, block, x, pattern, encoded=None, cross_pattern=None) -> dict:
     """Node -> (whole, residual part, parts [Q, K, H, d] or mlp_out [Q, d], no part), by the formulas."""
     nodes = {}
-    if model.config.model_type == "t5":
+    if model.config.model_type in ("t5", "mt5"):
         attention, ff = block.layer[0], block.layer[-1]
         z = heads_parts(attention.SelfAttention, x, rms(attention.layer_norm, x), pattern)
         nodes["A"] = (x + z.sum((1, 2)), x, z, torch.zeros_like(x))
@@ -182,26 +182,50 @@ def shares(node) -> tuple[np.ndarray, np.ndarray]:
     return (prox_parts / scale).numpy(), (prox_residual / total).numpy()
 
 
+def reference_nodes(model, run) -> tuple[dict, dict]:
+    """(recorded states, {(stack, layer): reference nodes}) of `run`'s tokens through `model`
+    (plain transformers, float64)."""
+    records, outputs = recorded_states(model, run)
+    encoded = outputs.encoder_last_hidden_state[0]
+    t5 = model.config.model_type in ("t5", "mt5")
+    layers = {}
+    with torch.no_grad():
+        for stack, owner, patterns in (("encoder", model.get_encoder(), outputs.encoder_attentions),
+                                       ("decoder", model.get_decoder(), outputs.decoder_attentions)):  # fmt: skip
+            for layer, block in enumerate(owner.block if t5 else owner.layers):
+                cross = (encoded, outputs.cross_attentions[layer][0]) if stack == "decoder" else ()
+                layers[(stack, layer)] = reference_layer(model, block, records[(stack, layer)]["input"], patterns[layer][0], *cross)
+    return records, layers
+
+
+def assert_shares_match(mine, layers, atol: float = 1e-5) -> None:
+    """Every block's contributions (llm-flow's `Seq2SeqContributions`) equal the reference shares."""
+    for layer in range(len(mine.decoder_self)):
+        nodes = layers[("decoder", layer)]
+        for got, node in ((mine.decoder_self[layer], nodes["A"]), (mine.cross[layer], nodes["C"])):
+            heads, residual = shares(node)
+            np.testing.assert_allclose(got.heads, heads, atol=atol)
+            np.testing.assert_allclose(got.residual, residual, atol=atol)
+        ffn, residual = shares(nodes["I"])
+        np.testing.assert_allclose(mine.decoder_ffn[layer].ffn, ffn, atol=atol)
+        np.testing.assert_allclose(mine.decoder_ffn[layer].residual, residual, atol=atol)
+    for layer in range(len(mine.encoder)):
+        nodes = layers[("encoder", layer)]
+        heads, residual = shares(nodes["A"])
+        np.testing.assert_allclose(mine.encoder[layer].heads, heads, atol=atol)
+        np.testing.assert_allclose(mine.encoder[layer].residual, residual, atol=atol)
+        ffn, residual = shares(nodes["I"])
+        np.testing.assert_allclose(mine.encoder_ffn[layer].ffn, ffn, atol=atol)
+        np.testing.assert_allclose(mine.encoder_ffn[layer].residual, residual, atol=atol)
+
+
 @pytest.fixture(scope="module")
 def references(folders, runs):
     """Per family: (recorded states, {(stack, layer): reference nodes})."""
     out = {}
     for family, folder in folders.items():
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
-        model = model.eval().double().requires_grad_(False)
-        records, outputs = recorded_states(model, runs[family])
-        encoded = outputs.encoder_last_hidden_state[0]
-        t5 = model.config.model_type == "t5"
-        layers = {}
-        with torch.no_grad():
-            for stack, owner, patterns in (("encoder", model.get_encoder(), outputs.encoder_attentions),
-                                           ("decoder", model.get_decoder(), outputs.decoder_attentions)):  # fmt: skip
-                for layer, block in enumerate(owner.block if t5 else owner.layers):
-                    cross = (encoded, outputs.cross_attentions[layer][0]) if stack == "decoder" else ()
-                    layers[(stack, layer)] = reference_layer(
-                        model, block, records[(stack, layer)]["input"], patterns[layer][0], *cross
-                    )
-        out[family] = (records, layers)
+        out[family] = reference_nodes(model.eval().double().requires_grad_(False), runs[family])
     return out
 
 
@@ -226,22 +250,7 @@ def test_the_parts_of_every_decoder_node_add_up_to_the_state_transformers_comput
 @pytest.mark.parametrize("family", FAMILIES)
 def test_contributions_equal_the_formula_in_float64_for_every_block(family, runs, references):
     mine = run_contributions(runs[family])
-    _, layers = references[family]
-    for layer in range(len(mine.decoder_self)):
-        nodes = layers[("decoder", layer)]
-        for got, node in ((mine.decoder_self[layer], nodes["A"]), (mine.cross[layer], nodes["C"])):
-            heads, residual = shares(node)
-            np.testing.assert_allclose(got.heads, heads, atol=1e-5)
-            np.testing.assert_allclose(got.residual, residual, atol=1e-5)
-        ffn, residual = shares(nodes["I"])
-        np.testing.assert_allclose(mine.decoder_ffn[layer].ffn, ffn, atol=1e-5)
-        np.testing.assert_allclose(mine.decoder_ffn[layer].residual, residual, atol=1e-5)
-    for layer in range(len(mine.encoder)):
-        nodes = layers[("encoder", layer)]
-        heads, residual = shares(nodes["A"])
-        np.testing.assert_allclose(mine.encoder[layer].heads, heads, atol=1e-5)
-        ffn, ffn_residual = shares(nodes["I"])
-        np.testing.assert_allclose(mine.encoder_ffn[layer].ffn, ffn, atol=1e-5)
+    assert_shares_match(mine, references[family][1])
     # not vacuous: every kind of part carries far more than the tolerance
     assert min(c.tokens().max() for c in mine.cross) > 0.03
     assert min(f.ffn.max() for f in mine.decoder_ffn) > 0.05
