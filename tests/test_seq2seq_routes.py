@@ -438,3 +438,16 @@ def test_the_edge_table_splits_cross_edges_by_head_and_search_refuses_two_stacks
     assert summaries["encoder"].input_positions and summaries["decoder"].input_positions
     with pytest.raises(ArgumentError, match="not across an encoder–decoder's two stacks"):
         find_nodes(graph, "L0")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "Paris"], "--target 'Paris': for this model --target is the token position to explain"),
+        (["--position", "2"], "--position is for encoder–decoders"),
+    ],
+)
+def test_routes_command_keeps_decoder_flags_apart(tmp_path, args, message, capsys):
+    folder = save_tiny_model("gpt2", tmp_path / "gpt2")
+    assert main(["routes", "--model", str(folder), "--prompt", "The capital of France is", *args]) == 2
+    assert message in capsys.readouterr().err
