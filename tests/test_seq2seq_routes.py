@@ -350,7 +350,7 @@ def test_bad_positions_and_an_empty_source_are_refused_with_the_reason(runs):
         with pytest.raises(ArgumentError, match=rf"target position {bad!r} is out of range: the decoder reads "
                                                 rf"{run.n_decoder} tokens .*use 0\.\.{run.n_decoder - 1}"):  # fmt: skip
             seq2seq_route(run, bad)
-    with pytest.raises(PromptError, match="the prompt is empty"):
+    with pytest.raises(PromptError, match="the source text is empty: type the text the encoder reads"):
         run.model.run_pair("   ", TARGET)
 
 

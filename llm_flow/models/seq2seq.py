@@ -20,7 +20,6 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.seq2seq_run import Seq2SeqRun
-from llm_flow.validation import check_prompt_text
 
 if TYPE_CHECKING:
     from transformers import LogitsProcessor
@@ -87,7 +86,10 @@ class Seq2SeqLlm(TransparentLlm):
 
     def encode(self, prompt: str) -> list[int]:
         """The source's token ids, as the tokenizer gives them (end-of-sequence included)."""
-        return list(self._tokenizer(check_prompt_text(prompt)).input_ids)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the source text is empty: type the text the encoder reads (the target is typed "
+                              "apart, or written by the model)")  # fmt: skip
+        return list(self._tokenizer(prompt).input_ids)
 
     def encode_target(self, target: str) -> list[int]:
         """The target text's token ids, as the tokenizer gives them for a target (``text_target``)."""
