@@ -451,3 +451,15 @@ def test_routes_command_keeps_decoder_flags_apart(tmp_path, args, message, capsy
     folder = save_tiny_model("gpt2", tmp_path / "gpt2")
     assert main(["routes", "--model", str(folder), "--prompt", "The capital of France is", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_parts_built_a_few_query_rows_at_a_time_give_the_same_shares(runs, references, monkeypatch):
+    """Long texts build the [rows, sources, heads, d] parts in blocks of rows; one row per block
+    must give the formula's shares too (the post-LN gain is per row)."""
+    import llm_flow.routes.seq2seq as seq2seq_module
+
+    monkeypatch.setattr(seq2seq_module, "_CHUNK_ELEMENTS", 1)
+    for family in ("marian", "t5"):
+        run = runs[family]
+        mine = seq2seq_module.seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
+        assert_shares_match(mine, references[family][1])

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 #: Largest error, relative to the state's size, of the parts' sum before a block is refused.
 TOLERANCE = 1e-4
+#: Elements of the [query rows, sources, heads, d_model] parts held at once (64 MiB in float64).
+_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -232,30 +234,44 @@ def _projections(attention) -> tuple[torch.Tensor, torch.Tensor | None, torch.Te
 
 
 def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> BlockContributions:
-    """Contributions of one block from what the hooks recorded, its parts checked to add up."""
+    """Contributions of one block from what the hooks recorded, its parts checked to add up.
+
+    The parts ``z[q, k, h] = A[h, q, k] · g[q] ⊙ C(moved[k, h])`` (post-LN; ``moved`` alone
+    otherwise) are built a block of query rows at a time, so memory stays bounded for long texts."""
     w_v, b_v, w_o, b_o, n_heads = (t if not isinstance(t, torch.Tensor) else t.double() for t in _projections(spec.attention))
     query_input = record["query_input"][0].double()
     value_input = (record["kv"] if record["kv"] is not None else record["query_input"])[0].double()
     d_head = w_v.shape[0] // n_heads
     values = value_input @ w_v.T + (0 if b_v is None else b_v)  # [K, H·dh]
     moved = torch.einsum("khe,dhe->khd", values.view(-1, n_heads, d_head), w_o.view(-1, n_heads, d_head))  # [K, H, d]
-    parts = torch.einsum("hqk,khd->qkhd", pattern.double(), moved)  # [Q, K, H, d]
-    bias = torch.zeros(parts.shape[-1], dtype=torch.float64) if b_o is None else b_o.double()
+    bias = torch.zeros(moved.shape[-1], dtype=torch.float64) if b_o is None else b_o.double()
+    gain = None  # [Q, d], post-LN only
     if spec.sublayer is not None:  # T5: state = residual + attention output
         residual, whole = record["residual"][0].double(), record["whole"][0].double()
         extra = bias.expand_as(residual)
     elif spec.post_ln:  # state = LN(residual + attention output), linearised per position
         residual, whole = query_input, record["norm_output"][0].double()
-        linear = _linearised(spec.norm, record["norm_input"][0].double())
-        parts, residual = linear(parts), linear(residual)
-        extra = linear(bias.expand_as(residual)) + spec.norm.bias.double()
+        gain = _gain(spec.norm, record["norm_input"][0].double())
+        moved = _centred(moved)  # centring commutes with the scalar A: once per source, not per query
+        residual = _centred(residual) * gain
+        extra = _centred(bias.expand_as(residual)) * gain + spec.norm.bias.double()
     else:  # pre-norm BART-like (mBART): the LayerNorm's input is the residual
         residual = record["norm_input"][0].double()
         whole = residual + record["attention_out"][0].double()
         extra = bias.expand_as(residual)
-    _check_sum(whole, parts.sum((1, 2)) + residual + extra, name)
+    weights = pattern.double()  # [H, Q, K]
+    summed = torch.einsum("hqk,khd->qd", weights, moved)  # Σ over sources and heads of the parts
+    _check_sum(whole, (summed if gain is None else summed * gain) + residual + extra, name)
     norm = whole.abs().sum(-1)  # [Q]
-    prox_heads = (norm[:, None, None] - (whole[:, None, None, :] - parts).abs().sum(-1)).clamp_min(0)  # [Q, K, H]
+    n_query, (n_key, n_head, d) = weights.shape[1], moved.shape
+    prox_heads = whole.new_empty(n_query, n_key, n_head)
+    step = max(1, _CHUNK_ELEMENTS // (n_key * n_head * d))
+    for first in range(0, n_query, step):
+        rows = slice(first, first + step)
+        parts = torch.einsum("hqk,khd->qkhd", weights[:, rows], moved)  # [rows, K, H, d]
+        if gain is not None:
+            parts = parts * gain[rows, None, None, :]
+        prox_heads[rows] = (norm[rows, None, None] - (whole[rows, None, None, :] - parts).abs().sum(-1)).clamp_min(0)
     prox_residual = _proximity(whole, residual)
     total = _safe(prox_heads.sum((1, 2)) + prox_residual)
     return BlockContributions((prox_heads / total[:, None, None]).numpy(), (prox_residual / total).numpy())
@@ -266,23 +282,23 @@ def _ffn_block(spec: _FfnSpec, record: dict, name: str) -> FfnContributions:
     residual, mlp_out, whole = (record[key][0].double() for key in ("residual", "mlp_out", "whole"))  # [Q, d]
     extra = torch.zeros_like(whole)
     if spec.norm is not None:
-        linear = _linearised(spec.norm, record["norm_input"][0].double())
-        residual, mlp_out, extra = linear(residual), linear(mlp_out), spec.norm.bias.double().expand_as(whole)
+        gain = _gain(spec.norm, record["norm_input"][0].double())
+        residual, mlp_out = _centred(residual) * gain, _centred(mlp_out) * gain
+        extra = spec.norm.bias.double().expand_as(whole)
     _check_sum(whole, residual + mlp_out + extra, name)
     prox_ffn, prox_residual = _proximity(whole, mlp_out), _proximity(whole, residual)
     total = _safe(prox_ffn + prox_residual)
     return FfnContributions((prox_ffn / total).numpy(), (prox_residual / total).numpy())
 
 
-def _linearised(norm: torch.nn.Module, u: torch.Tensor):
-    """The post-LN LayerNorm applied to `u` [Q, d], as the linear map ``g ⊙ (x − mean x)`` per
-    position (docs/method.md#encoders): the map of each part of `u`, without β."""
-    gain = norm.weight.double() / torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + norm.eps)  # [Q, d]
+def _gain(norm: torch.nn.Module, u: torch.Tensor) -> torch.Tensor:
+    """[Q, d]: the post-LN LayerNorm at its input `u` [Q, d] is the linear map
+    ``g ⊙ (x − mean x)`` per position plus β (docs/method.md#encoders); this is ``g = γ / σ(u)``."""
+    return norm.weight.double() / torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + norm.eps)
 
-    def linear(x: torch.Tensor) -> torch.Tensor:  # x: [Q, ..., d]
-        return (x - x.mean(-1, keepdim=True)) * gain.view(gain.shape[0], *([1] * (x.dim() - 2)), -1)
 
-    return linear
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(-1, keepdim=True)
 
 
 def _check_sum(whole: torch.Tensor, summed: torch.Tensor, name: str) -> None:
