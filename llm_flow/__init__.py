@@ -4,6 +4,9 @@
     model = llm_flow.load_model("smollm2-135m")
     run = model.run("The capital of France is")
     graph = llm_flow.build_graph(run, target=-1, threshold=0.04)
+    # an encoder–decoder (Marian, T5, BART): a source, a target, a decoder position
+    pair = llm_flow.load_model("Helsinki-NLP/opus-mt-en-de").run_pair("The cat sat.", "Die Katze saß.")
+    graph = llm_flow.seq2seq_route(pair, target=2, threshold=0.04)
     llm_flow.explain(model, "The capital of France is")   # in a notebook: the Explorer's main view
 
 The public names below are imported on first use, so that ``import llm_flow.cli`` (argument
@@ -44,6 +47,7 @@ _LAZY = {
     "ffn_contributions": "llm_flow.routes",
     "full_contributions": "llm_flow.routes",
     "neuron_contributions": "llm_flow.routes",
+    "seq2seq_route": "llm_flow.routes",
     "Route": "llm_flow.routes.route",
     "route": "llm_flow.routes.route",
     "Explanation": "llm_flow.notebook.explanation",
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
         ffn_contributions,
         full_contributions,
         neuron_contributions,
+        seq2seq_route,
     )
     from llm_flow.notebook.explanation import Explanation, explain
     from llm_flow.routes.route import Route, route

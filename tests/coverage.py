@@ -161,8 +161,9 @@ def check(name: str) -> Row:
 
 
 def _seq2seq(model: Seq2SeqLlm, reference, name: str) -> dict[str, Cell]:
-    """An encoder–decoder's capabilities: its three attentions against `output_attentions`, its
-    greedy target against `generate` with one beam; the rest is refused by llm-flow or crashes."""
+    """An encoder–decoder's capabilities: its routes against the float64 formulas, its three
+    attentions against `output_attentions`, its greedy target against `generate` with one beam;
+    the rest is refused by llm-flow or crashes."""
     source_ids = model.encode(PROMPT)
 
     def attention() -> None:
@@ -187,8 +188,19 @@ def _seq2seq(model: Seq2SeqLlm, reference, name: str) -> dict[str, Cell]:
             result = attribute(model, PROMPT, method, generate=1)
             assert np.isfinite(result.scores[0, : result.n_prompt]).all(), f"{method} gave non-finite scores"
 
+    def routes() -> None:
+        """Every block's shares equal the formulas in float64 on the plain model
+        (tests/test_seq2seq_routes.py's reference), and a route across the two stacks is drawn."""
+        from llm_flow.routes.seq2seq import run_contributions
+        from tests.test_seq2seq_routes import assert_shares_match, reference_nodes
+
+        run = model.run_pair_ids(source_ids, source_ids[:5])
+        double = copy.deepcopy(reference).double().requires_grad_(False)
+        assert_shares_match(run_contributions(run), reference_nodes(double, run)[1])
+        assert llm_flow.seq2seq_route(run, -1, 0.001).number_of_edges() > 0, "an empty route"
+
     checks = {
-        "routes": lambda: model.run(PROMPT),
+        "routes": routes,
         "attention": attention,
         "neuron view": lambda: model.run(PROMPT),
         "attribution": attribution,

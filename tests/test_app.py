@@ -4,7 +4,6 @@ gets, on tiny random models (and on SmolLM2 when it is available)."""
 from __future__ import annotations
 
 import json
-from dataclasses import astuple
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -96,10 +95,15 @@ def inspect(app: AppTest, predicate) -> str:
     return choice
 
 
+def _layer_position(name: str) -> tuple[int, int]:
+    node = NodeId.parse(name)
+    return node.layer, node.position
+
+
 def test_residual_node_shows_logit_lens_and_promotions(app):
     run = active_run(app)
     node = inspect(app, lambda o: o.startswith(f"I{run.n_layers - 1}_"))
-    _, layer, position = astuple(NodeId.parse(node))
+    layer, position = _layer_position(node)
     lens = table(app, "lens_table")
     expected = logit_lens(run, "I", layer, position, k=10, normalize=True)
     assert list(lens["token"]) == [display_token(t.token) for t in expected]
@@ -114,7 +118,7 @@ def test_attention_edge_shows_heads_maps_and_promotions(app):
     run = active_run(app)
     edge = inspect(app, lambda o: o.startswith("I") and "->A" in o and o.split("->")[0].split("_")[1] != o.split("_")[-1])
     source, target = edge.split("->")
-    _, layer, position = astuple(NodeId.parse(target))
+    layer, position = _layer_position(target)
     source_position = NodeId.parse(source).position
     shares = edge_heads(run, layer, source_position, position)
     assert app.selectbox(key=widget_key("explorer.head")).options == [f"H{s.head} ({s.contribution:.3f})" for s in shares]
@@ -132,7 +136,7 @@ def test_attention_edge_shows_heads_maps_and_promotions(app):
 def test_ffn_node_shows_ranked_neurons(app):
     run = active_run(app)
     node = inspect(app, lambda o: o.startswith("M"))
-    _, layer, position = astuple(NodeId.parse(node))
+    layer, position = _layer_position(node)
     neurons = table(app, "neuron_table")
     expected = top_neurons(run, layer, position, k=20)
     assert list(neurons["neuron"]) == [n.neuron for n in expected]
@@ -263,7 +267,7 @@ def test_residual_and_ffn_edges_show_their_node_panels(app):
     run = active_run(app)
     edge = inspect(app, lambda o: o.startswith("A") and "->I" in o)
     assert len(table(app, "lens_table")) == 10
-    _, layer, position = astuple(NodeId.parse(edge.split("->")[1]))
+    layer, position = _layer_position(edge.split("->")[1])
     expected = logit_lens(run, "I", layer, position, k=10)
     assert list(table(app, "lens_table")["token"]) == [display_token(t.token) for t in expected]
     inspect(app, lambda o: o.startswith("M") and "->I" in o)

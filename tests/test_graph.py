@@ -340,7 +340,8 @@ def test_names_that_are_neither_a_node_nor_an_edge_are_refused(name):
 @pytest.mark.parametrize(
     "kind, layer, position, message",
     [
-        ("Q", 0, 1, r"unknown node kind 'Q' \(use one of X, A, M, I\)"),
+        ("Q", 0, 1, r"unknown node kind 'Q' \(use one of X, A, M, I, C\)"),
+        ("C", 0, 1, "no such node: kind 'C', layer 0, position 1"),  # cross-attention: encoder–decoders only
         ("X", 2, 0, "no such node: kind 'X', layer 2, position 0"),
         ("A", -1, 0, "no such node: kind 'A', layer -1, position 0"),
         ("I", 1, -1, "no such node: kind 'I', layer 1, position -1"),

@@ -117,7 +117,8 @@ FAMILIES = ["gpt2", "llama", "gpt_neox", "qwen2", "gemma2"]
 def other_configs(vocab: int) -> dict[str, object]:
     """Families beyond the decoders above: encoders, mixtures of experts, encoder–decoders."""
     from transformers import (
-        BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM, BertModel, MarianConfig, MarianMTModel, MixtralConfig, MixtralForCausalLM,
+        BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM, BertModel, MarianConfig, MarianMTModel,
+        MBartConfig, MBartForConditionalGeneration, MixtralConfig, MixtralForCausalLM,
         Qwen2MoeConfig, Qwen2MoeForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config,
         T5ForConditionalGeneration,
     )  # fmt: skip
@@ -146,6 +147,11 @@ def other_configs(vocab: int) -> dict[str, object]:
             decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
         )),  # fmt: skip
         "bart": (BartForConditionalGeneration, BartConfig(
+            vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=256,
+            bos_token_id=0, decoder_start_token_id=2, pad_token_id=1, eos_token_id=2, forced_eos_token_id=2,
+        )),  # fmt: skip
+        "mbart": (MBartForConditionalGeneration, MBartConfig(  # pre-LN, with a final LayerNorm per stack
             vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=256,
             bos_token_id=0, decoder_start_token_id=2, pad_token_id=1, eos_token_id=2, forced_eos_token_id=2,

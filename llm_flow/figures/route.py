@@ -1,4 +1,7 @@
-"""The route graph as a plotly figure: layers bottom to top, tokens left to right.
+"""The route graph as a plotly figure: layers bottom to top, tokens left to right. An
+encoder–decoder's route has the source tokens' columns on the left with the encoder's layers at
+the bottom, and the decoder tokens' columns on the right with the decoder's layers above them, so
+cross-attention edges climb from the encoder's top to the decoder's ``C`` nodes.
 
 Every node and every edge is a clickable point (edges through a marker at their midpoint); the
 point's ``customdata`` is the element id the side panel understands: a node name (``A5_3``) or
@@ -21,8 +24,8 @@ from llm_flow.views.tokens import display_token
 
 _BUCKETS = 6
 _VERTICAL_MARKER_SHIFT = 0.12
-_COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f"}
-_LEGEND_ORDER = "XAIM"  # node traces drawn (and listed) in this order
+_COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f", "cross": "#f58518"}
+_LEGEND_ORDER = "XAIMC"  # node traces drawn (and listed) in this order
 _LEGEND_SIZE = 11
 _LEGEND_ROOM = 52  # the legend at the bottom: two rows (a narrow page column wraps it), a little space above
 _TICK_ANGLE = -60  # token labels are turned when there are many columns
@@ -39,10 +42,18 @@ class Level:
     dx: float = 0.0
 
 
-def level(node: NodeId, parallel: bool) -> Level:
+def level(node: NodeId, parallel: bool, encoder_layers: int = 0) -> Level:
     """X at 0; sequential layer l: A at 2l+1, I at 2l+2, FFN square between them, shifted right.
-    Parallel layer l: I at l+1, FFN square between I{l-1} and I{l}."""
+    Parallel layer l: I at l+1, FFN square between I{l-1} and I{l}. An encoder–decoder's decoder
+    (`encoder_layers` below it) starts one level above the encoder's top, with three levels a
+    layer: A, C (after cross-attention), I, and the FFN square between C and I."""
     layer = node.layer
+    if node.stack == "decoder":
+        base = 2 * encoder_layers + 1.0
+        if node.kind == "X":
+            return Level(base)
+        return {"A": Level(base + 3 * layer + 1), "C": Level(base + 3 * layer + 2),
+                "M": Level(base + 3 * layer + 2.5, 0.3)}.get(node.kind, Level(base + 3 * layer + 3))  # fmt: skip
     if node.kind == "X":
         return Level(0.0)
     if parallel:
@@ -51,10 +62,30 @@ def level(node: NodeId, parallel: bool) -> Level:
 
 
 def token_columns(graph: nx.DiGraph, compact: bool) -> list[int]:
-    """Token positions shown left to right: all of them, or (compact) only those the route reaches."""
+    """Token positions shown left to right: all of them, or (compact) only those the route reaches.
+    In an encoder–decoder's graph, the source positions then the decoder positions (see `_columns`)."""
+    return [position for _, position in _columns(graph, compact)]
+
+
+def _columns(graph: nx.DiGraph, compact: bool) -> list[tuple[str | None, int]]:
+    """(stack, position) of each token column, left to right; stack None in a one-stack graph."""
+    if not graph.graph.get("encoder_decoder"):
+        if not compact:
+            return [(None, p) for p in range(graph.graph["n_tokens"])]
+        return [(None, p) for p in sorted({d["position"] for _, d in graph.nodes(data=True)} | {graph.graph["target"]})]
+    counts = {"encoder": graph.graph["n_source"], "decoder": graph.graph["n_tokens"]}
     if not compact:
-        return list(range(graph.graph["n_tokens"]))
-    return sorted({data["position"] for _, data in graph.nodes(data=True)} | {graph.graph["target"]})
+        return [(stack, p) for stack in ("encoder", "decoder") for p in range(counts[stack])]
+    reached = {(d["stack"], d["position"]) for _, d in graph.nodes(data=True)} | {("decoder", graph.graph["target"])}
+    return sorted(reached, key=lambda column: (column[0] == "decoder", column[1]))
+
+
+def _top_level(graph: nx.DiGraph) -> float:
+    """The y of the highest level a node can have."""
+    layers = graph.graph["n_layers"]
+    if graph.graph.get("encoder_decoder"):
+        return 2 * graph.graph["encoder_layers"] + 1 + 3 * layers
+    return layers if graph.graph["parallel"] else 2 * layers
 
 
 def route_figure(
@@ -64,8 +95,8 @@ def route_figure(
     the token columns the route does not touch, so routes in long prompts stay readable. `focus`
     (a node name) opens the view zoomed on that node (:func:`focus_ranges`); the axis ranges are
     part of the figure, so exports show the same view."""
-    columns = token_columns(graph, compact)
-    position = node_positions(graph, columns)
+    columns = _columns(graph, compact)
+    position = _node_positions(graph, columns)
     fig = go.Figure()
     for trace in _edge_traces(graph, position):
         fig.add_trace(trace)
@@ -86,13 +117,19 @@ def route_figure(
 
 
 def node_positions(graph: nx.DiGraph, columns: list[int]) -> dict[str, tuple[float, float]]:
-    """Where each node is drawn: (x, y) in axis units, for the token `columns` shown."""
-    parallel = graph.graph["parallel"]
-    column_of = {token: index for index, token in enumerate(columns)}
+    """Where each node is drawn: (x, y) in axis units, for the token `columns` shown (one-stack
+    graphs; an encoder–decoder's columns are (stack, position) pairs, see `_columns`)."""
+    return _node_positions(graph, [(None, p) for p in columns])
+
+
+def _node_positions(graph: nx.DiGraph, columns: list[tuple[str | None, int]]) -> dict[str, tuple[float, float]]:
+    parallel, encoder_layers = graph.graph["parallel"], graph.graph.get("encoder_layers", 0)
+    column_of = {column: index for index, column in enumerate(columns)}
     return {
-        name: (column_of[data["position"]] + lv.dx, lv.y)
+        name: (column_of[(node.stack, data["position"])] + lv.dx, lv.y)
         for name, data in graph.nodes(data=True)
-        for lv in [level(NodeId.parse(name), parallel)]
+        for node in [NodeId.parse(name)]
+        for lv in [level(node, parallel, encoder_layers)]
     }
 
 
@@ -107,12 +144,11 @@ def focus_ranges(
     """
     if node not in graph:
         raise ArgumentError(f"{node!r} is not a node of this route: nothing to centre on")
-    shown = token_columns(graph, compact)
-    x, y = node_positions(graph, shown)[node]
-    top = graph.graph["n_layers"] if graph.graph["parallel"] else 2 * graph.graph["n_layers"]
+    shown = _columns(graph, compact)
+    x, y = _node_positions(graph, shown)[node]
     return (
         _window(x, columns, *_x_extent(len(shown))),
-        _window(y, levels, -_Y_MARGIN, top + _Y_MARGIN),
+        _window(y, levels, -_Y_MARGIN, _top_level(graph) + _Y_MARGIN),
     )
 
 
@@ -128,7 +164,7 @@ def _x_extent(n_columns: int) -> tuple[float, float]:
 
 
 def figure_height(graph: nx.DiGraph) -> int:
-    n_levels = (graph.graph["n_layers"] + 1) if graph.graph["parallel"] else 2 * graph.graph["n_layers"] + 1
+    n_levels = _top_level(graph) + 1
     return int(min(2400, max(480, 100 + 12 * n_levels)))
 
 
@@ -178,7 +214,7 @@ def _marker_position(start: tuple[float, float], end: tuple[float, float]) -> tu
 
 def _edge_hover(source: str, target: str, data: dict) -> str:
     text = f"{source} → {target}<br>{data['kind']} weight {data['weight']:.3f}"
-    if data["kind"] == "attention":
+    if data["kind"] in ("attention", "cross"):
         top = sorted(enumerate(data["heads"]), key=lambda hw: -hw[1])[:3]
         text += "<br>" + ", ".join(f"H{h} {w:.3f}" for h, w in top if w > 0)
         if data.get("residual"):
@@ -193,6 +229,7 @@ def _node_trace(graph: nx.DiGraph, position: dict, kind: str) -> go.Scatter | No
         return None
     texts = [
         f"{n} · {spec.label}<br>"
+        + (f"{graph.nodes[n]['stack']} · " if "stack" in graph.nodes[n] else "")
         + (f"layer {graph.nodes[n]['layer']} · " if kind != "X" else "")
         + f"token {graph.nodes[n]['position']}: {display_token(graph.nodes[n]['token'])}"
         for n in names
@@ -219,14 +256,18 @@ def _highlight(graph: nx.DiGraph, position: dict, selected: str) -> go.Scatter |
     )  # fmt: skip
 
 
-def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool) -> None:
-    tokens = graph.graph["tokens"]
-    labels = [_label(f"{i}:{display_token(tokens[i])}" if compact else display_token(tokens[i])) for i in columns]
-    n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
-    layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
-    step = max(1, n_layers // 15)
+def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[tuple[str | None, int]], compact: bool) -> None:
+    tokens = {None: graph.graph["tokens"], "decoder": graph.graph["tokens"], "encoder": graph.graph.get("source_tokens")}
+    labels = [
+        _label(f"{i}:{display_token(tokens[stack][i])}" if compact else display_token(tokens[stack][i]))
+        for stack, i in columns
+    ]
     angle = _TICK_ANGLE if len(columns) > 8 else 0
     size = 11 if len(columns) <= 40 else 9
+    tick_y, tick_text = _layer_ticks(graph)
+    if graph.graph.get("encoder_decoder"):  # between the source's columns and the decoder's
+        first = next((k for k, (stack, _) in enumerate(columns) if stack == "decoder"), len(columns))
+        fig.add_vline(x=first - 0.5, line=dict(color="#c8c8c8", width=1, dash="dot"))
     fig.update_layout(
         height=figure_height(graph),
         margin=dict(l=10, r=10, t=36, b=_label_room(labels, angle, size) + _LEGEND_ROOM),
@@ -242,11 +283,29 @@ def _layout(fig: go.Figure, graph: nx.DiGraph, columns: list[int], compact: bool
             tickfont=dict(size=size), showgrid=False, zeroline=False,
         ),
         yaxis=dict(
-            tickmode="array", tickvals=[0.0] + layer_y[::step],
-            ticktext=["emb"] + [f"L{l}" for l in range(0, n_layers, step)],
+            tickmode="array", tickvals=tick_y, ticktext=tick_text,
             showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False,
         ),
     )  # fmt: skip
+
+
+def _layer_ticks(graph: nx.DiGraph) -> tuple[list[float], list[str]]:
+    """The y axis: the embeddings, then each layer's output (every few layers in deep models);
+    an encoder–decoder's encoder layers E0, E1 … under its decoder layers D0, D1 …"""
+    n_layers, parallel = graph.graph["n_layers"], graph.graph["parallel"]
+    if graph.graph.get("encoder_decoder"):
+        encoder_layers = graph.graph["encoder_layers"]
+        base = 2 * encoder_layers + 1.0
+        enc_step, dec_step = max(1, encoder_layers // 15), max(1, n_layers // 15)
+        return (
+            [0.0] + [2 * l + 2.0 for l in range(0, encoder_layers, enc_step)]
+            + [base] + [base + 3 * l + 3 for l in range(0, n_layers, dec_step)],
+            ["enc emb"] + [f"E{l}" for l in range(0, encoder_layers, enc_step)]
+            + ["dec emb"] + [f"D{l}" for l in range(0, n_layers, dec_step)],
+        )  # fmt: skip
+    layer_y = [(l + 1.0) if parallel else (2 * l + 2.0) for l in range(n_layers)]
+    step = max(1, n_layers // 15)
+    return [0.0] + layer_y[::step], ["emb"] + [f"L{l}" for l in range(0, n_layers, step)]
 
 
 def _label(text: str) -> str:

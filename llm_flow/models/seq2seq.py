@@ -20,7 +20,6 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.seq2seq_run import Seq2SeqRun
-from llm_flow.validation import check_prompt_text
 
 if TYPE_CHECKING:
     from transformers import LogitsProcessor
@@ -87,7 +86,10 @@ class Seq2SeqLlm(TransparentLlm):
 
     def encode(self, prompt: str) -> list[int]:
         """The source's token ids, as the tokenizer gives them (end-of-sequence included)."""
-        return list(self._tokenizer(check_prompt_text(prompt)).input_ids)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the source text is empty: type the text the encoder reads (the target is typed "
+                              "apart, or written by the model)")  # fmt: skip
+        return list(self._tokenizer(prompt).input_ids)
 
     def encode_target(self, target: str) -> list[int]:
         """The target text's token ids, as the tokenizer gives them for a target (``text_target``)."""
@@ -211,25 +213,25 @@ class Seq2SeqLlm(TransparentLlm):
         self._refuse("continuing a prompt (the Playground)", "let run_pair write the target: model.run_pair(source)")
 
     def post_norm_gain(self, layer, norm, scale) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def post_ln_bias(self, layer, norm) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def active_neuron_weights(self, layer, routing, position) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def attention_output_weight(self, layer) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def attention_output_bias(self, layer) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def neuron_output_weight(self, layer) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def neuron_output_bias(self, layer) -> NoReturn:
-        self._refuse("routes")
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def unembed(self, residual, normalize=True) -> NoReturn:
         self._refuse("the logit lens")
@@ -240,8 +242,9 @@ class Seq2SeqLlm(TransparentLlm):
     def _refuse_run(self, instead: str) -> NoReturn:
         raise UnsupportedModelError(
             f"{self.info.name}: {self.info.architecture} is an encoder–decoder: it reads a source and writes a "
-            "target, so it has no run of one prompt (routes, the logit lens, the neuron view and the pages built "
-            f"on them are for decoder-only and encoder models so far); {instead} gives its three attentions"
+            "target, so it has no run of one prompt (the logit lens, the neuron view and the pages built on a "
+            f"run are for decoder-only and encoder models so far); {instead} gives its three attentions, and "
+            f"{_ROUTES_INSTEAD}"
         )
 
     def _refuse(self, what: str, instead: str | None = None) -> NoReturn:
@@ -250,6 +253,9 @@ class Seq2SeqLlm(TransparentLlm):
             f"{self.info.name}: {self.info.architecture} is an encoder–decoder: {what} works on decoder-only "
             f"and encoder models only so far{tail}"
         )
+
+
+_ROUTES_INSTEAD = "llm_flow.seq2seq_route(run, position) its routes across the encoder and the decoder"
 
 
 def seq2seq_refusal(architecture: str) -> str:

@@ -7,6 +7,7 @@ from llm_flow.routes.contributions import (
     neuron_contributions,
 )
 from llm_flow.routes.graph import build_graph
+from llm_flow.routes.seq2seq_graph import seq2seq_route
 
 __all__ = [
     "attention_contributions",
@@ -14,4 +15,5 @@ __all__ = [
     "ffn_contributions",
     "full_contributions",
     "neuron_contributions",
+    "seq2seq_route",
 ]

@@ -49,6 +49,9 @@ class NodeSearch:
 def find_nodes(graph: nx.DiGraph, query: str) -> NodeSearch:
     """The nodes of `graph` (from :func:`llm_flow.build_graph`) that `query` names; see the module
     docstring for the forms a query takes."""
+    if graph.graph.get("encoder_decoder"):  # positions and layers would be ambiguous across the two stacks
+        raise ArgumentError("finding nodes works on decoder-only and encoder routes so far, not across an "
+                            "encoder–decoder's two stacks; click the node in the figure instead")
     text = str(query).strip()
     if not text:
         raise ArgumentError("type a token, a position (7), a layer (L3) or a node name (A3_5) to find")

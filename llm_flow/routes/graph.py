@@ -125,14 +125,15 @@ def apply_threshold(weights: torch.Tensor, threshold: float, renormalize: bool) 
     return kept
 
 
-def _sequential_layer(graph, source: ContributionSource, layer, positions, threshold, renormalize) -> list[int]:
-    """Edges into the kept ``I{layer}_i``, then into the ``A{layer}_i`` those reach."""
+def _sequential_layer(graph, source: ContributionSource, layer, positions, threshold, renormalize, stack=None) -> list[int]:
+    """Edges into the kept ``I{layer}_i``, then into the ``A{layer}_i`` those reach (`stack`: the
+    encoder–decoder stack the nodes belong to, None in a decoder-only or encoder graph)."""
     c_ffn, c_res = source.ffn(layer)
     index = torch.tensor(positions, dtype=torch.long)
     weights = apply_threshold(torch.stack([c_res[index], c_ffn[index]], -1), threshold, renormalize)
     attention_positions = []
     for k, position in enumerate(positions):
-        after_layer, after_attention, ffn_node = NodeId("I", layer, position), NodeId("A", layer, position), NodeId("M", layer, position)
+        after_layer, after_attention, ffn_node = (NodeId(kind, layer, position, stack) for kind in "IAM")
         residual, ffn = float(weights[k, 0]), float(weights[k, 1])
         if residual > threshold:
             _add_edge(graph, source, after_attention, after_layer, residual, "residual")
@@ -143,7 +144,7 @@ def _sequential_layer(graph, source: ContributionSource, layer, positions, thres
             attention_positions.append(position)
     sources: set[int] = set()
     for row in source.attention_rows(layer, attention_positions):
-        kept = _attention_edges(graph, source, layer, row, "A", threshold, renormalize, ffn_weight=None)
+        kept = _attention_edges(graph, source, layer, row, "A", threshold, renormalize, ffn_weight=None, stack=stack)
         sources.update(kept)
     return sorted(sources)
 
@@ -157,7 +158,7 @@ def _parallel_layer(graph, source: ContributionSource, layer, positions, thresho
     return sorted(sources)
 
 
-def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize, ffn_weight) -> list[int]:
+def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize, ffn_weight, stack=None) -> list[int]:
     """Add the kept edges into the `to_kind` node of `layer` from the layer input; return the kept
     source positions."""
     position = row.position
@@ -166,13 +167,13 @@ def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize,
     parts = edge if ffn_weight is None else torch.cat([edge, torch.tensor([ffn_weight])])
     kept = apply_threshold(parts, threshold, renormalize)
     scale = kept / torch.where(parts > 0, parts, 1.0)  # per-edge factor, for the per-head split
-    to_node = NodeId(to_kind, layer, position)
+    to_node = NodeId(to_kind, layer, position, stack)
     sources = torch.nonzero(kept[: len(edge)] > threshold).flatten().tolist()
     for j in sources:
         _add_edge(
             graph,
             source,
-            _input_node(layer, j),
+            _input_node(layer, j, stack),
             to_node,
             float(kept[j]),
             "attention",
@@ -187,8 +188,8 @@ def _attention_edges(graph, source, layer, row, to_kind, threshold, renormalize,
     return sources
 
 
-def _input_node(layer: int, position: int) -> NodeId:
-    return NodeId("X", EMBEDDING_LAYER, position) if layer == 0 else NodeId("I", layer - 1, position)
+def _input_node(layer: int, position: int, stack: str | None = None) -> NodeId:
+    return NodeId("X", EMBEDDING_LAYER, position, stack) if layer == 0 else NodeId("I", layer - 1, position, stack)
 
 
 def _add_edge(graph, source: ContributionSource, start: NodeId, end: NodeId, weight: float, kind: str, **attrs) -> None:
@@ -203,6 +204,8 @@ def _add_node(graph: nx.DiGraph, source: ContributionSource, node: NodeId) -> st
             name, kind=KINDS[node.kind].attribute, layer=node.layer, position=node.position,
             token=source.str_tokens[node.position],
         )  # fmt: skip
+        if node.stack is not None:  # an encoder–decoder's node; decoder-only nodes stay as they were
+            graph.nodes[name]["stack"] = node.stack
     return name
 
 

@@ -1,22 +1,26 @@
 """ALTI+ on encoder–decoders (docs/method.md#encoderdecoders): the
 contributions of every attention block of the encoder (self), and of the decoder (self and
-cross), and their rollout into each target token's shares of the source tokens and the target
-prefix (Ferrando et al. 2022, *Towards Opening the Black Box of Neural Machine Translation*).
+cross), of every FFN block of both stacks, and the rollout of the attention blocks into each
+target token's shares of the source tokens and the target prefix (Ferrando et al. 2022,
+*Towards Opening the Black Box of Neural Machine Translation*).
 
-One pass of the plain `transformers` model with forward hooks records, per attention block, the
-residual that enters it, the input its values are computed from (the encoder's final state for
-cross-attention) and the state it produces; the attention weights come from the same pass
-(``output_attentions``). Post-LN blocks (Marian, BART) are linearised per position as under
-*Encoders*; pre-norm blocks (T5, mBART) add their output to the residual. Every block's parts are
-checked to add up to the state the model produced, so an architecture whose modules are not
-what this reads is refused, not drawn.
+One pass of the plain `transformers` model with forward hooks records, per block, the residual
+that enters it, what the block adds (for attention: the input its values are computed from, the
+encoder's final state for cross-attention) and the state it produces; the attention weights come
+from the same pass (``output_attentions``). Post-LN blocks (Marian, BART) are linearised per
+position as under *Encoders*; pre-norm blocks (T5, mBART) add their output to the residual. Every
+block's parts are checked to add up to the state the model produced, so an architecture whose
+modules are not what this reads is refused, not drawn.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +28,13 @@ import torch
 from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.seq2seq import Seq2SeqLlm
 
+if TYPE_CHECKING:
+    from llm_flow.models.seq2seq_run import Seq2SeqRun
+
 #: Largest error, relative to the state's size, of the parts' sum before a block is refused.
 TOLERANCE = 1e-4
+#: Elements of the [query rows, sources, heads, d_model] parts held at once (64 MiB in float64).
+_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,23 @@ class BlockContributions:
 
 
 @dataclass(frozen=True)
+class FfnContributions:
+    """One FFN block: ``ffn[i]`` is the FFN output's share of position ``i``'s state after the
+    block, ``residual[i]`` the residual's; they sum to 1 (0 and 0 for a state neither is close to)."""
+
+    ffn: np.ndarray  # [Q] float64
+    residual: np.ndarray  # [Q] float64
+
+
+@dataclass(frozen=True)
 class Seq2SeqContributions:
-    """Every attention block of one source and decoder sequence."""
+    """Every block of one source and decoder sequence."""
 
     encoder: list[BlockContributions]  # per encoder layer, [S, S, H]
     decoder_self: list[BlockContributions]  # per decoder layer, [T, T, H]
     cross: list[BlockContributions]  # per decoder layer, [T, S, H]
+    encoder_ffn: list[FfnContributions]  # per encoder layer, [S]
+    decoder_ffn: list[FfnContributions]  # per decoder layer, [T]
 
     def rollout(self) -> np.ndarray:
         """ALTI+ [T, S + T]: each decoder position's shares of the source tokens and of the
@@ -85,12 +105,34 @@ def seq2seq_contributions(seq2seq: Seq2SeqLlm, source_ids: list[int], target_ids
             output_attentions=True, return_dict=True, use_cache=False,
         )  # fmt: skip
     weights = {"encoder": outputs.encoder_attentions, "decoder": outputs.decoder_attentions, "cross": outputs.cross_attentions}
-    found: dict[str, list[BlockContributions]] = {"encoder": [], "decoder": [], "cross": []}
+    found: dict[str, list] = {"encoder": [], "decoder": [], "cross": [], "encoder_ffn": [], "decoder_ffn": []}
     for (stack, layer, kind), spec in blocks.items():
+        name = f"{seq2seq.info.architecture} {stack} layer {layer} {_BLOCK_NAMES[kind]}"
+        if kind == "ffn":
+            found[f"{stack}_ffn"].append(_ffn_block(spec, records[(stack, layer, kind)], name))
+            continue
         which = "encoder" if stack == "encoder" else ("cross" if kind == "cross" else "decoder")
-        name = f"{seq2seq.info.architecture} {stack} layer {layer} {'cross-attention' if kind == 'cross' else 'self-attention'}"
         found[which].append(_block(spec, records[(stack, layer, kind)], weights[which][layer][0], name))
-    return Seq2SeqContributions(found["encoder"], found["decoder"], found["cross"])
+    return Seq2SeqContributions(found["encoder"], found["decoder"], found["cross"], found["encoder_ffn"], found["decoder_ffn"])
+
+
+_BLOCK_NAMES = {"self": "self-attention", "cross": "cross-attention", "ffn": "FFN"}
+
+
+def run_contributions(run: "Seq2SeqRun") -> Seq2SeqContributions:
+    """`seq2seq_contributions` of a run's own tokens, computed once per run (a run is immutable,
+    so every route drawn on it, at any threshold or target, shares them)."""
+    with _KEPT_LOCK:
+        kept = _KEPT.get(run)
+    if kept is None:
+        kept = seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
+        with _KEPT_LOCK:
+            _KEPT[run] = kept
+    return kept
+
+
+_KEPT: "weakref.WeakKeyDictionary[Seq2SeqRun, Seq2SeqContributions]" = weakref.WeakKeyDictionary()
+_KEPT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -103,15 +145,28 @@ class _Spec:
     post_ln: bool
 
 
-def _blocks(hf) -> dict[tuple[str, int, str], _Spec]:
+@dataclass(frozen=True)
+class _FfnSpec:
+    """Where one FFN block lives: the modules whose input is the residual entering it, whose
+    output is ``mlp_out`` and whose output is the state after it."""
+
+    entry: torch.nn.Module  # input: the residual (T5's FF sublayer; fc1 post-LN; the pre-norm LayerNorm)
+    mlp: torch.nn.Module  # output: mlp_out, output bias included (fc2, T5's DenseReluDense)
+    exit: torch.nn.Module  # output: the state after the block (the FF sublayer, the post-LN norm, the layer)
+    norm: torch.nn.Module | None  # post-LN: the LayerNorm whose input is residual + mlp_out
+
+
+def _blocks(hf) -> dict[tuple[str, int, str], _Spec | _FfnSpec]:
     kind = hf.config.model_type
-    out: dict[tuple[str, int, str], _Spec] = {}
+    out: dict[tuple[str, int, str], _Spec | _FfnSpec] = {}
     if kind in ("t5", "mt5"):
         for stack, owner in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
             for layer, block in enumerate(owner.block):
                 out[(stack, layer, "self")] = _Spec(block.layer[0].SelfAttention, None, block.layer[0], False)
                 if stack == "decoder":
                     out[(stack, layer, "cross")] = _Spec(block.layer[1].EncDecAttention, None, block.layer[1], False)
+                ff = block.layer[-1]
+                out[(stack, layer, "ffn")] = _FfnSpec(ff, ff.DenseReluDense, ff, None)
         return out
     post_ln = not getattr(hf.config, "normalize_before", False) and kind in ("marian", "bart")
     for stack, owner in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
@@ -119,6 +174,10 @@ def _blocks(hf) -> dict[tuple[str, int, str], _Spec]:
             out[(stack, layer, "self")] = _Spec(block.self_attn, block.self_attn_layer_norm, None, post_ln)
             if stack == "decoder":
                 out[(stack, layer, "cross")] = _Spec(block.encoder_attn, block.encoder_attn_layer_norm, None, post_ln)
+            norm = block.final_layer_norm
+            out[(stack, layer, "ffn")] = (
+                _FfnSpec(block.fc1, block.fc2, norm, norm) if post_ln else _FfnSpec(norm, block.fc2, block, None)
+            )
     return out
 
 
@@ -143,6 +202,13 @@ def _recording(blocks: dict, records: dict) -> Iterator[None]:
     try:
         for key, spec in blocks.items():
             record = records[key]
+            if isinstance(spec, _FfnSpec):
+                handles.append(spec.entry.register_forward_pre_hook(keep(record, ("input->residual",)), with_kwargs=True))
+                handles.append(spec.mlp.register_forward_hook(keep(record, ("output->mlp_out",)), with_kwargs=True))
+                handles.append(spec.exit.register_forward_hook(keep(record, ("output->whole",)), with_kwargs=True))
+                if spec.norm is not None:
+                    handles.append(spec.norm.register_forward_pre_hook(keep(record, ("input->norm_input",)), with_kwargs=True))
+                continue
             handles.append(spec.attention.register_forward_pre_hook(
                 keep(record, ("input->query_input", "kv->kv")), with_kwargs=True))  # fmt: skip
             handles.append(spec.attention.register_forward_hook(
@@ -168,41 +234,87 @@ def _projections(attention) -> tuple[torch.Tensor, torch.Tensor | None, torch.Te
 
 
 def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> BlockContributions:
-    """Contributions of one block from what the hooks recorded, its parts checked to add up."""
+    """Contributions of one block from what the hooks recorded, its parts checked to add up.
+
+    The parts ``z[q, k, h] = A[h, q, k] · g[q] ⊙ C(moved[k, h])`` (post-LN; ``moved`` alone
+    otherwise) are built a block of query rows at a time, so memory stays bounded for long texts."""
     w_v, b_v, w_o, b_o, n_heads = (t if not isinstance(t, torch.Tensor) else t.double() for t in _projections(spec.attention))
     query_input = record["query_input"][0].double()
     value_input = (record["kv"] if record["kv"] is not None else record["query_input"])[0].double()
     d_head = w_v.shape[0] // n_heads
     values = value_input @ w_v.T + (0 if b_v is None else b_v)  # [K, H·dh]
     moved = torch.einsum("khe,dhe->khd", values.view(-1, n_heads, d_head), w_o.view(-1, n_heads, d_head))  # [K, H, d]
-    parts = torch.einsum("hqk,khd->qkhd", pattern.double(), moved)  # [Q, K, H, d]
-    bias = torch.zeros(parts.shape[-1], dtype=torch.float64) if b_o is None else b_o.double()
+    bias = torch.zeros(moved.shape[-1], dtype=torch.float64) if b_o is None else b_o.double()
+    gain = None  # [Q, d], post-LN only
     if spec.sublayer is not None:  # T5: state = residual + attention output
         residual, whole = record["residual"][0].double(), record["whole"][0].double()
         extra = bias.expand_as(residual)
     elif spec.post_ln:  # state = LN(residual + attention output), linearised per position
         residual, whole = query_input, record["norm_output"][0].double()
-        u = record["norm_input"][0].double()
-        gain = spec.norm.weight.double() / torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + spec.norm.eps)  # [Q, d]
-
-        def linear(x: torch.Tensor) -> torch.Tensor:
-            return (x - x.mean(-1, keepdim=True)) * gain.view(gain.shape[0], *([1] * (x.dim() - 2)), -1)
-
-        parts, residual = linear(parts), linear(residual)
-        extra = linear(bias.expand_as(residual)) + spec.norm.bias.double()
+        gain = _gain(spec.norm, record["norm_input"][0].double())
+        moved = _centred(moved)  # centring commutes with the scalar A: once per source, not per query
+        residual = _centred(residual) * gain
+        extra = _centred(bias.expand_as(residual)) * gain + spec.norm.bias.double()
     else:  # pre-norm BART-like (mBART): the LayerNorm's input is the residual
         residual = record["norm_input"][0].double()
         whole = residual + record["attention_out"][0].double()
         extra = bias.expand_as(residual)
-    error = float((parts.sum((1, 2)) + residual + extra - whole).abs().max())
+    weights = pattern.double()  # [H, Q, K]
+    summed = torch.einsum("hqk,khd->qd", weights, moved)  # Σ over sources and heads of the parts
+    _check_sum(whole, (summed if gain is None else summed * gain) + residual + extra, name)
+    norm = whole.abs().sum(-1)  # [Q]
+    n_query, (n_key, n_head, d) = weights.shape[1], moved.shape
+    prox_heads = whole.new_empty(n_query, n_key, n_head)
+    step = max(1, _CHUNK_ELEMENTS // (n_key * n_head * d))
+    for first in range(0, n_query, step):
+        rows = slice(first, first + step)
+        parts = torch.einsum("hqk,khd->qkhd", weights[:, rows], moved)  # [rows, K, H, d]
+        if gain is not None:
+            parts = parts * gain[rows, None, None, :]
+        prox_heads[rows] = (norm[rows, None, None] - (whole[rows, None, None, :] - parts).abs().sum(-1)).clamp_min(0)
+    prox_residual = _proximity(whole, residual)
+    total = _safe(prox_heads.sum((1, 2)) + prox_residual)
+    return BlockContributions((prox_heads / total[:, None, None]).numpy(), (prox_residual / total).numpy())
+
+
+def _ffn_block(spec: _FfnSpec, record: dict, name: str) -> FfnContributions:
+    """Shares of one FFN block (output bias inside ``mlp_out``; a post-LN norm's β in no part)."""
+    residual, mlp_out, whole = (record[key][0].double() for key in ("residual", "mlp_out", "whole"))  # [Q, d]
+    extra = torch.zeros_like(whole)
+    if spec.norm is not None:
+        gain = _gain(spec.norm, record["norm_input"][0].double())
+        residual, mlp_out = _centred(residual) * gain, _centred(mlp_out) * gain
+        extra = spec.norm.bias.double().expand_as(whole)
+    _check_sum(whole, residual + mlp_out + extra, name)
+    prox_ffn, prox_residual = _proximity(whole, mlp_out), _proximity(whole, residual)
+    total = _safe(prox_ffn + prox_residual)
+    return FfnContributions((prox_ffn / total).numpy(), (prox_residual / total).numpy())
+
+
+def _gain(norm: torch.nn.Module, u: torch.Tensor) -> torch.Tensor:
+    """[Q, d]: the post-LN LayerNorm at its input `u` [Q, d] is the linear map
+    ``g ⊙ (x − mean x)`` per position plus β (docs/method.md#encoders); this is ``g = γ / σ(u)``."""
+    return norm.weight.double() / torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + norm.eps)
+
+
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(-1, keepdim=True)
+
+
+def _check_sum(whole: torch.Tensor, summed: torch.Tensor, name: str) -> None:
+    """Refuse a block whose parts do not add up to the state the model produced."""
+    error = float((summed - whole).abs().max())
     if error > TOLERANCE * (1 + float(whole.abs().max())):
         raise UnsupportedModelError(
-            f"{name}: the attention parts do not add up to the state the model produced (off by {error:.2g}), "
+            f"{name}: the parts do not add up to the state the model produced (off by {error:.2g}), "
             "so llm-flow cannot decompose this architecture"
         )
-    norm = whole.abs().sum(-1)  # [Q]
-    prox_heads = (norm[:, None, None] - (whole[:, None, None, :] - parts).abs().sum(-1)).clamp_min(0)  # [Q, K, H]
-    prox_residual = (norm - (whole - residual).abs().sum(-1)).clamp_min(0)
-    total = prox_heads.sum((1, 2)) + prox_residual
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    return BlockContributions((prox_heads / total[:, None, None]).numpy(), (prox_residual / total).numpy())
+
+
+def _proximity(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """max(||y||₁ − ||y − z||₁, 0) per position: [Q]."""
+    return (whole.abs().sum(-1) - (whole - part).abs().sum(-1)).clamp_min(0)
+
+
+def _safe(total: torch.Tensor) -> torch.Tensor:
+    return torch.where(total > 0, total, torch.ones_like(total))

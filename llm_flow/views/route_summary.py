@@ -23,7 +23,7 @@ def summarize_route(graph: nx.DiGraph) -> RouteSummary:
     ffns: list[tuple[int, int, float]] = []
     for _, dest, data in graph.edges(data=True):
         node = graph.nodes[dest]
-        if data["kind"] == "attention":
+        if data["kind"] in ("attention", "cross"):
             for head, weight in enumerate(data["heads"]):
                 heads[(node["layer"], head)] += weight
         elif data["kind"] == "ffn" and node["kind"] == "resid_post":
@@ -40,6 +40,18 @@ def summarize_route(graph: nx.DiGraph) -> RouteSummary:
     )
 
 
+def stack_summaries(graph: nx.DiGraph) -> dict[str, RouteSummary]:
+    """An encoder–decoder's route (:func:`llm_flow.seq2seq_route`) summarised apart for the
+    "encoder" and "decoder" stacks (their self-attention heads, FFN blocks, nodes and embeddings)
+    and the "cross" edges between them (the cross-attention heads)."""
+    summaries = {
+        stack: summarize_route(graph.subgraph(n for n, d in graph.nodes(data=True) if d["stack"] == stack))
+        for stack in ("encoder", "decoder")
+    }
+    summaries["cross"] = summarize_route(graph.edge_subgraph((u, v) for u, v, d in graph.edges(data=True) if d["kind"] == "cross"))
+    return summaries
+
+
 def heads_frame(summary: RouteSummary) -> pd.DataFrame:
     """The route's heads, most weight first: layer, head, weight summed over its kept edges."""
     return pd.DataFrame(summary.heads, columns=["layer", "head", "weight"])
@@ -54,12 +66,13 @@ def ffns_frame(summary: RouteSummary, tokens: list[str]) -> pd.DataFrame:
 
 def edges_frame(graph: nx.DiGraph) -> pd.DataFrame:
     """One row per route edge: source and destination nodes, kind, weight and, for attention
-    edges, the per-head split (one column per head) and the residual's share."""
+    (and an encoder–decoder's cross-attention) edges, the per-head split (one column per head)
+    and the residual's share."""
     rows = []
     for source, dest, data in graph.edges(data=True):
         row = {"source": source, "dest": dest, "kind": data["kind"], "weight": data["weight"],
                "layer": graph.nodes[dest]["layer"], "position": graph.nodes[dest]["position"]}  # fmt: skip
-        if data["kind"] == "attention":
+        if data["kind"] in ("attention", "cross"):
             row["residual"] = data.get("residual", 0.0)
             row.update({f"head_{h}": float(w) for h, w in enumerate(data["heads"])})
         rows.append(row)
