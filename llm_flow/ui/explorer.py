@@ -38,7 +38,8 @@ def explorer_page(analysis: Analysis) -> None:
         return
     if isinstance(run, Seq2SeqRun):
         not_for_pairs("The route graph", "Routes across the encoder and the decoder (cross-attention edges from the "
-                      "source tokens' final encoder states) are being built; until then these pages explain the pair:")
+                      "source tokens' final encoder states) are being built, and the route checks need them; until "
+                      "then these pages explain the pair:")
         return
     state = get_state()
     token_slider(run, "Token to explain", help="The route explains the model's prediction of the token that follows this one.")

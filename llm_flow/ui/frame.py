@@ -78,7 +78,8 @@ def prepare(config: Config) -> tuple[Analysis, st.delta_generator.DeltaGenerator
     with st.sidebar:
         model_controls(config, run.model if run is not None else None)
         prompt_controls(config, run)
-        route_controls()
+        if not isinstance(run, Seq2SeqRun):  # no route graph for an encoder–decoder yet
+            route_controls()
         link_slot = st.empty()
     for notice in state.source.notices:
         st.warning(notice)
