@@ -15,7 +15,6 @@ import transformers
 from streamlit.testing.v1 import AppTest
 
 import llm_flow
-from llm_flow.ui import seq2seq_attribution
 from tests.app_helpers import active_run, goto, start, state, widget_key
 from tests.test_app_attention import array, shown_figure
 from tests.tiny_models import save_tiny_model
@@ -104,32 +103,19 @@ def test_the_three_tabs_show_transformers_own_attention_weights(family, config, 
         assert spread > 1e-3  # not vacuous: weights differ from a uniform row by far more than the tolerance
 
 
-def test_a_tile_opens_its_head_and_the_tab_survives_a_page_switch(config, monkeypatch):
+def test_the_tab_and_view_survive_a_page_switch(config, monkeypatch):
     app = opened(config, monkeypatch, "marian", "attention")
     check(app.segmented_control(key=widget_key("attention.stack")).set_value("cross").run())
-    app.radio(key=widget_key("attention.view")).set_value("model").run()
-    app.session_state["seq2seq_attention_chart"] = {"selection": {"points": [{"customdata": [1, 2]}]}}
-    from llm_flow.ui.seq2seq_attention import _on_click
-
-    with pytest.MonkeyPatch.context() as patch:  # the callback reads the session as Streamlit gives it
-        patch.setattr("llm_flow.ui.seq2seq_attention.st.session_state", app.session_state)
-        patch.setattr("llm_flow.ui.seq2seq_attention.get_state", lambda: state(app))
-        _on_click()
-    app.run()
-    attention = state(app).attention
-    assert (attention.view, attention.layer, attention.head, attention.heads) == ("head", 1, 2, (2,))
+    check(app.radio(key=widget_key("attention.view")).set_value("model").run())
     goto(app, "explorer")
     goto(app, "attention")
     check(app)
-    assert state(app).attention.stack == "cross"
-    assert shown_figure(app)["layout"]["title"]["text"].startswith("Cross-attention: Layer 1")
+    assert (state(app).attention.stack, state(app).attention.view) == ("cross", "model")
+    assert shown_figure(app)["layout"]["title"]["text"].startswith("Cross-attention: All layers")
+    assert app.segmented_control(key=widget_key("attention.stack")).value == "cross"
 
 
 # --- Attribution -------------------------------------------------------------------------------
-
-
-def shown_result(app: AppTest):
-    return app.session_state[seq2seq_attribution.__name__ and "attribution_cache"][state(app).attribution.shown]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -173,20 +159,20 @@ def test_a_decoder_only_method_is_put_back_with_a_notice(config, monkeypatch):
 # --- Playground --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_the_playground_writes_the_target_plain_generate_writes(temperature, config, folders, monkeypatch):
-    app = opened(config, monkeypatch, "marian", "playground")
+@pytest.mark.parametrize("family,temperature", [("marian", 0.0), ("marian", 1.0), ("t5", 1.0)])
+def test_the_playground_writes_the_target_plain_generate_writes(family, temperature, config, folders, monkeypatch):
+    app = opened(config, monkeypatch, family, "playground")
     app.slider(key=widget_key("playground.temperature")).set_value(temperature).run()
     app.number_input(key=widget_key("playground.seed")).set_value(11).run()
     app.number_input(key=widget_key("playground.target_tokens")).set_value(12).run()
     check(button(app, "Write a target").click().run())
-    model = plain(folders["marian"])
+    model = plain(folders[family])
     config_ = transformers.GenerationConfig.from_dict({
         **model.generation_config.to_dict(), "num_beams": 1, "max_new_tokens": 12, "max_length": None, "min_length": 0,
         "do_sample": temperature > 0, **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {}),
     })  # fmt: skip
     torch.manual_seed(11)
-    source_ids = transformers.AutoTokenizer.from_pretrained(folders["marian"])(SOURCE).input_ids
+    source_ids = transformers.AutoTokenizer.from_pretrained(folders[family])(SOURCE).input_ids
     expected = model.generate(torch.tensor([source_ids]), generation_config=config_)[0, 1:].tolist()
     run = active_run(app)
     assert run.target_ids == expected and state(app).source.target == tuple(expected)
@@ -258,8 +244,9 @@ def test_pages_that_do_not_apply_say_why_and_link_the_ones_that_do(page, name, c
 
 
 def test_the_pair_travels_in_links(config, monkeypatch):
-    from llm_flow.ui.permalink import link_from_state, state_from_link
     from llm_flow.config import load_config
+    from llm_flow.ui.analysis import Request
+    from llm_flow.ui.permalink import link_from_state, state_from_link
 
     app = opened(config, monkeypatch, "marian", "attention")
     check(app.segmented_control(key=widget_key("attention.stack")).set_value("cross").run())
@@ -267,8 +254,7 @@ def test_the_pair_travels_in_links(config, monkeypatch):
     assert params["target"] == TARGET and params["att_stack"] == "cross" and params["model"] == "tiny-marian"
     reopened = start(config, monkeypatch, params)
     assert state(reopened).source.active == state(app).source.active
-    state(app).source.target = (5, 6, 7)
-    state(app).source.active = state(app).source.active.__class__(state(app).source.active.model, SOURCE, (5, 6, 7))
+    state(app).source.active = Request(state(app).source.active.model, SOURCE, (5, 6, 7))  # as the Playground leaves it
     params = link_from_state(state(app), load_config(config))
     assert params["target_ids"] == "5,6,7" and "target" not in params
     restored, notices = state_from_link(params, load_config(config))

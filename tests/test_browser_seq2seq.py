@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.conftest import REPO
+from tests.test_browser_attention import click_point
 from tests.test_browser import CHROMIUM, LAUNCH_ARGS, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
 from tests.tiny_models import save_tiny_model
 
@@ -103,13 +104,16 @@ def test_type_a_source_write_its_target_see_three_tabs_and_come_back(seq2seq_ser
     page.get_by_text("Model view", exact=True).click()
     wait_for_title(page, "Cross-attention: All layers")
     shoot(page, "04_cross_tab_model_view")
+    click_point(page, [1, 2])  # the tile of layer 1, head 2 opens in the head view
+    wait_for_title(page, "Cross-attention: Layer 1")
+    shoot(page, "04b_cross_tile_opened")
     no_traceback(page)
 
     page.get_by_role("link", name="Explorer").first.click()
     page.get_by_text("The route graph is not available for encoder–decoders.").wait_for(timeout=60_000)
     shoot(page, "05_explorer_message")
     page.get_by_role("link", name="Attention: the encoder's").click()  # the message's own link
-    wait_for_title(page, "Cross-attention: All layers")  # the tab and the view were kept
+    wait_for_title(page, "Cross-attention: Layer 1")  # the tab, the view and the layer were kept
     assert page.get_by_text(f"Source {SOURCE}").inner_text() == header  # and the pair
     params = parse_qs(urlparse(page.url).query)
     assert params["att_stack"] == ["cross"] and "target_ids" in params

@@ -154,6 +154,7 @@ def _accept(request: Request, run: Run) -> None:
     if request.prompt not in source.prompts:
         source.prompts = (*source.prompts, request.prompt)
     source.prompt_choice = request.prompt
+    source.target = request.target  # the pair on screen (a fallback's target too)
     source.awaited_prompt = source.watched = None
     position, source.pending_position = source.pending_position, None
     length = explained_positions(run)
