@@ -221,7 +221,10 @@ class Seq2SeqLlm(TransparentLlm):
         self._refuse("TransformerLens hooked passes (interventions, route checks)")
 
     def generate_ids(self, token_ids, max_new_tokens, last_processor: "LogitsProcessor", eos_ids) -> NoReturn:
-        self._refuse("continuing a prompt (the Playground)", "let run_pair write the target: model.run_pair(source)")
+        self._refuse(
+            "continuing a prompt",
+            "write a target greedily or sampled: llm_flow.views.seq2seq_generation.write_target(model, source, n, settings)",
+        )
 
     def post_norm_gain(self, layer, norm, scale) -> NoReturn:
         self._refuse("routes")
