@@ -259,3 +259,11 @@ def test_the_pair_travels_in_links(config, monkeypatch):
     assert params["target_ids"] == "5,6,7" and "target" not in params
     restored, notices = state_from_link(params, load_config(config))
     assert restored.source.target == (5, 6, 7) and not notices
+
+
+@pytest.mark.parametrize("family,norm", [("marian", "LayerNorm after each residual add"), ("t5", "normalised before each block")])
+def test_the_model_panel_names_both_stacks(family, norm, config, monkeypatch):
+    app = opened(config, monkeypatch, family, "attention")
+    panel = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"encoder–decoder: 2 encoder and 2 decoder layers, cross-attention; {norm}" in panel
+    assert "at its peak" not in panel  # the memory estimates are a decoder's: not shown for a pair

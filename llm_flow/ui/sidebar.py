@@ -61,7 +61,7 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
                 f"| context | {info.n_ctx:,} tokens |\n"
                 f"| blocks | {block_kind(info)} |\n"
                 f"| device / dtype | {info.device} / {info.dtype} |\n"
-                + _memory_rows(model)
+                + ("" if info.encoder_layers else _memory_rows(model))  # the estimates are a decoder's
             )
 
 
