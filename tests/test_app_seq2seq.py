@@ -267,3 +267,25 @@ def test_the_model_panel_names_both_stacks(family, norm, config, monkeypatch):
     panel = " ".join(m.value for m in app.sidebar.markdown)
     assert f"encoder–decoder: 2 encoder and 2 decoder layers, cross-attention; {norm}" in panel
     assert "at its peak" not in panel  # the memory estimates are a decoder's: not shown for a pair
+
+
+def test_the_cross_attention_numbers_download_as_transformers_returns_them(config, folders, monkeypatch):
+    import io
+
+    import pandas as pd
+
+    from tests.app_helpers import download_files, record_downloads
+
+    seen = record_downloads(monkeypatch)
+    app = opened(config, monkeypatch, "t5", "attention")
+    check(app.segmented_control(key=widget_key("attention.stack")).set_value("cross").run())
+    check(app.selectbox(key=widget_key("attention.layer")).set_value(0).run())
+    name, make = download_files(app, seen)["Numbers as CSV"]
+    assert name == "attention-cross-head-tiny-t5.csv"
+    table = pd.read_csv(io.BytesIO(make()))
+    _, decoder, out = plain_pair(folders["t5"], SOURCE, TARGET)
+    weights = out.cross_attentions[0][0].numpy()  # [heads, decoder tokens, source tokens]
+    assert len(table) == (weights != 0).sum() and set(table["layer"]) == {0}
+    head = table["head"].str.removeprefix("head ").astype(int)
+    np.testing.assert_allclose(table["weight"], weights[head, table["query"], table["source"]], atol=1e-6)
+    assert table["query"].max() == len(decoder) - 1 and table["source"].max() == weights.shape[-1] - 1
