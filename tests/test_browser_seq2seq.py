@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.test_browser_attention import click_point
-from tests.test_browser import CHROMIUM, LAUNCH_ARGS, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
+from tests.test_browser import CHROMIUM, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
 from tests.tiny_models import save_tiny_model
 
 pytestmark = pytest.mark.browser
