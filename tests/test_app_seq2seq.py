@@ -1,5 +1,5 @@
 """The app's pages for encoder–decoders, driven headlessly with AppTest on a tiny Marian and a
-tiny T5: the three attention tabs show transformers' own ``output_attentions``, the Attribution
+tiny T5 (and BART for the tabs): the three attention tabs show transformers' own ``output_attentions``, the Attribution
 page the scores of the library's attribution computed on its own, the Playground writes what
 plain ``generate`` writes; bad sources and targets are refused with one message and what was
 typed stays; pages that do not apply say why."""
@@ -20,6 +20,7 @@ from tests.test_app_attention import array, shown_figure
 from tests.tiny_models import save_tiny_model
 
 FAMILIES = ["marian", "t5"]
+ALL = [*FAMILIES, "bart"]  # the attention tabs on BART too
 SOURCE = "The capital of France is Paris."
 TARGET = "Paris is the capital"
 
@@ -27,7 +28,7 @@ TARGET = "Paris is the capital"
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("app_seq2seq")
-    return {family: save_tiny_model(family, root / family) for family in FAMILIES}
+    return {family: save_tiny_model(family, root / family) for family in ALL}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def button(app: AppTest, label: str):
 # --- Attention ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_the_three_tabs_show_transformers_own_attention_weights(family, config, folders, monkeypatch):
     app = opened(config, monkeypatch, family, "attention")
     source_ids, decoder, out = plain_pair(folders[family], SOURCE, TARGET)
@@ -118,7 +119,7 @@ def test_the_tab_and_view_survive_a_page_switch(config, monkeypatch):
 # --- Attribution -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_cross_attention_attribution_is_transformers_cross_attention_of_each_step(family, config, folders, monkeypatch):
     app = opened(config, monkeypatch, family, "attribution")
     check(app.segmented_control(key=widget_key("attribution.method")).set_value("attention").run())
