@@ -54,7 +54,7 @@ def ask_again() -> None:
     source.failed, source.notices, source.awaited_prompt = None, (), None
 
 
-def activate(request: Request, fallback: Request | None = None) -> Run | None:
+def activate(request: Request, fallback: Request | None = None) -> Run | Seq2SeqRun | None:
     """Make `request` the active analysis if it is new; return the active Run (None if none yet).
 
     `fallback` (the configured defaults) is tried when nothing is active yet and `request` fails,
@@ -87,7 +87,7 @@ def explained_positions(run: Run | Seq2SeqRun) -> int:
     return run.n_decoder if isinstance(run, Seq2SeqRun) else run.n_tokens
 
 
-def _try(request: Request, active: Request | None) -> Run | None:
+def _try(request: Request, active: Request | None) -> Run | Seq2SeqRun | None:
     """Watch the request's job (started if none runs) until it ends, drawing its progress; a
     click elsewhere stops this watch, not the job."""
     asker = get_script_run_ctx().session_id
@@ -110,7 +110,7 @@ def _try(request: Request, active: Request | None) -> Run | None:
     return run
 
 
-def _analyse(request: Request, job: Job) -> Run:
+def _analyse(request: Request, job: Job) -> Run | Seq2SeqRun:
     """The job's work: the model (loaded with its progress), then the forward pass, layer by layer."""
     model = get_model(request.model, job.say)
     if isinstance(model, Seq2SeqLlm):  # one pass of each stack, no per-layer progress
@@ -145,7 +145,7 @@ def _cancel(request: Request, active: Request | None, asker: str) -> None:
     jobs().withdraw(request, asker)
 
 
-def _accept(request: Request, run: Run) -> None:
+def _accept(request: Request, run: Run | Seq2SeqRun) -> None:
     """The new analysis opens on the token and element a link or another page asked for, if
     any (and valid), else on the last token with nothing selected."""
     state = get_state()
