@@ -247,7 +247,7 @@ def pair_sequence(run: Seq2SeqRun) -> Sequence:
     """The run's source ids then its decoder's ids (start, target), the target's first token
     being the first explained: the `Sequence` every method of a pair works on."""
     ids = run.source_tokens.tolist() + run.decoder_tokens.tolist()
-    return Sequence(tuple(ids), run.n_source + 1, prompt=run.source or "", generated=run.target is None)
+    return Sequence(tuple(ids), run.n_source + 1, prompt=run.source or "", generated=run.written)
 
 
 def seq2seq_step_scores(run: Seq2SeqRun, foil: int | None = None) -> dict[str, list[float]]:

@@ -42,6 +42,11 @@ class Seq2SeqRun:
         return int(self.decoder_tokens.shape[0])
 
     @property
+    def written(self) -> bool:
+        """The model wrote the target (greedily or sampled): no target text was given."""
+        return self.target is None
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the tensors the run holds (what the app's run cache counts)."""
         tensors = (self.source_tokens, self.decoder_tokens, self.logits, self.encoder_patterns,
