@@ -64,4 +64,7 @@ def block_kind(info) -> str:
     if info.bidirectional:
         head = "no masked-LM head: the input embeddings unembed" if info.no_lm_head else "masked-LM head"
         return f"encoder: bidirectional attention, LayerNorm after each residual add; {head}"
+    if info.encoder_layers:
+        norm = "LayerNorm after each residual add" if info.post_ln else "normalised before each block"
+        return f"encoder–decoder: {info.encoder_layers} encoder and {info.n_layers} decoder layers, cross-attention; {norm}"
     return "parallel attention + FFN" if info.parallel_blocks else "sequential"

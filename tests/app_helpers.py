@@ -36,7 +36,7 @@ def goto(app: AppTest, url_path: str) -> AppTest:
 def active_run(app: AppTest):
     """The very Run the app is showing (from the shared registry, not a new forward pass)."""
     request = state(app).source.active
-    return get_run(request.model, request.prompt)
+    return get_run(request.model, request.prompt, target=request.target)
 
 
 def state(app: AppTest) -> SessionState:

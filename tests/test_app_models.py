@@ -144,15 +144,17 @@ def test_the_attribution_page_explains_the_mask_of_an_encoder(config, monkeypatc
     assert state(app).source.active.prompt == run.prompt and state(app).route.position == mask
 
 
-def test_an_encoder_decoder_is_refused_with_the_reason(tmp_path, monkeypatch):
-    """The app's pages read a Run of one prompt, which an encoder–decoder does not have: choosing
-    one says so (and what the library and the CLI do with it), with no traceback."""
+def test_an_encoder_decoder_opens_on_a_clear_message_in_the_explorer(tmp_path, monkeypatch):
+    """The route graph of an encoder–decoder is not built yet: choosing one opens the Explorer on
+    a message saying so, with links to the pages that explain the pair (tests/test_app_seq2seq.py
+    drives those pages), and no traceback."""
     folder = save_tiny_model("marian", tmp_path / "marian")
     (tmp_path / "prompts.json").write_text(json.dumps(["The capital of France is Paris."]))
     path = tmp_path / "local.json"
     path.write_text(json.dumps({"default_model": "marian", "models": {"marian": {"source": str(folder)}},
                                 "prompts_file": "prompts.json"}))  # fmt: skip
     app = start(path, monkeypatch)
-    assert not app.exception
-    shown = " ".join(e.value for e in app.error)
-    assert "MarianMTModel is an encoder–decoder" in shown and "run_pair" in shown
+    assert not app.exception and not app.error
+    shown = " ".join(i.value for i in app.info)
+    assert "The route graph is not available for encoder–decoders" in shown
+    assert len(app.get("page_link")) == 3

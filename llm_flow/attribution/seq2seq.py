@@ -175,6 +175,16 @@ def attribute_seq2seq(
     token. The target is `continuation` (text) or `generate` tokens written greedily (default: up to 20).
     `method`: one of `SEQ2SEQ_METHODS` (options as keyword arguments). `function`, `foil` as in
     `llm_flow.attribution.attribute`."""
+    method = seq2seq_method(seq2seq, method, options)
+    if continuation is not None and generate is not None:
+        raise ArgumentError("give the target text or a number of tokens to generate, not both")
+    run = seq2seq.run_pair(source, continuation, max_new_tokens=20 if generate is None else generate)
+    return attribute_pair(run, method, foil=foil, function=function, progress=progress)
+
+
+def seq2seq_method(seq2seq: Seq2SeqLlm, method: str | Method, options: dict[str, object]) -> Method:
+    """`method` (a name with its `options`, or a built method) checked to be one an
+    encoder–decoder can be attributed with."""
     if isinstance(method, str):
         key = method.strip().lower().replace("-", "_")
         if key not in SEQ2SEQ_METHODS and key in METHODS:
@@ -182,19 +192,31 @@ def attribute_seq2seq(
                 f"{seq2seq.name}: attribution method {method!r} is not available for encoder–decoders; "
                 f"use one of {', '.join(SEQ2SEQ_METHODS)}"
             )
-        method = build_named(SEQ2SEQ_METHODS, key, method, options, "attribution method")
-    elif type(method) not in SEQ2SEQ_METHODS.values():
+        return build_named(SEQ2SEQ_METHODS, key, method, options, "attribution method")
+    if type(method) not in SEQ2SEQ_METHODS.values():
         raise UnsupportedModelError(f"{seq2seq.name}: {method.label} is not available for encoder–decoders")
-    if continuation is not None and generate is not None:
-        raise ArgumentError("give the target text or a number of tokens to generate, not both")
+    return method
+
+
+def attribute_pair(
+    run: Seq2SeqRun,
+    method: Method,
+    *,
+    foil: str | None = None,
+    function: str | None = None,
+    progress: Progress | None = None,
+) -> Attribution:
+    """`attribute_seq2seq` on the very token ids of `run` (a target typed, written greedily or
+    sampled): what the app explains for the pair on screen. `method` as `seq2seq_method` gives it."""
+    seq2seq = run.model
+    method = seq2seq_method(seq2seq, method, {})
     foil_id = single_token(seq2seq, foil) if foil is not None else None
     if function is None:
         function = "logit" if foil_id is not None else "probability"
     check_choice("function", function, FUNCTIONS)
-    run = seq2seq.run_pair(source, continuation, max_new_tokens=20 if generate is None else generate)
     n_source = run.n_source
-    ids = run.source_tokens.tolist() + run.decoder_tokens.tolist()
-    sequence = Sequence(tuple(ids), n_source + 1, prompt=source, generated=continuation is None)
+    sequence = pair_sequence(run)
+    ids, generated = list(sequence.ids), sequence.generated
     explained = function if method.uses_output else None
     problem = Seq2SeqProblem(seq2seq, sequence, explained, foil_id if method.uses_output else None, progress,
                              seq2seq=seq2seq, n_source=n_source)  # fmt: skip
@@ -215,10 +237,17 @@ def attribute_seq2seq(
         step_scores=seq2seq_step_scores(run, foil_id),
         deltas=output.deltas,
         scale=method.scale,
-        prompt=source,
-        generated=continuation is None,
+        prompt=run.source,
+        generated=generated,
         n_source=n_source,
     )
+
+
+def pair_sequence(run: Seq2SeqRun) -> Sequence:
+    """The run's source ids then its decoder's ids (start, target), the target's first token
+    being the first explained: the `Sequence` every method of a pair works on."""
+    ids = run.source_tokens.tolist() + run.decoder_tokens.tolist()
+    return Sequence(tuple(ids), run.n_source + 1, prompt=run.source or "", generated=run.written)
 
 
 def seq2seq_step_scores(run: Seq2SeqRun, foil: int | None = None) -> dict[str, list[float]]:

@@ -47,10 +47,11 @@ def attribution_heatmap(result: Attribution, title: str | None = None) -> go.Fig
     ))  # fmt: skip
     every = max(1, -(-n_columns // MAX_LABELS))
     ticks = list(range(0, n_columns, every))
-    figure.update_xaxes(tickvals=ticks, ticktext=[sources[c] for c in ticks], tickangle=-60,
-                        title_text="source (prompt | continuation)", showgrid=False)  # fmt: skip
+    pair = result.n_source is not None  # an encoder–decoder: source tokens, then the decoder's
+    figure.update_xaxes(tickvals=ticks, ticktext=[sources[c] for c in ticks], tickangle=-60, showgrid=False,
+                        title_text="source | decoder start, target prefix" if pair else "source (prompt | continuation)")  # fmt: skip
     figure.update_yaxes(tickvals=list(range(result.n_steps)), ticktext=target_labels(result),
-                        autorange="reversed", title_text="generated token", showgrid=False)  # fmt: skip
+                        autorange="reversed", title_text="target token" if pair else "generated token", showgrid=False)  # fmt: skip
     boundary = result.n_prompt_columns - 0.5
     if boundary < n_columns - 0.5:
         figure.add_vline(x=boundary, line=dict(color="#444", width=1, dash="dot"))

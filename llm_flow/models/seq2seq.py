@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NoReturn
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.models.base import ModelInfo, TransparentLlm
@@ -169,15 +169,28 @@ class Seq2SeqLlm(TransparentLlm):
 
     def generate_target(self, source_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy target ids after the decoder start (end-of-sequence included when reached)."""
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_GENERATED:
+        return self.write_target_ids(source_ids, max_new_tokens)
+
+    def write_target_ids(
+        self, source_ids: list[int], max_new_tokens: int, last_processor: "LogitsProcessor | None" = None
+    ) -> list[int]:
+        """Target ids after the decoder start by ``transformers``' own decoding: one beam, its KV
+        cache, and the model's own generation rules (a forced end-of-sequence at the length
+        limit, banned tokens), then greedy over what `last_processor` leaves of each step's
+        scores (it sees them after those rules, and may leave one token to pick). End-of-sequence
+        included when reached."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_GENERATED:
             raise ArgumentError(f"the number of target tokens to write must be 1..{MAX_GENERATED} (got {max_new_tokens!r})")
         settings = GenerationConfig.from_dict({
             **self.hf_seq2seq.generation_config.to_dict(), "num_beams": 1, "do_sample": False,
+            "temperature": None, "top_k": None, "top_p": None,
             "max_new_tokens": max_new_tokens, "max_length": None, "min_length": 0, "num_return_sequences": 1,
         })  # fmt: skip
+        processors = LogitsProcessorList([last_processor] if last_processor is not None else [])
         device = next(self.hf_seq2seq.parameters()).device
         with self._lock, torch.no_grad():
-            out = self.hf_seq2seq.generate(torch.tensor([source_ids], device=device), generation_config=settings)
+            out = self.hf_seq2seq.generate(torch.tensor([source_ids], device=device), generation_config=settings,
+                                           logits_processor=processors)  # fmt: skip
         return out[0, 1:].tolist()  # one sequence: no padding after its end, and the start token first
 
     def run(self, prompt: str) -> NoReturn:
@@ -210,7 +223,10 @@ class Seq2SeqLlm(TransparentLlm):
         self._refuse("TransformerLens hooked passes (interventions, route checks)")
 
     def generate_ids(self, token_ids, max_new_tokens, last_processor: "LogitsProcessor", eos_ids) -> NoReturn:
-        self._refuse("continuing a prompt (the Playground)", "let run_pair write the target: model.run_pair(source)")
+        self._refuse(
+            "continuing a prompt",
+            "write a target greedily or sampled: llm_flow.views.seq2seq_generation.write_target(model, source, n, settings)",
+        )
 
     def post_norm_gain(self, layer, norm, scale) -> NoReturn:
         self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)

@@ -42,6 +42,18 @@ class Seq2SeqRun:
         return int(self.decoder_tokens.shape[0])
 
     @property
+    def written(self) -> bool:
+        """The model wrote the target (greedily or sampled): no target text was given."""
+        return self.target is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors the run holds (what the app's run cache counts)."""
+        tensors = (self.source_tokens, self.decoder_tokens, self.logits, self.encoder_patterns,
+                   self.decoder_patterns, self.cross_patterns)  # fmt: skip
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
     def target_ids(self) -> list[int]:
         """The target's token ids (the decoder's tokens after the start token)."""
         return self.decoder_tokens[1:].tolist()

@@ -15,8 +15,10 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.jobs import Job, jobs
-from llm_flow.ui.resources import ModelKey, get_model, get_run
+from llm_flow.ui.resources import ModelKey, get_model, get_run, seq2seq_work
 from llm_flow.ui.state import get_state
 from llm_flow.views.predictions import default_target
 from llm_flow.wording import plural, sentence
@@ -28,7 +30,8 @@ COMPACT_FROM_TOKENS = 30
 @dataclass(frozen=True)
 class Request:
     model: ModelKey
-    prompt: str
+    prompt: str  # an encoder–decoder's source
+    target: str | tuple[int, ...] = ""  # an encoder–decoder's target: text, ids, or "" (it writes one greedily)
 
 
 def requested(config_path: str) -> Request:
@@ -40,7 +43,7 @@ def requested(config_path: str) -> Request:
         source.awaited_prompt, source.pending_prompt = source.pending_prompt, None
     prompt = source.awaited_prompt or source.prompt_choice
     model = source.custom_model.strip() or source.model_choice
-    return Request(ModelKey(model, source.device, source.dtype, config_path), prompt)
+    return Request(ModelKey(model, source.device, source.dtype, config_path), prompt, source.target)
 
 
 def ask_again() -> None:
@@ -51,7 +54,7 @@ def ask_again() -> None:
     source.failed, source.notices, source.awaited_prompt = None, (), None
 
 
-def activate(request: Request, fallback: Request | None = None) -> Run | None:
+def activate(request: Request, fallback: Request | None = None) -> Run | Seq2SeqRun | None:
     """Make `request` the active analysis if it is new; return the active Run (None if none yet).
 
     `fallback` (the configured defaults) is tried when nothing is active yet and `request` fails,
@@ -61,7 +64,7 @@ def activate(request: Request, fallback: Request | None = None) -> Run | None:
     if request != active and request != source.failed:
         if active is not None and source.watched == request and jobs().running(request) is not None:
             _follow(request, active)  # the session went on while it runs: don't hold the page
-            return get_run(active.model, active.prompt)
+            return get_run(active.model, active.prompt, target=active.target)
         run = _try(request, active)
         if run is not None:
             _accept(request, run)
@@ -75,10 +78,16 @@ def activate(request: Request, fallback: Request | None = None) -> Run | None:
                 source.error = f"{error} Showing the default model and prompt instead."
     if active is None:
         return None
-    return get_run(active.model, active.prompt)
+    return get_run(active.model, active.prompt, target=active.target)
 
 
-def _try(request: Request, active: Request | None) -> Run | None:
+def explained_positions(run: Run | Seq2SeqRun) -> int:
+    """How many tokens the shared token position ranges over: the prompt's, or an
+    encoder–decoder's decoder tokens (the decoder start, then the target)."""
+    return run.n_decoder if isinstance(run, Seq2SeqRun) else run.n_tokens
+
+
+def _try(request: Request, active: Request | None) -> Run | Seq2SeqRun | None:
     """Watch the request's job (started if none runs) until it ends, drawing its progress; a
     click elsewhere stops this watch, not the job."""
     asker = get_script_run_ctx().session_id
@@ -101,9 +110,12 @@ def _try(request: Request, active: Request | None) -> Run | None:
     return run
 
 
-def _analyse(request: Request, job: Job) -> Run:
+def _analyse(request: Request, job: Job) -> Run | Seq2SeqRun:
     """The job's work: the model (loaded with its progress), then the forward pass, layer by layer."""
     model = get_model(request.model, job.say)
+    if isinstance(model, Seq2SeqLlm):  # one pass of each stack, no per-layer progress
+        job.say(seq2seq_work(request.target))
+        return get_run(request.model, request.prompt, target=request.target)
     label = f"Forward pass over {plural(len(model.encode(request.prompt)), 'token')}"
     job.say(f"{label}…")
     with model.layer_progress(lambda done, total: job.layer_done(done, total, label)):
@@ -133,7 +145,7 @@ def _cancel(request: Request, active: Request | None, asker: str) -> None:
     jobs().withdraw(request, asker)
 
 
-def _accept(request: Request, run: Run) -> None:
+def _accept(request: Request, run: Run | Seq2SeqRun) -> None:
     """The new analysis opens on the token and element a link or another page asked for, if
     any (and valid), else on the last token with nothing selected."""
     state = get_state()
@@ -142,13 +154,17 @@ def _accept(request: Request, run: Run) -> None:
     if request.prompt not in source.prompts:
         source.prompts = (*source.prompts, request.prompt)
     source.prompt_choice = request.prompt
+    source.target = request.target  # the pair on screen (a fallback's target too)
     source.awaited_prompt = source.watched = None
     position, source.pending_position = source.pending_position, None
-    if position is not None and not -run.n_tokens <= position < run.n_tokens:
-        notice = f"Token {position} is out of range for this prompt ({plural(run.n_tokens, 'token')}); explaining the last one."
+    length = explained_positions(run)
+    if position is not None and not -length <= position < length:
+        notice = f"Token {position} is out of range for this prompt ({plural(length, 'token')}); explaining the last one."
         source.notices = (*source.notices, notice)
         position = None
-    state.route.position = default_target(run) if position is None else position % run.n_tokens
+    if position is None:
+        position = length - 1 if isinstance(run, Seq2SeqRun) else default_target(run)
+    state.route.position = position % length
     state.route.selected, source.pending_selected = source.pending_selected, None
     if previous is not None and previous.prompt != request.prompt:
         state.explorer.compact = None  # a new prompt: show all its tokens or not by its length
@@ -167,3 +183,4 @@ def _refuse(request: Request, active: Request | None, message: str) -> None:
     source.device, source.dtype = active.model.device, active.model.dtype
     if request.prompt != active.prompt and active.prompt in source.prompts:
         source.prompt_choice = active.prompt
+    source.target = active.target  # a refused target stays in its box (source.target_input), not in the request

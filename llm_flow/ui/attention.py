@@ -30,6 +30,8 @@ from llm_flow.routes.nodes import EdgeId, NodeId
 from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.ui.seq2seq_attention import seq2seq_attention_page
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import fit_layer_and_head, token_slider
 from llm_flow.views.attention import attention_table, attention_view, token_window
@@ -55,6 +57,9 @@ def attention_page(analysis: Analysis) -> None:
     run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    if isinstance(run, Seq2SeqRun):
+        seq2seq_attention_page(run)
         return
     _fit_to_run(run)
     view = _controls(run)

@@ -32,6 +32,7 @@ from llm_flow.ui.resources import token_pass_rate
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.views.tokens import display_token
 from llm_flow.wording import duration, sentence, shortened
 
@@ -60,6 +61,11 @@ def attribution_page(analysis: Analysis) -> None:
     run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    if isinstance(run, Seq2SeqRun):
+        from llm_flow.ui.seq2seq_attribution import seq2seq_attribution_page  # it draws with this page's parts
+
+        seq2seq_attribution_page(run)
         return
     model = run.model
     _fit_to_model(model)
@@ -274,7 +280,8 @@ def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> 
              required=True, format_func=labels.__getitem__, **bind("attribution.step"))  # fmt: skip
     step = state.step
     st.html(step_html(result, step))
-    _explorer_links(model, sequence, result)
+    if result.n_source is None:  # an encoder–decoder's pair has no route in the Explorer yet
+        _explorer_links(model, sequence, result)
     st.subheader("Step scores")
     st.dataframe(step_table(result), hide_index=True)
     _exports(result, figure)

@@ -26,6 +26,8 @@ from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.ui.seq2seq import not_for_pairs
 from llm_flow.ui.state import bind, get_state
 from llm_flow.views.tokens import display_token
 
@@ -37,6 +39,10 @@ _TOP = 10
 
 def dataset_page(analysis: Analysis) -> None:
     st.subheader("Routes over a dataset")
+    if isinstance(analysis.run, Seq2SeqRun):
+        not_for_pairs("Dataset", "Its statistics count the route graph's heads and FFN blocks over many prompts "
+                      "(`llm-flow dataset`), and encoder–decoders have no route graph yet.")
+        return
     if analysis.config.demo_mode:
         st.info("This is a demo: results folders cannot be opened here. Run `llm-flow dataset` and the app locally.")
         return

@@ -16,6 +16,8 @@ from llm_flow.routes.find import NodeSearch, find_nodes
 from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.ui.seq2seq import not_for_pairs
 from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.ui.faithfulness_panel import drawn_graph, faithfulness_panel
@@ -33,6 +35,11 @@ def explorer_page(analysis: Analysis) -> None:
     run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    if isinstance(run, Seq2SeqRun):
+        not_for_pairs("The route graph", "Routes across the encoder and the decoder (cross-attention edges from the "
+                      "source tokens' final encoder states) are being built, and the route checks need them; until "
+                      "then these pages explain the pair:")
         return
     state = get_state()
     token_slider(run, "Token to explain", help="The route explains the model's prediction of the token that follows this one.")

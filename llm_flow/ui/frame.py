@@ -19,7 +19,8 @@ import streamlit as st
 from llm_flow.config import Config, load_config
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.run import Run
-from llm_flow.ui.analysis import Request, activate, requested
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.ui.analysis import Request, activate, explained_positions, requested
 from llm_flow.ui.permalink import link_from_state, state_from_link
 from llm_flow.ui.resources import ModelKey, get_run, settle_caches
 from llm_flow.ui.sidebar import model_controls, prompt_controls, route_controls
@@ -28,10 +29,11 @@ from llm_flow.ui.state import STATE_KEY, SessionState, get_state, init_state
 
 @dataclass(frozen=True)
 class Analysis:
-    """What every page works on: one immutable Run and the shared settings."""
+    """What every page works on: one immutable Run (an encoder–decoder's `Seq2SeqRun`) and the
+    shared settings."""
 
     config: Config
-    run: Run | None
+    run: Run | Seq2SeqRun | None
     position: int  # the explained token
     threshold: float
     renormalize: bool
@@ -71,12 +73,13 @@ def prepare(config: Config) -> tuple[Analysis, st.delta_generator.DeltaGenerator
     if not state.link_read:
         state = _apply_link(config)
     run = activate(requested(str(config.path)), fallback=_defaults(config, state))
-    if run is not None and not 0 <= (state.route.position if state.route.position is not None else -1) < run.n_tokens:
-        state.route.position = run.n_tokens - 1
+    if run is not None and not 0 <= (state.route.position if state.route.position is not None else -1) < explained_positions(run):
+        state.route.position = explained_positions(run) - 1
     with st.sidebar:
         model_controls(config, run.model if run is not None else None)
-        prompt_controls(config)
-        route_controls()
+        prompt_controls(config, run)
+        if not isinstance(run, Seq2SeqRun):  # no route graph for an encoder–decoder yet
+            route_controls()
         link_slot = st.empty()
     for notice in state.source.notices:
         st.warning(notice)
@@ -94,12 +97,12 @@ def current() -> Analysis:
     return _current.analysis
 
 
-def active_run() -> Run:
+def active_run() -> Run | Seq2SeqRun:
     """The session's Run, from the shared cache. A fragment calls this instead of receiving the
     Run as an argument: Streamlit keeps a fragment's arguments for its reruns, and a session must
     not keep alive a Run the cache has dropped (it is recomputed if it is needed again)."""
     active: Request = get_state().source.active
-    return get_run(active.model, active.prompt)
+    return get_run(active.model, active.prompt, target=active.target)
 
 
 def finish(config: Config) -> None:

@@ -26,6 +26,8 @@ from llm_flow.routes.nodes import NodeId
 from llm_flow.ui import frame
 from llm_flow.ui.downloads import safe_stem
 from llm_flow.ui.frame import Analysis
+from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.ui.seq2seq import not_for_pairs
 from llm_flow.ui.attention import clicked_point
 from llm_flow.ui.playground import settings as sampling_settings
 from llm_flow.ui.state import bind, get_state
@@ -42,6 +44,10 @@ def inside_page(analysis: Analysis) -> None:
     run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    if isinstance(run, Seq2SeqRun):
+        not_for_pairs("Inside", "It steps through one block of a decoder-only or encoder model (queries, keys, "
+                      "values, the FFN) on llm-flow's hooked pass, which encoder–decoders do not run through.")
         return
     _fit_to_run(run)
     _controls(run)

@@ -26,7 +26,8 @@ from llm_flow.routes.nodes import parse_element
 from llm_flow.ui.state import SECTIONS, SessionState
 
 MODEL, PROMPT, TEXT, TOKEN, SELECTED = "model", "prompt", "text", "token", "sel"
-_FRAME_PARAMETERS = (MODEL, PROMPT, TEXT, TOKEN, SELECTED)
+TARGET, TARGET_IDS = "target", "target_ids"  # an encoder–decoder's target: typed text, or the ids it wrote
+_FRAME_PARAMETERS = (MODEL, PROMPT, TEXT, TOKEN, SELECTED, TARGET, TARGET_IDS)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -40,6 +41,11 @@ def link_from_state(state: SessionState, config: Config) -> dict[str, str]:
         params[PROMPT] = str(list(config.prompts).index(source.active.prompt))
     else:
         params[TEXT] = source.active.prompt
+    target = source.active.target
+    if isinstance(target, tuple):
+        params[TARGET_IDS] = _write(target)
+    elif target:
+        params[TARGET] = target
     if state.route.position is not None:
         params[TOKEN] = str(state.route.position)
     if state.route.selected:
@@ -61,6 +67,7 @@ def state_from_link(params: Mapping[str, str], config: Config) -> tuple[SessionS
         notices.append(f"The link's parameter {_names(unknown)} is not one llm-flow knows; it was ignored.")
     _read_model(params.get(MODEL), config, state, notices)
     _read_prompt(params.get(PROMPT), params.get(TEXT), config, state, notices)
+    _read_target(params.get(TARGET), params.get(TARGET_IDS), config, state, notices)
     _read_position(params.get(TOKEN), state, notices)
     if params.get(SELECTED):
         try:
@@ -108,6 +115,23 @@ def _read_prompt(index: str | None, text: str | None, config: Config, state: Ses
             f"The link asks for prompt {number}, but {len(config.prompts)} prompts are configured "
             f"(0–{len(config.prompts) - 1}); showing the first."
         )
+
+
+def _read_target(text: str | None, ids: str | None, config: Config, state: SessionState, notices: list[str]) -> None:
+    """An encoder–decoder's target: the ids it wrote win over a text (both cannot be meant)."""
+    if ids:
+        parsed = _parse(ids, tuple)
+        if parsed is None or not parsed or any(i < 0 for i in parsed):
+            notices.append(f"The link's target_ids {ids!r} is not a list of token ids; the model writes its own target.")
+        else:
+            state.source.target = parsed
+        return
+    if not text:
+        return
+    if config.demo_mode:
+        notices.append("The link carries its own target, but this app only analyses the targets its models write.")
+        return
+    state.source.target = state.source.target_input = text
 
 
 def _read_position(value: str | None, state: SessionState, notices: list[str]) -> None:

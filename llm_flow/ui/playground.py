@@ -23,6 +23,7 @@ from llm_flow.ui import frame
 from llm_flow.ui.downloads import figure_downloads
 from llm_flow.ui.explorer import clicked_element
 from llm_flow.ui.frame import Analysis, sync_link
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import token_slider
 from llm_flow.views.anatomy import Anatomy, shared_anatomy
@@ -59,6 +60,11 @@ def playground_page(analysis: Analysis) -> None:
     run = analysis.run
     if run is None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
+        return
+    if isinstance(run, Seq2SeqRun):
+        from llm_flow.ui.seq2seq_playground import seq2seq_playground_page  # it shares this page's settings
+
+        seq2seq_playground_page(run)
         return
     history = _history(run)
     _show_text(run, history)

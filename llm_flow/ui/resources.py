@@ -27,6 +27,8 @@ from llm_flow.models.base import TransparentLlm
 from llm_flow.models.loading import load_model
 from llm_flow.models.packaged import Progress
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 
 
 @dataclass(frozen=True)
@@ -164,19 +166,50 @@ def get_model(key: ModelKey, progress: Progress | None = None, config: Config | 
     return _models().get(key, build, config.model_cache_bytes)
 
 
-def get_run(key: ModelKey, prompt: str, progress: Progress | None = None) -> Run:
+#: The most target tokens an encoder–decoder writes greedily when the session gives no target.
+GREEDY_TARGET_TOKENS = 128
+
+
+def get_run(key: ModelKey, prompt: str, progress: Progress | None = None, *,
+            target: str | tuple[int, ...] = "") -> Run | Seq2SeqRun:  # fmt: skip
     """The shared run of `prompt` on the model of `key`, computed on first use (and timed: see
-    `token_pass_rate`)."""
+    `token_pass_rate`). On an encoder–decoder `prompt` is the source and `target` the target:
+    text, token ids as written on the Playground, or "" for the model's own greedy target; a
+    decoder-only or encoder model ignores `target`."""
     config = load_config(key.config_path)
     model = get_model(key, progress, config)
+    seq2seq = isinstance(model, Seq2SeqLlm)
 
-    def timed() -> Run:
+    def timed() -> Run | Seq2SeqRun:
         started = time.perf_counter()
-        run = model.run(prompt)
-        _rates()[key] = run.n_tokens / max(time.perf_counter() - started, 1e-6)
+        run = _pair(model, prompt, target) if seq2seq else model.run(prompt)
+        n_tokens = run.n_source + run.n_decoder if seq2seq else run.n_tokens
+        _rates()[key] = n_tokens / max(time.perf_counter() - started, 1e-6)
         return run
 
-    return _runs().get((key, prompt), timed, config.run_cache_bytes)
+    return _runs().get((key, prompt, target) if seq2seq else (key, prompt), timed, config.run_cache_bytes)
+
+
+def _pair(model: Seq2SeqLlm, source: str, target: str | tuple[int, ...]) -> Seq2SeqRun:
+    if isinstance(target, tuple):
+        source_ids = model.encode(source)
+        model.check_length(len(source_ids), "the source is", "shorten it")
+        model.check_length(len(target) + 1, "the target is", "write a shorter one")
+        return model.run_pair_ids(source_ids, list(target), source)
+    return model.run_pair(source, target or None, max_new_tokens=target_room(model, GREEDY_TARGET_TOKENS))
+
+
+def target_room(model: Seq2SeqLlm, wanted: int) -> int:
+    """At most `wanted` target tokens, fewer when the decoder (its start token included) would
+    pass the longest text the model may analyse."""
+    return max(1, min(wanted, model.token_limit()[0] - 1))
+
+
+def seq2seq_work(target: str | tuple[int, ...]) -> str:
+    """What the analysis of an encoder–decoder pair is doing, for its progress message."""
+    if target == "":
+        return "Reading the source and writing the target (greedy)…"
+    return "Reading the source and the target…"
 
 
 def token_pass_rate(key: ModelKey) -> float | None:

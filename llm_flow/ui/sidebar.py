@@ -11,7 +11,10 @@ from llm_flow.models.base import TransparentLlm
 from llm_flow.models.memory import available_bytes, estimate_peak_bytes, fitting_tokens, format_bytes
 from llm_flow.models.sizing import weights_bytes
 from llm_flow.validation import THRESHOLD_RANGE
+from llm_flow.models.run import Run
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.analysis import ask_again
+from llm_flow.ui.seq2seq import target_controls
 from llm_flow.ui.state import bind, get_state, widget_key, widget_value
 from llm_flow.wording import block_kind
 
@@ -58,7 +61,7 @@ def model_controls(config: Config, model: TransparentLlm | None) -> None:
                 f"| context | {info.n_ctx:,} tokens |\n"
                 f"| blocks | {block_kind(info)} |\n"
                 f"| device / dtype | {info.device} / {info.dtype} |\n"
-                + _memory_rows(model)
+                + ("" if info.encoder_layers else _memory_rows(model))  # the estimates are a decoder's
             )
 
 
@@ -88,31 +91,39 @@ def _load_custom_model() -> None:
     ask_again()
 
 
-def prompt_controls(config: Config) -> None:
-    st.header("Prompt")
+def prompt_controls(config: Config, run: Run | Seq2SeqRun | None = None) -> None:
+    """The prompt; for an encoder–decoder on screen, the source and its target."""
+    pair = isinstance(run, Seq2SeqRun)
+    word = "source" if pair else "prompt"
+    st.header(word.capitalize())
     source = get_state().source
-    st.selectbox("Prompt", source.prompts, **bind("source.prompt_choice", then=ask_again))
+    st.selectbox(word.capitalize(), source.prompts, **bind("source.prompt_choice", then=ask_again))
     if config.demo_mode:
-        st.caption("Demo mode: the prompts are fixed by the configuration.")
+        st.caption(f"Demo mode: the {word}s are fixed by the configuration.")
+        if pair:
+            target_controls(demo=True)
         return
     with st.form("new_prompt_form", border=False):
         key = widget_key("source.new_prompt")
         st.session_state.setdefault(key, source.new_prompt)  # never over what is being typed
         st.text_area(
-            "New prompt", key=key, height=90,
+            f"New {word}", key=key, height=90,
             help=f"Up to {config.max_prompt_tokens} tokens. It joins the list above once analysed.",
         )  # fmt: skip
-        st.form_submit_button("Analyse new prompt", on_click=_submit_prompt, type="primary")
+        st.form_submit_button(f"Analyse new {word}", on_click=_submit_prompt, args=(word,), type="primary")
+    if pair:
+        target_controls()
 
 
-def _submit_prompt() -> None:
+def _submit_prompt(word: str = "prompt") -> None:
     source = get_state().source
     source.new_prompt = text = widget_value("source.new_prompt") or ""
     if text.strip():
         source.pending_prompt = text
         ask_again()
     else:
-        source.error = "The new prompt is empty: type some text to analyse."
+        what = "a text for the encoder to read" if word == "source" else "some text to analyse"
+        source.error = f"The new {word} is empty: type {what}."
 
 
 def route_controls() -> None:

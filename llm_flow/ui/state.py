@@ -18,7 +18,9 @@ from typing import Any
 import streamlit as st
 
 from llm_flow.config import Config
-from llm_flow.validation import ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, INSIDE_STAGES, PAIR_PARTS, THRESHOLD_RANGE
+from llm_flow.validation import (
+    ATTENTION_WEIGHTINGS, DEFAULT_THRESHOLD, INSIDE_STAGES, PAIR_PARTS, SEQ2SEQ_STACKS, THRESHOLD_RANGE,
+)  # fmt: skip
 
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"
@@ -47,8 +49,10 @@ class SourceState:
     device: str = "cpu"
     dtype: str = "float32"
     prompts: tuple[str, ...] = ()  # the configured prompts plus the ones analysed in this session
-    prompt_choice: str = ""
-    new_prompt: str = ""  # the "New prompt" box
+    prompt_choice: str = ""  # an encoder–decoder's source
+    new_prompt: str = ""  # the "New prompt" box ("New source")
+    target: str | tuple[int, ...] = ""  # an encoder–decoder's target: text, ids it wrote, or "" (it writes one greedily)
+    target_input: str = ""  # the "Target" box
     pending_prompt: str | None = None  # a typed prompt waiting to be analysed (consumed by one run)
     awaited_prompt: str | None = None  # that prompt while its analysis runs (kept across page switches)
     watched: Any = None  # the Request whose analysis this session has watched run (see analysis)
@@ -138,6 +142,7 @@ class AttentionState:
     split: int = linked("att_split", 0, low=0)
     part: str = linked("att_part", "all", choices=PAIR_PARTS)
     focus: int | None = linked("att_focus", None, low=0)  # head view: the token whose lines alone show
+    stack: str = linked("att_stack", "encoder", choices=SEQ2SEQ_STACKS)  # an encoder–decoder's tab
 
 
 @dataclass
@@ -172,6 +177,8 @@ class PlaygroundState:
     explain: str = linked("play_explain", "next", choices=("next", "top"))
     generated: tuple[int, ...] = linked("play_ids", ())  # token ids generated at the end of the prompt
     history: list = field(default_factory=list)  # the Step/Generate entries, for Undo
+    target_tokens: int = linked("play_target_tokens", 40, low=1, high=256)  # an encoder–decoder: most target tokens to write
+    written: Any = None  # an encoder–decoder: the last TargetGeneration, shown while it is the active target
     random: Any = None  # (seed, torch.Generator): the session's sampling source
     message: str | None = None
 

@@ -25,6 +25,7 @@ from llm_flow.validation import check_prompt_text
 from llm_flow.models.base import TransparentLlm
 from llm_flow.models.families import refuse_encoder
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq import Seq2SeqLlm
 from llm_flow.views.sampling import SamplingSettings, SamplingStages, choose, sampling_stages
 from llm_flow.views.tokens import ranks
 
@@ -100,7 +101,8 @@ def _room(model: TransparentLlm, n_tokens: int) -> int:
 def eos_ids(model: TransparentLlm) -> frozenset[int]:
     """End-of-sequence ids: the tokenizer's and the generation config's (which may list several)."""
     ids = {model.tokenizer.eos_token_id}
-    config_eos = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
+    hf = model.hf_seq2seq if isinstance(model, Seq2SeqLlm) else model.hf_model
+    config_eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
     ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
     return frozenset(i for i in ids if i is not None)
 
@@ -115,7 +117,7 @@ def step(
     return stages, _append(run.model, generation, [token], stop=None)
 
 
-class _Draw(LogitsProcessor):
+class Draw(LogitsProcessor):
     """The last logits processor of ``generate``: runs each step's raw logits through the page's
     sampling stages, draws the token with the caller's generator, keeps what the token was drawn
     from, and leaves that token the only one greedy decoding can pick. ``generate`` keeps the KV
@@ -166,7 +168,7 @@ def generate(
         raise PromptError("the text already ends with an end-of-sequence token: undo it or change the prompt")
     count = min(max_new_tokens, _room(model, len(generation.ids)))
     stops = eos_ids(model)
-    draw = _Draw(model, settings, generator, stops, on_token)
+    draw = Draw(model, settings, generator, stops, on_token)
     ids = model.generate_ids(list(generation.ids), count, draw, stops)
     drawn = [t.token_id for t in draw.tokens]
     if ids != drawn:  # a step of the model's generation config acted after the draw
