@@ -309,6 +309,31 @@ def test_a_shared_route_is_built_once_per_run_and_settings(tiny_models):
     assert shared_graph(run).graph == llm_flow.build_graph(run).graph, "the same defaults as build_graph"
 
 
+def test_a_notebook_route_is_build_graphs_route_and_its_summary_says_so(tiny_models, tiny_folders):
+    """`llm_flow.route` takes `build_graph`'s arguments and defaults; its printed summary gives
+    the prediction's probability (against plain transformers), the settings and the size."""
+    import transformers
+
+    run = tiny_models("gpt2").run("The capital of France is")
+    route = llm_flow.route(run, 2, 0.05, False)
+    expected = llm_flow.build_graph(run, 2, 0.05, False)
+    assert route.target == 2 and route.graph.graph == expected.graph
+    assert sorted(route.graph.edges(data=True)) == sorted(expected.edges(data=True))
+    assert llm_flow.route(run).graph.graph == llm_flow.build_graph(run).graph, "the same defaults"
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_folders["gpt2"]).eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(run.tokens[None]).logits[0, 2].double(), -1)
+    best = int(probs.argmax())
+    assert probs[best] - torch.topk(probs, 2).values[1] > 1e-3, "the top token is not a near tie"
+    assert abs(float(probs[best]) * 1000 % 1 - 0.5) > 0.01, "float32 cannot round it the other way"
+    summary = route.summary()
+    token, predicted = run.str_tokens[2], run.model.decode_tokens([best])[0]
+    assert summary["token"] == f"2 {token!r} → predicts {predicted!r} ({float(probs[best]):.1%})"
+    assert summary["threshold"] == "0.05 (not renormalised)"
+    assert llm_flow.route(run, threshold=0.1).summary()["threshold"] == "0.1 (renormalised)"
+    assert summary["size"] == f"{expected.number_of_nodes()} nodes, {expected.number_of_edges()} edges"
+
+
 def test_the_graph_as_json_reads_back_as_the_same_graph(tiny_models):
     import json
 
