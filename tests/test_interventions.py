@@ -612,6 +612,19 @@ def test_threshold_curve_is_route_only_at_each_threshold(runs, hf, family):
     assert curve["parts"].iloc[0] > curve["parts"].iloc[-1]
 
 
+def test_progress_counts_every_forward_pass_once(runs):
+    """The progress bar of a check: route only, route removed and two passes per draw, numbered
+    1..total; the threshold curve's: one pass per threshold."""
+    run = runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.1)
+    calls = []
+    check_route(run, graph, draws=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
+    calls.clear()
+    threshold_curve(run, graph, thresholds=(0.1, 0.05, 0.2), progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(runs, hf):
     """Without `token`, the curve reports the token plain transformers ranks first at the
     graph's target (not at the last position): its route-only fate against HF route only."""
