@@ -329,9 +329,29 @@ def test_a_notebook_route_is_build_graphs_route_and_its_summary_says_so(tiny_mod
     summary = route.summary()
     token, predicted = run.str_tokens[2], run.model.decode_tokens([best])[0]
     assert summary["token"] == f"2 {token!r} → predicts {predicted!r} ({float(probs[best]):.1%})"
-    assert summary["threshold"] == "0.05 (not renormalised)"
+    assert summary["model"] == run.model.name and summary["threshold"] == "0.05 (not renormalised)"
     assert llm_flow.route(run, threshold=0.1).summary()["threshold"] == "0.1 (renormalised)"
     assert summary["size"] == f"{expected.number_of_nodes()} nodes, {expected.number_of_edges()} edges"
+    # the five heads and FFN blocks with the most weight, summed here from the edges
+    graph = llm_flow.build_graph(run)
+    heads: dict[tuple[int, int], float] = {}
+    ffns = []
+    for _, dest, data in graph.edges(data=True):
+        layer = graph.nodes[dest]["layer"]
+        if data["kind"] == "attention":
+            for head, weight in enumerate(data["heads"]):
+                heads[layer, head] = heads.get((layer, head), 0.0) + weight
+        elif data["kind"] == "ffn" and dest.startswith("I"):
+            ffns.append((data["weight"], layer, graph.nodes[dest]["position"]))
+    assert len(heads) > 5 and len(ffns) > 5, "the lists are cut"
+    top = llm_flow.route(run).summary()
+    expected_heads = sorted(heads.items(), key=lambda item: -item[1])[:5]
+    assert [(r.layer, r.head) for r in top["top heads"].itertuples()] == [key for key, _ in expected_heads]
+    assert top["top heads"]["weight"].tolist() == pytest.approx([w for _, w in expected_heads])
+    expected_ffns = sorted(ffns, reverse=True)[:5]
+    assert [(r.layer, r.position) for r in top["top FFN blocks"].itertuples()] == [(l, p) for _, l, p in expected_ffns]
+    assert top["top FFN blocks"]["weight"].tolist() == pytest.approx([w for w, *_ in expected_ffns])
+    assert top["top FFN blocks"]["token"].tolist() == [run.str_tokens[p] for *_, p in expected_ffns]
 
 
 def test_the_graph_as_json_reads_back_as_the_same_graph(tiny_models):
