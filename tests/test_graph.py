@@ -332,6 +332,12 @@ def test_a_notebook_route_is_build_graphs_route_and_its_summary_says_so(tiny_mod
     assert summary["model"] == run.model.name and summary["threshold"] == "0.05 (not renormalised)"
     assert llm_flow.route(run, threshold=0.1).summary()["threshold"] == "0.1 (renormalised)"
     assert summary["size"] == f"{expected.number_of_nodes()} nodes, {expected.number_of_edges()} edges"
+    frame = route.to_frame()
+    assert sorted(zip(frame["source"], frame["dest"], frame["weight"])) == sorted(expected.edges(data="weight"))
+    from llm_flow.figures.route import route_figure
+
+    wide, compact = route_figure(expected).to_dict(), route_figure(expected, compact=True).to_dict()
+    assert wide != compact and route.figure().to_dict() == wide and route.figure(compact=True).to_dict() == compact
     # the five heads and FFN blocks with the most weight, summed here from the edges
     graph = llm_flow.build_graph(run)
     heads: dict[tuple[int, int], float] = {}
