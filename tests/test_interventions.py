@@ -625,6 +625,18 @@ def test_progress_counts_every_forward_pass_once(runs):
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_any_token_id_of_the_vocabulary_can_be_followed(runs):
+    """Token ids 0 and vocab - 1 are accepted (their fates differ), vocab is refused with the range."""
+    run = runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.2)
+    vocab = run.model.hf_model.config.vocab_size
+    assert vocab > run.n_tokens, "a vocabulary larger than the prompt"
+    first, last = (threshold_curve(run, graph, thresholds=(0.2,), token=t) for t in (0, vocab - 1))
+    assert first["logit"].iloc[0] != last["logit"].iloc[0]
+    with pytest.raises(llm_flow.ArgumentError, match=rf"token must be a token id 0\.\.{vocab - 1} \(got {vocab}\)"):
+        threshold_curve(run, graph, thresholds=(0.2,), token=vocab)
+
+
 def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(runs, hf):
     """Without `token`, the curve reports the token plain transformers ranks first at the
     graph's target (not at the last position): its route-only fate against HF route only."""
