@@ -110,6 +110,17 @@ def test_the_highest_threshold_keeps_at_most_one_part_per_node():
         assert all(data["weight"] == pytest.approx(1.0) for *_, data in incoming)
 
 
+def test_a_route_that_stops_before_the_first_layer_is_still_a_graph():
+    """When no part of the target's node passes the threshold the walk stops there: the graph
+    holds the target node alone (not nothing, not None), and the layers below are never read."""
+    source = hand_built()
+    source.ffn_share[1][2], source.ffn_residual[1][2] = 0.45, 0.45
+    graph = route_graph(source, target=2, threshold=0.5, renormalize=True)
+    assert isinstance(graph, nx.DiGraph) and graph.graph["target"] == 2
+    assert list(graph.nodes) == ["I1_2"] and graph.number_of_edges() == 0
+    assert source.requested == set()
+
+
 def test_apply_threshold_rescales_survivors():
     weights = torch.tensor([0.5, 0.3, 0.04, 0.16])
     kept = apply_threshold(weights, 0.1, renormalize=True)
