@@ -11,9 +11,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import torch
+
 import llm_flow
 from tests.reference import reference_model
 from tests.tiny_models import FAMILIES, save_tiny_model
+
+# One intra-op thread: a process forked from one whose OpenMP team has run waits forever at the
+# team's barrier (gomp_team_barrier_wait_end) the first time a child multiplies two tensors.
+torch.set_num_threads(1)
 
 with tempfile.TemporaryDirectory() as root:
     for family in FAMILIES:

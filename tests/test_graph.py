@@ -110,6 +110,17 @@ def test_the_highest_threshold_keeps_at_most_one_part_per_node():
         assert all(data["weight"] == pytest.approx(1.0) for *_, data in incoming)
 
 
+def test_a_route_that_stops_before_the_first_layer_is_still_a_graph():
+    """When no part of the target's node passes the threshold the walk stops there: the graph
+    holds the target node alone (not nothing, not None), and the layers below are never read."""
+    source = hand_built()
+    source.ffn_share[1][2], source.ffn_residual[1][2] = 0.45, 0.45
+    graph = route_graph(source, target=2, threshold=0.5, renormalize=True)
+    assert isinstance(graph, nx.DiGraph) and graph.graph["target"] == 2
+    assert list(graph.nodes) == ["I1_2"] and graph.number_of_edges() == 0
+    assert source.requested == set()
+
+
 def test_apply_threshold_rescales_survivors():
     weights = torch.tensor([0.5, 0.3, 0.04, 0.16])
     kept = apply_threshold(weights, 0.1, renormalize=True)
@@ -307,6 +318,57 @@ def test_a_shared_route_is_built_once_per_run_and_settings(tiny_models):
         assert shared.graph == fresh.graph and sorted(shared.edges(data=True)) == sorted(fresh.edges(data=True))
     assert len({id(shared_graph(run, *s)) for s in ((-1, 0.05, False), (-2, 0.05, False), (-1, 0.05, True))}) == 3
     assert shared_graph(run).graph == llm_flow.build_graph(run).graph, "the same defaults as build_graph"
+
+
+def test_a_notebook_route_is_build_graphs_route_and_its_summary_says_so(tiny_models, tiny_folders):
+    """`llm_flow.route` takes `build_graph`'s arguments and defaults; its printed summary gives
+    the prediction's probability (against plain transformers), the settings and the size."""
+    import transformers
+
+    run = tiny_models("gpt2").run("The capital of France is")
+    route = llm_flow.route(run, 2, 0.05, False)
+    expected = llm_flow.build_graph(run, 2, 0.05, False)
+    assert route.target == 2 and route.graph.graph == expected.graph
+    assert sorted(route.graph.edges(data=True)) == sorted(expected.edges(data=True))
+    assert llm_flow.route(run).graph.graph == llm_flow.build_graph(run).graph, "the same defaults"
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_folders["gpt2"]).eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(run.tokens[None]).logits[0, 2].double(), -1)
+    best = int(probs.argmax())
+    assert probs[best] - torch.topk(probs, 2).values[1] > 1e-3, "the top token is not a near tie"
+    assert abs(float(probs[best]) * 1000 % 1 - 0.5) > 0.01, "float32 cannot round it the other way"
+    summary = route.summary()
+    token, predicted = run.str_tokens[2], run.model.decode_tokens([best])[0]
+    assert summary["token"] == f"2 {token!r} → predicts {predicted!r} ({float(probs[best]):.1%})"
+    assert summary["model"] == run.model.name and summary["threshold"] == "0.05 (not renormalised)"
+    assert llm_flow.route(run, threshold=0.1).summary()["threshold"] == "0.1 (renormalised)"
+    assert summary["size"] == f"{expected.number_of_nodes()} nodes, {expected.number_of_edges()} edges"
+    frame = route.to_frame()
+    assert sorted(zip(frame["source"], frame["dest"], frame["weight"])) == sorted(expected.edges(data="weight"))
+    from llm_flow.figures.route import route_figure
+
+    wide, compact = route_figure(expected).to_dict(), route_figure(expected, compact=True).to_dict()
+    assert wide != compact and route.figure().to_dict() == wide and route.figure(compact=True).to_dict() == compact
+    # the five heads and FFN blocks with the most weight, summed here from the edges
+    graph = llm_flow.build_graph(run)
+    heads: dict[tuple[int, int], float] = {}
+    ffns = []
+    for _, dest, data in graph.edges(data=True):
+        layer = graph.nodes[dest]["layer"]
+        if data["kind"] == "attention":
+            for head, weight in enumerate(data["heads"]):
+                heads[layer, head] = heads.get((layer, head), 0.0) + weight
+        elif data["kind"] == "ffn" and dest.startswith("I"):
+            ffns.append((data["weight"], layer, graph.nodes[dest]["position"]))
+    assert len(heads) > 5 and len(ffns) > 5, "the lists are cut"
+    top = llm_flow.route(run).summary()
+    expected_heads = sorted(heads.items(), key=lambda item: -item[1])[:5]
+    assert [(r.layer, r.head) for r in top["top heads"].itertuples()] == [key for key, _ in expected_heads]
+    assert top["top heads"]["weight"].tolist() == pytest.approx([w for _, w in expected_heads])
+    expected_ffns = sorted(ffns, reverse=True)[:5]
+    assert [(r.layer, r.position) for r in top["top FFN blocks"].itertuples()] == [(l, p) for _, l, p in expected_ffns]
+    assert top["top FFN blocks"]["weight"].tolist() == pytest.approx([w for w, *_ in expected_ffns])
+    assert top["top FFN blocks"]["token"].tolist() == [run.str_tokens[p] for *_, p in expected_ffns]
 
 
 def test_the_graph_as_json_reads_back_as_the_same_graph(tiny_models):

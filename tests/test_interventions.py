@@ -362,6 +362,24 @@ def test_the_percentiles_on_screen_compare_each_route_with_its_own_baseline():
     assert table.loc["unmodified", "probability"] == 0.5 and table.loc["route removed", "probability"] == 0.1
 
 
+def test_the_notebook_summary_reports_the_checks_numbers():
+    """What a notebook prints for a route check: each percentage computed by hand from the draws
+    (route only beats 3 of 4 random routes; route removed is below 2 of 4 random removals)."""
+    check = RouteCheck(
+        position=3, token_id=7, token="x", threshold=0.05, n_route_parts=12, n_dropped_parts=34, seed=9,
+        unmodified=_outcome(0.5), route_only=_outcome(0.35), route_removed=_outcome(0.15),
+        random_only=(_outcome(0.1), _outcome(0.2), _outcome(0.3), _outcome(0.9)),
+        random_removed=(_outcome(0.05), _outcome(0.1), _outcome(0.2), _outcome(0.3)),
+    )  # fmt: skip
+    summary = check.summary()
+    assert summary["prediction"] == "'x' at token 3"
+    assert summary["route"] == "threshold 0.05: 12 attention and FFN parts (route only removes 34 others)"
+    assert summary["random draws"] == "4 of each baseline (seed 9)"
+    assert summary["route only beats"] == "75% of random routes of its size"
+    assert summary["route removed is below"] == "50% of random removals of its size"
+    pd.testing.assert_frame_equal(summary["conditions"], check.table())
+
+
 def test_every_pass_as_csv_lists_each_condition_and_draw():
     """The "Every pass as CSV" download: one row per pass, in order, with its numbers."""
     check = RouteCheck(
@@ -597,6 +615,46 @@ def test_threshold_curve_is_route_only_at_each_threshold(runs, hf, family):
         assert row.logit == pytest.approx(float(logits[token]), abs=ATOL)
         assert row.rank == int((logits > logits[token]).sum()) + 1
     assert curve["parts"].iloc[0] > curve["parts"].iloc[-1]
+
+
+def test_progress_counts_every_forward_pass_once(runs):
+    """The progress bar of a check: route only, route removed and two passes per draw, numbered
+    1..total; the threshold curve's: one pass per threshold."""
+    run = runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.1)
+    calls = []
+    check_route(run, graph, draws=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
+    calls.clear()
+    threshold_curve(run, graph, thresholds=(0.1, 0.05, 0.2), progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_any_token_id_of_the_vocabulary_can_be_followed(runs):
+    """Token ids 0 and vocab - 1 are accepted (their fates differ), vocab is refused with the range."""
+    run = runs["gpt2"]
+    graph = llm_flow.build_graph(run, threshold=0.2)
+    vocab = run.model.hf_model.config.vocab_size
+    assert vocab > run.n_tokens, "a vocabulary larger than the prompt"
+    first, last = (threshold_curve(run, graph, thresholds=(0.2,), token=t) for t in (0, vocab - 1))
+    assert first["logit"].iloc[0] != last["logit"].iloc[0]
+    with pytest.raises(llm_flow.ArgumentError, match=rf"token must be a token id 0\.\.{vocab - 1} \(got {vocab}\)"):
+        threshold_curve(run, graph, thresholds=(0.2,), token=vocab)
+
+
+def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(runs, hf):
+    """Without `token`, the curve reports the token plain transformers ranks first at the
+    graph's target (not at the last position): its route-only fate against HF route only."""
+    run, model = runs["llama"], hf["llama"]
+    position = 5
+    logits = model.logits(run.tokens.tolist())
+    top = int(logits[position].argmax())
+    assert top != int(logits[-1].argmax()), "another position would name another token"
+    assert logits[position, top] - torch.topk(logits[position], 2).values[1] > 1e-3, "no near tie"
+    curve = threshold_curve(run, llm_flow.build_graph(run, position, 0.04), thresholds=(0.1,))
+    only = _hf_route_only_logits(run, model, llm_flow.build_graph(run, position, 0.1))[position]
+    assert curve["probability"].iloc[0] == pytest.approx(float(torch.softmax(only, -1)[top]), rel=1e-3)
+    assert curve["rank"].iloc[0] == int((only > only[top]).sum()) + 1
 
 
 @pytest.mark.parametrize(
