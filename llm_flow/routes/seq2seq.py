@@ -15,8 +15,6 @@ modules are not what this reads is refused, not drawn.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,19 +118,16 @@ _BLOCK_NAMES = {"self": "self-attention", "cross": "cross-attention", "ffn": "FF
 
 
 def run_contributions(run: "Seq2SeqRun") -> Seq2SeqContributions:
-    """`seq2seq_contributions` of a run's own tokens, computed once per run (a run is immutable,
-    so every route drawn on it, at any threshold or target, shares them)."""
-    with _KEPT_LOCK:
-        kept = _KEPT.get(run)
-    if kept is None:
-        kept = seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
-        with _KEPT_LOCK:
-            _KEPT[run] = kept
-    return kept
+    """`seq2seq_contributions` of a run's own tokens, kept with the run (a run is immutable, so
+    every route drawn on it, at any threshold or target, shares them; counted in its bytes)."""
+    return run.derived(
+        ContributionsOf(), lambda: seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
+    )
 
 
-_KEPT: "weakref.WeakKeyDictionary[Seq2SeqRun, Seq2SeqContributions]" = weakref.WeakKeyDictionary()
-_KEPT_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class ContributionsOf:
+    """Key of a run's contributions in its derived store (they depend on nothing but the run)."""
 
 
 @dataclass(frozen=True)
