@@ -203,3 +203,13 @@ def test_the_exports_hold_the_route(config, fresh, monkeypatch):
     name, make = files["Graph as JSON (node-link)"]
     data = json.loads(make())
     assert {n["id"] for n in data["nodes"]} == set(graph.nodes) and data["graph"]["encoder_decoder"] is True
+
+
+def test_each_target_token_of_an_attribution_opens_its_route(config, fresh, monkeypatch):
+    app = start(config, monkeypatch, {"model": "tiny-marian", "target": TARGET, "attr_method": "attention"})
+    check(goto(app, "attribution"))
+    app.button(key="attribution_explore_3_button").click().run()
+    check(app)
+    assert state(app).route.position == 3 and state(app).route.selected is None  # decoder position 3 predicts target token 3
+    assert app.select_slider(key=widget_key("route.position")).value == 3
+    assert_same_route(drawn(app), llm_flow.seq2seq_route(fresh["marian"], 3, 0.04, True))
