@@ -2,7 +2,8 @@
 T5 (pre-RMSNorm) at unit gain (`save_strong_model`: at transformers' default init the residual
 carries > 99 % of every state and a route would have no cross edge). The drawn route must be the
 one `llm_flow.seq2seq_route` computes on a freshly loaded model; its settings and selection
-survive a page switch and travel in links; a bad link position gives one clear message."""
+survive a page switch and travel in links; a bad link position gives one clear message; a
+decoder node's logit lens is the model's tail on the state plain transformers computes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 import llm_flow
 from llm_flow.config import load_config
 from llm_flow.routes.graph import RouteOf
+from llm_flow.routes.nodes import NodeId
 from llm_flow.routes.seq2seq_graph import default_decoder_position
 from llm_flow.ui.permalink import link_from_state
 from llm_flow.ui.seq2seq_explorer import NO_CHECKS, NO_LENS, SPINNER
 from tests.app_helpers import active_run, download_files, goto, record_downloads, start, state, widget_key
+from llm_flow.views.tokens import display_token
+from tests.test_seq2seq_lens import reference_lens
 from tests.test_seq2seq_routes import save_strong_model
 
 FAMILIES = ["marian", "t5"]
@@ -125,7 +130,7 @@ def test_position_and_threshold_change_the_route_as_the_library_does(family, con
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_cross_edge_panel_shows_its_weight_and_heads(family, config, fresh, monkeypatch):
+def test_a_cross_edge_panel_shows_its_weight_and_heads_and_its_node_the_lens(family, config, folders, fresh, monkeypatch):
     app = explorer(config, monkeypatch, family)
     expected = llm_flow.seq2seq_route(fresh[family], state(app).route.position, 0.04, True)
     u, v = max(crosses(expected), key=lambda e: expected.edges[e]["weight"])
@@ -137,12 +142,22 @@ def test_a_cross_edge_panel_shows_its_weight_and_heads(family, config, fresh, mo
     shown = dict(zip(heads["head"], heads["contribution"]))
     assert shown == pytest.approx({f"H{h}": w for h, w in enumerate(data["heads"])}, abs=1e-6)
     assert len(shown) == fresh[family].model.info.n_heads and max(shown.values()) > 1e-3  # a real split
-    node = v  # the decoder state after cross-attention: its incoming edges and why there is no lens
+    node = v  # the decoder state after cross-attention: its incoming edges and its logit lens
     select(app, node)
     incoming = next(df.value for df in app.dataframe if list(df.value.columns) == ["from", "kind", "weight"])
     assert dict(zip(incoming["from"], incoming["weight"])) == pytest.approx(
         {a: d["weight"] for a, _, d in expected.in_edges(node, data=True)}, abs=1e-6)  # fmt: skip
+    lens = next(df.value for df in app.dataframe if list(df.value.columns) == ["token", "probability"])
+    run = fresh[family]
+    references, _ = reference_lens(folders[family], run.source_tokens.tolist(), run.decoder_tokens.tolist())
+    node_id = NodeId.parse(node)
+    probabilities = torch.softmax(references[(node_id.kind, node_id.layer)][node_id.position].double(), -1)
+    top = torch.topk(probabilities, 10)
+    assert lens["token"].tolist() == [display_token(t) for t in run.model.decode_tokens(top.indices.tolist())]
+    assert lens["probability"].tolist() == pytest.approx(top.values.tolist(), abs=1e-5)
+    select(app, u)  # the encoder's final state: no lens, and why
     assert NO_LENS in " ".join(c.value for c in app.caption)
+    assert not any(list(df.value.columns) == ["token", "probability"] for df in app.dataframe)
 
 
 def test_page_switch_and_back_keeps_position_threshold_and_selection(config, monkeypatch):

@@ -1,9 +1,10 @@
 """The Explorer for an encoder–decoder: the route of one decoder position across both stacks
 (:func:`llm_flow.seq2seq_route`), and a panel for the clicked node or edge.
 
-The decoder-only Explorer's panels read a Run's residual states (logit lens, promoted tokens,
-neurons); a `Seq2SeqRun` keeps the attention weights and logits only, so this panel shows what
-the route itself knows: weights, kinds, the per-head split, stacks and incoming edges.
+The panel shows what the route knows (weights, kinds, the per-head split, stacks, incoming
+edges) and, for the decoder's residual nodes, the logit lens
+(:mod:`llm_flow.views.seq2seq_lens`). The decoder-only panels' neurons, promoted tokens and
+attention maps read a decoder `Run`'s activations, which a `Seq2SeqRun` does not keep.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llm_flow.ui.seq2seq import pair_header
 from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import clicked_element, token_slider
 from llm_flow.views.route_summary import edges_frame
+from llm_flow.views.seq2seq_lens import pair_logit_lens
 from llm_flow.views.tokens import display_token
 
 CHART = "pair_route_chart"  # the plotly chart's selection state (Streamlit's own)
@@ -39,11 +41,9 @@ NO_CHECKS = (
     "decoder-only model's forward pass and score its next-token prediction; cutting edges across the two "
     "stacks (cross-attention) is not implemented, so they are not offered here."
 )
-NO_LENS = (
-    "No logit lens for encoder–decoders: it reads a residual state through the final norm and the unembedding, "
-    "and an encoder–decoder's analysis keeps only its attention weights and logits, not the decoder's states "
-    "layer by layer."
-)
+NO_LENS = "No logit lens on the encoder's nodes: the output head reads the decoder's states only."
+LENS = ("**Logit lens**: what this decoder state would predict, read through the model's own tail (the "
+        "decoder's final norm where it has one, and the output head)")  # fmt: skip
 
 
 def pair_explorer(run: Seq2SeqRun, threshold: float, renormalize: bool) -> None:
@@ -85,10 +85,10 @@ def pair_explorer(run: Seq2SeqRun, threshold: float, renormalize: bool) -> None:
             "Inspect", elements, placeholder="Click the graph, or choose a node or edge",
             format_func=lambda e: "(nothing)" if e is None else describe(graph, e), **bind("route.selected"),
         )  # fmt: skip
-        pair_element_panel(graph, state.route.selected)
+        pair_element_panel(run, graph, state.route.selected)
 
 
-def pair_element_panel(graph: nx.DiGraph, element: str | None) -> None:
+def pair_element_panel(run: Seq2SeqRun, graph: nx.DiGraph, element: str | None) -> None:
     """What the route knows about the selected node or edge."""
     if element is None:
         st.info("Click a node or an edge of the graph (or pick one under *Inspect*) to see what it carries.")
@@ -97,7 +97,7 @@ def pair_element_panel(graph: nx.DiGraph, element: str | None) -> None:
     if isinstance(selected, EdgeId):
         _edge_panel(graph, selected)
     else:
-        _node_panel(graph, selected)
+        _node_panel(run, graph, selected)
 
 
 def _edge_panel(graph: nx.DiGraph, edge: EdgeId) -> None:
@@ -130,7 +130,7 @@ def _edge_meaning(graph: nx.DiGraph, edge: EdgeId, kind: str) -> str:
     return f"**Residual stream** of {edge.target.stack} layer {layer} at position {edge.target.position} {target}."
 
 
-def _node_panel(graph: nx.DiGraph, node: NodeId) -> None:
+def _node_panel(run: Seq2SeqRun, graph: nx.DiGraph, node: NodeId) -> None:
     data = graph.nodes[str(node)]
     where = "embedding" if node.kind == "X" else f"layer {node.layer}, {node.spec.label}"
     st.subheader(f"{node}: {data['stack']}, {where}")
@@ -147,8 +147,18 @@ def _node_panel(graph: nx.DiGraph, node: NodeId) -> None:
         )  # fmt: skip
     else:
         st.markdown("No incoming edges: the route starts here (an embedding, or parts all at or below the threshold).")
-    if data["stack"] == "decoder" and node.is_residual:
+    if not node.is_residual:
+        return
+    if data["stack"] == "encoder":
         st.caption(NO_LENS)
+        return
+    st.markdown(LENS)
+    lens = pair_logit_lens(run, node.kind, node.layer, node.position, k=10)
+    st.dataframe(
+        pd.DataFrame({"token": [display_token(t.token) for t in lens], "probability": [t.probability for t in lens]}),
+        hide_index=True, width="stretch", key="pair_lens_table",
+        column_config={"probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)},
+    )  # fmt: skip
 
 
 def _exports(run: Seq2SeqRun, graph: nx.DiGraph, compact: bool) -> None:
