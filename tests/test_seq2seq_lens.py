@@ -1,9 +1,10 @@
 """The logit lens on an encoder–decoder's decoder nodes, against plain `transformers`: forward
 hooks on the model's own modules record the states a route's decoder nodes stand for (the first
 layer's input X, after self-attention A, after cross-attention C, after the layer I), and the
-tail is written out per family from the weights (Marian: the output head plus
-``final_logits_bias``; T5: the decoder's final RMSNorm, d_model^-1/2 with tied embeddings, the
-output head). Tiny Marian and T5 at unit gain, so that every layer's lens differs visibly."""
+tail is written out per family from the weights (Marian, BART: the output head plus
+``final_logits_bias``; mBART: the decoder's final LayerNorm first; T5: the decoder's final
+RMSNorm, d_model^-1/2 with tied embeddings, the output head). Tiny models at unit gain, so that
+every layer's lens differs visibly."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from llm_flow.errors import ArgumentError
 from llm_flow.views.seq2seq_lens import lens_logits, pair_logit_lens
 from tests.test_seq2seq_routes import save_strong_model
 
-FAMILIES = ["marian", "t5"]
+FAMILIES = ["marian", "t5", "bart", "mbart"]
 SOURCE = "The capital of France is Paris."
 TARGET = "Paris is the capital"
 
@@ -47,12 +48,19 @@ def reference_lens(folder: str, source_ids: list[int], decoder_ids: list[int]) -
             states[key] = (value[0] if isinstance(value, tuple) else value)[0].detach()
         return hook
 
+    pre_ln = model.config.model_type == "mbart"  # the states are the inputs of the next LayerNorms
     layers = decoder.block if t5 else decoder.layers
     handles.append(layers[0].register_forward_pre_hook(keep(("X", -1), pre=True), with_kwargs=True))
     for layer, block in enumerate(layers):
-        after_self, after_cross = (block.layer[0], block.layer[1]) if t5 else (block.self_attn_layer_norm, block.encoder_attn_layer_norm)
-        handles.append(after_self.register_forward_hook(keep(("A", layer)), with_kwargs=True))
-        handles.append(after_cross.register_forward_hook(keep(("C", layer)), with_kwargs=True))
+        if t5:
+            after = {"A": block.layer[0], "C": block.layer[1]}
+        elif pre_ln:
+            after = {"A": block.encoder_attn_layer_norm, "C": block.final_layer_norm}
+        else:
+            after = {"A": block.self_attn_layer_norm, "C": block.encoder_attn_layer_norm}
+        for kind, module in after.items():
+            handles.append(module.register_forward_pre_hook(keep((kind, layer), pre=True), with_kwargs=True) if pre_ln
+                           else module.register_forward_hook(keep((kind, layer)), with_kwargs=True))  # fmt: skip
         handles.append(block.register_forward_hook(keep(("I", layer)), with_kwargs=True))
     with torch.no_grad():
         out = model(input_ids=torch.tensor([source_ids]), decoder_input_ids=torch.tensor([decoder_ids]), use_cache=False)
@@ -62,7 +70,8 @@ def reference_lens(folder: str, source_ids: list[int], decoder_ids: list[int]) -
             scale = model.config.d_model**-0.5 if model.config.tie_word_embeddings else 1.0
             tail = lambda h: model.lm_head(decoder.final_layer_norm(h) * scale)  # noqa: E731
         else:
-            tail = lambda h: model.lm_head(h) + model.final_logits_bias[0]  # noqa: E731
+            norm = decoder.layer_norm if pre_ln else torch.nn.Identity()  # Marian and BART have no final norm
+            tail = lambda h: model.lm_head(norm(h)) + model.final_logits_bias[0]  # noqa: E731
         return {key: tail(state) for key, state in states.items()}, out.logits[0]
 
 
