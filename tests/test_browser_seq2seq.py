@@ -41,7 +41,8 @@ ROUTE_IDS_JS = """() => {
       t => t.customdata && t.customdata.some(c => String(c).startsWith('dec:'))));
   return gd ? gd.data.flatMap(t => t.customdata || []) : [];
 }"""
-TITLE_JS = "() => { const g = document.querySelector('.js-plotly-plot'); return g && g.layout ? g.layout.title.text : null; }"
+TITLE_JS = ("() => { const g = document.querySelector('.js-plotly-plot'); "
+            "return g && g.layout && g.layout.title ? g.layout.title.text : null; }")  # the route's figure has none
 
 
 def wait_for_title(page, start: str) -> str:
