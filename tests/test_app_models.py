@@ -144,10 +144,10 @@ def test_the_attribution_page_explains_the_mask_of_an_encoder(config, monkeypatc
     assert state(app).source.active.prompt == run.prompt and state(app).route.position == mask
 
 
-def test_an_encoder_decoder_opens_on_a_clear_message_in_the_explorer(tmp_path, monkeypatch):
-    """The route graph of an encoder–decoder is not built yet: choosing one opens the Explorer on
-    a message saying so, with links to the pages that explain the pair (tests/test_app_seq2seq.py
-    drives those pages), and no traceback."""
+def test_an_encoder_decoder_opens_on_its_route_in_the_explorer(tmp_path, monkeypatch):
+    """Choosing an encoder–decoder opens the Explorer on the route of the decoder position that
+    predicts the target's last word, across both stacks, with no traceback
+    (tests/test_app_seq2seq_explorer.py checks the route itself)."""
     folder = save_tiny_model("marian", tmp_path / "marian")
     (tmp_path / "prompts.json").write_text(json.dumps(["The capital of France is Paris."]))
     path = tmp_path / "local.json"
@@ -155,6 +155,6 @@ def test_an_encoder_decoder_opens_on_a_clear_message_in_the_explorer(tmp_path, m
                                 "prompts_file": "prompts.json"}))  # fmt: skip
     app = start(path, monkeypatch)
     assert not app.exception and not app.error
-    shown = " ".join(i.value for i in app.info)
-    assert "The route graph is not available for encoder–decoders" in shown
-    assert len(app.get("page_link")) == 3
+    position = state(app).route.position
+    assert f"edges for decoder position {position} " in " ".join(c.value for c in app.caption)
+    assert app.slider(key=widget_key("route.threshold")).value == 0.04  # the route settings are in the sidebar

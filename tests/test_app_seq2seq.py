@@ -1,7 +1,7 @@
 """The app's pages for encoder–decoders, driven headlessly with AppTest on a tiny Marian and a
 tiny T5 (and BART for the tabs): the three attention tabs show transformers' own ``output_attentions``, the Attribution
 page the scores of the library's attribution computed on its own, the Playground writes what
-plain ``generate`` writes; bad sources and targets are refused with one message and what was
+plain ``generate`` writes (the Explorer: tests/test_app_seq2seq_explorer.py); bad sources and targets are refused with one message and what was
 typed stays; pages that do not apply say why."""
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_a_bad_target_is_refused_and_stays_in_its_box(config, monkeypatch):
     assert app.text_area(key=widget_key("source.target_input")).value == "capital Paris"
 
 
-@pytest.mark.parametrize("page,name", [("explorer", "The route graph"), ("inside", "Inside"), ("dataset", "Dataset")])
+@pytest.mark.parametrize("page,name", [("inside", "Inside"), ("dataset", "Dataset")])
 def test_pages_that_do_not_apply_say_why_and_link_the_ones_that_do(page, name, config, monkeypatch):
     app = opened(config, monkeypatch, "marian", page)
     check(app)

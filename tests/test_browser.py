@@ -3,17 +3,12 @@ node and an edge, and check that the side panel follows. Screenshots go to test-
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
+from tests.browser_helpers import app_server
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
@@ -26,39 +21,13 @@ LAUNCH_ARGS = [
 ]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2):
     """The app as users start it, on the default config (SmolLM2 is already converted)."""
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (Debian package 'chromium'); browser tests skipped")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("LLM_FLOW_CONFIG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"streamlit did not start: {process.stdout.read()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with app_server(None, stop_timeout=30) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,22 @@
 """An encoder–decoder in a real headless Chromium, as a user goes through it: type a source,
-let the Playground write its target, look at the three attention tabs, visit the Explorer
-(a message, no route yet) and come back with the source, the target and the tab kept.
-Tiny random Marian: the pages and the session's state are the point. Screenshots go to
-test-output/browser/seq2seq_*.png."""
+let the Playground write its target, look at the three attention tabs, open the Explorer's route
+across both stacks and click a cross-attention edge, and come back with the source, the target
+and the tab kept. Tiny random Marian at unit gain (so that its routes have cross edges): the
+pages and the session's state are the point. Screenshots go to test-output/browser/seq2seq_*.png."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import REPO
+from tests.browser_helpers import app_server
 from tests.test_browser_attention import click_point
-from tests.test_browser import CHROMIUM, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
-from tests.tiny_models import save_tiny_model
+from tests.test_browser import CHROMIUM, SHOT_TIMEOUT, SHOTS, browser, click_element  # noqa: F401  (fixture)
+from tests.test_browser_state import wait_for_link
+from tests.test_seq2seq_routes import save_strong_model
 
 pytestmark = pytest.mark.browser
 SOURCE = "The cat sat on the mat."
@@ -31,35 +27,22 @@ def seq2seq_server(tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (Debian package 'chromium'); browser tests skipped")
     root = tmp_path_factory.mktemp("browser_seq2seq")
-    folder = save_tiny_model("marian", root / "marian")
+    folder = save_strong_model("marian", root / "marian")
     (root / "prompts.json").write_text(json.dumps(["The capital of France is Paris."]))
     config = root / "local.json"
     config.write_text(json.dumps({"default_model": "tiny-marian", "models": {"tiny-marian": {"source": str(folder)}},
                                   "prompts_file": "prompts.json", "limits": {"max_prompt_tokens": 48}}))  # fmt: skip
-    port = int(os.environ.get("LLM_FLOW_TEST_PORT") or free_port())  # a port of one's own on a shared machine
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_FLOW_CONFIG": str(config)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"streamlit did not start: {process.stdout.read()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
+    with app_server(config) as url:
+        yield url
 
 
-TITLE_JS = "() => { const g = document.querySelector('.js-plotly-plot'); return g && g.layout ? g.layout.title.text : null; }"
+ROUTE_IDS_JS = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.data && g.data.some(
+      t => t.customdata && t.customdata.some(c => String(c).startsWith('dec:'))));
+  return gd ? gd.data.flatMap(t => t.customdata || []) : [];
+}"""
+TITLE_JS = ("() => { const g = document.querySelector('.js-plotly-plot'); "
+            "return g && g.layout && g.layout.title ? g.layout.title.text : null; }")  # the route's figure has none
 
 
 def wait_for_title(page, start: str) -> str:
@@ -110,9 +93,22 @@ def test_type_a_source_write_its_target_see_three_tabs_and_come_back(seq2seq_ser
     no_traceback(page)
 
     page.get_by_role("link", name="Explorer").first.click()
-    page.get_by_text("The route graph is not available for encoder–decoders.").wait_for(timeout=60_000)
-    shoot(page, "05_explorer_message")
-    page.get_by_role("link", name="Attention: the encoder's").click()  # the message's own link
+    page.get_by_text(re.compile(r"\d+ nodes, \d+ edges for decoder position \d+")).wait_for(timeout=120_000)
+    ids = page.evaluate(ROUTE_IDS_JS)
+    assert any(i.startswith("enc:") for i in ids) and any(i.startswith("dec:") for i in ids), ids[:10]
+    shoot(page, "05_explorer_route")
+    cross = next((i for i in ids if i.startswith("enc:") and "->dec:C" in i), None)
+    assert cross is not None, f"the route has no cross-attention edge: {ids}"
+    click_element(page, cross)
+    page.get_by_text("Cross-attention of decoder layer").wait_for(timeout=60_000)
+    start, end = cross.split("->")
+    page.get_by_text(f"{start} → {end}").first.wait_for()
+    assert page.get_by_text(re.compile(r"^cross edge, weight \d\.\d{3}")).first.is_visible()
+    page.wait_for_timeout(1000)
+    no_traceback(page)
+    shoot(page, "05b_cross_edge_clicked")
+    wait_for_link(page, "sel", cross)  # the selection travels in the link
+    page.get_by_role("link", name="Attention").first.click()
     wait_for_title(page, "Cross-attention: Layer 1")  # the tab, the view and the layer were kept
     assert page.get_by_text(f"Source {SOURCE}").inner_text() == header  # and the pair
     params = parse_qs(urlparse(page.url).query)

@@ -9,17 +9,12 @@ models keep it quick: the state, not the model, is the point here.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_browser import CHROMIUM, LAUNCH_ARGS, SHOT_TIMEOUT, SHOTS, browser, free_port  # noqa: F401  (fixture)
+from tests.browser_helpers import app_server
+from tests.test_browser import CHROMIUM, LAUNCH_ARGS, SHOT_TIMEOUT, SHOTS, browser  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 PAGES = ("Attention", "Attribution", "Playground", "Inside", "Dataset", "Guide", "Explorer")
@@ -29,27 +24,8 @@ PAGES = ("Attention", "Attribution", "Playground", "Inside", "Dataset", "Guide",
 def tiny_server(tiny_config):
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (Debian package 'chromium'); browser tests skipped")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_FLOW_CONFIG": str(tiny_config)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"streamlit did not start: {process.stdout.read()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
+    with app_server(tiny_config) as url:
+        yield url
 
 
 def open_explorer(browser, url):

@@ -463,3 +463,19 @@ def test_parts_built_a_few_query_rows_at_a_time_give_the_same_shares(runs, refer
         run = runs[family]
         mine = seq2seq_module.seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
         assert_shares_match(mine, references[family][1])
+
+
+def test_routes_are_kept_with_the_run_and_counted_in_its_bytes(folders):
+    """The app's run cache is bounded by `nbytes`: what the routes keep must count in it."""
+    from llm_flow.routes.seq2seq_graph import shared_seq2seq_route
+
+    run = llm_flow.load_model(folders["t5"]).run_pair(SOURCE, TARGET)  # a run of its own: nothing kept yet
+    before = run.nbytes
+    graph = shared_seq2seq_route(run, 3, 0.04)
+    assert shared_seq2seq_route(run, 3 - run.n_decoder, 0.04) is graph  # kept, whichever way the position is said
+    assert shared_seq2seq_route(run, 3, 0.05) is not graph
+    assert nx.utils.graphs_equal(graph, seq2seq_route(run, 3, 0.04))
+    kept = run_contributions(run)
+    assert run_contributions(run) is kept
+    blocks = kept.encoder + kept.decoder_self + kept.cross
+    assert run.nbytes - before >= sum(block.heads.nbytes + block.residual.nbytes for block in blocks)

@@ -250,7 +250,7 @@ class Seq2SeqLlm(TransparentLlm):
         self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
     def unembed(self, residual, normalize=True) -> NoReturn:
-        self._refuse("the logit lens")
+        self._refuse("the logit lens of one prompt", _LENS_INSTEAD)
 
     def vocab_projection(self, vectors) -> NoReturn:
         self._refuse("promoted and suppressed tokens")
@@ -258,9 +258,9 @@ class Seq2SeqLlm(TransparentLlm):
     def _refuse_run(self, instead: str) -> NoReturn:
         raise UnsupportedModelError(
             f"{self.info.name}: {self.info.architecture} is an encoder–decoder: it reads a source and writes a "
-            "target, so it has no run of one prompt (the logit lens, the neuron view and the pages built on a "
-            f"run are for decoder-only and encoder models so far); {instead} gives its three attentions, and "
-            f"{_ROUTES_INSTEAD}"
+            "target, so it has no run of one prompt (the neuron view and the pages built on a run are for "
+            f"decoder-only and encoder models so far); {instead} gives its three attentions, "
+            f"{_ROUTES_INSTEAD}, and {_LENS_INSTEAD}"
         )
 
     def _refuse(self, what: str, instead: str | None = None) -> NoReturn:
@@ -272,6 +272,7 @@ class Seq2SeqLlm(TransparentLlm):
 
 
 _ROUTES_INSTEAD = "llm_flow.seq2seq_route(run, position) its routes across the encoder and the decoder"
+_LENS_INSTEAD = "llm_flow.views.seq2seq_lens.pair_logit_lens(run, kind, layer, position) the logit lens of its decoder's states"
 
 
 def seq2seq_refusal(architecture: str) -> str:

@@ -3,17 +3,20 @@ attention. Immutable like a decoder `Run`, so sessions can share it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from llm_flow.errors import ArgumentError
+from llm_flow.models.derived import DerivedStore
 from llm_flow.validation import SEQ2SEQ_STACKS as STACKS
 
 if TYPE_CHECKING:
     from llm_flow.models.seq2seq import Seq2SeqLlm
 
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +35,7 @@ class Seq2SeqRun:
     encoder_patterns: torch.Tensor  # [encoder layers, heads, S, S]
     decoder_patterns: torch.Tensor  # [decoder layers, heads, T, T] (causal)
     cross_patterns: torch.Tensor  # [decoder layers, heads, T, S]: decoder queries reading source tokens
+    derived_store: DerivedStore = field(default_factory=DerivedStore, repr=False, compare=False)
 
     @property
     def n_source(self) -> int:
@@ -46,12 +50,19 @@ class Seq2SeqRun:
         """The model wrote the target (greedily or sampled): no target text was given."""
         return self.target is None
 
+    def derived(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """`compute()`, kept with this run under `key` (a frozen dataclass that says what was
+        computed), as a decoder `Run` keeps its contributions and route graphs: see
+        `llm_flow.models.derived`."""
+        return self.derived_store.get(key, compute)
+
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensors the run holds (what the app's run cache counts)."""
+        """Bytes of the tensors the run holds and of what was derived from it so far (the
+        contributions, route graphs): what the app's run cache counts, so it grows with routes."""
         tensors = (self.source_tokens, self.decoder_tokens, self.logits, self.encoder_patterns,
                    self.decoder_patterns, self.cross_patterns)  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + self.derived_store.nbytes
 
     @property
     def target_ids(self) -> list[int]:

@@ -15,8 +15,6 @@ modules are not what this reads is refused, not drawn.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,20 +117,50 @@ def seq2seq_contributions(seq2seq: Seq2SeqLlm, source_ids: list[int], target_ids
 _BLOCK_NAMES = {"self": "self-attention", "cross": "cross-attention", "ffn": "FFN"}
 
 
+def decoder_states(seq2seq: Seq2SeqLlm, source_ids: list[int], target_ids: list[int]) -> dict[tuple[str, int], torch.Tensor]:
+    """The decoder's residual states that a route's decoder nodes stand for, from one pass with
+    the hooks the contributions use: ``("X", -1)`` the first layer's input, ``("A", l)`` after
+    self-attention, ``("C", l)`` after cross-attention, ``("I", l)`` after the layer; each [T, d]."""
+    hf = seq2seq.hf_seq2seq
+    blocks = {key: spec for key, spec in _blocks(hf).items() if key[0] == "decoder"}
+    records: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {key: {} for key in blocks}
+    device = next(hf.parameters()).device
+    with seq2seq.lock, torch.no_grad(), _recording(blocks, records):
+        hf(input_ids=torch.tensor([source_ids], device=device),
+           decoder_input_ids=torch.tensor([[seq2seq.decoder_start_token_id, *target_ids]], device=device),
+           return_dict=True, use_cache=False)  # fmt: skip
+    states = {}
+    for (_, layer, kind), spec in blocks.items():
+        record = records[("decoder", layer, kind)]
+        states[({"self": "A", "cross": "C", "ffn": "I"}[kind], layer)] = _state_after(spec, record)[0].detach().cpu()
+        if kind == "self" and layer == 0:
+            before = record["residual"] if spec.sublayer is not None else record["query_input" if spec.post_ln else "norm_input"]
+            states[("X", -1)] = before[0].detach().cpu()
+    return states
+
+
+def _state_after(spec: _Spec | _FfnSpec, record: dict) -> torch.Tensor:
+    """The state a block produced, as `_block` and `_ffn_block` read it: [1, T, d]."""
+    if isinstance(spec, _FfnSpec):
+        return record["whole"]
+    if spec.sublayer is not None:
+        return record["whole"]
+    if spec.post_ln:
+        return record["norm_output"]
+    return record["norm_input"] + record["attention_out"]
+
+
 def run_contributions(run: "Seq2SeqRun") -> Seq2SeqContributions:
-    """`seq2seq_contributions` of a run's own tokens, computed once per run (a run is immutable,
-    so every route drawn on it, at any threshold or target, shares them)."""
-    with _KEPT_LOCK:
-        kept = _KEPT.get(run)
-    if kept is None:
-        kept = seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
-        with _KEPT_LOCK:
-            _KEPT[run] = kept
-    return kept
+    """`seq2seq_contributions` of a run's own tokens, kept with the run (a run is immutable, so
+    every route drawn on it, at any threshold or target, shares them; counted in its bytes)."""
+    return run.derived(
+        ContributionsOf(), lambda: seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
+    )
 
 
-_KEPT: "weakref.WeakKeyDictionary[Seq2SeqRun, Seq2SeqContributions]" = weakref.WeakKeyDictionary()
-_KEPT_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class ContributionsOf:
+    """Key of a run's contributions in its derived store (they depend on nothing but the run)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ renormalised per node as in :mod:`llm_flow.routes.graph`, walked top-down from
 
 from __future__ import annotations
 
+from functools import partial
+
 import networkx as nx
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ import torch
 from llm_flow.errors import ArgumentError
 from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.routes.contributions import RowContributions
-from llm_flow.routes.graph import _add_edge, _add_node, _attention_edges, _sequential_layer, apply_threshold
+from llm_flow.routes.graph import RouteOf, _add_edge, _add_node, _attention_edges, _sequential_layer, apply_threshold
 from llm_flow.routes.nodes import NodeId
 from llm_flow.routes.seq2seq import BlockContributions, FfnContributions, Seq2SeqContributions, run_contributions
 from llm_flow.validation import DEFAULT_THRESHOLD, check_threshold
@@ -47,6 +49,17 @@ def seq2seq_route(
         run_contributions(run), run.source_str_tokens, run.decoder_str_tokens, position, threshold, renormalize,
         model=run.model.name, source_text=run.source, target_text=run.target,
     )  # fmt: skip
+
+
+def shared_seq2seq_route(
+    run: Seq2SeqRun, target: int, threshold: float = DEFAULT_THRESHOLD, renormalize: bool = True
+) -> nx.DiGraph:
+    """`seq2seq_route`, kept with the run (as `llm_flow.routes.graph.shared_graph` keeps a
+    decoder's): for pages that show the same route on every rerun and to every session. Shared,
+    so never modify it."""
+    threshold = check_threshold(threshold)
+    position = decoder_position(run, target)
+    return run.derived(RouteOf(position, threshold, renormalize), partial(seq2seq_route, run, position, threshold, renormalize))
 
 
 def decoder_position(run: Seq2SeqRun, target: int) -> int:

@@ -17,6 +17,7 @@ from llm_flow.errors import LlmFlowError
 from llm_flow.models.run import Run
 from llm_flow.models.seq2seq import Seq2SeqLlm
 from llm_flow.models.seq2seq_run import Seq2SeqRun
+from llm_flow.routes.seq2seq_graph import default_decoder_position
 from llm_flow.ui.jobs import Job, jobs
 from llm_flow.ui.resources import ModelKey, get_model, get_run, seq2seq_work
 from llm_flow.ui.state import get_state
@@ -158,12 +159,17 @@ def _accept(request: Request, run: Run | Seq2SeqRun) -> None:
     source.awaited_prompt = source.watched = None
     position, source.pending_position = source.pending_position, None
     length = explained_positions(run)
+    pair = isinstance(run, Seq2SeqRun)
     if position is not None and not -length <= position < length:
-        notice = f"Token {position} is out of range for this prompt ({plural(length, 'token')}); explaining the last one."
+        notice = (
+            f"Decoder position {position} is out of range for this pair (the decoder reads the start token and "
+            f"{plural(length - 1, 'target token')}: positions 0–{length - 1}); explaining position {default_decoder_position(run)}."
+            if pair else f"Token {position} is out of range for this prompt ({plural(length, 'token')}); explaining the last one."
+        )  # fmt: skip
         source.notices = (*source.notices, notice)
         position = None
     if position is None:
-        position = length - 1 if isinstance(run, Seq2SeqRun) else default_target(run)
+        position = default_decoder_position(run) if pair else default_target(run)
     state.route.position = position % length
     state.route.selected, source.pending_selected = source.pending_selected, None
     if previous is not None and previous.prompt != request.prompt:

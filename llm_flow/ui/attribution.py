@@ -72,35 +72,37 @@ def attribution_page(analysis: Analysis) -> None:
     entry = analysis.config.model(model.name)
     target = _target_controls(run.prompt, bool(entry and entry.chat_template), model.info.bidirectional)
     method, options = _method_controls(model)
-    foil, function = _contrast_controls()
+    foil, function = contrast_controls()
     request = ("result", target, method, tuple(sorted(options.items())), foil, function)
     state = get_state().attribution
     try:
-        sequence = _cached(("sequence", target), lambda: _prepare(model, target))
+        sequence = keep_result(("sequence", target), lambda: _prepare(model, target))
         chosen = get_method(method, **options)
-        result = _recent().get(request)
-        if result is None and _go_ahead(request, sequence, chosen):
+        result = recent_results().get(request)
+        if result is None and go_ahead(request, sequence, chosen):
             result = cancellable(
                 lambda progress: attribute_sequence(model, sequence, chosen, foil=foil, function=function, progress=progress),
-                chosen.label, key="attribution", on_cancel=lambda: _cancel(request),
+                chosen.label, key="attribution", on_cancel=lambda: cancel_request(request),
             )  # fmt: skip
-            _cached(request, lambda: result)
+            keep_result(request, lambda: result)
     except LlmFlowError as exc:
         st.error(sentence(str(exc)))
         return
     if result is None:  # not computed (yet): what was on screen stays
-        previous = _recent().get(state.shown)
+        previous = recent_results().get(state.shown)
         if previous is None:
             return
         st.caption("Below: the previous result, for the settings before this change.")
         request, result = state.shown, previous
-        sequence = _recent().get(("sequence", request[1]), sequence)
+        sequence = recent_results().get(("sequence", request[1]), sequence)
     state.shown = request
     shown = result.by_words() if state.words else result
-    _results(model, sequence, shown)
+    show_result(model, sequence, shown)
 
 
-def _cancel(request: tuple) -> None:
+def cancel_request(request: tuple) -> None:
+    """*Cancel* on a running attribution: it is not restarted on its own (see `go_ahead`).
+    Shared with the encoder–decoder page."""
     state = get_state().attribution
     state.cancelled, state.confirmed = request, None
 
@@ -194,7 +196,9 @@ def _method_controls(model: TransparentLlm) -> tuple[str, dict[str, object]]:
     return method, options
 
 
-def _contrast_controls() -> tuple[str | None, str]:
+def contrast_controls() -> tuple[str | None, str]:
+    """The foil, the explained score and the words toggle, shared with the encoder–decoder page;
+    returns (foil or None, "probability" or "logit")."""
     left, right, words = st.columns([2, 2, 1], vertical_alignment="bottom")
     left.text_input("Foil (contrastive)", placeholder="e.g. ' London'",
                     help="One token. Gradient and occlusion methods then explain the target's "
@@ -208,13 +212,16 @@ def _contrast_controls() -> tuple[str | None, str]:
 # --- computation ------------------------------------------------------------------------------
 
 
-def _recent() -> OrderedDict:
-    """Recent sequences and results of this session, so going back to a method is instant."""
+def recent_results() -> OrderedDict:
+    """Recent sequences and results of this session, so going back to a method is instant (on
+    this page and the encoder–decoder's)."""
     return st.session_state.setdefault(CACHE, OrderedDict())
 
 
-def _cached(key: tuple, compute):
-    cache = _recent()
+def keep_result(key: tuple, compute):
+    """`compute()` kept under `key` among this session's recent results (the oldest go beyond
+    `_KEPT`), or the one kept already."""
+    cache = recent_results()
     if key not in cache:
         cache[key] = compute()
         while len(cache) > _KEPT:
@@ -223,7 +230,7 @@ def _cached(key: tuple, compute):
     return cache[key]
 
 
-def _go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
+def go_ahead(request: tuple, sequence: Sequence, method: Method) -> bool:
     """Start at once unless the request would take minutes: then say what it costs and wait
     for *Compute* (a page that computes on every change must not freeze on a long prompt); past
     an hour on this machine, refuse and say what would be quicker."""
@@ -268,7 +275,9 @@ def _prepare(model: TransparentLlm, target: _Target) -> Sequence:
 # --- results ----------------------------------------------------------------------------------
 
 
-def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
+def show_result(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
+    """The heatmap, the explained token's text, the Explorer buttons, the step scores and the
+    exports of one result: the same for a decoder's prompt and an encoder–decoder's pair."""
     figure = attribution_heatmap(result)
     st.plotly_chart(figure, key=CHART, on_select=_on_heatmap_click, selection_mode="points",
                     width="stretch", config={"displaylogo": False})  # fmt: skip
@@ -280,8 +289,7 @@ def _results(model: TransparentLlm, sequence: Sequence, result: Attribution) -> 
              required=True, format_func=labels.__getitem__, **bind("attribution.step"))  # fmt: skip
     step = state.step
     st.html(step_html(result, step))
-    if result.n_source is None:  # an encoder–decoder's pair has no route in the Explorer yet
-        _explorer_links(model, sequence, result)
+    _explorer_links(model, sequence, result)
     st.subheader("Step scores")
     st.dataframe(step_table(result), hide_index=True)
     _exports(result, figure)
@@ -300,12 +308,15 @@ def _on_heatmap_click() -> None:
 
 def _explorer_links(model: TransparentLlm, sequence: Sequence, result: Attribution) -> None:
     """One button per generated token: its context becomes the active prompt in the Explorer,
-    whose route then explains the prediction of that very token."""
+    whose route then explains the prediction of that very token (an encoder–decoder's pair stays
+    on screen: decoder position `step` predicts target token `step`)."""
     st.caption("Open in the Explorer: the route to the prediction of")
     with st.container(horizontal=True):
         for step, token in enumerate(result.targets):
             if st.button(f"{step}: {display_token(token)}", key=f"attribution_explore_{step}_button"):
-                if sequence.position is not None:  # an encoder: the same prompt, on its mask
+                if result.n_source is not None:
+                    frame.open_in_explorer(position=step)
+                elif sequence.position is not None:  # an encoder: the same prompt, on its mask
                     frame.open_prompt(sequence.prompt, position=sequence.position)
                 else:
                     frame.open_prompt(context_text(model, sequence.ids[: sequence.n_prompt + step]), position=-1)

@@ -17,14 +17,14 @@ from llm_flow.routes.nodes import EDGE_SEPARATOR, NodeId
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.models.seq2seq_run import Seq2SeqRun
-from llm_flow.ui.seq2seq import not_for_pairs
+from llm_flow.ui.seq2seq_explorer import pair_explorer
 from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.panels import describe, element_panel, predictions_panel
 from llm_flow.ui.faithfulness_panel import drawn_graph, faithfulness_panel
 from llm_flow.faithfulness.problem import NO_FAITHFULNESS
 from llm_flow.ui.route_check import route_check_panel
 from llm_flow.ui.state import bind, get_state
-from llm_flow.ui.widgets import token_slider
+from llm_flow.ui.widgets import clicked_element, token_slider
 from llm_flow.views.tokens import display_token
 
 CHART = "explorer_route_chart"  # the plotly chart's selection state (Streamlit's own)
@@ -37,9 +37,7 @@ def explorer_page(analysis: Analysis) -> None:
         st.info("Choose a model and a prompt in the sidebar to begin.")
         return
     if isinstance(run, Seq2SeqRun):
-        not_for_pairs("The route graph", "Routes across the encoder and the decoder (cross-attention edges from the "
-                      "source tokens' final encoder states) are being built, and the route checks need them; until "
-                      "then these pages explain the pair:")
+        pair_explorer(run, analysis.threshold, analysis.renormalize)
         return
     state = get_state()
     token_slider(run, "Token to explain", help="The route explains the model's prediction of the token that follows this one.")
@@ -164,21 +162,6 @@ def _on_graph_click() -> None:
     element = clicked_element(st.session_state.get(CHART))
     if element is not None:
         get_state().route.selected = element
-
-
-def clicked_element(chart_state) -> str | None:
-    """The element id of the first clicked point in a plotly selection state, if any."""
-    try:
-        points = chart_state["selection"]["points"]
-    except (KeyError, TypeError):
-        return None
-    for point in points:
-        data = point.get("customdata")
-        if isinstance(data, list):
-            data = data[0] if data else None
-        if isinstance(data, str):
-            return data
-    return None
 
 
 def _node_order(name: str) -> tuple[int, int, str]:

@@ -78,8 +78,7 @@ def prepare(config: Config) -> tuple[Analysis, st.delta_generator.DeltaGenerator
     with st.sidebar:
         model_controls(config, run.model if run is not None else None)
         prompt_controls(config, run)
-        if not isinstance(run, Seq2SeqRun):  # no route graph for an encoder–decoder yet
-            route_controls()
+        route_controls()
         link_slot = st.empty()
     for notice in state.source.notices:
         st.warning(notice)

@@ -15,7 +15,7 @@ from llm_flow.attribution.base import BASELINES
 from llm_flow.attribution.seq2seq import SEQ2SEQ_METHODS, attribute_pair, pair_sequence, seq2seq_method
 from llm_flow.errors import LlmFlowError
 from llm_flow.models.seq2seq_run import Seq2SeqRun
-from llm_flow.ui.attribution import _cached, _cancel, _contrast_controls, _go_ahead, _recent, _results
+from llm_flow.ui.attribution import cancel_request, contrast_controls, go_ahead, keep_result, recent_results, show_result
 from llm_flow.ui.long_work import cancellable
 from llm_flow.ui.seq2seq import pair_header
 from llm_flow.ui.state import bind, get_state
@@ -30,30 +30,30 @@ def seq2seq_attribution_page(run: Seq2SeqRun) -> None:
                "the target tokens before it (blank: not yet written at that step).")  # fmt: skip
     _fit_to_run(run)
     method, options = _method_controls(run)
-    foil, function = _contrast_controls()
+    foil, function = contrast_controls()
     request = ("pair", get_state().source.active, method, tuple(sorted(options.items())), foil, function)
     state = get_state().attribution
     sequence = pair_sequence(run)
     try:
         chosen = seq2seq_method(run.model, method, options)
-        result = _recent().get(request)
-        if result is None and _go_ahead(request, sequence, chosen):
+        result = recent_results().get(request)
+        if result is None and go_ahead(request, sequence, chosen):
             result = cancellable(
                 lambda progress: attribute_pair(run, chosen, foil=foil, function=function, progress=progress),
-                chosen.label, key="attribution", on_cancel=lambda: _cancel(request),
+                chosen.label, key="attribution", on_cancel=lambda: cancel_request(request),
             )  # fmt: skip
-            _cached(request, lambda: result)
+            keep_result(request, lambda: result)
     except LlmFlowError as exc:
         st.error(sentence(str(exc)))
         return
     if result is None:  # not computed (yet): what was on screen stays, if it was this pair's
-        previous = _recent().get(state.shown)
+        previous = recent_results().get(state.shown)
         if previous is None or state.shown[:2] != request[:2]:
             return
         st.caption("Below: the previous result, for the settings before this change.")
         request, result = state.shown, previous
     state.shown = request
-    _results(run.model, sequence, result.by_words() if state.words else result)
+    show_result(run.model, sequence, result.by_words() if state.words else result)
 
 
 def _fit_to_run(run: Seq2SeqRun) -> None:
