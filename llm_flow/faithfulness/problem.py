@@ -88,7 +88,7 @@ class Problem:
     @cached_property
     def full(self) -> float:
         """m(M): the clean run's metric."""
-        return float(self.contrast.value(self.run.logits[self.contrast.position]))
+        return float(self.contrast.value(self.run.position_logits(self.contrast.position)))
 
     @cached_property
     def empty(self) -> float:

@@ -48,6 +48,9 @@ class ModelInfo:
     n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
     experts_per_token: int = 0
     encoder_layers: int = 0  # an encoder–decoder: its encoder's layers (n_layers counts the decoder's)
+    # attention rows rebuilt from kept queries and keys on a fast-attention pass (issue 21);
+    # False: every layer's pattern is stored (attention llm-flow cannot rebuild exactly)
+    recomputed_rows: bool = False
 
 
 class TransparentLlm(ABC):

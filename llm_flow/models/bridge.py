@@ -7,6 +7,8 @@ packed to its causal triangle in the hook, so a full [H, T, T] copy per layer ne
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
 from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.experts import ExpertRouting, MoeLayer
+from llm_flow.models.fast_attention import Capture, attention_modules, capturing_attention
 from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
@@ -84,6 +87,16 @@ class BridgeLlm(TransparentLlm):
             n_experts=0 if moe is None else moe.n_experts,
             experts_per_token=0 if moe is None else moe.experts_per_token,
         )
+
+    @property
+    def recomputed_rows(self) -> bool:
+        """Rows rebuilt from kept queries and keys, on a pass with fast attention; the load-time
+        probe turns it on where that reproduces the eager pattern (probe.choose_row_storage)."""
+        return self.info.recomputed_rows
+
+    @recomputed_rows.setter
+    def recomputed_rows(self, on: bool) -> None:
+        self.info = dataclasses.replace(self.info, recomputed_rows=on)
 
     # --- the underlying modules ---------------------------------------------------------------
 
@@ -176,30 +189,42 @@ class BridgeLlm(TransparentLlm):
         store: dict[str, object] = {}
         routed: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self._moe}
         handles = [handle for layer, moe in self._moe.items() for handle in moe.capture(routed[layer])]
+        attention = [block.attn for block in self._bridge.blocks]
+        capture = Capture(attention_modules(attention), causal=not self._bidirectional)
+        passes = capturing_attention(self.hf_model, attention, capture) if self.recomputed_rows else self.no_kept_patterns()
         try:
-            with self._lock, torch.inference_mode(), self.no_kept_patterns():
-                logits = self._bridge.run_with_hooks(
-                    tokens[None], fwd_hooks=self._hooks(store), return_type="logits", **self._segments(ids, device)
-                )
+            with self._lock, torch.inference_mode(), passes:
+                # the Run keeps no logits (Run.position_logits): the head runs on the last token only
+                self._bridge.run_with_hooks(
+                    tokens[None], fwd_hooks=self._hooks(store), return_type=None, **self._last_logits_only(),
+                    **self._segments(ids, device),
+                )  # fmt: skip
                 for layer, moe in self._moe.items():
                     store[f"{layer}.neuron_acts"], store[f"{layer}.experts"] = moe.activations(routed[layer])
         finally:
             for handle in handles:
                 handle.remove()
+        if self.recomputed_rows:
+            missing = [layer for layer in range(self.info.n_layers) if layer not in capture.patterns]
+            if missing:
+                raise UnsupportedModelError(
+                    f"{self.name}: layer {missing[0]}'s attention did not go through the attention "
+                    "function whose queries and keys llm-flow keeps"
+                )
+            for layer in range(self.info.n_layers):
+                store[f"blocks.{layer}.attn.hook_v"] = capture.values[layer]
+                store[f"blocks.{layer}.attn.hook_pattern"] = capture.patterns[layer]
         layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
-        if self._no_lm_head:  # the bridge's logits come from a head the checkpoint did not have
-            logits = self.unembed(layers[-1].resid_post)[None]
-        return Run(
-            model=self,
-            prompt=prompt,
-            tokens=tokens,
-            str_tokens=self.decode_tokens(ids),
-            logits=logits[0].float(),
-            layers=layers,
-        )
+        return Run(model=self, prompt=prompt, tokens=tokens, str_tokens=self.decode_tokens(ids), layers=layers)
+
+    def _last_logits_only(self) -> dict[str, int]:
+        """``logits_to_keep=1`` where the model takes it (causal LMs): no [T, vocab] in the pass."""
+        accepts = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+        return {"logits_to_keep": 1} if accepts else {}
 
     def _hooks(self, store: dict[str, object]) -> list[tuple[str, Callable]]:
-        """One storing hook per name; the key is the name we asked for (some are aliases)."""
+        """One storing hook per name; the key is the name we asked for (some are aliases). With
+        recomputed rows, the values and patterns come from the capturing attention instead."""
 
         def storing(name: str) -> Callable:
             def hook(tensor: torch.Tensor, hook) -> None:
@@ -211,7 +236,8 @@ class BridgeLlm(TransparentLlm):
 
             return hook
 
-        return [(name, storing(name)) for name in self._hook_names()]
+        captured = ("attn.hook_v", "attn.hook_pattern") if self.recomputed_rows else ()
+        return [(name, storing(name)) for name in self._hook_names() if not name.endswith(captured)]
 
     @contextmanager
     def no_kept_patterns(self) -> Iterator[None]:
