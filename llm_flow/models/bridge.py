@@ -189,11 +189,8 @@ class BridgeLlm(TransparentLlm):
         store: dict[str, object] = {}
         routed: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self._moe}
         handles = [handle for layer, moe in self._moe.items() for handle in moe.capture(routed[layer])]
-        attention = [block.attn for block in self._bridge.blocks]
-        capture = Capture(attention_modules(attention), causal=not self._bidirectional)
-        passes = capturing_attention(self.hf_model, attention, capture) if self.recomputed_rows else self.no_kept_patterns()
         try:
-            with self._lock, torch.inference_mode(), passes:
+            with self._lock, torch.inference_mode(), self.rows_pass() as capture:
                 # the Run keeps no logits (Run.position_logits): the head runs on the last token only
                 self._bridge.run_with_hooks(
                     tokens[None], fwd_hooks=self._hooks(store), return_type=None, **self._last_logits_only(),
@@ -238,6 +235,17 @@ class BridgeLlm(TransparentLlm):
 
         captured = ("attn.hook_v", "attn.hook_pattern") if self.recomputed_rows else ()
         return [(name, storing(name)) for name in self._hook_names() if not name.endswith(captured)]
+
+    @contextmanager
+    def rows_pass(self) -> Iterator[Capture | None]:
+        if not self.recomputed_rows:
+            with self.no_kept_patterns():
+                yield None
+            return
+        attention = [block.attn for block in self._bridge.blocks]
+        capture = Capture(attention_modules(attention), causal=not self._bidirectional)
+        with capturing_attention(self.hf_model, attention, capture):
+            yield capture
 
     @contextmanager
     def no_kept_patterns(self) -> Iterator[None]:

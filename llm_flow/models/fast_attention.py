@@ -39,6 +39,9 @@ class Capture:
         self.causal = causal
         self.patterns: dict[int, QueryKeyPattern] = {}
         self.values: dict[int, torch.Tensor] = {}  # [T, n_kv, d_head]
+        # layers whose output is computed from the kept rows instead of SDPA: an intervention
+        # that subtracts parts made from those rows then leaves exactly the rest
+        self.from_rows: set[int] = set()
 
 
 def _capturing_attention(
@@ -70,7 +73,7 @@ def _capturing_attention(
     pattern = QueryKeyPattern(query[0].transpose(0, 1).contiguous(), key[0].transpose(0, 1).contiguous(), rule)
     values = value[0].transpose(0, 1).contiguous()
     capture.patterns[layer], capture.values[layer] = pattern, values
-    if softcap is not None:
+    if softcap is not None or layer in capture.from_rows:
         return pattern.attend(values)[None], None  # [1, T, H, d]
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
@@ -90,7 +93,7 @@ def capturing_attention(hf_model: torch.nn.Module, attention_bridges: list[torch
     config = hf_model.config
     before = config._attn_implementation
     for bridge in attention_bridges:  # on the bridge itself: its __setattr__ would pass it down
-        object.__setattr__(bridge, "forward", functools.partial(_delegate, bridge.original_component))
+        object.__setattr__(bridge, "forward", functools.partial(_delegate, bridge))
     config._attn_implementation = NAME
     _local.capture = capture
     try:
@@ -102,9 +105,13 @@ def capturing_attention(hf_model: torch.nn.Module, attention_bridges: list[torch
             object.__delattr__(bridge, "forward")
 
 
-def _delegate(module: torch.nn.Module, *args, **kwargs):
-    """The wrapped ``transformers`` attention module itself, in place of the bridge's eager copy."""
-    return module(*args, **kwargs)
+def _delegate(bridge: torch.nn.Module, *args, **kwargs):
+    """The wrapped ``transformers`` attention module itself, in place of the bridge's eager copy;
+    its output still passes the bridge's ``hook_out`` (``hook_attn_out``, which interventions edit)."""
+    output = bridge.original_component(*args, **kwargs)
+    if isinstance(output, tuple):
+        return (bridge.hook_out(output[0]), *output[1:])
+    return bridge.hook_out(output)
 
 
 def attention_modules(attention_bridges: list[torch.nn.Module]) -> dict[int, int]:
