@@ -35,9 +35,11 @@ def held_bytes(run) -> int:
     shares storage with another in a fresh run), the pattern as the queries and keys it keeps
     (or its stored triangle); no logits."""
     total = run.tokens.numel() * run.tokens.element_size()
-    for layer in run.layers:
+    for index, layer in enumerate(run.layers):
         for item in dataclasses.fields(layer):
             value = getattr(layer, item.name)
+            if item.name == "resid_pre" and index > 0 and value is run.layers[index - 1].resid_post:
+                continue  # a block's input is the previous block's output, kept once
             if isinstance(value, QueryKeyPattern):
                 total += sum(t.numel() * t.element_size() for t in (value.queries, value.keys))
                 continue
@@ -51,6 +53,7 @@ def held_bytes(run) -> int:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_run_nbytes_counts_everything_it_holds(tiny_models, family):
     run = tiny_models(family).run(LONG)
+    assert all(run.layers[k].resid_pre is run.layers[k - 1].resid_post for k in range(1, run.n_layers))
     assert run.nbytes == held_bytes(run)
     llm_flow.build_graph(run, -1, 0.04)
     rows = [run.derived_store.peek(key) for key in run.derived_store.keys()]

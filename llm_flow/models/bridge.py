@@ -228,6 +228,8 @@ class BridgeLlm(TransparentLlm):
                 batchless = tensor[0]
                 if name.endswith("hook_pattern"):
                     store[name] = FullPattern(batchless) if self._bidirectional else CausalPattern(batchless)
+                elif (previous := _previous_output(store, name)) is not None and torch.equal(previous, batchless):
+                    store[name] = previous  # a block's input is the last one's output: kept once
                 else:
                     store[name] = batchless.clone()
 
@@ -446,6 +448,14 @@ class BridgeLlm(TransparentLlm):
             raise UnsupportedModelError(
                 f"{name}: post-block LayerNorm is not supported (only RMSNorm post-norms, as in Gemma)"
             )
+
+
+def _previous_output(store: dict[str, object], name: str) -> torch.Tensor | None:
+    """For ``blocks.{l}.hook_resid_pre`` (l > 0): the stored ``hook_resid_post`` of block l - 1."""
+    prefix, _, hook = name.rpartition(".")
+    layer = int(prefix.removeprefix("blocks.")) if hook == "hook_resid_pre" and prefix.startswith("blocks.") else 0
+    found = store.get(f"blocks.{layer - 1}.hook_resid_post") if layer > 0 else None
+    return found if isinstance(found, torch.Tensor) else None
 
 
 def _has_output_projection(mlp: torch.nn.Module) -> bool:

@@ -40,7 +40,8 @@ _CPU_ALLOCATION_FAILURE = ("can't allocate memory", "not enough memory")
 def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
     """Bytes a `Run` of `n_tokens` tokens holds right after ``model.run`` (see `Run.nbytes`).
 
-    Per layer: resid_pre, resid_post, mlp_out (and resid_mid for sequential blocks) [T, d_model];
+    Per layer: resid_post, mlp_out (and resid_mid for sequential blocks) [T, d_model], and the first
+    layer's resid_pre (every other layer's is the previous layer's resid_post, kept once);
     values [T, n_kv_heads, d_head]; FFN activations [T, d_mlp]; and what gives the attention
     rows: the queries and keys [T, H + n_kv_heads, d_head] (`ModelInfo.recomputed_rows`), or else
     the causal triangle of the pattern [H, T (T + 1) / 2] (an encoder's whole [H, T, T]); all in
@@ -49,7 +50,7 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
     """
     item = _item_bytes(info)
     t = n_tokens
-    residuals = 3 if info.parallel_blocks else 4
+    residuals = 2 if info.parallel_blocks else 3  # a block's input is the previous one's output, kept once
     if info.recomputed_rows:
         rows = t * (info.n_heads + info.n_kv_heads) * info.d_head
     else:
@@ -57,7 +58,7 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
     per_layer = item * (residuals * t * info.d_model + t * info.n_kv_heads * info.d_head + t * info.d_mlp + rows)
     if info.post_norms or info.post_ln:
         per_layer += 2 * 4 * t * info.d_model
-    return info.n_layers * per_layer + 8 * t
+    return info.n_layers * per_layer + item * t * info.d_model + 8 * t
 
 
 def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
