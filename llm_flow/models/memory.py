@@ -28,9 +28,11 @@ _ITEM_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Measured (benchmarks/run_memory.py and the T = 4096 runs of benchmarks/routes.py) the excess
 #: is about one; two keeps the estimate on the safe side.
 _LIVE_SCORE_TENSORS = 2
-#: With fast attention, copies of one block's [T, d_mlp + d_model + qkv width] intermediates
-#: alive at once on top of the run (measured with benchmarks/run_memory.py; rounded up).
-_LIVE_BLOCK_TENSORS = 3
+#: With fast attention, what the pass adds on top of the run it keeps, as a share of it: each
+#: block's freed intermediates leave holes between the kept tensors that the allocator does not
+#: hand back during the pass (measured with benchmarks/run_memory.py and benchmarks/routes.py:
+#: 0.25-0.35 of the run over GPT-2 and SmolLM2 shapes, T = 256 .. 16,384).
+_PASS_OVERHEAD = 0.35
 #: Gemma 2's soft-capped layers are attended from the kept rows in chunks of 2^24 scores,
 #: float32 and model dtype at once (llm_flow/models/query_keys.py).
 _SOFTCAP_CHUNK_BYTES = 3 * 4 * (1 << 24)
@@ -62,18 +64,17 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
 
 
 def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
-    """The run plus what the forward pass needs on top while it runs. With fast attention: one
-    block's intermediates (its FFN's hidden layers, its projections), a layer's soft-capped
-    scores computed in chunks (Gemma 2), and the float32 logits of the last token. With stored
-    patterns: a layer's full attention scores, alive twice."""
+    """The run plus what the forward pass needs on top while it runs. With fast attention: the
+    blocks' freed intermediates the allocator still holds (`_PASS_OVERHEAD`), a layer's
+    soft-capped scores computed in chunks (Gemma 2), the float32 logits of the last token. With
+    stored patterns: a layer's full attention scores, alive twice."""
     item = _item_bytes(info)
-    t = n_tokens
+    run = estimate_run_bytes(info, n_tokens)
     if info.recomputed_rows:
-        block = _LIVE_BLOCK_TENSORS * t * (info.d_mlp + info.d_model + (info.n_heads + 2 * info.n_kv_heads) * info.d_head)
-        transient = item * block + _SOFTCAP_CHUNK_BYTES * info.post_norms
+        transient = int(_PASS_OVERHEAD * run) + _SOFTCAP_CHUNK_BYTES * info.post_norms
     else:
-        transient = _LIVE_SCORE_TENSORS * info.n_heads * t * t * item
-    return estimate_run_bytes(info, t) + transient + 4 * info.vocab_size
+        transient = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * item
+    return run + transient + 4 * info.vocab_size
 
 
 def fitting_tokens(info: ModelInfo, budget: int) -> int:
