@@ -29,10 +29,14 @@ _ITEM_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: is about one; two keeps the estimate on the safe side.
 _LIVE_SCORE_TENSORS = 2
 #: With fast attention, what the pass adds on top of the run it keeps, as a share of it: each
-#: block's freed intermediates leave holes between the kept tensors that the allocator does not
-#: hand back during the pass (measured with benchmarks/run_memory.py and benchmarks/routes.py:
-#: 0.25-0.35 of the run over GPT-2 and SmolLM2 shapes, T = 256 .. 16,384).
+#: block's freed intermediates leave holes between the kept tensors that the C allocator does not
+#: hand back during the pass. Tensors over glibc's largest mmap threshold (32 MiB) are mapped on
+#: their own and returned when freed, so a [T, d_model] above it leaves about half as much
+#: (measured with benchmarks/routes.py on SmolLM2's shape: 0.36 of the run at T = 1,024 and
+#: 4,096, 0.17 at 16,384; GPT-2's shape leaves more in that process, see the README).
 _PASS_OVERHEAD = 0.35
+_PASS_OVERHEAD_MAPPED = 0.17
+_MMAP_THRESHOLD_MAX = 32 << 20
 #: Gemma 2's soft-capped layers are attended from the kept rows in chunks of 2^24 scores,
 #: float32 and model dtype at once (llm_flow/models/query_keys.py).
 _SOFTCAP_CHUNK_BYTES = 3 * 4 * (1 << 24)
@@ -71,7 +75,8 @@ def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
     item = _item_bytes(info)
     run = estimate_run_bytes(info, n_tokens)
     if info.recomputed_rows:
-        transient = int(_PASS_OVERHEAD * run) + _SOFTCAP_CHUNK_BYTES * info.post_norms
+        mapped = n_tokens * info.d_model * item > _MMAP_THRESHOLD_MAX
+        transient = int((_PASS_OVERHEAD_MAPPED if mapped else _PASS_OVERHEAD) * run) + _SOFTCAP_CHUNK_BYTES * info.post_norms
     else:
         transient = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * item
     return run + transient + 4 * info.vocab_size
