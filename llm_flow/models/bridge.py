@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
@@ -23,7 +24,7 @@ from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
 from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.experts import ExpertRouting, MoeLayer
-from llm_flow.models.fast_attention import Capture, attention_modules, capturing_attention
+from llm_flow.models.fast_attention import Capture, attention_modules, capturing_attention, own
 from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
@@ -230,6 +231,8 @@ class BridgeLlm(TransparentLlm):
                     store[name] = FullPattern(batchless) if self._bidirectional else CausalPattern(batchless)
                 elif (previous := _previous_output(store, name)) is not None and torch.equal(previous, batchless):
                     store[name] = previous  # a block's input is the last one's output: kept once
+                elif self.recomputed_rows:  # the fresh tensor itself; the load-time probe checks
+                    store[name] = own(batchless)  # (against the cloning pass) that nothing edits it later
                 else:
                     store[name] = batchless.clone()
 
@@ -246,8 +249,17 @@ class BridgeLlm(TransparentLlm):
             return
         attention = [block.attn for block in self._bridge.blocks]
         capture = Capture(attention_modules(attention), causal=not self._bidirectional)
-        with capturing_attention(self.hf_model, attention, capture):
+        with capturing_attention(self.hf_model, attention, capture, self._unread_norms()):
             yield capture
+
+    def _unread_norms(self) -> list[torch.nn.Module]:
+        """Norm bridges whose scale nothing reads: all of them, unless the model has post-norms or
+        post-LN blocks (their scales give the gains, docs/method.md#post-norms)."""
+        if self._post_norms or self._post_ln:
+            return []
+        found = [getattr(block, name, None) for block in self._bridge.blocks for name in ("ln1", "ln2")]
+        found.append(getattr(self._bridge, "ln_final", None))
+        return [norm for norm in found if isinstance(norm, NormalizationBridge)]
 
     @contextmanager
     def no_kept_patterns(self) -> Iterator[None]:

@@ -70,8 +70,9 @@ def _capturing_attention(
         softcap=None if softcap is None else float(softcap),
         window=None if window is None else int(window),
     )
-    pattern = QueryKeyPattern(query[0].transpose(0, 1).contiguous(), key[0].transpose(0, 1).contiguous(), rule)
-    values = value[0].transpose(0, 1).contiguous()
+    # kept as [T, heads, d_head] views of the tensors attention gets (fresh, never edited after)
+    pattern = QueryKeyPattern(own(query[0].transpose(0, 1)), own(key[0].transpose(0, 1)), rule)
+    values = own(value[0].transpose(0, 1))
     capture.patterns[layer], capture.values[layer] = pattern, values
     if softcap is not None or layer in capture.from_rows:
         return pattern.attend(values)[None], None  # [1, T, H, d]
@@ -85,14 +86,20 @@ def _register() -> None:
 
 
 @contextmanager
-def capturing_attention(hf_model: torch.nn.Module, attention_bridges: list[torch.nn.Module], capture: Capture) -> Iterator[None]:
+def capturing_attention(
+    hf_model: torch.nn.Module, attention_bridges: list[torch.nn.Module], capture: Capture,
+    norm_bridges: list[torch.nn.Module] = (),
+) -> Iterator[None]:
     """While inside, passes of `hf_model` made by this thread attend with SDPA and fill `capture`.
+    `norm_bridges`: norms whose scale no hook reads, run as the wrapped module alone too (the
+    bridge otherwise computes the norm's statistics a second time for its ``hook_scale``).
 
     The caller holds the model's lock: the config switch is seen by the shared modules."""
     _register()
     config = hf_model.config
     before = config._attn_implementation
-    for bridge in attention_bridges:  # on the bridge itself: its __setattr__ would pass it down
+    delegated = [*attention_bridges, *norm_bridges]
+    for bridge in delegated:  # on the bridge itself: its __setattr__ would pass it down
         object.__setattr__(bridge, "forward", functools.partial(_delegate, bridge))
     config._attn_implementation = NAME
     _local.capture = capture
@@ -101,14 +108,23 @@ def capturing_attention(hf_model: torch.nn.Module, attention_bridges: list[torch
     finally:
         _local.capture = None
         config._attn_implementation = before
-        for bridge in attention_bridges:
+        for bridge in delegated:
             object.__delattr__(bridge, "forward")
 
 
-def _delegate(bridge: torch.nn.Module, *args, **kwargs):
-    """The wrapped ``transformers`` attention module itself, in place of the bridge's eager copy;
-    its output still passes the bridge's ``hook_out`` (``hook_attn_out``, which interventions edit)."""
-    output = bridge.original_component(*args, **kwargs)
+def own(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself when it is all of its storage, else a copy: a view kept in a Run must not
+    keep a larger tensor alive (GPT-2's query is a third of its fused q, k, v)."""
+    if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
+        return tensor
+    return tensor.clone()
+
+
+def _delegate(bridge: torch.nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
+    """The wrapped ``transformers`` module itself, in place of the bridge's reimplementation;
+    input and output still pass the bridge's ``hook_in`` and ``hook_out`` (``hook_resid_mid`` is
+    ``ln2.hook_in``; interventions edit ``hook_attn_out``)."""
+    output = bridge.original_component(bridge.hook_in(hidden_states), *args, **kwargs)
     if isinstance(output, tuple):
         return (bridge.hook_out(output[0]), *output[1:])
     return bridge.hook_out(output)
