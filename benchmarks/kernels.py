@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import torch
 
+from llm_flow.models.run import CausalPattern
 from llm_flow.routes import proximity
 from llm_flow.routes.proximity import AttentionLayer
 
@@ -73,7 +74,8 @@ def direct_numba(whole, layer, vectors, positions) -> torch.Tensor:
     """A direct L1 kernel: one fused loop over d per (i, j, h), nothing materialised."""
     n_tokens = len(positions)
     out = whole.new_zeros(n_tokens, n_tokens, layer.pattern.n_heads)
-    _direct_kernel(whole.numpy(), layer.packed.numpy(), vectors.numpy(), out.numpy())
+    packed = CausalPattern(layer.pattern.dense()).packed.float()  # the causal triangle the kernel walks
+    _direct_kernel(whole.numpy(), packed.numpy(), vectors.numpy(), out.numpy())
     return out
 
 

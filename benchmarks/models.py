@@ -35,12 +35,15 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0")
 
 
-def hf_model(shape: str) -> PreTrainedModel:
-    """GPT-2-small or SmolLM2-135M shape, random weights, long enough context for T = 4096."""
+def hf_model(shape: str, attention: str = "eager") -> PreTrainedModel:
+    """GPT-2-small or SmolLM2-135M shape, random weights (the same for every call), long enough
+    context for T = 4096 (GPT-2's learned positions) or 32,768 (SmolLM2's rotary ones, raised
+    from its 8,192 for the long-prompt benchmark). `attention`: "eager" as llm-flow loads
+    models, "sdpa" for the plain forward pass it is compared with."""
     torch.manual_seed(0)
     if shape == "gpt2-small":
         config = GPT2Config(
-            n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=4096, attn_implementation="eager"
+            n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=4096, attn_implementation=attention
         )
         return GPT2LMHeadModel(config).eval()
     if shape == "smollm2-135m":
@@ -52,8 +55,8 @@ def hf_model(shape: str) -> PreTrainedModel:
             num_key_value_heads=3,
             vocab_size=49152,
             tie_word_embeddings=True,
-            max_position_embeddings=8192,
-            attn_implementation="eager",
+            max_position_embeddings=32768,
+            attn_implementation=attention,
         )
         return LlamaForCausalLM(config).eval()
     raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")

@@ -1,9 +1,11 @@
 """Benchmark: forward pass, our routes and contributions, and the naive reference, on one machine.
 
-    python -m benchmarks.routes            # GPT-2-small and SmolLM2-135M shapes, T = 64 .. 4096
+    python -m benchmarks.routes            # GPT-2-small and SmolLM2-135M shapes, T = 64 .. 4096, and 16,384 (SmolLM2)
     python -m benchmarks.routes --quick    # T = 64 and 256 only
 
-Each (model, T) case runs in a fresh child process (clean memory numbers); the naive reference
+Each (model, T) case runs in a fresh child process (clean memory numbers). In it, each trial
+times a plain `transformers` forward pass with SDPA attention (same weights, last token's logits
+only) and then `model.run`, alternating, so both see the same machine load. The naive reference
 runs in another child, with a time limit, and is skipped where its decomposition alone would not
 fit in memory. Prints a table, checks the project's targets, and writes the table as CSV and JSON
 into benchmarks/results/.
@@ -26,8 +28,14 @@ from pathlib import Path
 from benchmarks import memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL_LENGTHS = (64, 256, 1024, 4096)
+FULL_LENGTHS = (64, 256, 1024, 4096, 16384)
 QUICK_LENGTHS = (64, 256)
+#: Cases only worth running on one shape: the long prompt on the long-context model.
+LONG_ONLY = {16384: "smollm2-135m"}
+#: Contributions of every position cost T² rows per layer: measured up to this length.
+ALL_POSITIONS_MAX = 4096
+#: The naive reference (minutes at T = 1024) runs up to this length.
+NAIVE_MAX = 1024
 THRESHOLD = 0.04
 NAIVE_TIME_LIMIT_S = 600
 NAIVE_MEMORY_BUDGET = 20 * 2**30  # of the machine's 24 GiB; the model and the run need the rest
@@ -38,31 +46,53 @@ MIB = 2**20
 
 
 def ours_case(shape: str, n_tokens: int, repeat: int) -> dict:
-    """Forward pass, routes for the last token on a fresh run, contributions of all positions."""
+    """Plain SDPA forward and `model.run`, alternating; routes for the last token on the fresh
+    run; contributions of all positions (up to ALL_POSITIONS_MAX)."""
+    import torch
+
     import llm_flow
     from benchmarks import models
+    from llm_flow.models.memory import estimate_peak_bytes, estimate_run_bytes
 
     model = models.load(shape)
+    plain = models.hf_model(shape, attention="sdpa")
     _warm_up(model)
     prompt = models.prompt(n_tokens, model.info.vocab_size)
+    ids = torch.tensor([model.encode(prompt)])
+    _plain_forward(plain, ids[:, :16])
     trials = []
     for _ in range(repeat):
+        baseline = memory.measure(lambda: _plain_forward(plain, ids))
         forward = memory.measure(lambda: model.run(prompt))
         run = forward.result
         assert run.n_tokens == n_tokens, "the prompt must be exactly T tokens"
+        run_mib = run.nbytes / MIB
         routes = memory.measure(lambda: llm_flow.build_graph(run, -1, THRESHOLD))
         graph = routes.result
         routes.result = None
-        every = memory.measure(lambda: _all_positions(run))
-        trials.append(
-            {
-                "forward": _phase(forward),
-                "routes": _phase(routes) | {"nodes": graph.number_of_nodes(), "edges": graph.number_of_edges()},
-                "all_positions": _phase(every),
-            }
-        )
+        trial = {
+            "plain_forward": _phase(baseline),
+            "forward": _phase(forward) | {"run_mib": run_mib},
+            "routes": _phase(routes) | {"nodes": graph.number_of_nodes(), "edges": graph.number_of_edges()},
+        }
+        if n_tokens <= ALL_POSITIONS_MAX:
+            trial["all_positions"] = _phase(memory.measure(lambda: _all_positions(run)))
+        trials.append(trial)
         del run, forward, graph
-    return _best(trials) | {"process_peak_mib": _process_peak_mib(), "kernel": _kernel_name()}
+    estimates = {
+        "estimate_run_mib": estimate_run_bytes(model.info, n_tokens) / MIB,
+        "estimate_peak_mib": estimate_peak_bytes(model.info, n_tokens) / MIB,
+        "recomputed_rows": model.info.recomputed_rows,
+    }
+    return _best(trials) | estimates | {"process_peak_mib": _process_peak_mib(), "kernel": _kernel_name()}
+
+
+def _plain_forward(plain, ids) -> None:
+    """What a user of `transformers` runs: one forward pass, SDPA attention, the next token's logits."""
+    import torch
+
+    with torch.inference_mode():
+        plain(ids, logits_to_keep=1)
 
 
 def naive_case(shape: str, n_tokens: int) -> dict:
@@ -116,12 +146,13 @@ def _phase(measured: memory.Measurement) -> dict:
 
 
 def _best(trials: list[dict]) -> dict:
-    """Per phase, the fastest time (the machine is shared; the minimum is the least disturbed)
-    and the largest peak memory (memory is not disturbed by other processes; stay conservative)."""
+    """Per phase, the median time (the machine is shared; plain and ours alternate, so the median
+    of each sees the same load) and the largest peak memory (memory is not disturbed by other
+    processes; stay conservative)."""
     best = {}
     for phase in trials[0]:
-        runs = [t[phase] for t in trials]
-        best[phase] = min(runs, key=lambda p: p["seconds"]) | {"peak_mib": max(p["peak_mib"] for p in runs)}
+        runs = sorted((t[phase] for t in trials), key=lambda p: p["seconds"])
+        best[phase] = runs[len(runs) // 2] | {"peak_mib": max(p["peak_mib"] for p in runs)}
     return best
 
 
@@ -167,18 +198,17 @@ def naive_skip_reason(shape: str, n_tokens: int) -> str | None:
 
 
 def trials(n_tokens: int, repeat: int | None) -> int:
-    """Best of 3 on this shared machine, but one trial of the slow T = 4096 cases."""
+    """Median of 3 on this shared machine (plain and ours alternating), one trial at T = 16,384."""
     if repeat is not None:
         return repeat
-    return 3 if n_tokens <= 1024 else 1
+    return 3 if n_tokens <= 4096 else 1
 
 
-def run_case(shape: str, n_tokens: int, repeat: int | None) -> dict:
+def run_case(shape: str, n_tokens: int, repeat: int | None, naive_max: int = NAIVE_MAX) -> dict:
     started = time.perf_counter()
     ours = run_child(["--case", shape, str(n_tokens), "--repeat", str(trials(n_tokens, repeat))], timeout=None)
-    naive = naive_skip_reason(shape, n_tokens) or run_child(
-        ["--naive-case", shape, str(n_tokens)], timeout=NAIVE_TIME_LIMIT_S
-    )
+    skip = f"skipped: T > {naive_max}" if n_tokens > naive_max else naive_skip_reason(shape, n_tokens)
+    naive = skip or run_child(["--naive-case", shape, str(n_tokens)], timeout=NAIVE_TIME_LIMIT_S)
     print(f"  {shape} T={n_tokens}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return {"model": shape, "tokens": n_tokens, "trials": trials(n_tokens, repeat), "ours": ours, "naive": naive}
 
@@ -194,9 +224,13 @@ def table_rows(cases: list[dict]) -> list[dict]:
         else:
             forward = ours["forward"]
             naive_phase = naive["naive"] if isinstance(naive, dict) else None
-            for phase, label in (("forward", "forward pass (model.run)"), ("routes", "ours: build_graph(run, -1)"),
-                                 ("all_positions", "ours: contributions, all positions")):
-                rows.append(base | _row(label, ours[phase], forward, naive_phase if phase == "routes" else None))
+            plain = ours["plain_forward"]
+            rows.append(base | _row("plain transformers forward (SDPA)", plain, plain, None))
+            estimate = f"peak estimate {ours['estimate_peak_mib']:.0f} MiB ({ours['estimate_peak_mib'] / forward['peak_mib'] - 1:+.0%})"
+            rows.append(base | _row("forward pass (model.run)", forward, plain, None) | {"note": estimate})
+            for phase, label in (("routes", "ours: build_graph(run, -1)"), ("all_positions", "ours: contributions, all positions")):
+                if phase in ours:
+                    rows.append(base | _row(label, ours[phase], forward, naive_phase if phase == "routes" else None))
         if isinstance(naive, dict):
             note = "same routes as ours" if naive["same_routes"] else "ROUTES DIFFER FROM OURS"
             forward = ours["forward"] if isinstance(ours, dict) else None
@@ -265,6 +299,25 @@ def check_targets(cases: list[dict]) -> list[dict]:
             _check("GPT-2 shape T=1024: all positions <= 4x forward", every["seconds"] / fwd["seconds"], 4.0),
         ]
     for model in ("gpt2-small", "smollm2-135m"):
+        for tokens in (1024, 4096):
+            result = ours(model, tokens)
+            if result:
+                ratio = result["forward"]["seconds"] / result["plain_forward"]["seconds"]
+                checks.append(_check(f"{model} T={tokens}: model.run <= 1.2x plain SDPA forward", ratio, 1.2))
+    for (model, tokens), case in sorted(by_key.items()):
+        result = ours(model, tokens)
+        if result and tokens >= 1024:
+            error = abs(result["estimate_peak_mib"] / result["forward"]["peak_mib"] - 1)
+            checks.append(_check(f"{model} T={tokens}: peak estimate within 15% of measured forward peak", error, 0.15))
+    long_run = ours("smollm2-135m", 16384)
+    if (("smollm2-135m", 16384)) in by_key:
+        peak = long_run["process_peak_mib"] / 1024 if long_run else float("inf")
+        checks.append(_check("smollm2-135m T=16384: process peak GiB <= 12", peak, 12.0))
+        if long_run:
+            ratio = long_run["routes"]["seconds"] / long_run["forward"]["seconds"]
+            checks.append(_check("smollm2-135m T=16384: routes for the last token <= 0.2x forward", ratio, 0.2))
+    checks.append(_check("Llama-3.2-1B shape, bfloat16, T=32768: predicted weights + peak GiB <= 24", _llama_1b_at_32k(), 24.0))
+    for model in ("gpt2-small", "smollm2-135m"):
         case = by_key.get((model, 4096))
         if case:
             result = case["ours"]
@@ -275,6 +328,22 @@ def check_targets(cases: list[dict]) -> list[dict]:
             speedup = case["naive"]["naive"]["seconds"] / case["ours"]["routes"]["seconds"]
             checks.append(_check(f"{model} T=256: routes >= 50x faster than naive", speedup, 50.0, at_least=True))
     return checks
+
+
+def _llama_1b_at_32k() -> float:
+    """Weights plus `estimate_peak_bytes` of a 32,768-token run of Llama-3.2-1B's shape in
+    bfloat16 (from its published config; rows rebuilt from queries and keys), in GiB."""
+    from transformers import LlamaConfig
+
+    from llm_flow.models.memory import estimate_peak_bytes
+    from llm_flow.models.sizing import info_from_config
+
+    config = LlamaConfig(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=64, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
+    )  # fmt: skip
+    info = info_from_config(config, "Llama-3.2-1B", dtype="bfloat16")
+    return (info.n_params * 2 + estimate_peak_bytes(info, 32768)) / 2**30
 
 
 def _check(name: str, value: float, limit: float, at_least: bool = False) -> dict:
@@ -313,9 +382,10 @@ def footer(cases: list[dict]) -> str:
     counts = ", ".join(f"T={t}: {n}" for t, n in sorted(trial_counts.items()))
     return (
         f"\nMemory: {memory.DESCRIPTION}.\n"
-        f"Time: wall clock. Ours: per phase the fastest of several trials ({counts}) and the largest "
-        f"peak memory, each trial on a fresh run; naive: one trial on the same cached activations, "
-        f"its routes checked against ours.\n"
+        f"Time: wall clock. Per phase the median of several trials ({counts}), the plain forward and "
+        f"model.run alternating in one process, and the largest peak memory, each trial on a fresh run; "
+        f"time/fwd of model.run is against the plain SDPA forward, of the other phases against model.run; "
+        f"naive: one trial on the same cached activations, its routes checked against ours.\n"
         f"Routes: target = last token, threshold {THRESHOLD}, renormalised. Random weights give small "
         f"routes (graph column); a trained model's are larger, which costs ours only rows it visits."
     )
@@ -330,7 +400,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     print(f"Benchmarking {', '.join(args.models)} at T = {', '.join(map(str, lengths))} ...", file=sys.stderr)
-    cases = [run_case(shape, n, args.repeat) for shape in args.models for n in lengths]
+    cases = [
+        run_case(shape, n, args.repeat, args.naive_max)
+        for shape in args.models for n in lengths if LONG_ONLY.get(n, shape) == shape
+    ]  # fmt: skip
     rows, checks = table_rows(cases), check_targets(cases)
     print(format_table(rows))
     print(footer(cases))
@@ -349,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=SHAPES, default=list(SHAPES))
     parser.add_argument("--lengths", nargs="+", type=int, help="prompt lengths (overrides --quick)")
     parser.add_argument("--repeat", type=int, help="trials per case, fastest reported (default 3; 1 at T > 1024)")
+    parser.add_argument("--naive-max", type=int, default=NAIVE_MAX, help="longest prompt the naive reference runs on")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--case", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)
     parser.add_argument("--naive-case", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)

@@ -295,7 +295,9 @@ def test_edges_patching_cannot_change_are_inert_and_alti_can_rank_them_last(tiny
     # keeping or ablating them gives the same pass; one edge into the first differing token does not
     circuit = torch.rand(len(inert), generator=torch.Generator().manual_seed(1)) < 0.5
     with_inert, without = problem.logits(circuit | inert), problem.logits(circuit & ~inert)
-    assert (with_inert - without).abs().max() < 1e-5
+    # float32 noise only: the patched values come from the counterfactual Run's rows, rebuilt in
+    # other batch shapes than the pass's own (1e-7 relative); one changed edge moves them > 1e-4
+    assert (with_inert - without).abs().max() < 3e-5
     changed = int(torch.nonzero((problem.edges.position == first) & ~circuit)[0])
     assert (problem.logits(circuit | inert) - problem.logits(circuit | inert | (torch.arange(len(inert)) == changed))).abs().max() > 1e-4
     for other in ("mean", "zero"):

@@ -116,7 +116,7 @@ def test_a_step_draws_from_the_runs_last_logits(tiny_models):
     settings = SamplingSettings(temperature=1.2, top_p=0.95)
     run = model.run(PROMPT)
     stages, generation = step(run, settings, seeded_generator(3))
-    assert torch.equal(stages.logits, run.logits[-1])
+    assert torch.equal(stages.logits, run.position_logits(-1))
     assert generation.prompt_ids == tuple(run.tokens.tolist()) and generation.stop is None
     assert_same_draws(generation.tokens, generate(model, PROMPT, 1, settings, seeded_generator(3)).tokens)
 

@@ -178,7 +178,7 @@ def test_output_stages_equal_transformers_and_the_playground(family, family_walk
     close(matrix(walk, "unembed", "logits of the window"), logits[rows][:, ids], "the window's logits")
     settings = SamplingSettings(temperature=0.7, top_k=5, top_p=0.9)
     last = shared_walkthrough(run, 2, HEAD, -1, window=WINDOW, settings=settings, seed=3)
-    playground = sampling_stages(run.logits[-1], settings)  # what the Playground draws from
+    playground = sampling_stages(run.position_logits(-1), settings)  # what the Playground draws from
     assert torch.equal(last.sampling.probs, playground.probs)
     reference = torch.softmax(logits[-1] / 0.7, -1)
     kept = playground.kept

@@ -65,7 +65,8 @@ def _changed(actual: torch.Tensor, run) -> None:
 def test_removing_nothing_reproduces_the_run(runs, hf, family):
     run = runs[family]
     logits = ablated_logits(run, ablation(run, []))
-    assert (logits - run.logits).abs().max().item() <= 1e-5
+    # the Run's pass attends with SDPA, the intervention's eagerly: float32 rounding apart
+    assert (logits - run.logits).abs().max().item() <= 3e-5
     _close(logits, hf[family].logits(run.tokens.tolist()))
 
 
@@ -710,7 +711,7 @@ def test_bad_arguments(runs):
 def test_smollm2_route_beats_random_parts_of_its_size(smollm2):
     """On the real model the route's own parts carry far more of " Paris" than random ones."""
     run = smollm2.run("The capital of France is")
-    assert (ablated_logits(run, ablation(run, [])) - run.logits).abs().max().item() <= 1e-5
+    assert (ablated_logits(run, ablation(run, [])) - run.logits).abs().max().item() <= 5e-5  # SDPA vs eager rounding
     check = check_route(run, llm_flow.build_graph(run, threshold=0.04), draws=3, seed=0)
     assert check.token == " Paris" and check.unmodified.rank == 1
     assert check.route_only.probability > 10 * max(o.probability for o in check.random_only)

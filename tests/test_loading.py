@@ -80,12 +80,15 @@ def test_run_is_immutable(tiny_models):
 
 
 def test_run_keeps_only_what_the_maths_needs(tiny_models):
-    """Bounded memory: per layer a few [T, d] tensors and a packed causal pattern, no [T, T, H, d]."""
+    """Bounded memory: per layer a few [T, d] tensors and the queries and keys that rebuild its
+    attention rows; no [T, T] anything, no [T, vocab] logits."""
     model = tiny_models("gpt2")
     run = model.run(PROMPT)
     n_tokens, info = run.n_tokens, model.info
     act = run.layers[0]
-    assert act.pattern.nbytes == info.n_heads * n_tokens * (n_tokens + 1) // 2 * 4
+    assert info.recomputed_rows
+    assert act.pattern.nbytes == n_tokens * (info.n_heads + info.n_kv_heads) * info.d_head * 4
+    assert "logits" not in {f.name for f in dataclasses.fields(run)}
     assert act.values.shape == (n_tokens, info.n_kv_heads, info.d_head)
     assert act.neuron_acts.shape == (n_tokens, info.d_mlp)
     assert {f.name for f in dataclasses.fields(act)} == {

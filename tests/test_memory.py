@@ -20,6 +20,7 @@ import llm_flow
 from llm_flow.config import load_config
 from llm_flow.errors import MemoryLimitError
 from llm_flow.models.memory import estimate_peak_bytes, estimate_run_bytes, out_of_memory_as_error
+from llm_flow.models.query_keys import QueryKeyPattern
 from llm_flow.models.run import CausalPattern
 from tests.conftest import REPO
 from tests.tiny_models import FAMILIES, family_configs, tiny_tokenizer
@@ -31,11 +32,17 @@ MIB = 1 << 20
 
 def held_bytes(run) -> int:
     """Written out field by field: numel x element size of every tensor the Run holds (no view
-    shares storage with another in a fresh run), the pattern as its stored triangle."""
-    total = run.tokens.numel() * run.tokens.element_size() + run.logits.numel() * run.logits.element_size()
-    for layer in run.layers:
+    shares storage with another in a fresh run), the pattern as the queries and keys it keeps
+    (or its stored triangle); no logits."""
+    total = run.tokens.numel() * run.tokens.element_size()
+    for index, layer in enumerate(run.layers):
         for item in dataclasses.fields(layer):
             value = getattr(layer, item.name)
+            if item.name == "resid_pre" and index > 0 and value is run.layers[index - 1].resid_post:
+                continue  # a block's input is the previous block's output, kept once
+            if isinstance(value, QueryKeyPattern):
+                total += sum(t.numel() * t.element_size() for t in (value.queries, value.keys))
+                continue
             if isinstance(value, CausalPattern):
                 value = value.packed
             if value is not None:
@@ -46,6 +53,7 @@ def held_bytes(run) -> int:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_run_nbytes_counts_everything_it_holds(tiny_models, family):
     run = tiny_models(family).run(LONG)
+    assert all(run.layers[k].resid_pre is run.layers[k - 1].resid_post for k in range(1, run.n_layers))
     assert run.nbytes == held_bytes(run)
     llm_flow.build_graph(run, -1, 0.04)
     rows = [run.derived_store.peek(key) for key in run.derived_store.keys()]
@@ -143,10 +151,12 @@ else:
 
 def test_out_of_memory_during_a_run_is_a_clear_error(tmp_path):
     """A real out-of-memory inside the forward pass: a child process whose address space leaves
-    256 MiB to spare runs an 8k-token prompt (each layer's attention scores alone are 1 GiB)."""
+    256 MiB to spare runs an 8k-token prompt through FFNs 8,192 wide (one FFN hidden layer alone
+    is 253 MiB; attention, on SDPA, never makes a [T, T] tensor)."""
     tokenizer = tiny_tokenizer()
     model_class, config = family_configs(len(tokenizer))["llama"]
     config.max_position_embeddings = 16384
+    config.intermediate_size = 8192
     folder = tmp_path / "long-llama"
     model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -77,5 +77,8 @@ def test_the_probe_catches_logits_that_are_not_the_last_state():
     model, tokenizer = build_model("gpt2")
     loaded = llm_flow.load_model(model, tokenizer=tokenizer)
     run = loaded.run(PROMPT)
-    wrong = dataclasses.replace(run, logits=run.logits + torch.linspace(0, 1, run.logits.shape[-1]))
-    assert "logits" in first_mismatch(wrong, 1e-3)
+    with torch.no_grad():
+        own = model(run.tokens[None]).logits[0]  # the plain transformers model's logits
+    assert first_mismatch(run, 1e-3, own) is None
+    wrong = own + torch.linspace(0, 1, own.shape[-1])  # a head or final norm the Run does not model
+    assert "logits" in first_mismatch(run, 1e-3, wrong)

@@ -95,7 +95,9 @@ def test_head_maps_and_edge_ranking(case):
     layer = 2
     ref_heads, *_ = reference_contributions(ref[layer], run.parallel)
     for head in range(run.model.info.n_heads):
-        torch.testing.assert_close(attention_map(run, layer, head).double(), ref[layer].pattern[head], atol=1e-5, rtol=0)
+        # the Run's forward pass attends with SDPA, the reference eagerly: float32 rounding of
+        # the residual stream differs by ~1e-6 and peaked rows of this random model amplify it
+        torch.testing.assert_close(attention_map(run, layer, head).double(), ref[layer].pattern[head], atol=3e-5, rtol=0)
         torch.testing.assert_close(contribution_map(run, layer, head).double(), ref_heads[:, :, head], atol=1e-4, rtol=0)
     position, source = run.n_tokens - 1, 2
     ranked = edge_heads(run, layer, source, position)

@@ -39,7 +39,7 @@ def prepare_masked(
     if token is not None:
         target_token_id = single_token(model, token, role="token to explain at the mask")
     else:
-        target_token_id = int(model.run_ids(ids, prompt).logits[position].argmax())
+        target_token_id = int(model.run_ids(ids, prompt).position_logits(position).argmax())
     return Sequence(tuple(ids + [target_token_id]), len(ids), prompt, token is None, False, position)
 
 

@@ -95,8 +95,9 @@ class Problem:
 
     @cached_property
     def full(self) -> float:
-        """m(M): the clean run's metric."""
-        return float(self.contrast.value(self.run.logits[self.contrast.position]))
+        """m(M): the clean run's metric, by the same pass as every m(C) (every edge kept), so a
+        circuit's share never mixes two ways of computing the logits."""
+        return self.metric(torch.ones(len(self.edges), dtype=torch.bool))
 
     @cached_property
     def empty(self) -> float:

@@ -67,7 +67,8 @@ class PairsResult:
 
         def f(field: str) -> list[float]:
             means = [statistics.fmean(getattr(c, field)[k] for c in curves) for k in range(len(self.budgets))]
-            return [(m - empty) / (full - empty) for m in means]
+            # NaN when ablating everything leaves the pooled metric unchanged, as `Problem.normalised`
+            return [(m - empty) / (full - empty) if full != empty else float("nan") for m in means]
 
         return f("metric"), f("metric_absolute")
 

@@ -16,7 +16,7 @@ def predictions_figure(run: Run, k: int = 5) -> go.Figure:
     """Columns are positions (the prompt's tokens), rows the model's k most likely next tokens
     after each, coloured by probability; a cell's text is the predicted token."""
     start = max(0, run.n_tokens - MAX_COLUMNS)
-    probs = torch.softmax(run.logits[start:].float(), dim=-1)
+    probs = torch.softmax(run.rows_logits(range(start, run.n_tokens)), dim=-1)
     top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)  # [W, k]
     names = np.array(run.model.decode_tokens(top.indices.flatten().tolist()), dtype=object).reshape(top.indices.shape)
     labels = [f"{p} {display_token(run.str_tokens[p])}" for p in range(start, run.n_tokens)]

@@ -42,6 +42,7 @@ import torch
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
 from llm_flow.models.encoders import segment_inputs
+from llm_flow.models.fast_attention import Capture
 from llm_flow.models.run import Run
 from llm_flow.views.tokens import ranks
 
@@ -77,15 +78,17 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
     if bridge is None:
         raise UnsupportedModelError(f"{model.name}: interventions need a model loaded through TransformerLens")
     surgery = _PostLnSurgery if model.info.post_ln else _LayerSurgery
-    hooks = []
-    for layer, layer_removal in removal.layers.items():
-        hooks += surgery(run, layer, layer_removal, removal.ffn_mode).hooks()
     final: dict[str, torch.Tensor] = {}
-    if model.info.no_lm_head:  # the bridge's logits would come from a head the checkpoint lacks
-        hooks.append((f"blocks.{run.n_layers - 1}.hook_resid_post", lambda x, hook: final.update(state=x[0].clone())))
-    # The lock: hooks live on the shared module. Patterns the bridge keeps on its attention
-    # modules are dropped as in `TransparentLlm.run` (they would pile up to L full [H, T, T] copies).
-    with model.lock, torch.inference_mode(), model.no_kept_patterns():
+    # The lock: hooks live on the shared module. The pass attends as `model.run` does, and gives
+    # each layer's rows of this pass as it goes (`TransparentLlm.rows_pass`).
+    with model.lock, torch.inference_mode(), model.rows_pass() as capture:
+        if capture is not None:
+            capture.from_rows |= {layer for layer, part in removal.layers.items() if len(part.attention)}
+        hooks = []
+        for layer, layer_removal in removal.layers.items():
+            hooks += surgery(run, layer, layer_removal, removal.ffn_mode, capture).hooks()
+        if model.info.no_lm_head:  # the bridge's logits would come from a head the checkpoint lacks
+            hooks.append((f"blocks.{run.n_layers - 1}.hook_resid_post", lambda x, hook: final.update(state=x[0].clone())))
         logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **_segments(run))
     if final:
         return model.unembed(final["state"])
@@ -103,8 +106,8 @@ def _segments(run: Run) -> dict[str, torch.Tensor]:
 class _LayerSurgery:
     """The hooks of one layer: capture what the removed vectors are made of, then subtract them."""
 
-    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode) -> None:
-        self.model, self.layer, self.removal = run.model, layer, removal
+    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode, capture: "Capture | None") -> None:
+        self.model, self.layer, self.removal, self.capture = run.model, layer, removal, capture
         self.parallel = run.parallel
         self.post_norms = run.model.info.post_norms
         self.seen: dict[str, torch.Tensor] = {}
@@ -113,8 +116,9 @@ class _LayerSurgery:
     def hooks(self) -> list[tuple[str, Callable]]:
         block, r = f"blocks.{self.layer}", self.removal
         hooks = []
-        if len(r.attention):
+        if len(r.attention) and self.capture is None:  # else the pass's rows come from the capture
             hooks += [(f"{block}.attn.hook_pattern", self._keep("pattern")), (f"{block}.attn.hook_v", self._keep("v"))]
+        if len(r.attention):
             if self.post_norms:
                 hooks.append((f"{block}.ln1_post.hook_scale", self._keep("scale")))
         if r.residual_attention:
@@ -147,13 +151,19 @@ class _LayerSurgery:
 
     def _removed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of the removed parts per touched query row: (rows [r], vectors [r, d])."""
-        pattern = self.seen.pop("pattern").float()  # [H, T, T]
-        values = self.seen.pop("v").float()  # [T, n_kv, d_head]
-        index = self.removal.attention.to(pattern.device)  # [n, 3] (i, j, h)
+        index = self.removal.attention  # [n, 3] (i, j, h)
         rows, row_of = torch.unique(index[:, 0], return_inverse=True)
-        n_heads, n_tokens = pattern.shape[0], pattern.shape[1]
-        weights = pattern.new_zeros(len(rows), n_heads, n_tokens)  # [r, H, T]: A of removed parts only
-        weights[row_of, index[:, 2], index[:, 1]] = pattern[index[:, 2], index[:, 0], index[:, 1]]
+        if self.capture is not None:  # this pass's own rows, rebuilt for the touched queries only
+            pattern = self.capture.patterns[self.layer]
+            touched = pattern.rows(rows.to(torch.int64), pattern.n_tokens).float()  # [r, H, T]
+            values = self.capture.values[self.layer].float()  # [T, n_kv, d_head]
+        else:
+            touched = self.seen.pop("pattern").float()[:, rows.to(torch.int64)].transpose(0, 1)  # [r, H, T]
+            values = self.seen.pop("v").float()
+        n_heads, n_tokens = touched.shape[1], touched.shape[2]
+        index, row_of = index.to(touched.device), row_of.to(touched.device)
+        weights = touched.new_zeros(len(rows), n_heads, n_tokens)  # [r, H, T]: A of removed parts only
+        weights[row_of, index[:, 2], index[:, 1]] = touched[row_of, index[:, 2], index[:, 1]]
         values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, d_head]
         mixed = torch.einsum("rhj,jhk->rhk", weights, values)  # [r, H, d_head]
         w_o = self.model.attention_output_weight(self.layer).float()  # [H, d_head, d]
@@ -180,13 +190,13 @@ class _PostLnSurgery(_LayerSurgery):
     """A post-LN block's hooks: the removed parts leave the outputs of its two LayerNorms, through
     each norm linearised with this pass's own scale at each position (the module docstring)."""
 
-    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode) -> None:
+    def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode, capture: "Capture | None") -> None:
         if removal.attention_added is not None or removal.ffn_added is not None:
             raise UnsupportedModelError(
                 f"{run.model.name}: putting other values where parts were (patching, mean ablation of "
                 "edges) is implemented for decoders only; on an encoder, remove parts (route checks, ablation)"
             )
-        super().__init__(run, layer, removal, ffn_mode)
+        super().__init__(run, layer, removal, ffn_mode, capture)
 
     def hooks(self) -> list[tuple[str, Callable]]:
         """The bridge's attention pattern arrives only after ln1's output has gone by, so ``A{l}``
@@ -195,7 +205,7 @@ class _PostLnSurgery(_LayerSurgery):
         block, r = f"blocks.{self.layer}", self.removal
         edits_attention = bool(len(r.attention) or r.residual_attention)
         hooks = []
-        if len(r.attention):
+        if len(r.attention) and self.capture is None:  # else the pass's rows come from the capture
             hooks += [(f"{block}.attn.hook_pattern", self._keep("pattern")), (f"{block}.attn.hook_v", self._keep("v"))]
         if r.residual_attention:
             hooks.append((f"{block}.hook_resid_pre", self._keep("resid_pre")))

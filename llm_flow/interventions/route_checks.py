@@ -172,7 +172,7 @@ def check_route(
         n_route_parts=removed.n_parts,
         n_dropped_parts=only.n_parts,
         seed=seed,
-        unmodified=outcome(run.logits[position], token),
+        unmodified=outcome(run.position_logits(position), token),
         route_only=fate(only),
         route_removed=fate(removed),
         random_only=tuple(random_only),
@@ -198,7 +198,7 @@ def check_edge(
         n_parts=removal.n_parts,
         token_id=token,
         token=run.model.decode_tokens([token])[0],
-        unmodified=outcome(run.logits[position], token),
+        unmodified=outcome(run.position_logits(position), token),
         removed=outcome(ablated_logits(run, removal)[position], token),
     )
 
@@ -246,8 +246,8 @@ def percentile(value: float, draws: Sequence[float]) -> float:
 
 def _token(run: Run, position: int, token: int | None) -> int:
     if token is None:
-        return int(run.logits[position].argmax())
-    vocab = run.logits.shape[-1]
+        return int(run.position_logits(position).argmax())
+    vocab = run.model.info.vocab_size
     if not isinstance(token, int) or not 0 <= token < vocab:
         raise ArgumentError(f"token must be a token id 0..{vocab - 1} (got {token!r})")
     return token

@@ -19,6 +19,7 @@ from llm_flow.models.run import Run
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
+    from llm_flow.models.fast_attention import Capture
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -48,6 +49,9 @@ class ModelInfo:
     n_experts: int = 0  # mixture of experts: experts per FFN (d_mlp then counts a token's active neurons)
     experts_per_token: int = 0
     encoder_layers: int = 0  # an encoder–decoder: its encoder's layers (n_layers counts the decoder's)
+    # attention rows rebuilt from kept queries and keys on a fast-attention pass (issue 21);
+    # False: every layer's pattern is stored (attention llm-flow cannot rebuild exactly)
+    recomputed_rows: bool = False
 
 
 class TransparentLlm(ABC):
@@ -107,6 +111,14 @@ class TransparentLlm(ABC):
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         """Wrap any hooked pass over `bridge`: drops the full attention patterns some modules keep
         after they return, which would otherwise pile up over the layers of a long prompt."""
+
+    @abstractmethod
+    def rows_pass(self) -> AbstractContextManager["Capture | None"]:
+        """Wrap a hooked pass over `bridge` that reads attention rows (the caller holds `lock`).
+        Gives a `Capture` that fills, layer by layer as the pass goes, with the pass's own rows
+        and values where the model's rows are rebuilt from queries and keys (its attention then
+        runs as in `run`, and ``hook_pattern``/``hook_v`` do not fire); None otherwise, and the
+        pass is the eager one with those hooks (wrapped in `no_kept_patterns`)."""
 
     @abstractmethod
     def layer_progress(self, report: Callable[[int, int], None]) -> AbstractContextManager[None]:

@@ -7,12 +7,15 @@ packed to its causal triangle in the hook, so a full [H, T, T] copy per layer ne
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from llm_flow.errors import PromptError, UnsupportedModelError
@@ -21,6 +24,7 @@ from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.memory import check_run_fits, out_of_memory_as_error
 from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.experts import ExpertRouting, MoeLayer
+from llm_flow.models.fast_attention import Capture, attention_modules, capturing_attention, own
 from llm_flow.models.run import CausalPattern, FullPattern, LayerActivations, Run
 
 
@@ -84,6 +88,16 @@ class BridgeLlm(TransparentLlm):
             n_experts=0 if moe is None else moe.n_experts,
             experts_per_token=0 if moe is None else moe.experts_per_token,
         )
+
+    @property
+    def recomputed_rows(self) -> bool:
+        """Rows rebuilt from kept queries and keys, on a pass with fast attention; the load-time
+        probe turns it on where that reproduces the eager pattern (probe.choose_row_storage)."""
+        return self.info.recomputed_rows
+
+    @recomputed_rows.setter
+    def recomputed_rows(self, on: bool) -> None:
+        self.info = dataclasses.replace(self.info, recomputed_rows=on)
 
     # --- the underlying modules ---------------------------------------------------------------
 
@@ -177,41 +191,75 @@ class BridgeLlm(TransparentLlm):
         routed: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self._moe}
         handles = [handle for layer, moe in self._moe.items() for handle in moe.capture(routed[layer])]
         try:
-            with self._lock, torch.inference_mode(), self.no_kept_patterns():
-                logits = self._bridge.run_with_hooks(
-                    tokens[None], fwd_hooks=self._hooks(store), return_type="logits", **self._segments(ids, device)
-                )
+            with self._lock, torch.inference_mode(), self.rows_pass() as capture:
+                # the Run keeps no logits (Run.position_logits): the head runs on the last token only
+                self._bridge.run_with_hooks(
+                    tokens[None], fwd_hooks=self._hooks(store), return_type=None, **self._last_logits_only(),
+                    **self._segments(ids, device),
+                )  # fmt: skip
                 for layer, moe in self._moe.items():
                     store[f"{layer}.neuron_acts"], store[f"{layer}.experts"] = moe.activations(routed[layer])
         finally:
             for handle in handles:
                 handle.remove()
+        if self.recomputed_rows:
+            missing = [layer for layer in range(self.info.n_layers) if layer not in capture.patterns]
+            if missing:
+                raise UnsupportedModelError(
+                    f"{self.name}: layer {missing[0]}'s attention did not go through the attention "
+                    "function whose queries and keys llm-flow keeps"
+                )
+            for layer in range(self.info.n_layers):
+                store[f"blocks.{layer}.attn.hook_v"] = capture.values[layer]
+                store[f"blocks.{layer}.attn.hook_pattern"] = capture.patterns[layer]
         layers = tuple(self._layer_activations(store, layer) for layer in range(self.info.n_layers))
-        if self._no_lm_head:  # the bridge's logits come from a head the checkpoint did not have
-            logits = self.unembed(layers[-1].resid_post)[None]
-        return Run(
-            model=self,
-            prompt=prompt,
-            tokens=tokens,
-            str_tokens=self.decode_tokens(ids),
-            logits=logits[0].float(),
-            layers=layers,
-        )
+        return Run(model=self, prompt=prompt, tokens=tokens, str_tokens=self.decode_tokens(ids), layers=layers)
+
+    def _last_logits_only(self) -> dict[str, int]:
+        """``logits_to_keep=1`` where the model takes it (causal LMs): no [T, vocab] in the pass."""
+        accepts = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+        return {"logits_to_keep": 1} if accepts else {}
 
     def _hooks(self, store: dict[str, object]) -> list[tuple[str, Callable]]:
-        """One storing hook per name; the key is the name we asked for (some are aliases)."""
+        """One storing hook per name; the key is the name we asked for (some are aliases). With
+        recomputed rows, the values and patterns come from the capturing attention instead."""
 
         def storing(name: str) -> Callable:
             def hook(tensor: torch.Tensor, hook) -> None:
                 batchless = tensor[0]
                 if name.endswith("hook_pattern"):
                     store[name] = FullPattern(batchless) if self._bidirectional else CausalPattern(batchless)
+                elif (previous := _previous_output(store, name)) is not None and torch.equal(previous, batchless):
+                    store[name] = previous  # a block's input is the last one's output: kept once
+                elif self.recomputed_rows:  # the fresh tensor itself; the load-time probe checks
+                    store[name] = own(batchless)  # (against the cloning pass) that nothing edits it later
                 else:
                     store[name] = batchless.clone()
 
             return hook
 
-        return [(name, storing(name)) for name in self._hook_names()]
+        captured = ("attn.hook_v", "attn.hook_pattern") if self.recomputed_rows else ()
+        return [(name, storing(name)) for name in self._hook_names() if not name.endswith(captured)]
+
+    @contextmanager
+    def rows_pass(self) -> Iterator[Capture | None]:
+        if not self.recomputed_rows:
+            with self.no_kept_patterns():
+                yield None
+            return
+        attention = [block.attn for block in self._bridge.blocks]
+        capture = Capture(attention_modules(attention), causal=not self._bidirectional)
+        with capturing_attention(self.hf_model, attention, capture, self._unread_norms()):
+            yield capture
+
+    def _unread_norms(self) -> list[torch.nn.Module]:
+        """Norm bridges whose scale nothing reads: all of them, unless the model has post-norms or
+        post-LN blocks (their scales give the gains, docs/method.md#post-norms)."""
+        if self._post_norms or self._post_ln:
+            return []
+        found = [getattr(block, name, None) for block in self._bridge.blocks for name in ("ln1", "ln2")]
+        found.append(getattr(self._bridge, "ln_final", None))
+        return [norm for norm in found if isinstance(norm, NormalizationBridge)]
 
     @contextmanager
     def no_kept_patterns(self) -> Iterator[None]:
@@ -412,6 +460,14 @@ class BridgeLlm(TransparentLlm):
             raise UnsupportedModelError(
                 f"{name}: post-block LayerNorm is not supported (only RMSNorm post-norms, as in Gemma)"
             )
+
+
+def _previous_output(store: dict[str, object], name: str) -> torch.Tensor | None:
+    """For ``blocks.{l}.hook_resid_pre`` (l > 0): the stored ``hook_resid_post`` of block l - 1."""
+    prefix, _, hook = name.rpartition(".")
+    layer = int(prefix.removeprefix("blocks.")) if hook == "hook_resid_pre" and prefix.startswith("blocks.") else 0
+    found = store.get(f"blocks.{layer - 1}.hook_resid_post") if layer > 0 else None
+    return found if isinstance(found, torch.Tensor) else None
 
 
 def _has_output_projection(mlp: torch.nn.Module) -> bool:

@@ -38,7 +38,7 @@ from llm_flow.models.gguf import converted_folder, gguf_config
 from llm_flow.models.hub import hub_offline_reason, quiet_hub_logs
 from llm_flow.models.local_files import EXPECTED, check_model_folder, not_a_model_file
 from llm_flow.models.packaged import Progress, packaged_file
-from llm_flow.models.probe import check_parts_add_up
+from llm_flow.models.probe import check_parts_add_up, choose_row_storage
 from llm_flow.models.seq2seq import Seq2SeqLlm
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -304,6 +304,7 @@ def _wrap(
             n_params=n_params,
         )
         check_parts_add_up(model)
+        choose_row_storage(model)
     except LlmFlowError:
         raise
     except Exception as exc:  # an adapter whose modules are not what the maths reads fails in many ways

@@ -1,9 +1,10 @@
 """How much memory a run takes, predicted from the model's shape before the forward pass.
 
 A `Run` keeps, per layer, a few residual-stream tensors, the values, the FFN activations and
-the causal half of every attention pattern, plus the logits; all of it is a function of the
-model's dimensions and the prompt length. The forward pass needs a little more while it runs
-(a layer's full attention scores, a second copy of the logits). Knowing both lets
+the queries and keys that rebuild its attention rows (or, for attention that cannot be rebuilt
+exactly, the causal half of every pattern); all of it is a function of the model's dimensions
+and the prompt length. The forward pass needs a little more while it runs (one block's
+intermediates; with stored patterns a layer's full attention scores). Knowing both lets
 `model.run` refuse a prompt that would not fit, with a message that says what to change,
 instead of letting the process die; the app's caches use `Run.nbytes` to stay within a budget.
 """
@@ -27,40 +28,58 @@ _ITEM_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Measured (benchmarks/run_memory.py and the T = 4096 runs of benchmarks/routes.py) the excess
 #: is about one; two keeps the estimate on the safe side.
 _LIVE_SCORE_TENSORS = 2
+#: With fast attention, what the pass adds on top of the run it keeps, as a share of it: each
+#: block's freed intermediates leave holes between the kept tensors that the C allocator does not
+#: hand back during the pass. Tensors over glibc's largest mmap threshold (32 MiB) are mapped on
+#: their own and returned when freed, so a [T, d_model] above it leaves about half as much
+#: (measured with benchmarks/routes.py on SmolLM2's shape: 0.36 of the run at T = 1,024 and
+#: 4,096, 0.17 at 16,384; GPT-2's shape leaves more in that process, see the README).
+_PASS_OVERHEAD = 0.35
+_PASS_OVERHEAD_MAPPED = 0.17
+_MMAP_THRESHOLD_MAX = 32 << 20
+#: Gemma 2's soft-capped layers are attended from the kept rows in chunks of 2^24 scores,
+#: float32 and model dtype at once (llm_flow/models/query_keys.py).
+_SOFTCAP_CHUNK_BYTES = 3 * 4 * (1 << 24)
 _CPU_ALLOCATION_FAILURE = ("can't allocate memory", "not enough memory")
 
 
 def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
     """Bytes a `Run` of `n_tokens` tokens holds right after ``model.run`` (see `Run.nbytes`).
 
-    Per layer: resid_pre, resid_post, mlp_out (and resid_mid for sequential blocks) [T, d_model];
-    values [T, n_kv_heads, d_head]; FFN activations [T, d_mlp]; the causal triangle of the
-    pattern [H, T (T + 1) / 2] (an encoder's whole [H, T, T]); all in the model's dtype. Post-norm
-    and post-LN models add two float32 gains [T, d_model]. Then float32 logits [T, vocab] and the
-    token ids.
+    Per layer: resid_post, mlp_out (and resid_mid for sequential blocks) [T, d_model], and the first
+    layer's resid_pre (every other layer's is the previous layer's resid_post, kept once);
+    values [T, n_kv_heads, d_head]; FFN activations [T, d_mlp]; and what gives the attention
+    rows: the queries and keys [T, H + n_kv_heads, d_head] (`ModelInfo.recomputed_rows`), or else
+    the causal triangle of the pattern [H, T (T + 1) / 2] (an encoder's whole [H, T, T]); all in
+    the model's dtype. Post-norm and post-LN models add two float32 gains [T, d_model]. Then the
+    token ids (no logits: `Run.position_logits` computes them when asked).
     """
     item = _item_bytes(info)
     t = n_tokens
-    residuals = 3 if info.parallel_blocks else 4
-    per_layer = item * (
-        residuals * t * info.d_model
-        + t * info.n_kv_heads * info.d_head
-        + t * info.d_mlp
-        + info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)
-    )
+    residuals = 2 if info.parallel_blocks else 3  # a block's input is the previous one's output, kept once
+    if info.recomputed_rows:
+        rows = t * (info.n_heads + info.n_kv_heads) * info.d_head
+    else:
+        rows = info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)
+    per_layer = item * (residuals * t * info.d_model + t * info.n_kv_heads * info.d_head + t * info.d_mlp + rows)
     if info.post_norms or info.post_ln:
         per_layer += 2 * 4 * t * info.d_model
-    return info.n_layers * per_layer + 4 * t * info.vocab_size + 8 * t
+    return info.n_layers * per_layer + item * t * info.d_model + 8 * t
 
 
 def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
-    """The run plus what the forward pass needs on top while it runs: a layer's full attention
-    scores, and a second copy of the logits (float32, plus the model-dtype original when that is
-    not float32)."""
+    """The run plus what the forward pass needs on top while it runs. With fast attention: the
+    blocks' freed intermediates the allocator still holds (`_PASS_OVERHEAD`), a layer's
+    soft-capped scores computed in chunks (Gemma 2), the float32 logits of the last token. With
+    stored patterns: a layer's full attention scores, alive twice."""
     item = _item_bytes(info)
-    scores = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * item
-    logits = n_tokens * info.vocab_size * (4 + (item if item != 4 else 0))
-    return estimate_run_bytes(info, n_tokens) + scores + logits
+    run = estimate_run_bytes(info, n_tokens)
+    if info.recomputed_rows:
+        mapped = n_tokens * info.d_model * item > _MMAP_THRESHOLD_MAX
+        transient = int((_PASS_OVERHEAD_MAPPED if mapped else _PASS_OVERHEAD) * run) + _SOFTCAP_CHUNK_BYTES * info.post_norms
+    else:
+        transient = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * item
+    return run + transient + 4 * info.vocab_size
 
 
 def fitting_tokens(info: ModelInfo, budget: int) -> int:

@@ -20,6 +20,8 @@ from llm_flow.models.run import Run
 
 PROBE = "The cat sat on the mat because it was tired."
 PROBE_TOKENS = 4
+# Rows rebuilt from queries and keys are compared with the eager pattern on a few more tokens
+ROW_PROBE_TOKENS = 8
 # Largest error allowed, relative to the largest value of the state compared (float32 sums of a
 # few hundred parts stay within 1e-5 of it; half precision within 1e-2).
 _TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
@@ -27,11 +29,9 @@ _TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
 
 def check_parts_add_up(model: TransparentLlm) -> None:
     """Refuse (UnsupportedModelError) a model whose decomposition does not reconstruct its states."""
-    # within the configured prompt limit, which is the user's to set (one token still checks
-    # every identity but the mask)
-    length = max(1, min(PROBE_TOKENS, model.token_limit()[0]))
-    run = model.run_ids(model.encode(PROBE)[:length], prompt=PROBE)
-    failure = first_mismatch(run, _TOLERANCE.get(model.info.dtype, 5e-2))
+    ids = _probe_ids(model, PROBE_TOKENS)
+    run = model.run_ids(ids, prompt=PROBE)
+    failure = first_mismatch(run, _tolerance(model), None if model.info.no_lm_head else model_logits(model, ids))
     if failure is not None:
         raise UnsupportedModelError(
             f"{model.name}: llm-flow cannot decompose {model.info.architecture} exactly: {failure}. "
@@ -40,8 +40,58 @@ def check_parts_add_up(model: TransparentLlm) -> None:
         )
 
 
-def first_mismatch(run: Run, tolerance: float) -> str | None:
-    """The first identity of the decomposition that `run` breaks, said in words; None if none."""
+def _probe_ids(model: TransparentLlm, n_tokens: int) -> list[int]:
+    # within the configured prompt limit, which is the user's to set (one token still checks
+    # every identity but the mask)
+    return model.encode(PROBE)[: max(1, min(n_tokens, model.token_limit()[0]))]
+
+
+def _tolerance(model: TransparentLlm) -> float:
+    return _TOLERANCE.get(model.info.dtype, 5e-2)
+
+
+def model_logits(model: TransparentLlm, ids: list[int]) -> torch.Tensor:
+    """The model's own logits for `ids` by its plain forward pass: [T, vocab] float32."""
+    hf = model.hf_model
+    with model.lock, torch.inference_mode():
+        return hf(torch.tensor([ids], device=next(hf.parameters()).device)).logits[0].float()
+
+
+def choose_row_storage(model: TransparentLlm) -> str | None:
+    """Turn on rows rebuilt from queries and keys (`model.recomputed_rows`) when, on a probe
+    prompt, that pass gives the states and every attention row of the eager pass with stored
+    patterns; else leave the stored patterns on and say why (the reason is returned)."""
+    ids = _probe_ids(model, ROW_PROBE_TOKENS)
+    stored = model.run_ids(ids, prompt=PROBE)
+    model.recomputed_rows = True
+    try:
+        failure = _differences(stored, model.run_ids(ids, prompt=PROBE), _tolerance(model))
+    except Exception as exc:  # an attention module this pass cannot drive: keep stored patterns
+        failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if failure is not None:
+        model.recomputed_rows = False
+    return failure
+
+
+def _differences(stored: Run, recomputed: Run, tolerance: float) -> str | None:
+    """The first state or attention row where the two passes differ, in words; None if none."""
+    for layer, (a, b) in enumerate(zip(stored.layers, recomputed.layers)):
+        pairs = [("resid_pre", a.resid_pre, b.resid_pre), ("resid_post", a.resid_post, b.resid_post),
+                 ("values", a.values, b.values), ("neuron_acts", a.neuron_acts, b.neuron_acts),
+                 ("pattern", a.pattern.dense(), b.pattern.dense())]  # fmt: skip
+        if a.resid_mid is not None:
+            pairs.append(("resid_mid", a.resid_mid, b.resid_mid))
+        for what, expected, actual in pairs:
+            problem = _compare(expected, actual, tolerance)
+            if problem:
+                return f"layer {layer}'s {what} differs ({problem})"
+    return None
+
+
+def first_mismatch(run: Run, tolerance: float, logits: torch.Tensor | None = None) -> str | None:
+    """The first identity of the decomposition that `run` breaks, said in words; None if none.
+    `logits`: the model's own [T, vocab], which the last state must give through the final norm
+    and unembedding."""
     # routes/ imports models/ (the Run); importing it at module level here would be circular
     from llm_flow.routes.contributions import attention_parts, ffn_parts
 
@@ -67,8 +117,7 @@ def first_mismatch(run: Run, tolerance: float) -> str | None:
             problem = _compare(parts.whole, parts.residual + parts.pieces.sum(0) + parts.bias, tolerance)
             if problem:
                 return f"layer {layer}'s FFN neurons do not add up at token {position} ({problem})"
-    final = run.layer(run.n_layers - 1).resid_post
-    problem = _compare(run.logits, run.model.unembed(final), tolerance)
+    problem = None if logits is None else _compare(logits, run.logits, tolerance)
     if problem:
         return f"the logits are not the last layer's output through the final norm and unembedding ({problem})"
     return None

@@ -18,6 +18,7 @@ from llm_flow.display import Displayable
 from llm_flow.errors import ArgumentError
 from llm_flow.models.derived import DerivedStore, tensor_bytes
 from llm_flow.models.experts import ExpertRouting
+from llm_flow.models.query_keys import QueryKeyPattern
 from llm_flow.wording import plural
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class CausalPattern:
         """The full [H, T, T] pattern (zeros above the diagonal)."""
         return self.block(0, self.n_tokens).permute(1, 0, 2)
 
+    def tensors(self) -> Iterator[torch.Tensor]:
+        yield self._packed
+
     @property
     def nbytes(self) -> int:
         return self._packed.numel() * self._packed.element_size()
@@ -121,6 +125,9 @@ class FullPattern(CausalPattern):
         return torch.full_like(positions, self.n_tokens, dtype=torch.int64)
 
 
+Pattern = CausalPattern | QueryKeyPattern
+
+
 @dataclass(frozen=True, eq=False)
 class LayerActivations:
     """What one transformer block did, as the route maths needs it (batch dimension removed)."""
@@ -129,7 +136,9 @@ class LayerActivations:
     resid_mid: torch.Tensor | None  # [T, d_model]; None for parallel attention/FFN blocks
     resid_post: torch.Tensor  # [T, d_model]
     values: torch.Tensor  # [T, n_kv_heads, d_head], including the value bias
-    pattern: CausalPattern  # attention weights [H, T, T]: causal part only, or a FullPattern (encoders)
+    # attention weights [H, T, T]: rebuilt from queries and keys (QueryKeyPattern), or stored
+    # for models whose rows cannot be rebuilt exactly (their causal part, or a FullPattern)
+    pattern: "Pattern"
     mlp_out: torch.Tensor  # [T, d_model], exactly what the FFN added to the residual
     neuron_acts: torch.Tensor  # [T, d_mlp], input of the FFN output projection
     attn_gain: torch.Tensor | None  # [T, d_model] post-norm gain on the attention output (Gemma 2/3)
@@ -139,12 +148,10 @@ class LayerActivations:
     experts: ExpertRouting | None = None
 
     def tensors(self) -> Iterator[torch.Tensor]:
-        """Every tensor held (the pattern as its packed triangle)."""
+        """Every tensor held (the pattern as what it keeps: queries and keys, or its triangle)."""
         for item in fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, CausalPattern):
-                yield value.packed
-            elif isinstance(value, ExpertRouting):
+            if isinstance(value, (CausalPattern, QueryKeyPattern, ExpertRouting)):
                 yield from value.tensors()
             elif value is not None:
                 yield value
@@ -161,7 +168,6 @@ class Run(Displayable):
     prompt: str
     tokens: torch.Tensor  # [T] token ids as fed to the model (BOS included if used)
     str_tokens: list[str]  # [T] each token decoded on its own
-    logits: torch.Tensor  # [T, vocab]
     layers: tuple[LayerActivations, ...]
     derived_store: DerivedStore = field(default_factory=DerivedStore, repr=False, compare=False)
 
@@ -192,7 +198,28 @@ class Run(Displayable):
 
     @cached_property
     def _activation_bytes(self) -> int:
-        return tensor_bytes([self.tokens, self.logits, *(t for layer in self.layers for t in layer.tensors())])
+        return tensor_bytes([self.tokens, *(t for layer in self.layers for t in layer.tensors())])
+
+    # --- predictions: the last state through the final norm and unembedding, when asked --------
+
+    def position_logits(self, position: int) -> torch.Tensor:
+        """The model's logits after token `position` (negative counts from the end): [vocab] float32.
+
+        Not kept: [T, vocab] is 3 GiB at 16k tokens for a 49k vocabulary; one row is one small
+        matrix product from the last layer's output, which the Run keeps."""
+        return self.rows_logits([self.position(position)])[0]
+
+    def rows_logits(self, positions: list[int] | range | torch.Tensor) -> torch.Tensor:
+        """Logits after several positions: [r, vocab] float32."""
+        final = self.layers[-1].resid_post
+        index = torch.as_tensor(positions, dtype=torch.int64, device=final.device)
+        return self.model.unembed(final[index]).float()
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Logits after every position, [T, vocab] float32, computed on each access: for callers
+        that need all of them at once (short prompts); others use `position_logits`."""
+        return self.rows_logits(range(self.n_tokens))
 
     def position(self, target: int) -> int:
         """Normalise a possibly negative token index, raising a clear error when out of range."""

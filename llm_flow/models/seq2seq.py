@@ -222,6 +222,9 @@ class Seq2SeqLlm(TransparentLlm):
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         self._refuse("TransformerLens hooked passes (interventions, route checks)")
 
+    def rows_pass(self) -> NoReturn:
+        self._refuse("TransformerLens hooked passes (interventions, route checks)")
+
     def generate_ids(self, token_ids, max_new_tokens, last_processor: "LogitsProcessor", eos_ids) -> NoReturn:
         self._refuse(
             "continuing a prompt",

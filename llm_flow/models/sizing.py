@@ -15,13 +15,16 @@ import torch
 from transformers import PretrainedConfig
 
 from llm_flow.models.base import ModelInfo
-from llm_flow.models.families import architecture_name, is_encoder, model_class
+from llm_flow.models.families import architecture_name, is_encoder, is_encoder_decoder, model_class
 from llm_flow.models.memory import estimate_peak_bytes, estimate_run_bytes, fitting_tokens
 
 #: Families whose blocks add attention and FFN outputs to the same input (one residual fewer).
 _PARALLEL_TYPES = {"gptj", "phi", "cohere", "falcon"}
 #: Families that normalise each block's output before the residual add (Gemma 2/3).
 _POST_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+#: Families whose attention does not go through the function that keeps queries and keys (their
+#: own attention code, ALiBi): their Runs store every pattern (models/probe.choose_row_storage).
+_STORED_PATTERN_TYPES = {"bloom", "gpt_neo", "mpt", "xglm"}
 #: Families whose position ids start after the padding id (RoBERTa's offset).
 _PADDED_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -54,7 +57,14 @@ def info_from_config(
         post_ln=is_encoder(hf_config),
         n_experts=n_experts,
         experts_per_token=per_token,
+        recomputed_rows=_recomputed_rows(hf_config),
     )
+
+
+def _recomputed_rows(hf_config: PretrainedConfig) -> bool:
+    """What the load-time probe will choose, as far as the config tells (Falcon with ALiBi keeps patterns)."""
+    stored = hf_config.model_type in _STORED_PATTERN_TYPES or bool(getattr(hf_config, "alibi", False))
+    return not (stored or is_encoder_decoder(hf_config))
 
 
 def parameter_count(hf_config: PretrainedConfig) -> int:

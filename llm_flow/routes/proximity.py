@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.models.run import CausalPattern
+from llm_flow.models.run import Pattern
 
 #: ``auto`` picks the numba kernel for CPU tensors and torch for GPU tensors; set this variable
 #: to ``torch`` to use the plain path everywhere.
@@ -53,17 +53,16 @@ class AttentionLayer:
 
     values: torch.Tensor  # [T, n_kv, d_head] float32, value bias included
     w_o: torch.Tensor  # [H, d_head, d] float32
-    pattern: CausalPattern
-    packed: torch.Tensor  # the pattern's causal triangle as float32, see CausalPattern.packed
+    pattern: Pattern  # rows asked block by block (rebuilt from queries and keys, or stored)
     vectors_t: torch.Tensor  # [H, d, T] vo, laid out so one coordinate of one head is contiguous over sources
     vmax: torch.Tensor  # [H, T] max_d |vo[j, h, d]|
 
     @classmethod
-    def build(cls, values: torch.Tensor, w_o: torch.Tensor, pattern: CausalPattern) -> "AttentionLayer":
+    def build(cls, values: torch.Tensor, w_o: torch.Tensor, pattern: Pattern) -> "AttentionLayer":
         values, w_o = values.float(), w_o.float()
         vectors_t = _vectors_t(values, w_o)
         vmax = torch.maximum(vectors_t.amax(1), -vectors_t.amin(1))  # max |.| without an |.| copy
-        return cls(values, w_o, pattern, pattern.packed.float(), vectors_t, vmax)
+        return cls(values, w_o, pattern, vectors_t, vmax)
 
     @property
     def vectors(self) -> torch.Tensor:
@@ -105,13 +104,13 @@ def attention_proximities(
     gain = None if gain is None else gain.float()
     counts = layer.pattern.source_counts(positions)
     n_sources = int(counts.max())
+    weights = layer.pattern.rows(positions, n_sources).float()  # [r, H, S]
     if method == "torch":
-        weights = layer.pattern.rows(positions, n_sources).float()
         return _heads_torch(whole, gain, layer.vectors[:n_sources].contiguous(), weights, counts)
     signed_gain = _signed_gain(whole, gain)
     dots = _factored_dots(signed_gain, layer.values[:n_sources], layer.w_o)
-    offsets = layer.pattern.row_offsets(positions)
-    return _corrected(dots, layer.packed, offsets, whole, gain, signed_gain, layer.vectors_t, layer.vmax, counts)
+    packed, offsets = _packed_rows(weights)
+    return _corrected(dots, packed, offsets, whole, gain, signed_gain, layer.vectors_t, layer.vmax, counts)
 
 
 def head_proximities(
@@ -143,11 +142,17 @@ def head_proximities(
     signed_gain = _signed_gain(whole, gain)
     dots = signed_gain @ head_vectors.reshape(n_sources * n_heads, -1).T  # [r, S * H]
     dots = dots.view(n_rows, n_sources, n_heads).permute(2, 0, 1).contiguous()  # [H, r, S]
-    packed = weights.transpose(0, 1).reshape(n_heads, n_rows * n_sources)  # row k starts at k * S
-    offsets = torch.arange(n_rows, dtype=torch.int64) * n_sources
+    packed, offsets = _packed_rows(weights)
     vectors_t = head_vectors.permute(1, 2, 0).contiguous()
     vmax = vectors_t.abs().amax(1)
     return _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, counts)
+
+
+def _packed_rows(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense rows [r, H, S] as the kernel reads them: [H, r * S], row k starting at k * S."""
+    n_rows, n_heads, n_sources = weights.shape
+    packed = weights.transpose(0, 1).reshape(n_heads, n_rows * n_sources)
+    return packed, torch.arange(n_rows, dtype=torch.int64) * n_sources
 
 
 def _choose(method: str, tensor: torch.Tensor) -> str:

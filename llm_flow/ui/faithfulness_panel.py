@@ -59,13 +59,13 @@ def contrast_defaults(run: Run, position: int, state: FaithState) -> tuple[str, 
     """The answer and foil the check reads: what the user typed, else the model's top
     prediction and, as foil, the counterfactual's top prediction (patching) or the runner-up;
     only tokens that read back as themselves (a lone byte of a character does not)."""
-    answer = state.answer or _typable(run, run.logits[position])[0]
+    answer = state.answer or _typable(run, run.position_logits(position))[0]
     foil = state.foil
     if not foil and state.ablation == "patching" and state.counterfactual.strip():
         other = _counterfactual_run(state.counterfactual)
         if other is not None and other.n_tokens > position:
-            foil = next((t for t in _typable(other, other.logits[position]) if t != answer), "")
-    return answer, foil or next(t for t in _typable(run, run.logits[position]) if t != answer)
+            foil = next((t for t in _typable(other, other.position_logits(position)) if t != answer), "")
+    return answer, foil or next(t for t in _typable(run, run.position_logits(position)) if t != answer)
 
 
 def _typable(run: Run, logits: torch.Tensor, count: int = 3) -> list[str]:

@@ -140,7 +140,7 @@ def sampling_panel() -> None:
                  help="Keep the most likely tokens until their probabilities add up to p; 1 is off.")
     seed.number_input("Seed", 0, 2**31 - 1, step=1, **bind("playground.seed"),
                       help="The same seed repeats the same draws (Step by step or Generate N alike).")  # fmt: skip
-    stages = sampling_stages(run.logits[-1], settings())
+    stages = sampling_stages(run.position_logits(-1), settings())
     figure = sampling_figure(stages, run.model.decode_tokens, n=state.bars)
     st.plotly_chart(figure, key="playground_stages_chart", width="stretch", config={"displayModeBar": False})
     best = stages.probs.max().item()

@@ -79,9 +79,9 @@ def anatomy(run: Run, position: int = -1, target_id: int | None = None, normaliz
     position = run.position(position)
     model = run.model
     if target_id is None:
-        target_id = int(torch.argmax(run.logits[position]))
-    elif not 0 <= target_id < run.logits.shape[-1]:
-        raise ArgumentError(f"token id {target_id} is not in the vocabulary (0..{run.logits.shape[-1] - 1})")
+        target_id = int(torch.argmax(run.position_logits(position)))
+    elif not 0 <= target_id < run.model.info.vocab_size:
+        raise ArgumentError(f"token id {target_id} is not in the vocabulary (0..{run.model.info.vocab_size - 1})")
     states = torch.stack(
         [run.layers[0].resid_pre[position], *(act.resid_post[position] for act in run.layers)]
     ).float()  # [L + 1, d]

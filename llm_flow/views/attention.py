@@ -138,10 +138,10 @@ def window_rows(run: Run, layers: Sequence[int], weighting: str, window: TokenWi
     layers = [check_layer(run, layer) for layer in layers]
     if weighting == "alti":
         return _alti_rows(run, layers, window)
-    pattern = run.layer(0).pattern
-    index, allowed = _packed_index(pattern, window, n_sources(run, window))
-    rows = torch.stack([run.layer(layer).pattern.packed[:, index] for layer in layers]).float()  # [L, H, W, S]
-    rows = rows.masked_fill_(~allowed, 0.0)
+    queries = torch.arange(window.start, window.stop)
+    count = n_sources(run, window)
+    # rows rebuilt (or read) for just this window: [L, W, H, S] -> [L, H, W, S]
+    rows = torch.stack([run.layer(layer).pattern.rows(queries, count) for layer in layers]).float().transpose(1, 2)
     if weighting == "norm":
         norms = value_norms(run, layers, n_sources(run, window))
         rows = rows.mul_(norms.to(rows).permute(0, 2, 1)[:, :, None, :])
@@ -174,16 +174,6 @@ def _gram(model, layer: int) -> torch.Tensor:
             w_o = model.attention_output_weight(layer).double()  # [H, d_head, d_model]
             known[layer] = (w_o @ w_o.transpose(1, 2)).float()
         return known[layer]
-
-
-def _packed_index(pattern, window: TokenWindow, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where query q (of the window) and source s < `count` sit in the packed pattern, [W, S]
-    (0 where the row has no such source), and which sources the rows have [W, S]."""
-    device = pattern.packed.device
-    queries = torch.arange(window.start, window.stop, device=device)
-    sources = torch.arange(count, device=device)[None, :]
-    allowed = sources < pattern.source_counts(queries)[:, None]
-    return torch.where(allowed, pattern.row_offsets(queries)[:, None] + sources, 0), allowed
 
 
 def _alti_rows(run: Run, layers: list[int], window: TokenWindow) -> torch.Tensor:

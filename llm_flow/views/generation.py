@@ -112,7 +112,7 @@ def step(
 ) -> tuple[SamplingStages, Generation]:
     """One token drawn from the Run's last logits: no forward pass."""
     generation = from_run(run)
-    stages = sampling_stages(run.logits[-1], settings)
+    stages = sampling_stages(run.position_logits(-1), settings)
     token = _token(run.model, choose(stages, generator), len(generation.ids), stages, eos_ids(run.model))
     return stages, _append(run.model, generation, [token], stop=None)
 
@@ -251,7 +251,7 @@ def generation_in_run(run: Run, generated: Sequence[int]) -> Generation | None:
         return None
     tokens = []
     for position in range(len(prompt_ids), len(ids)):
-        logits = run.logits[position - 1].double()
+        logits = run.position_logits(position - 1).double()
         token_id = ids[position]
         probability = float(torch.softmax(logits, -1)[token_id])
         rank = int((logits > logits[token_id]).sum())

@@ -10,6 +10,8 @@ from llm_flow.errors import ArgumentError
 from llm_flow.models.run import Run
 from llm_flow.routes.contributions import contribution_rows
 
+_BLOCK_ELEMENTS = 1 << 24  # [rows, heads, sources] weights computed at once
+
 
 @dataclass(frozen=True)
 class HeadShare:
@@ -31,8 +33,16 @@ def edge_heads(run: Run, layer: int, source: int, position: int) -> list[HeadSha
 
 
 def attention_map(run: Run, layer: int, head: int) -> torch.Tensor:
-    """Attention weights of one head, queries x sources: [T, T]."""
-    return run.layer(layer).pattern.dense()[run.check_head(head)].float().cpu()
+    """Attention weights of one head, queries x sources: [T, T]. Rows are rebuilt (or read) a
+    block at a time, so the layer's [H, T, T] is never whole."""
+    head = run.check_head(head)
+    pattern = run.layer(layer).pattern
+    out = torch.zeros(run.n_tokens, run.n_tokens)
+    block = max(1, _BLOCK_ELEMENTS // (pattern.n_heads * run.n_tokens))
+    for start in range(0, run.n_tokens, block):
+        stop = min(start + block, run.n_tokens)
+        out[start:stop] = pattern.rows(torch.arange(start, stop), run.n_tokens)[:, head].float().cpu()
+    return out
 
 
 def contribution_map(run: Run, layer: int, head: int) -> torch.Tensor:

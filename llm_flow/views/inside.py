@@ -159,11 +159,11 @@ def walkthrough(
     rows = block_rows(run, layer, span)
     stages = [_tokens_stage(context), _embedding_stage(context)]
     stages += _block_stages(context, rows)
-    sampling = sampling_stages(run.logits[position], settings)
+    logits = run.position_logits(position)
+    sampling = sampling_stages(logits, settings)
     stages += _output_stages(context, sampling)
-    device = run.logits.device
-    drawn = choose(sampling, seeded_generator(seed, device))
-    named = {*torch.topk(run.logits[position], min(40, info.vocab_size)).indices.tolist(), drawn}
+    drawn = choose(sampling, seeded_generator(seed, logits.device))
+    named = {*torch.topk(logits, min(40, info.vocab_size)).indices.tolist(), drawn}
     labels = dict(zip(sorted(named), run.model.decode_tokens(sorted(named))))
     return Walkthrough(
         model=run.model.name, architecture=info.architecture, layer=layer, head=head, kv_head=kv_head,
@@ -752,7 +752,7 @@ def _output_stages(context: _Context, sampling: SamplingStages) -> list[Stage]:
     final = _norm_stage(context, "final_norm", "after the last block", bridge.ln_final, last, seen["scale"], normed, "ln_final")
     cap = float(getattr(bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
     logits = cap * torch.tanh(raw / cap) if cap > 0 else raw
-    _check(run, logits, _window_rows(context, run.logits), "the logits")
+    _check(run, logits, run.rows_logits(context.span.positions).cpu(), "the logits")
     return [final, _unembed_stage(context, raw, logits, cap), _sampling_stage(context, sampling)]
 
 

@@ -27,7 +27,7 @@ def top_predictions(run: Run, position: int = -1, k: int = 10, temperature: floa
         raise ArgumentError(f"temperature must be positive (got {temperature})")
     if k < 1:
         raise ArgumentError(f"k must be at least 1 (got {k})")
-    logits = run.logits[run.position(position)].float()
+    logits = run.position_logits(position)
     probs = torch.softmax(logits / temperature, dim=-1)
     top = torch.topk(probs, min(k, probs.shape[-1]))
     ids = top.indices.tolist()
@@ -73,7 +73,7 @@ def prediction_table(run: Run) -> pd.DataFrame:
     probability and rank of the token that actually follows (empty at the last position)."""
     rows = []
     for start in range(0, run.n_tokens, _ROWS_AT_ONCE):
-        probs = torch.softmax(run.logits[start : start + _ROWS_AT_ONCE].float(), dim=-1)  # [r, V]
+        probs = torch.softmax(run.rows_logits(range(start, min(start + _ROWS_AT_ONCE, run.n_tokens))), dim=-1)  # [r, V]
         top = probs.max(-1)
         for k, position in enumerate(range(start, start + probs.shape[0])):
             follows = int(run.tokens[position + 1]) if position + 1 < run.n_tokens else None

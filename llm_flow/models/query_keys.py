@@ -1,0 +1,128 @@
+"""Attention weights rebuilt on demand from the queries and keys a Run keeps.
+
+A layer's attention pattern is [heads, T, T]: 145 GiB over SmolLM2's 30 layers at 16k tokens.
+Its queries and keys (after the rotary embedding, one key head per group under grouped-query
+attention) are [T, H, d_head] and [T, n_kv, d_head], and together with the layer's own scale,
+mask, soft-capping and sliding window they give any row of the pattern exactly, by the formula
+the model's eager attention uses. `QueryKeyPattern` keeps those and answers the questions
+`CausalPattern` answers (one row, several rows, a block, the dense pattern) by recomputing just
+what is asked; the forward pass itself then runs on the model's fast attention (SDPA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+#: Elements of [rows, heads, sources] scores computed at once when a whole layer is attended.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """What turns one layer's query·key products into its attention weights."""
+
+    scaling: float  # the model's own factor on q·k (1/sqrt(d_head), or Gemma's query_pre_attn_scalar)
+    causal: bool = True  # False for encoders: every query sees every source
+    softcap: float | None = None  # Gemma 2: scores -> softcap * tanh(scores / softcap)
+    window: int | None = None  # sliding window: query i sees sources j with i - j < window
+
+
+class QueryKeyPattern:
+    """One layer's attention weights, kept as queries and keys (same interface as `CausalPattern`).
+
+    Rows are computed in the model's dtype as its eager attention computes them: scores in that
+    dtype, scaled, soft-capped, masked, then a float32 softmax cast back."""
+
+    def __init__(self, queries: torch.Tensor, keys: torch.Tensor, rule: AttentionRule) -> None:
+        self.queries = queries  # [T, H, d_head], post-rotary
+        self.keys = keys  # [T, n_kv, d_head], post-rotary
+        self.rule = rule
+        self.n_tokens, self.n_heads, _ = queries.shape
+        self.causal = rule.causal
+
+    def source_counts(self, positions: torch.Tensor) -> torch.Tensor:
+        """How many sources each query row has: position + 1 under a causal mask, else T. [r] int64."""
+        if self.causal:
+            return positions.to(torch.int64) + 1
+        return torch.full_like(positions, self.n_tokens, dtype=torch.int64)
+
+    def row(self, position: int) -> torch.Tensor:
+        """Attention of query `position` to its sources: [H, S]."""
+        n_sources = position + 1 if self.causal else self.n_tokens
+        return self._weights(torch.tensor([position]), n_sources)[0]
+
+    def rows(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
+        """Rows for several query positions, zero-padded (or cut) to `n_sources` sources: [r, H, n_sources]."""
+        positions = positions.to(torch.int64)
+        width = int(positions.max()) + 1 if self.causal and len(positions) else self.n_tokens
+        weights = self._weights(positions, width)
+        if n_sources <= width:
+            return weights[..., :n_sources].contiguous()
+        return torch.nn.functional.pad(weights, (0, n_sources - width))
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Dense rows start..stop-1 over sources 0..stop-1: [stop - start, H, stop]."""
+        return self.rows(torch.arange(start, stop), stop)
+
+    def dense(self) -> torch.Tensor:
+        """The full [H, T, T] pattern (zeros where the mask hides a source)."""
+        return self.block(0, self.n_tokens).permute(1, 0, 2)
+
+    def attend(self, values: torch.Tensor) -> torch.Tensor:
+        """The attention output Σ_j a_ij v_j for every query, in chunks of rows so no [H, T, T]
+        is ever whole: values [T, n_kv, d_head] -> [T, H, d_head]. For layers the fast kernels
+        cannot compute (soft-capping)."""
+        n_kv = values.shape[1]
+        group = self.n_heads // n_kv
+        out = values.new_empty(self.n_tokens, self.n_heads, values.shape[-1])
+        chunk = max(1, _CHUNK_ELEMENTS // (self.n_heads * self.n_tokens))
+        for start in range(0, self.n_tokens, chunk):
+            stop = min(start + chunk, self.n_tokens)
+            width = stop if self.causal else self.n_tokens
+            weights = self._weights(torch.arange(start, stop), width)  # [c, H, S]
+            grouped = weights.view(stop - start, n_kv, group, width)
+            out[start:stop] = torch.einsum("ckgs,skd->ckgd", grouped, values[:width]).reshape(stop - start, self.n_heads, -1)
+        return out
+
+    def _weights(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
+        """Softmaxed scores of query rows `positions` over sources 0..n_sources-1: [r, H, S]."""
+        positions = positions.to(self.queries.device)
+        queries = self.queries[positions]  # [r, H, d]
+        keys = self.keys[:n_sources]  # [S, n_kv, d]
+        n_rows, _, d_head = queries.shape
+        n_kv = keys.shape[1]
+        group = self.n_heads // n_kv
+        stacked = queries.view(n_rows, n_kv, group, d_head).permute(1, 0, 2, 3).reshape(n_kv, n_rows * group, d_head)
+        scores = torch.bmm(stacked, keys.permute(1, 2, 0))  # [n_kv, r * group, S]
+        scores = scores.view(n_kv, n_rows, group, n_sources).permute(1, 0, 2, 3).reshape(n_rows, self.n_heads, n_sources)
+        scores = scores * self.rule.scaling
+        if self.rule.softcap is not None:
+            scores = torch.tanh(scores / self.rule.softcap) * self.rule.softcap
+        hidden = self._hidden(positions, n_sources)
+        if hidden is not None:
+            scores = scores.masked_fill(hidden[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.queries.dtype)
+
+    def _hidden(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor | None:
+        """Which sources the mask hides from each query row: [r, S] bool, or None when none is."""
+        if not self.causal and self.rule.window is None:
+            return None
+        sources = torch.arange(n_sources, device=positions.device)
+        distance = positions[:, None] - sources[None, :]  # [r, S]
+        hidden = torch.zeros_like(distance, dtype=torch.bool)
+        if self.causal:
+            hidden |= distance < 0
+        if self.rule.window is not None:
+            hidden |= distance.abs() >= self.rule.window if not self.causal else distance >= self.rule.window
+        return hidden
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        yield self.queries
+        yield self.keys
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
