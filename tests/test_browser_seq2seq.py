@@ -94,6 +94,8 @@ def test_type_a_source_write_its_target_see_three_tabs_and_come_back(seq2seq_ser
 
     page.get_by_role("link", name="Explorer").first.click()
     page.get_by_text(re.compile(r"\d+ nodes, \d+ edges for decoder position \d+")).wait_for(timeout=120_000)
+    # the caption is written before Plotly draws the figure (on a loaded machine, a while before)
+    page.wait_for_function(f"() => ({ROUTE_IDS_JS})().length > 0", timeout=120_000)
     ids = page.evaluate(ROUTE_IDS_JS)
     assert any(i.startswith("enc:") for i in ids) and any(i.startswith("dec:") for i in ids), ids[:10]
     shoot(page, "05_explorer_route")

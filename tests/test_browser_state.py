@@ -121,6 +121,36 @@ def test_fragment_actions_then_every_page_keep_every_setting(tiny_server, browse
     no_exception(reopened, "the reopened link")
 
 
+def shown_tokens(page) -> list[str]:
+    """What the token sliders on the page show (their thumbs' labels, e.g. '3: ·six')."""
+    return [thumb.inner_text() for thumb in page.get_by_test_id("stSlider").filter(has_text="Token")
+            .get_by_test_id("stSliderThumbValue").all()]  # fmt: skip
+
+
+def test_every_page_shows_the_token_the_session_explains(tiny_server, browser):  # noqa: F811
+    """The token sliders of the Explorer, Attention and Inside are different widgets bound to the
+    one shared token: a page opened after another must show the session's token, not its first
+    (the page computed with the session's token while its slider showed token 0)."""
+    page = open_explorer(browser, tiny_server)
+    settle(page)
+    explained = shown_tokens(page)
+    assert len(explained) == 1 and not explained[0].startswith("0:"), explained
+    for name in ("Attention", "Inside", "Explorer", "Inside", "Attention"):
+        page.get_by_role("link", name=name, exact=True).first.click()
+        settle(page)
+        assert shown_tokens(page) == explained, name
+    slider = page.get_by_test_id("stSlider").filter(has_text="Token").get_by_role("slider")
+    slider.press("ArrowLeft")  # another token, chosen on the Attention page
+    settle(page)
+    chosen = shown_tokens(page)
+    assert chosen != explained
+    for name in ("Explorer", "Inside"):
+        page.get_by_role("link", name=name, exact=True).first.click()
+        settle(page)
+        assert shown_tokens(page) == chosen, name
+    no_exception(page, "the token sliders")
+
+
 def test_a_cancelled_check_leaves_the_previous_result(tiny_server, browser):  # noqa: F811
     page = open_explorer(browser, tiny_server)
     settle(page)

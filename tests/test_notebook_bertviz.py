@@ -70,9 +70,14 @@ def test_model_view_of_transformers_attentions_draws_llm_flows_own_model_view(ti
     attentions, tokens = plain_attentions(tiny_folders["llama"], run)
     page = model_view(attentions, tokens, include_layers=[0, 2], include_heads=[1, 3], html_action="return")
     own = model_view_figure(own_model_view(run, layers=[0, 2], heads=[1, 3]))
-    np.testing.assert_allclose(page.figure.data[0].z, own.data[0].z, atol=2e-6)
     stacked = torch.stack([attentions[layer][0, [1, 3]] for layer in (0, 2)]).numpy()  # [2, 2, T, T]
     n = stacked.shape[-1]
+    theirs, mine = np.asarray(page.figure.data[0].z), np.asarray(own.data[0].z)  # rows: (layer, query)
+    # Layer 0 reads the same embeddings in both passes: the same weights to the bit. llm-flow's
+    # pass attends with SDPA, the reference with eager attention, so later layers read inputs
+    # that differ by float32 rounding (measured: at most 4.6e-6 on the four tiny families).
+    np.testing.assert_array_equal(theirs[:n], mine[:n])
+    np.testing.assert_allclose(theirs[n:], mine[n:], atol=1e-5)
     np.testing.assert_allclose(page.figure.data[0].z, stacked.transpose(0, 2, 1, 3).reshape(2 * n, 2 * n), atol=1e-6)
 
 

@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.query_keys import AttentionRule, QueryKeyPattern
 
 NAME = "llm_flow_capture"
@@ -62,7 +63,8 @@ def _capturing_attention(
     window = kwargs.pop("sliding_window", None)
     if layer is None or query.shape[0] != 1:
         if softcap is not None:
-            raise RuntimeError("soft-capped attention outside a Run")  # never: config restored after the Run
+            # never: the config is restored after the Run; SDPA alone would drop the cap silently
+            raise UnsupportedModelError("soft-capped attention runs only inside a Run: SDPA has no soft cap")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rule = AttentionRule(
         scaling=float(scaling) if scaling is not None else query.shape[-1] ** -0.5,

@@ -33,6 +33,8 @@ MAX_GENERATED = 256
 class Seq2SeqLlm(TransparentLlm):
     """An encoder–decoder: `run_pair(source, target)` is its Run."""
 
+    hf_seq2seq: PreTrainedModel  # the transformers encoder–decoder itself (eager attention): its passes and `generate`
+
     def __init__(
         self,
         hf_model: PreTrainedModel,

@@ -23,6 +23,7 @@ from llm_flow.validation import (
 )  # fmt: skip
 
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
+DRAWN_BY_KEY = "llm_flow_drawn_by"  # which of the widgets bound to a setting drew it last (`bind`)
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"
 
 
@@ -255,19 +256,26 @@ def resolve(state: SessionState, path: str) -> tuple[object, str]:
 
 
 def bind(path: str, *, to_widget: Callable[[Any], Any] | None = None, from_widget: Callable[[Any], Any] | None = None,
-         then: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
+         then: Callable[[], None] | None = None, widget: str = "") -> dict[str, Any]:  # fmt: skip
     """Keyword arguments that bind a widget to the setting at `path`: ``st.slider(..., **bind(
     "route.threshold"))``. The widget shows the state's value (converted by `to_widget`) and its
     changes are written back (converted by `from_widget`), then `then` runs. For widgets in a
-    form, use :func:`widget_key` and copy the value in the submit button's callback instead."""
+    form, use :func:`widget_key` and copy the value in the submit button's callback instead.
+
+    `widget` tells apart several widgets bound to one setting on different pages (say, their
+    labels): Streamlit takes the next page's widget for a new one, which the browser draws at
+    its default although the key still holds the setting's value, so the value is written again
+    for it."""
     owner, name = resolve(get_state(), path)
     key = widget_key(path)
     value = getattr(owner, name)
     value = to_widget(value) if to_widget else value
-    # Only a value the widget does not hold is written: a write is sent to the browser and
-    # replaces what the user may be changing right now (a slider moved key by key).
-    if key not in st.session_state or st.session_state[key] != value:
+    drawn_by = st.session_state.setdefault(DRAWN_BY_KEY, {})
+    # Otherwise only a value the widget does not hold is written: a write is sent to the browser
+    # and replaces what the user may be changing right now (a slider moved key by key).
+    if key not in st.session_state or st.session_state[key] != value or drawn_by.get(key, widget) != widget:
         st.session_state[key] = value
+    drawn_by[key] = widget
 
     def changed() -> None:
         target, attribute = resolve(get_state(), path)
