@@ -6,7 +6,7 @@ and 6 decoder layers, 8 heads, FFN 2048), for source and target of T tokens each
     python -m benchmarks.seq2seq_routes --quick    # T = 16, 64
 
 The first route on a run computes every block's contributions (one hooked forward pass and the
-proximities of every part, in float64, a block of query rows at a time); later routes on the same
+proximities of every part through the decoder engine's kernel, routes/proximity.py); later routes on the same
 run, at any position or threshold, reuse them and only walk the graph. No hub access is needed:
 the weights are random, the shapes are opus-mt's.
 """

@@ -453,12 +453,14 @@ def test_routes_command_keeps_decoder_flags_apart(tmp_path, args, message, capsy
     assert message in capsys.readouterr().err
 
 
-def test_parts_built_a_few_query_rows_at_a_time_give_the_same_shares(runs, references, monkeypatch):
-    """Long texts build the [rows, sources, heads, d] parts in blocks of rows; one row per block
-    must give the formula's shares too (the post-LN gain is per row)."""
+def test_the_direct_formula_on_any_device_gives_the_kernels_shares(runs, references, monkeypatch):
+    """The numba kernel serves CPU tensors; CUDA tensors (and LLM_FLOW_KERNEL=torch) take the
+    direct per-coordinate formula. Both must give the float64 reference's shares, the post-LN gain
+    per row and the bidirectional and cross blocks' every source included."""
     import llm_flow.routes.seq2seq as seq2seq_module
+    from llm_flow.routes.proximity import METHOD_ENV
 
-    monkeypatch.setattr(seq2seq_module, "_CHUNK_ELEMENTS", 1)
+    monkeypatch.setenv(METHOD_ENV, "torch")
     for family in ("marian", "t5"):
         run = runs[family]
         mine = seq2seq_module.seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)

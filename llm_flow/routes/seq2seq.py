@@ -25,14 +25,13 @@ import torch
 
 from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.routes.proximity import head_proximities
 
 if TYPE_CHECKING:
     from llm_flow.models.seq2seq_run import Seq2SeqRun
 
 #: Largest error, relative to the state's size, of the parts' sum before a block is refused.
 TOLERANCE = 1e-4
-#: Elements of the [query rows, sources, heads, d_model] parts held at once (64 MiB in float64).
-_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -265,7 +264,8 @@ def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> Block
     """Contributions of one block from what the hooks recorded, its parts checked to add up.
 
     The parts ``z[q, k, h] = A[h, q, k] · g[q] ⊙ C(moved[k, h])`` (post-LN; ``moved`` alone
-    otherwise) are built a block of query rows at a time, so memory stays bounded for long texts."""
+    otherwise) go to the factored proximity kernel (routes/proximity.py) in float32, which is exact
+    without cancellation; the sum check stays in float64."""
     w_v, b_v, w_o, b_o, n_heads = (t if not isinstance(t, torch.Tensor) else t.double() for t in _projections(spec.attention))
     query_input = record["query_input"][0].double()
     value_input = (record["kv"] if record["kv"] is not None else record["query_input"])[0].double()
@@ -290,16 +290,11 @@ def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> Block
     weights = pattern.double()  # [H, Q, K]
     summed = torch.einsum("hqk,khd->qd", weights, moved)  # Σ over sources and heads of the parts
     _check_sum(whole, (summed if gain is None else summed * gain) + residual + extra, name)
-    norm = whole.abs().sum(-1)  # [Q]
-    n_query, (n_key, n_head, d) = weights.shape[1], moved.shape
-    prox_heads = whole.new_empty(n_query, n_key, n_head)
-    step = max(1, _CHUNK_ELEMENTS // (n_key * n_head * d))
-    for first in range(0, n_query, step):
-        rows = slice(first, first + step)
-        parts = torch.einsum("hqk,khd->qkhd", weights[:, rows], moved)  # [rows, K, H, d]
-        if gain is not None:
-            parts = parts * gain[rows, None, None, :]
-        prox_heads[rows] = (norm[rows, None, None] - (whole[rows, None, None, :] - parts).abs().sum(-1)).clamp_min(0)
+    # The decoder's proximity kernel, every source a part of every row (a decoder self-attention's
+    # hidden sources have weight 0, so their parts are 0): no [Q, K, H, d] is ever built.
+    n_query, n_key = weights.shape[1], moved.shape[0]
+    every_source = torch.full((n_query,), n_key - 1)
+    prox_heads = head_proximities(whole, gain, moved, weights.transpose(0, 1), every_source).double()  # [Q, K, H]
     prox_residual = _proximity(whole, residual)
     total = _safe(prox_heads.sum((1, 2)) + prox_residual)
     return BlockContributions((prox_heads / total[:, None, None]).numpy(), (prox_residual / total).numpy())
