@@ -65,7 +65,7 @@ _MIB = 1 << 20
 
 
 class Limits(_Strict):
-    max_prompt_tokens: int = Field(default=1024, ge=1)
+    max_prompt_tokens: int = Field(default=8192, ge=1)  # SmolLM2's context: runs are linear in the length
     run_memory_mb: float | None = Field(default=None, gt=0)
     run_cache_mb: float | None = Field(default=None, gt=0)
     model_cache_mb: float | None = Field(default=None, gt=0)

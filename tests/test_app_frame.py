@@ -257,6 +257,22 @@ def test_a_refusal_reads_as_a_sentence_whose_counts_agree(tiny_config, tiny_fold
     assert any(e.value.startswith(expected) for e in app.error), [e.value for e in app.error]
 
 
+@pytest.mark.real_model
+def test_the_shipped_app_refuses_a_prompt_over_smollm2s_context(smollm2, monkeypatch):
+    """The shipped limit is SmolLM2's own context (8,192 tokens): a longer prompt is refused with
+    the sentence, before any forward pass; the previous analysis stays active."""
+    app = start(REPO / "config" / "local.json", monkeypatch)
+    before = state(app).source.active
+    text = "Paris " * 8300
+    n_tokens = len(smollm2.tokenizer(text)["input_ids"])
+    assert n_tokens > 8192
+    analyse(app, text)
+    expected = (f"The prompt is {n_tokens:,} tokens long, over the configured limit (limits.max_prompt_tokens) "
+                "of 8,192 tokens: shorten it.")  # fmt: skip
+    assert any(e.value.startswith(expected) for e in app.error), [e.value for e in app.error]
+    assert state(app).source.active == before
+
+
 def test_the_diagonal_attention_edge_shows_the_residual_and_heads_split(tiny_config, monkeypatch):
     app = start(tiny_config, monkeypatch)
     run = active_run(app)

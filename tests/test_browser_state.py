@@ -122,9 +122,11 @@ def test_fragment_actions_then_every_page_keep_every_setting(tiny_server, browse
 
 
 def shown_tokens(page) -> list[str]:
-    """What the token sliders on the page show (their thumbs' labels, e.g. '3: ·six')."""
-    return [thumb.inner_text() for thumb in page.get_by_test_id("stSlider").filter(has_text="Token")
-            .get_by_test_id("stSliderThumbValue").all()]  # fmt: skip
+    """What the token sliders on the page show (their thumbs' labels, e.g. '3: ·six'), once the
+    page has drawn one (on a loaded machine the run may end after `settle` has looked)."""
+    thumbs = page.get_by_test_id("stSlider").filter(has_text="Token").get_by_test_id("stSliderThumbValue")
+    thumbs.first.wait_for(timeout=60_000)
+    return [thumb.inner_text() for thumb in thumbs.all()]
 
 
 def test_every_page_shows_the_token_the_session_explains(tiny_server, browser):  # noqa: F811

@@ -25,6 +25,7 @@ from llm_flow.validation import (
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
 DRAWN_BY_KEY = "llm_flow_drawn_by"  # which of the widgets bound to a setting drew it last (`bind`)
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"
+PAIR = "encoder–decoder"  # `bind`'s widget identity for an encoder–decoder page's variant of a decoder page's widget
 
 
 def linked(param: str, default: Any, *, choices: tuple | None = None, low: float | None = None,
@@ -262,9 +263,10 @@ def bind(path: str, *, to_widget: Callable[[Any], Any] | None = None, from_widge
     changes are written back (converted by `from_widget`), then `then` runs. For widgets in a
     form, use :func:`widget_key` and copy the value in the submit button's callback instead.
 
-    `widget` tells apart several widgets bound to one setting on different pages (say, their
-    labels): Streamlit takes the next page's widget for a new one, which the browser draws at
-    its default although the key still holds the setting's value, so the value is written again
+    `widget` tells apart several widgets bound to one setting (say, by their labels): on
+    different pages, or a decoder's and an encoder–decoder's variant of a page (:data:`PAIR`).
+    Streamlit may take the next one drawn for a new widget, which the browser draws at its
+    default although the key still holds the setting's value, so the value is written again
     for it."""
     owner, name = resolve(get_state(), path)
     key = widget_key(path)
