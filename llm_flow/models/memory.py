@@ -97,10 +97,11 @@ def _run_tensors(info: ModelInfo, n_tokens: int) -> list[int]:
     t = n_tokens
     residuals = 2 if info.parallel_blocks else 3  # a block's input is the previous one's output, kept once
     if info.recomputed_rows:
-        rows = [t * info.n_heads * info.d_head * item, t * info.n_kv_heads * info.d_head * item]
+        rows = [t * info.n_heads * info.d_head * item, t * info.n_kv_heads * info.d_head * item]  # queries, keys
     else:
         rows = [item * info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)]
-    layer = [*[t * info.d_model * item] * residuals, t * info.n_kv_heads * info.d_head * item, t * info.d_mlp * item, *rows]
+    values = t * info.n_kv_heads * info.d_head * item
+    layer = [*[t * info.d_model * item] * residuals, values, t * info.d_mlp * item, *rows]
     if info.post_norms or info.post_ln:
         layer += [4 * t * info.d_model] * 2
     return layer * info.n_layers + [t * info.d_model * item, 8 * t]
