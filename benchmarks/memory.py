@@ -1,21 +1,27 @@
-"""Peak resident memory of one phase of a benchmark.
+"""Peak resident memory of one phase of a benchmark, and the peak of the tensors it allocates.
 
 A sampling thread reads ``/proc/self/statm`` every ~2 ms; a phase's peak is the highest RSS seen
 while it ran minus the RSS when it started. Before each phase freed heap memory is handed back to
 the OS (``malloc_trim``), so the starting RSS is what is really live and memory the phase reuses
 from earlier phases shows up as growth. (A fixed glibc mmap threshold would do the same but makes
 the forward pass ~30% slower through page faults, so it would flatter every ratio.)
+
+`live_tensors` measures the same phase from torch's side (the profiler's allocation events): the
+tensors alive at the highest point. RSS minus that is what the C allocator holds of freed memory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -74,3 +80,36 @@ def measure(phase: Callable[[], Any]) -> Measurement:
     seconds = time.perf_counter() - start
     peak = sampler.stop()
     return Measurement(seconds, peak - start_rss, result)
+
+
+@dataclass
+class LiveTensors:
+    peak_bytes: int  # tensors allocated during the phase and alive together, at the highest
+    end_bytes: int  # of those, alive when it returned
+    result: Any = None
+
+
+def live_tensors(phase: Callable[[], Any]) -> LiveTensors:
+    """Run `phase` under the torch profiler and replay its CPU allocation events: bytes of the
+    tensors it allocated that are alive, at their highest and at its end. Frees of tensors made
+    before the phase are ignored, so the numbers do not depend on what ran earlier."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        result = phase()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    allocations = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    alive: dict[int, int] = {}
+    current = peak = 0
+    for event in allocations:
+        size, address = event["args"]["Bytes"], event["args"]["Addr"]
+        if size > 0:
+            alive[address] = size
+            current += size
+        elif address in alive:
+            current -= alive.pop(address)
+        peak = max(peak, current)
+    return LiveTensors(peak, current, result)

@@ -19,7 +19,13 @@ import torch
 import llm_flow
 from llm_flow.config import load_config
 from llm_flow.errors import MemoryLimitError
-from llm_flow.models.memory import estimate_peak_bytes, estimate_run_bytes, out_of_memory_as_error
+from benchmarks.memory import live_tensors
+from llm_flow.models.memory import (
+    estimate_peak_bytes,
+    estimate_run_bytes,
+    ffn_intermediates_bytes,
+    out_of_memory_as_error,
+)
 from llm_flow.models.query_keys import QueryKeyPattern
 from llm_flow.models.run import CausalPattern
 from tests.conftest import REPO
@@ -78,6 +84,25 @@ def test_estimate_matches_measured_run_size_on_smollm2(smollm2):
         sizes.append(run.nbytes)
         assert estimate_run_bytes(smollm2.info, run.n_tokens) == pytest.approx(run.nbytes, rel=0.2)
     assert sizes[1] > 5 * sizes[0]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt_neox"])
+def test_peak_estimate_holds_the_tensors_the_pass_has_alive_beyond_the_run(tiny_models, family):
+    """The pass's own tensors, replayed from the torch profiler's allocation events (whatever the C
+    allocator does with freed memory): at the end exactly the run; at the highest point the run
+    plus one FFN's intermediates. GPT-2's GELU, elementwise arithmetic, holds 3.5 [T, d_mlp] at
+    once; a gated FFN 1.7. Without the FFN term the estimate would fall short of that."""
+    model = tiny_models(family)
+    model.run(SHORT)  # lazy buffers, thread pools
+    live = live_tensors(lambda: model.run(LONG))
+    run = live.result
+    assert live.end_bytes == run.nbytes
+    beyond_run = live.peak_bytes - live.end_bytes
+    term = ffn_intermediates_bytes(model.info, run.n_tokens)
+    assert 0 < beyond_run <= term
+    assert estimate_peak_bytes(model.info, run.n_tokens) >= live.peak_bytes
+    if family == "gpt2":
+        assert beyond_run >= 0.8 * term, "the FFN is what the pass holds at its highest"
 
 
 def test_run_that_would_not_fit_is_refused_before_the_forward_pass(tiny_folders, tmp_path):

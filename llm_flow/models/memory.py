@@ -3,8 +3,9 @@
 A `Run` keeps, per layer, a few residual-stream tensors, the values, the FFN activations and
 the queries and keys that rebuild its attention rows (or, for attention that cannot be rebuilt
 exactly, the causal half of every pattern); all of it is a function of the model's dimensions
-and the prompt length. The forward pass needs a little more while it runs (one block's
-intermediates; with stored patterns a layer's full attention scores). Knowing both lets
+and the prompt length. The forward pass needs more while it runs: one FFN's intermediates, the
+freed intermediates the C allocator keeps until the pass ends, and with stored patterns a layer's
+full attention scores. Knowing both lets
 `model.run` refuse a prompt that would not fit, with a message that says what to change,
 instead of letting the process die; the app's caches use `Run.nbytes` to stay within a budget.
 """
@@ -28,14 +29,19 @@ _ITEM_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Measured (benchmarks/run_memory.py and the T = 4096 runs of benchmarks/routes.py) the excess
 #: is about one; two keeps the estimate on the safe side.
 _LIVE_SCORE_TENSORS = 2
-#: With fast attention, what the pass adds on top of the run it keeps, as a share of it: each
-#: block's freed intermediates leave holes between the kept tensors that the C allocator does not
-#: hand back during the pass. Tensors over glibc's largest mmap threshold (32 MiB) are mapped on
-#: their own and returned when freed, so a [T, d_model] above it leaves about half as much
-#: (measured with benchmarks/routes.py on SmolLM2's shape: 0.36 of the run at T = 1,024 and
-#: 4,096, 0.17 at 16,384; GPT-2's shape leaves more in that process, see the README).
-_PASS_OVERHEAD = 0.35
-_PASS_OVERHEAD_MAPPED = 0.17
+#: [T, d_mlp] intermediates a feed-forward block holds at once, beside what the run keeps: the
+#: largest set alive at any moment of the pass (attention's are a few [T, d_model]). GPT-2's tanh
+#: GELU is elementwise arithmetic, so the input projection's output and up to three partial
+#: results live together: 3.5 [T, d_mlp] above the run at T = 256, 1,024 and 4,096 (torch
+#: profiler, net of the block's two outputs not yet made); a gated FFN (SwiGLU) holds 1.7.
+_FFN_INTERMEDIATES = 4
+#: With fast attention, freed intermediates the C allocator still holds when the pass ends (its
+#: RSS peak), as a share of the run's bytes that glibc serves from its heap: a tensor above its
+#: largest mmap threshold (32 MiB) is mapped on its own and unmapped when freed, so only smaller
+#: ones leave holes between the kept tensors. Measured as RSS peak minus the peak of live tensors
+#: (benchmarks/run_memory.py): 0.46 of the heap part on SmolLM2's shape at T = 256, 1,024 and
+#: 4,096; on GPT-2's it moves between processes and runs (0.2-0.8 at T = 1,024), see the README.
+_HEAP_RETAINED = 0.45
 _MMAP_THRESHOLD_MAX = 32 << 20
 #: Gemma 2's soft-capped layers are attended from the kept rows in chunks of 2^24 scores,
 #: float32 and model dtype at once (llm_flow/models/query_keys.py).
@@ -54,32 +60,51 @@ def estimate_run_bytes(info: ModelInfo, n_tokens: int) -> int:
     the model's dtype. Post-norm and post-LN models add two float32 gains [T, d_model]. Then the
     token ids (no logits: `Run.position_logits` computes them when asked).
     """
+    return sum(_run_tensors(info, n_tokens))
+
+
+def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
+    """The run plus what the forward pass needs on top while it runs. With fast attention: one
+    FFN's intermediates, the blocks' freed intermediates the allocator still holds, a layer's
+    soft-capped scores computed in chunks (Gemma 2), the float32 logits of the last token. With
+    stored patterns: a layer's full attention scores, alive twice."""
+    run = estimate_run_bytes(info, n_tokens)
+    if info.recomputed_rows:
+        transient = ffn_intermediates_bytes(info, n_tokens) + heap_retained_bytes(info, n_tokens)
+        transient += _SOFTCAP_CHUNK_BYTES * info.post_norms
+    else:
+        transient = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * _item_bytes(info)
+    return run + transient + 4 * info.vocab_size
+
+
+def ffn_intermediates_bytes(info: ModelInfo, n_tokens: int) -> int:
+    """The largest set of tensors alive at once in a block beside the run: an FFN's intermediates
+    (`_FFN_INTERMEDIATES`)."""
+    return _FFN_INTERMEDIATES * n_tokens * info.d_mlp * _item_bytes(info)
+
+
+def heap_retained_bytes(info: ModelInfo, n_tokens: int) -> int:
+    """Freed memory the C allocator still holds at the end of a fast-attention pass: a share of
+    the run's tensors small enough to come from its heap (`_HEAP_RETAINED`)."""
+    heap = sum(size for size in _run_tensors(info, n_tokens) if size <= _MMAP_THRESHOLD_MAX)
+    return int(_HEAP_RETAINED * heap)
+
+
+def _run_tensors(info: ModelInfo, n_tokens: int) -> list[int]:
+    """The size of every tensor a run of `n_tokens` keeps (see `estimate_run_bytes`): their sum
+    is the run; their sizes say which the C allocator maps on their own."""
     item = _item_bytes(info)
     t = n_tokens
     residuals = 2 if info.parallel_blocks else 3  # a block's input is the previous one's output, kept once
     if info.recomputed_rows:
-        rows = t * (info.n_heads + info.n_kv_heads) * info.d_head
+        rows = [t * info.n_heads * info.d_head * item, t * info.n_kv_heads * info.d_head * item]  # queries, keys
     else:
-        rows = info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)
-    per_layer = item * (residuals * t * info.d_model + t * info.n_kv_heads * info.d_head + t * info.d_mlp + rows)
+        rows = [item * info.n_heads * (t * t if info.bidirectional else t * (t + 1) // 2)]
+    values = t * info.n_kv_heads * info.d_head * item
+    layer = [*[t * info.d_model * item] * residuals, values, t * info.d_mlp * item, *rows]
     if info.post_norms or info.post_ln:
-        per_layer += 2 * 4 * t * info.d_model
-    return info.n_layers * per_layer + item * t * info.d_model + 8 * t
-
-
-def estimate_peak_bytes(info: ModelInfo, n_tokens: int) -> int:
-    """The run plus what the forward pass needs on top while it runs. With fast attention: the
-    blocks' freed intermediates the allocator still holds (`_PASS_OVERHEAD`), a layer's
-    soft-capped scores computed in chunks (Gemma 2), the float32 logits of the last token. With
-    stored patterns: a layer's full attention scores, alive twice."""
-    item = _item_bytes(info)
-    run = estimate_run_bytes(info, n_tokens)
-    if info.recomputed_rows:
-        mapped = n_tokens * info.d_model * item > _MMAP_THRESHOLD_MAX
-        transient = int((_PASS_OVERHEAD_MAPPED if mapped else _PASS_OVERHEAD) * run) + _SOFTCAP_CHUNK_BYTES * info.post_norms
-    else:
-        transient = _LIVE_SCORE_TENSORS * info.n_heads * n_tokens * n_tokens * item
-    return run + transient + 4 * info.vocab_size
+        layer += [4 * t * info.d_model] * 2
+    return layer * info.n_layers + [t * info.d_model * item, 8 * t]
 
 
 def fitting_tokens(info: ModelInfo, budget: int) -> int:
