@@ -35,8 +35,8 @@ class TableSource:
             for p in positions
         ]
 
-    def ffn(self, layer):
-        return self.ffn_share[layer], self.ffn_residual[layer]
+    def ffn(self, layer, positions):
+        return self.ffn_share[layer][positions], self.ffn_residual[layer][positions]
 
 
 def hand_built() -> TableSource:

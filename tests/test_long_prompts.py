@@ -143,3 +143,37 @@ def test_the_pass_leaves_the_model_as_it_was(tiny_models):
         model.run(PROMPT).tokens[None], fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, hook: seen.append(t.shape))]
     )
     assert seen and seen[0][-1] == seen[0][-2]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_route_rebuilds_each_attention_row_once(tiny_models, monkeypatch, family):
+    """The rows a route needs are rebuilt from queries and keys in one batch per layer and kept
+    with the Run (as contribution rows): the same route again rebuilds none, a route to another
+    target rebuilds only the rows it adds."""
+    from llm_flow.routes.contributions import AttentionRow
+
+    rebuilt: list[list[int]] = []  # one entry per batch: its query positions
+    real = QueryKeyPattern._weights
+
+    def counting(self, positions, n_sources):
+        rebuilt.append(positions.tolist())
+        return real(self, positions, n_sources)
+
+    monkeypatch.setattr(QueryKeyPattern, "_weights", counting)
+    run = tiny_models(family).run(LONG)
+    assert isinstance(run.layer(0).pattern, QueryKeyPattern)
+    rebuilt.clear()  # loading the model (first use) checks rebuilt rows against stored ones on a probe prompt
+
+    def kept() -> set[tuple[int, int]]:
+        return {(key.layer, key.position) for key in run.derived_store.keys() if isinstance(key, AttentionRow)}
+
+    llm_flow.build_graph(run, -1, threshold=0.02)
+    assert len(rebuilt) <= run.n_layers, "one batch of rows per layer"
+    assert sum(map(len, rebuilt)) == len(kept()) > run.n_layers, "every row rebuilt once, and kept"
+    rebuilt.clear()
+    llm_flow.build_graph(run, -1, threshold=0.02)
+    llm_flow.build_graph(run, -1, threshold=0.05)
+    assert rebuilt == [], "the same route rebuilt attention rows"
+    before = kept()
+    llm_flow.build_graph(run, run.n_tokens // 2, threshold=0.02)
+    assert sum(map(len, rebuilt)) == len(kept() - before) > 0

@@ -7,7 +7,7 @@ import torch
 
 import llm_flow
 from llm_flow.models.run import CausalPattern
-from llm_flow.routes import contributions
+from llm_flow.routes import contributions, proximity
 from llm_flow.routes.contributions import contribution_rows
 
 PROMPT = "The capital of France is Paris. When Mary and John went to the store, John gave a drink"
@@ -30,9 +30,13 @@ def test_small_row_blocks_give_the_same_contributions(tiny_models, monkeypatch, 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("block_elements", [50, 1 << 24])
-def test_scattered_rows_equal_the_full_layer(tiny_models, monkeypatch, family, block_elements):
-    """Rows asked for in any order, with gaps (what the pruner does), equal the all-rows result."""
+@pytest.mark.parametrize("few_coordinates", [0.0, 1.0])
+def test_scattered_rows_equal_the_full_layer(tiny_models, monkeypatch, family, block_elements, few_coordinates):
+    """Rows asked for in any order, with gaps (what the pruner does), equal the all-rows result,
+    whether their head vectors are made in every coordinate (0.0) or only in those their parts
+    can reach (1.0: what a route's few rows get on a long prompt)."""
     monkeypatch.setattr(contributions, "_ROW_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(proximity, "_FEW_COORDINATES", few_coordinates)
     model = tiny_models(family)
     run = model.run(PROMPT)
     positions = [run.n_tokens - 1, 2, 7, 0, run.n_tokens // 2]

@@ -31,6 +31,13 @@ def direct(whole, gain, vectors, weights, positions):
     return prox * mask[..., None]
 
 
+def post_norm_gains(gen: torch.Generator, n_rows: int, d_model: int) -> torch.Tensor:
+    """Elementwise gains, some negative and one coordinate 0 (where no part can count)."""
+    gain = torch.rand(n_rows, d_model, generator=gen) * 3 - 0.5
+    gain[:, 7] = 0.0
+    return gain
+
+
 def random_case(seed, n_rows=6, n_sources=40, n_heads=3, d_model=96, with_gain=False):
     """Parts comparable to the whole, and wholes with many tiny coordinates, so the correction
     term of the fast kernel is exercised often (and sometimes a part overshoots the whole)."""
@@ -44,10 +51,7 @@ def random_case(seed, n_rows=6, n_sources=40, n_heads=3, d_model=96, with_gain=F
     weights = torch.rand(n_rows, n_heads, n_sources, generator=gen) ** 4
     positions = torch.randint(0, n_sources, (n_rows,), generator=gen)
     positions[0] = n_sources - 1
-    gain = None
-    if with_gain:
-        gain = torch.rand(n_rows, d_model, generator=gen) * 3 - 0.5  # includes negative gains
-        gain[:, 7] = 0.0
+    gain = post_norm_gains(gen, n_rows, d_model) if with_gain else None
     return whole, gain, vectors, weights, positions
 
 
@@ -81,10 +85,7 @@ def factored_case(seed, n_kv, with_gain, n_sources=40, n_heads=4, d_head=8, d_mo
     attention_out = torch.einsum("rhs,shd->rd", weights, vectors)
     whole = attention_out + 0.5 * torch.randn(len(positions), d_model, generator=gen)
     whole[:, ::3] *= 1e-3
-    gain = None
-    if with_gain:
-        gain = torch.rand(len(positions), d_model, generator=gen) * 3 - 0.5  # includes negative gains
-        gain[:, 7] = 0.0
+    gain = post_norm_gains(gen, len(positions), d_model) if with_gain else None
     return whole, gain, layer, positions, vectors, weights
 
 
@@ -105,6 +106,49 @@ def test_factored_path_equals_definition(seed, with_gain, n_kv):
     corrected = (linear_only.clamp_min(0) - expected).abs() > 1e-3
     assert corrected.float().mean() > 0.05, "the case should exercise the correction term"
     assert (expected > 0).float().mean() > 0.05
+
+
+def late_rows_case(seed, n_kv, with_gain, n_sources=300, n_heads=4, d_head=8, d_model=96):
+    """A route's situation on a long prompt: a few late query rows, attention spread over many
+    sources, wholes larger than any one part except in some tiny coordinates (where parts
+    overshoot, so the correction matters)."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(n_sources, n_kv, d_head, generator=gen)
+    w_o = torch.randn(n_heads, d_head, d_model, generator=gen) / d_head**0.5
+    scores = torch.randn(n_heads, n_sources, n_sources, generator=gen) * 2
+    causal = torch.ones(n_sources, n_sources, dtype=torch.bool).tril()
+    pattern = CausalPattern(scores.masked_fill(~causal, float("-inf")).softmax(-1))
+    positions = torch.tensor([n_sources - 1, 250, 180])
+    whole = 5 * torch.randn(len(positions), d_model, generator=gen)
+    whole[:, ::8] *= 1e-2
+    gain = post_norm_gains(gen, len(positions), d_model) if with_gain else None
+    return whole, gain, values, w_o, pattern, positions
+
+
+@pytest.mark.parametrize("n_kv", [4, 1])
+@pytest.mark.parametrize("with_gain", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_coordinates_no_part_can_reach_are_left_out(monkeypatch, seed, with_gain, n_kv):
+    """A few rows get vo only in the coordinates where the Cauchy–Schwarz bound says a part can
+    exceed its whole: the definition's proximities and those made with vo in every coordinate,
+    without ever making vo in every coordinate."""
+    monkeypatch.setattr(proximity, "_FEW_COORDINATES", 1.0)  # the restricted path whenever it leaves any out
+    whole, gain, values, w_o, pattern, positions = late_rows_case(seed, n_kv, with_gain)
+    layer = AttentionLayer.build(values, w_o, pattern)
+    full = AttentionLayer.build(values, w_o, pattern)
+    assert (layer.bound >= full.vmax).all(), "the bound is above max |vo| everywhere"
+    weights = pattern.rows(positions, pattern.n_tokens)
+    coords, _, _ = layer.correction_vectors(proximity._key(whole, gain), weights)
+    assert 0 < len(coords) < 0.7 * whole.shape[1], "the case leaves coordinates out"
+    result = attention_proximities(whole, gain, layer, positions, method="numba")
+    assert "vectors_t" not in vars(layer), "vo in every coordinate was made"
+    expected = direct(whole, gain, full.vectors, weights, positions)
+    torch.testing.assert_close(result.double(), expected, atol=2e-6, rtol=1e-6)
+    full.vectors_t  # made first: every coordinate is used
+    torch.testing.assert_close(result, attention_proximities(whole, gain, full, positions, method="numba"), atol=1e-6, rtol=0)
+    signed_gain = torch.where(whole >= 0, 1.0, -1.0) * (1 if gain is None else gain)
+    linear_only = torch.einsum("rhs,rd,shd->rsh", weights.double(), signed_gain.double(), full.vectors.double())
+    assert ((linear_only.clamp_min(0) - expected).abs() > 1e-6).sum() > 50, "the correction should matter"
 
 
 def test_factored_layer_builds_the_head_vectors():

@@ -52,15 +52,18 @@ class QueryKeyPattern:
     def row(self, position: int) -> torch.Tensor:
         """Attention of query `position` to its sources: [H, S]."""
         n_sources = position + 1 if self.causal else self.n_tokens
-        return self._weights(torch.tensor([position]), n_sources)[0]
+        return self._weights(torch.tensor([position]), n_sources)[:, 0]
 
     def rows(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
-        """Rows for several query positions, zero-padded (or cut) to `n_sources` sources: [r, H, n_sources]."""
+        """Rows for several query positions, zero-padded (or cut) to `n_sources` sources: [r, H, n_sources].
+
+        A view of head-major weights ([H, r, S] in memory, the layout the proximity kernel reads),
+        so callers that need contiguous rows copy them themselves."""
         positions = positions.to(torch.int64)
         width = int(positions.max()) + 1 if self.causal and len(positions) else self.n_tokens
-        weights = self._weights(positions, width)
+        weights = self._weights(positions, width).transpose(0, 1)
         if n_sources <= width:
-            return weights[..., :n_sources].contiguous()
+            return weights[..., :n_sources]
         return torch.nn.functional.pad(weights, (0, n_sources - width))
 
     def block(self, start: int, stop: int) -> torch.Tensor:
@@ -82,28 +85,30 @@ class QueryKeyPattern:
         for start in range(0, self.n_tokens, chunk):
             stop = min(start + chunk, self.n_tokens)
             width = stop if self.causal else self.n_tokens
-            weights = self._weights(torch.arange(start, stop), width)  # [c, H, S]
-            grouped = weights.view(stop - start, n_kv, group, width)
-            out[start:stop] = torch.einsum("ckgs,skd->ckgd", grouped, values[:width]).reshape(stop - start, self.n_heads, -1)
+            weights = self._weights(torch.arange(start, stop), width)  # [H, c, S]
+            grouped = weights.view(n_kv, group, stop - start, width)
+            out[start:stop] = torch.einsum("kgcs,skd->ckgd", grouped, values[:width]).reshape(stop - start, self.n_heads, -1)
         return out
 
     def _weights(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
-        """Softmaxed scores of query rows `positions` over sources 0..n_sources-1: [r, H, S]."""
+        """Softmaxed scores of query rows `positions` over sources 0..n_sources-1, head-major:
+        [H, r, S]. One matrix product per key/value head for all rows; scaling, capping and
+        masking in place, so the only [H, r, S] tensors made are the scores and the softmax."""
         positions = positions.to(self.queries.device)
         queries = self.queries[positions]  # [r, H, d]
         keys = self.keys[:n_sources]  # [S, n_kv, d]
         n_rows, _, d_head = queries.shape
         n_kv = keys.shape[1]
         group = self.n_heads // n_kv
-        stacked = queries.view(n_rows, n_kv, group, d_head).permute(1, 0, 2, 3).reshape(n_kv, n_rows * group, d_head)
-        scores = torch.bmm(stacked, keys.permute(1, 2, 0))  # [n_kv, r * group, S]
-        scores = scores.view(n_kv, n_rows, group, n_sources).permute(1, 0, 2, 3).reshape(n_rows, self.n_heads, n_sources)
-        scores = scores * self.rule.scaling
+        # query head h = kv * group + g, stacked as [kv, (g, r), d] so the product is [H, r, S] as it comes out
+        stacked = queries.view(n_rows, n_kv, group, d_head).permute(1, 2, 0, 3).reshape(n_kv, group * n_rows, d_head)
+        scores = torch.bmm(stacked, keys.permute(1, 2, 0)).view(self.n_heads, n_rows, n_sources)
+        scores.mul_(self.rule.scaling)
         if self.rule.softcap is not None:
-            scores = torch.tanh(scores / self.rule.softcap) * self.rule.softcap
+            scores.div_(self.rule.softcap).tanh_().mul_(self.rule.softcap)
         hidden = self._hidden(positions, n_sources)
         if hidden is not None:
-            scores = scores.masked_fill(hidden[:, None, :], float("-inf"))
+            scores.masked_fill_(hidden, float("-inf"))
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.queries.dtype)
 
     def _hidden(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor | None:
@@ -112,12 +117,11 @@ class QueryKeyPattern:
             return None
         sources = torch.arange(n_sources, device=positions.device)
         distance = positions[:, None] - sources[None, :]  # [r, S]
-        hidden = torch.zeros_like(distance, dtype=torch.bool)
-        if self.causal:
-            hidden |= distance < 0
-        if self.rule.window is not None:
-            hidden |= distance.abs() >= self.rule.window if not self.causal else distance >= self.rule.window
-        return hidden
+        if self.rule.window is None:
+            return distance < 0
+        if not self.causal:
+            return distance.abs() >= self.rule.window
+        return (distance < 0) | (distance >= self.rule.window)
 
     def tensors(self) -> Iterator[torch.Tensor]:
         yield self.queries

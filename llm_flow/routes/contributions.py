@@ -81,19 +81,25 @@ def attention_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.T
     return heads, residual
 
 
-def ffn_contributions(run: Run, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The FFN's share ``c_ffn[i]`` and the residual's share ``c_res[i]`` of ``resid_post``: [T], [T].
+def ffn_contributions(run: Run, layer: int, positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FFN's share ``c_ffn[i]`` and the residual's share ``c_res[i]`` of ``resid_post``: [T], [T]
+    (or [r], [r] for the given `positions` only: a route reads the few it reaches).
 
     Sequential blocks: parts ``resid_mid`` and ``mlp_out``. Parallel blocks: the joint
     normalisation with the attention parts, so ``c_res`` equals `attention_contributions`'.
     """
     act = run.layer(layer)
-    if run.parallel:
+    if run.parallel and positions is None:
         _, residual, ffn = _all_rows(run, layer)
         return ffn, residual
-    whole = act.resid_post.float()
-    prox_ffn = vector_proximity(whole, _through_norm(run, act.mlp_out, act.mlp_gain))
-    prox_res = vector_proximity(whole, _through_norm(run, act.resid_mid, act.mlp_gain))
+    if run.parallel:
+        rows = contribution_rows(run, layer, positions)
+        return torch.tensor([row.ffn for row in rows]), torch.tensor([row.residual for row in rows])
+    rows = slice(None) if positions is None else torch.tensor(positions, dtype=torch.int64, device=act.resid_post.device)
+    gain = None if act.mlp_gain is None else act.mlp_gain[rows]
+    whole = act.resid_post[rows].float()
+    prox_ffn = vector_proximity(whole, _through_norm(run, act.mlp_out[rows], gain))
+    prox_res = vector_proximity(whole, _through_norm(run, act.resid_mid[rows], gain))
     total = _safe(prox_ffn + prox_res)
     return prox_ffn / total, prox_res / total
 

@@ -46,8 +46,8 @@ class ContributionSource(Protocol):
 
     def attention_rows(self, layer: int, positions: list[int]) -> list[RowContributions]: ...
 
-    def ffn(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequential blocks: (c_ffn [T], c_res [T]) of resid_post."""
+    def ffn(self, layer: int, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequential blocks: (c_ffn [r], c_res [r]) of resid_post at `positions`."""
         ...
 
 
@@ -61,8 +61,8 @@ class RunContributions:
     def attention_rows(self, layer: int, positions: list[int]) -> list[RowContributions]:
         return contribution_rows(self.run, layer, positions)
 
-    def ffn(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return ffn_contributions(self.run, layer)
+    def ffn(self, layer: int, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return ffn_contributions(self.run, layer, positions)
 
 
 def build_graph(
@@ -128,9 +128,8 @@ def apply_threshold(weights: torch.Tensor, threshold: float, renormalize: bool) 
 def _sequential_layer(graph, source: ContributionSource, layer, positions, threshold, renormalize, stack=None) -> list[int]:
     """Edges into the kept ``I{layer}_i``, then into the ``A{layer}_i`` those reach (`stack`: the
     encoder–decoder stack the nodes belong to, None in a decoder-only or encoder graph)."""
-    c_ffn, c_res = source.ffn(layer)
-    index = torch.tensor(positions, dtype=torch.long)
-    weights = apply_threshold(torch.stack([c_res[index], c_ffn[index]], -1), threshold, renormalize)
+    c_ffn, c_res = source.ffn(layer, positions)
+    weights = apply_threshold(torch.stack([c_res, c_ffn], -1), threshold, renormalize)
     attention_positions = []
     for k, position in enumerate(positions):
         after_layer, after_attention, ffn_node = (NodeId(kind, layer, position, stack) for kind in "IAM")

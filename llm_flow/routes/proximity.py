@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -44,30 +45,72 @@ METHOD_ENV = "LLM_FLOW_KERNEL"
 _CHUNK_ELEMENTS = 1 << 22  # elements of [rows, sources, heads, d_model] materialised at once (torch path)
 # Numba's default thread pool must not be entered by two Python threads at once (app sessions).
 _numba_lock = threading.Lock()
+#: A block of rows whose parts can reach at most this fraction of d_model gets vo in those
+#: coordinates only; beyond it, vo in every coordinate is made once and serves the layer's blocks.
+_FEW_COORDINATES = 0.5
+#: Keeps the Cauchy–Schwarz bound on |vo| above vo as rounded in float32 (relative error ~1e-6).
+_BOUND_MARGIN = 1.001
 
 
 @dataclass(frozen=True, eq=False)
 class AttentionLayer:
     """One layer's attention parts in factored form, shared by every block of query rows:
-    ``z[i, j, h] = pattern[h, i, j] * gain[i] ⊙ vo[j, h]`` with ``vo[j, h] = values[j, kv(h)] @ w_o[h]``."""
+    ``z[i, j, h] = pattern[h, i, j] * gain[i] ⊙ vo[j, h]`` with ``vo[j, h] = values[j, kv(h)] @ w_o[h]``.
+
+    The correction reads ``vo`` only in the few coordinates where a part can exceed its whole
+    (module docstring), so ``vo`` over all of d_model ([H, d, T], as much work as a layer's
+    attention output) is made only when a block of rows needs most coordinates (a whole layer's
+    rows); a route's few rows get ``vo`` in just the coordinates their parts can reach, which a
+    cheap bound on ``max_d |vo|`` tells in advance."""
 
     values: torch.Tensor  # [T, n_kv, d_head] float32, value bias included
     w_o: torch.Tensor  # [H, d_head, d] float32
     pattern: Pattern  # rows asked block by block (rebuilt from queries and keys, or stored)
-    vectors_t: torch.Tensor  # [H, d, T] vo, laid out so one coordinate of one head is contiguous over sources
-    vmax: torch.Tensor  # [H, T] max_d |vo[j, h, d]|
+    bound: torch.Tensor  # [H, T] >= max_d |vo[j, h, d]|, by Cauchy–Schwarz (see `build`)
 
     @classmethod
     def build(cls, values: torch.Tensor, w_o: torch.Tensor, pattern: Pattern) -> "AttentionLayer":
         values, w_o = values.float(), w_o.float()
-        vectors_t = _vectors_t(values, w_o)
-        vmax = torch.maximum(vectors_t.amax(1), -vectors_t.amin(1))  # max |.| without an |.| copy
-        return cls(values, w_o, pattern, vectors_t, vmax)
+        n_heads = w_o.shape[0]
+        # |vo[j, h, d]| = |v[j, kv(h)] . W_O[h][:, d]| <= ||v[j, kv(h)]|| * max_d ||W_O[h][:, d]||
+        columns = w_o.norm(dim=1).amax(-1)  # [H]
+        norms = values.norm(dim=-1).repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H]
+        return cls(values, w_o, pattern, (norms * columns).T.contiguous() * _BOUND_MARGIN)
+
+    @cached_property
+    def vectors_t(self) -> torch.Tensor:
+        """vo over every coordinate, [H, d, T], laid out so one coordinate of one head is contiguous
+        over sources; computed once, when first asked."""
+        return _vectors_t(self.values, self.w_o)
+
+    @cached_property
+    def vmax(self) -> torch.Tensor:
+        """max_d |vo[j, h, d]|: [H, T]."""
+        return _abs_max(self.vectors_t)
 
     @property
     def vectors(self) -> torch.Tensor:
         """vo as [T, H, d] (a view)."""
         return self.vectors_t.permute(2, 0, 1)
+
+    def correction_vectors(
+        self, key: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """What the correction kernel reads for rows with keys ``|y| / |g|`` [r, d] and weights
+        [r, H, S]: the coordinates it may need (None: all), vo over them [H, c, >= S] and their
+        max |vo| per part [H, >= S].
+
+        A coordinate d can count for row k only if ``key[k, d] < a * max|vo|`` for some part of
+        the row, so every coordinate with ``key[k, d] >= max_(h, j) a[k, h, j] * bound[h, j]``
+        is left out without computing vo there: the kernel would walk past it adding nothing."""
+        if "vectors_t" not in self.__dict__:  # all coordinates not made yet: maybe few are needed
+            n_sources = weights.shape[-1]
+            reach = (weights * self.bound[:, :n_sources]).amax((1, 2))  # [r]
+            coords = torch.nonzero((key < reach[:, None]).any(0)).flatten()
+            if len(coords) <= _FEW_COORDINATES * key.shape[1]:
+                vectors_t = _vectors_t(self.values[:n_sources], self.w_o[:, :, coords])  # [H, c, S]
+                return coords, vectors_t, _abs_max(vectors_t)
+        return None, self.vectors_t, self.vmax
 
 
 def _vectors_t(values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
@@ -76,6 +119,13 @@ def _vectors_t(values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
     n_heads, _, d_model = w_o.shape
     stacked = w_o.view(n_kv, n_heads // n_kv, d_head, d_model).transpose(2, 3).reshape(n_kv, -1, d_head)
     return torch.bmm(stacked, values.permute(1, 2, 0)).view(n_heads, d_model, n_sources)
+
+
+def _abs_max(vectors_t: torch.Tensor) -> torch.Tensor:
+    """max_d |vectors_t[h, d, j]|: [H, S] (zeros when there is no coordinate)."""
+    if not vectors_t.shape[1]:
+        return vectors_t.new_zeros(vectors_t.shape[0], vectors_t.shape[2])
+    return torch.maximum(vectors_t.amax(1), -vectors_t.amin(1))  # max |.| without an |.| copy
 
 
 def vector_proximity(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
@@ -110,7 +160,11 @@ def attention_proximities(
     signed_gain = _signed_gain(whole, gain)
     dots = _factored_dots(signed_gain, layer.values[:n_sources], layer.w_o)
     packed, offsets = _packed_rows(weights)
-    return _corrected(dots, packed, offsets, whole, gain, signed_gain, layer.vectors_t, layer.vmax, counts)
+    coords, vectors_t, vmax = layer.correction_vectors(_key(whole, gain), weights)
+    if coords is not None:  # the correction reads these coordinates only
+        whole, signed_gain = whole[:, coords], signed_gain[:, coords]
+        gain = None if gain is None else gain[:, coords]
+    return _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, counts)
 
 
 def head_proximities(
@@ -204,11 +258,18 @@ def _factored_dots(signed_gain: torch.Tensor, values: torch.Tensor, w_o: torch.T
     return torch.bmm(projected, values.permute(1, 2, 0)).view(n_heads, n_rows, n_sources)
 
 
+def _key(whole: torch.Tensor, gain: torch.Tensor | None, abs_whole: torch.Tensor | None = None) -> torch.Tensor:
+    """``|y_d| / |g_d|`` per row and coordinate: a part's coordinate d can count only if
+    ``a |vo_d|`` exceeds it (inf, or nan, where the gain is 0: never)."""
+    abs_whole = whole.abs() if abs_whole is None else abs_whole
+    return abs_whole if gain is None else abs_whole / gain.abs()
+
+
 def _corrected(dots, packed, offsets, whole, gain, signed_gain, vectors_t, vmax, counts) -> torch.Tensor:
     """Run the correction kernel: [r, S, H] proximities from the dot products [H, r, S]."""
     n_heads, n_rows, n_sources = dots.shape
     abs_whole = whole.abs()
-    key = abs_whole if gain is None else abs_whole / gain.abs()  # inf (or nan) where the gain is 0
+    key = _key(whole, gain, abs_whole)
     out = whole.new_empty(n_rows, n_sources, n_heads)
     with _numba_lock:
         _correct(

@@ -138,8 +138,8 @@ class _Stack:
             for p in positions
         ]
 
-    def ffn(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.ffns[layer].ffn), torch.from_numpy(self.ffns[layer].residual)
+    def ffn(self, layer: int, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.ffns[layer].ffn[positions]), torch.from_numpy(self.ffns[layer].residual[positions])
 
 
 def _decoder_layer(
@@ -149,9 +149,8 @@ def _decoder_layer(
     """Edges into the kept ``dec:I{layer}_t``, the ``dec:C{layer}_t`` those reach (cross edges
     from the encoder's final states, whose positions join `reached`), then the ``dec:A{layer}_t``;
     returns the decoder positions of the layer input the self-attention edges reach."""
-    c_ffn, c_res = decoder.ffn(layer)
-    index = torch.tensor(positions, dtype=torch.long)
-    weights = apply_threshold(torch.stack([c_res[index], c_ffn[index]], -1), threshold, renormalize)  # [P, 2]
+    c_ffn, c_res = decoder.ffn(layer, positions)
+    weights = apply_threshold(torch.stack([c_res, c_ffn], -1), threshold, renormalize)  # [P, 2]
     cross_positions = []
     for k, t in enumerate(positions):
         after_layer, after_cross, ffn_node = (NodeId(kind, layer, t, "decoder") for kind in "ICM")
