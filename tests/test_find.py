@@ -88,7 +88,7 @@ def test_a_node_name_finds_that_node_and_a_missing_one_says_why(graphs):
 def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
     graph = graphs["llama"]
     n_tokens, n_layers = graph.graph["n_tokens"], graph.graph["n_layers"]
-    assert find_nodes(graph, "Zanzibar").nodes == ()
+    assert find_nodes(graph, "Zanzibar").nodes == () and find_nodes(graph, "Zanzibar").query == "Zanzibar"
     assert find_nodes(graph, "Zanzibar").message == "No token of the prompt reads 'Zanzibar'."
     assert find_nodes(graph, '"3"').message == "No token of the prompt reads '3'.", "quotes make a query text"
     unreached = [p for p in range(n_tokens) if not at(graph, position=p)]
@@ -100,11 +100,33 @@ def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
         f"-{n_tokens + 1}": "is out of range",
         f"L{n_layers}": f"layer {n_layers} is out of range: the model has {n_layers} layers (L0–L{n_layers - 1})",
         f"A{n_layers}_0": f"layer {n_layers} is out of range",
-        '""': "type some text of a token",
     }
     for query, message in cases.items():
         with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
             find_nodes(graph, query)
+    with pytest.raises(ArgumentError) as quotes:
+        find_nodes(graph, '""')
+    assert str(quotes.value) == "type some text of a token to find it (quotes alone match nothing)"
+
+
+def test_text_the_route_does_not_reach_names_up_to_five_of_its_tokens_and_what_the_route_reaches(tiny_models):
+    """A narrow route (threshold 0.1 reaches 3 tokens): "a" reads as tokens 40 and 42 and is part
+    of 6 more, none on the route. The message lists the exact ones first, five in all, then where
+    the route does go, all read off the graph's attributes."""
+    graph = llm_flow.build_graph(tiny_models("llama").run(PROMPT), target=-1, threshold=0.1)
+    tokens = graph.graph["tokens"]
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    exact = [p for p, token in enumerate(tokens) if token.strip().lower() == "a"]
+    contain = [p for p, token in enumerate(tokens) if "a" in token.lower() and p not in exact]
+    assert len(exact) == 2 and len(exact + contain) > 5 and not set(exact + contain) & set(reached), "the premise"
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    shown = ", ".join(f"token {p} {tokens[p]!r}" for p in (exact + contain)[:5])
+    found = find_nodes(graph, " a ")
+    assert found.query == " a " and found.nodes == ()
+    assert found.message == (
+        f"'a' is {shown}, not reached by this route at threshold 0.1 (it reaches layers {layers[0]}–{layers[-1]} "
+        f"and tokens {', '.join(map(str, reached))}; a lower threshold keeps more)."
+    )
 
 
 def test_focus_ranges_centre_the_node_and_stay_inside_the_graph(graphs):

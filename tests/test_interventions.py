@@ -671,7 +671,7 @@ def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(r
     "parts, message",
     [
         ([AttentionPart(3, 1, 0, 0)], "layer must be 0..2"),
-        ([AttentionPart(0, 99, 0, 0)], "token positions must be"),
+        ([AttentionPart(0, 99, 0, 0)], r"AttentionPart\(layer=0, query=99, source=0, head=0\): token positions must be"),
         ([FfnPart(0, 36)], r"FfnPart\(layer=0, position=36\): token positions must be 0\.\.35 for this 36-token prompt"),
         ([AttentionPart(0, 4, 36, 0)], r"AttentionPart\(layer=0, query=4, source=36, head=0\): token positions"),
         ([AttentionPart(3, 4, 3, 0)], r"AttentionPart\(layer=3, query=4, source=3, head=0\): layer must be"),
@@ -680,8 +680,12 @@ def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(r
         ([ResidualPart(0, 1, "M")], "node must be 'A'"),
         ([ResidualPart(5, 1, "A")], r"ResidualPart\(layer=5, position=1, node='A'\): layer must be"),
         ([ResidualPart(0, 99, "I")], r"ResidualPart\(layer=0, position=99, node='I'\): token positions must be"),
-        ([FfnPart(-1, 0)], "layer must be"),
-        ([(0, 1, 0, 0)], "is not a part"),
+        ([FfnPart(-1, 0)], r"FfnPart\(layer=-1, position=0\): layer must be 0\.\.2 \(got -1\)"),
+        (
+            [(0, 1, 0, 0)],
+            r"^\(0, 1, 0, 0\) is not a part: use AttentionPart\(layer, query, source, head\), "
+            r"ResidualPart\(layer, position, 'A' or 'I'\) or FfnPart\(layer, position\)$",
+        ),
     ],
 )
 def test_bad_parts(runs, parts, message):
