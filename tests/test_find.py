@@ -13,6 +13,7 @@ from llm_flow.errors import ArgumentError
 from llm_flow.export import figure_bytes, route_title
 from llm_flow.figures.route import focus_ranges, route_figure
 from llm_flow.routes.find import find_nodes
+from llm_flow.views.tokens import display_token
 from tests.test_export import SVG, needs_chromium
 from tests.test_export_layout import TRANSLATE, html_figure, svg_trace_points
 
@@ -107,6 +108,43 @@ def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
     with pytest.raises(ArgumentError) as quotes:
         find_nodes(graph, '""')
     assert str(quotes.value) == "type some text of a token to find it (quotes alone match nothing)"
+
+
+def test_what_was_found_is_said_in_words(graphs):
+    """The line above the matches: a node's kind (its layer unless it is an embedding) and token;
+    token text found at one token names it, found at several counts them."""
+    graph = graphs["llama"]
+    tokens = graph.graph["tokens"]
+    embedding = sorted(at(graph, kind="embedding"))[0]
+    p = graph.nodes[embedding]["position"]
+    assert find_nodes(graph, embedding).message == f"{embedding}: token embedding at token {p} {tokens[p]!r}."
+    attention = sorted(at(graph, kind="resid_mid", layer=1))[0]
+    p = graph.nodes[attention]["position"]
+    expected = f"{attention}: residual after attention (layer 1) at token {p} {tokens[p]!r}."
+    assert find_nodes(graph, attention).message == expected
+    assert find_nodes(graph, attention).query == attention
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    assert find_nodes(graph, missing).query == missing
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    once = next(p for p in reached if len(tokens[p].strip()) > 1 and sum(tokens[p].strip() in t for t in tokens) == 1)
+    count = len(at(graph, position=once))
+    found = find_nodes(graph, tokens[once].strip())
+    assert found.query == tokens[once].strip()
+    nodes = f"{count} node" + ("s" if count > 1 else "")
+    assert found.message == f"{tokens[once].strip()!r}: {nodes} at token {once} {tokens[once]!r}."
+    several = [p for p in reached if "a" in tokens[p].lower()]
+    count = sum(len(at(graph, position=p)) for p in several)
+    assert len(several) > 1 and find_nodes(graph, "a").message == f"'a': {count} nodes at {len(several)} tokens."
+
+
+def test_a_line_break_inside_a_token_is_typed_as_the_figure_shows_it(graphs):
+    """Labels draw a line break as ↵ (``display_token``); typed so, it finds the token. The tiny
+    tokenizer keeps every line break a token of its own, so one reached token is given one inside."""
+    graph = graphs["llama"].copy()
+    position = max(data["position"] for _, data in graph.nodes(data=True))
+    graph.graph["tokens"] = [*graph.graph["tokens"][:position], "in\nk", *graph.graph["tokens"][position + 1 :]]
+    assert display_token("in\nk") == "in↵k"
+    assert find_nodes(graph, "in↵k").nodes == tuple(reading_order(graph, at(graph, position=position)))
 
 
 def test_text_the_route_does_not_reach_names_up_to_five_of_its_tokens_and_what_the_route_reaches(tiny_models):
