@@ -137,6 +137,29 @@ def test_what_was_found_is_said_in_words(graphs):
     assert len(several) > 1 and find_nodes(graph, "a").message == f"'a': {count} nodes at {len(several)} tokens."
 
 
+def test_a_layer_names_its_nodes_and_tokens_and_a_miss_lists_at_most_twelve_tokens(graphs):
+    """``L0``, ``L1`` and ``emb`` count their nodes and tokens; a node off a route that reaches 14
+    tokens lists the first 12 of them and an ellipsis."""
+    graph = graphs["llama"]
+    for query, layer, what in (("L0", 0, "Layer 0"), ("l1", 1, "Layer 1"), ("emb", -1, "The token embeddings")):
+        nodes = at(graph, layer=layer)
+        tokens = {graph.nodes[n]["position"] for n in nodes}
+        found = find_nodes(graph, query)
+        assert found.query == query and len(nodes) > 1
+        at_tokens = f"{len(tokens)} token" + ("s" if len(tokens) > 1 else "")
+        assert found.message == f"{what}: {len(nodes)} nodes at {at_tokens}."
+    last = graph.graph["n_tokens"] - 1
+    assert find_nodes(graph, "-1").query == "-1" and find_nodes(graph, str(last)).nodes
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    assert len(reached) == 14, "the premise: more tokens than the message lists"
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    assert find_nodes(graph, missing).message == (
+        f"{missing} is not on this route at threshold 0.02 (it reaches layers {layers[0]}–{layers[-1]} and tokens "
+        f"{', '.join(map(str, reached[:12]))}, …; a lower threshold keeps more)."
+    )
+
+
 def test_a_line_break_inside_a_token_is_typed_as_the_figure_shows_it(graphs):
     """Labels draw a line break as ↵ (``display_token``); typed so, it finds the token. The tiny
     tokenizer keeps every line break a token of its own, so one reached token is given one inside."""
