@@ -92,6 +92,11 @@ def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
     assert find_nodes(graph, "Zanzibar").nodes == () and find_nodes(graph, "Zanzibar").query == "Zanzibar"
     assert find_nodes(graph, "Zanzibar").message == "No token of the prompt reads 'Zanzibar'."
     assert find_nodes(graph, '"3"').message == "No token of the prompt reads '3'.", "quotes make a query text"
+    assert find_nodes(graph, '"3"').query == '"3"'
+    assert find_nodes(graph, '"Paris').message == """No token of the prompt reads '"Paris'.""", "one quote is text"
+    with pytest.raises(ArgumentError) as blank:
+        find_nodes(graph, "  ")
+    assert str(blank.value) == "type a token, a position (7), a layer (L3) or a node name (A3_5) to find"
     unreached = [p for p in range(n_tokens) if not at(graph, position=p)]
     if unreached:
         assert "is not reached by this route" in find_nodes(graph, str(unreached[0])).message
