@@ -234,3 +234,16 @@ def _save_input(saved: dict, name: str):
         saved[name] = x[0]
 
     return hook
+
+
+def subtracting(triples) -> Edit:
+    """The attention edit that takes each part z[i, j, h] (through the norm, in a post-LN
+    block) out of what the layer adds at query i."""
+
+    def edit(out, ctx):
+        out = out.clone()
+        for i, j, h in triples:
+            out[i] -= ctx.part(i, j, h)
+        return out
+
+    return edit

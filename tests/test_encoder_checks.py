@@ -21,7 +21,7 @@ from llm_flow.interventions import (
     check_route,
 )
 from llm_flow.interventions.route import NodeParts, dropped_parts, random_like, route_nodes
-from tests.hf_interventions import HfModel
+from tests.hf_interventions import HfModel, subtracting
 from tests.tiny_models import ENCODERS, save_tiny_model
 
 PROMPT = "The capital of France is [MASK]. Mary gave a drink to John."
@@ -67,18 +67,6 @@ def _mask_route(run, threshold: float):
     return llm_flow.build_graph(run, run.str_tokens.index("[MASK]"), threshold=threshold)
 
 
-def _subtracting(triples):
-    """HF edit of ln1's output: take each part L_i(z[i, j, h]) out of A_i."""
-
-    def edit(out, ctx):
-        out = out.clone()
-        for i, j, h in triples:
-            out[i] -= ctx.part(i, j, h)
-        return out
-
-    return edit
-
-
 @pytest.mark.parametrize("family", ENCODERS)
 def test_removing_nothing_reproduces_the_run(runs, hf, family):
     run = runs[family]
@@ -98,7 +86,7 @@ def test_removing_a_part_from_a_later_token_subtracts_it_after_the_norm(runs, hf
     offset, head = divmod(int(later.argmax()), later.shape[1])
     source = query + 1 + offset
     logits = ablated_logits(run, ablation(run, [AttentionPart(layer, query, source, head)]))
-    _close(logits, hf[family].logits(run.tokens.tolist(), attention={layer: _subtracting([(query, source, head)])}))
+    _close(logits, hf[family].logits(run.tokens.tolist(), attention={layer: subtracting([(query, source, head)])}))
     _changed(logits, run)
 
 
@@ -112,7 +100,25 @@ def test_later_parts_come_from_the_ablated_pass(runs, hf, family):
     second = [(5, j, h) for j in range(T) for h in (1, 2)] + [(2, T - 1, 0)]
     parts = [AttentionPart(0, *p) for p in first] + [AttentionPart(1, *p) for p in second]
     logits = ablated_logits(run, ablation(run, parts))
-    expected = hf[family].logits(run.tokens.tolist(), attention={0: _subtracting(first), 1: _subtracting(second)})
+    expected = hf[family].logits(run.tokens.tolist(), attention={0: subtracting(first), 1: subtracting(second)})
+    _close(logits, expected)
+    _changed(logits, run)
+
+
+def test_an_encoder_that_keeps_stored_patterns_is_ablated_from_its_own_pass(folders, hf):
+    """Where the load-time probe keeps stored attention patterns (``recomputed_rows`` off), the
+    removed vectors come from the pass's own ``hook_pattern`` and ``hook_v``: parts in both
+    layers, sources before and after each query, against the same edits of the LayerNorm outputs
+    in plain transformers."""
+    model = llm_flow.load_model(str(folders["bert"]))
+    model.recomputed_rows = False
+    run = model.run(PROMPT)
+    T = run.n_tokens
+    first = sorted({(i, j, h) for i in range(1, T - 1) for j in (0, i + 1) for h in (0, 3)})
+    second = [(5, j, 1) for j in range(T)] + [(2, T - 1, 0)]
+    parts = [AttentionPart(0, *p) for p in first] + [AttentionPart(1, *p) for p in second]
+    logits = ablated_logits(run, ablation(run, parts))
+    expected = hf["bert"].logits(run.tokens.tolist(), attention={0: subtracting(first), 1: subtracting(second)})
     _close(logits, expected)
     _changed(logits, run)
 
@@ -182,6 +188,27 @@ def test_residual_parts(runs, hf, family):
     attention = {0: minus("resid_pre", "gain", [i]), 1: minus("resid_pre", "gain", [2])}
     ffn = {1: minus("resid_mid", "ffn_gain", [i])}
     _close(logits, hf[family].logits(run.tokens.tolist(), attention=attention, ffn=ffn))
+    _changed(logits, run)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_removing_the_ffn_and_the_residual_of_one_node_takes_out_both(runs, hf, mode):
+    """I1_i without its FFN part and its residual part (a route check drops both when neither
+    edge is on the route): ln2 loses L'_i(mlp_out[i] − replacement) + L'_i(A1_i), the sum."""
+    run = runs["bert"]
+    i = run.str_tokens.index("[MASK]")
+    logits = ablated_logits(run, ablation(run, [FfnPart(1, i), ResidualPart(1, i, "I"), FfnPart(1, 2)], mode))
+    ids = run.tokens.tolist()
+    mean = hf["bert"].ffn_outputs(ids, 1).mean(0)
+
+    def both(out, ctx):
+        out = out.clone()
+        replacement = torch.zeros_like(mean) if mode == "zero" else mean
+        out[i] -= ctx.through_norm(ctx.saved["mlp_out"][i] - replacement + ctx.saved["resid_mid"][i], i, "ffn_gain")
+        out[2] -= ctx.through_norm(ctx.saved["mlp_out"][2] - replacement, 2, "ffn_gain")
+        return out
+
+    _close(logits, hf["bert"].logits(ids, ffn={1: both}))
     _changed(logits, run)
 
 
@@ -311,7 +338,7 @@ def test_route_check_against_transformers(runs, hf, family):
         return edit
 
     removed = model.logits(
-        ids, attention={l: _subtracting(t) for l, t in cut.items()}, ffn={l: no_ffn(p) for l, p in ffn_cut.items()}
+        ids, attention={l: subtracting(t) for l, t in cut.items()}, ffn={l: no_ffn(p) for l, p in ffn_cut.items()}
     )[position]
     assert check.route_removed.logit == pytest.approx(float(removed[token]), abs=ATOL)
     assert check.route_removed.rank == int((removed > removed[token]).sum()) + 1
@@ -331,7 +358,7 @@ def test_removing_an_edge_from_a_later_token(runs, hf):
     i, j, layer = graph.nodes[dest]["position"], graph.nodes[source]["position"], graph.nodes[dest]["layer"]
     heads = run.model.info.n_heads
     assert removal.n_parts == heads
-    expected = model.logits(run.tokens.tolist(), attention={layer: _subtracting([(i, j, h) for h in range(heads)])})
+    expected = model.logits(run.tokens.tolist(), attention={layer: subtracting([(i, j, h) for h in range(heads)])})
     assert removal.removed.logit == pytest.approx(float(expected[graph.graph["target"], removal.token_id]), abs=ATOL)
 
 
@@ -384,3 +411,20 @@ def test_patching_values_into_an_encoder_is_refused(runs):
     patched = Ablation(run.n_tokens, {0: LayerRemoval(no_rows, frozenset({1}), frozenset(), frozenset(), added)})
     with pytest.raises(llm_flow.UnsupportedModelError, match="implemented for decoders only"):
         ablated_logits(run, patched)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_a_bfloat16_encoder_is_ablated_in_its_own_dtype(folders, runs, mode):
+    """A model loaded in bfloat16 on the CPU (``load_model(dtype="bfloat16")``): the removed
+    vectors go back into the pass in the model's dtype (a float32 state reaching a bfloat16
+    layer stops the pass), and what the removal changes in the logits points the way it does in
+    the float32 model (bfloat16 rounding moves single logits by up to 0.5 here, the run's too)."""
+    run32 = runs["bert"]
+    run16 = llm_flow.load_model(str(folders["bert"]), dtype="bfloat16").run(PROMPT)
+    parts = [AttentionPart(0, 4, j, h) for j in range(run32.n_tokens) for h in (0, 1)]
+    parts += [ResidualPart(0, 2, "A"), ResidualPart(1, 3, "I"), FfnPart(1, 5)]
+    expected = ablated_logits(run32, ablation(run32, parts, mode)) - run32.logits
+    logits = ablated_logits(run16, ablation(run16, parts, mode))
+    assert logits.dtype == torch.float32
+    change = (logits - run16.logits.float()).flatten()
+    assert torch.cosine_similarity(change, expected.flatten(), dim=0).item() > 0.95

@@ -13,6 +13,7 @@ from llm_flow.errors import ArgumentError
 from llm_flow.export import figure_bytes, route_title
 from llm_flow.figures.route import focus_ranges, route_figure
 from llm_flow.routes.find import find_nodes
+from llm_flow.views.tokens import display_token
 from tests.test_export import SVG, needs_chromium
 from tests.test_export_layout import TRANSLATE, html_figure, svg_trace_points
 
@@ -88,9 +89,14 @@ def test_a_node_name_finds_that_node_and_a_missing_one_says_why(graphs):
 def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
     graph = graphs["llama"]
     n_tokens, n_layers = graph.graph["n_tokens"], graph.graph["n_layers"]
-    assert find_nodes(graph, "Zanzibar").nodes == ()
+    assert find_nodes(graph, "Zanzibar").nodes == () and find_nodes(graph, "Zanzibar").query == "Zanzibar"
     assert find_nodes(graph, "Zanzibar").message == "No token of the prompt reads 'Zanzibar'."
     assert find_nodes(graph, '"3"').message == "No token of the prompt reads '3'.", "quotes make a query text"
+    assert find_nodes(graph, '"3"').query == '"3"'
+    assert find_nodes(graph, '"Paris').message == """No token of the prompt reads '"Paris'.""", "one quote is text"
+    with pytest.raises(ArgumentError) as blank:
+        find_nodes(graph, "  ")
+    assert str(blank.value) == "type a token, a position (7), a layer (L3) or a node name (A3_5) to find"
     unreached = [p for p in range(n_tokens) if not at(graph, position=p)]
     if unreached:
         assert "is not reached by this route" in find_nodes(graph, str(unreached[0])).message
@@ -100,11 +106,93 @@ def test_nothing_found_is_a_message_and_bad_queries_say_what_to_type(graphs):
         f"-{n_tokens + 1}": "is out of range",
         f"L{n_layers}": f"layer {n_layers} is out of range: the model has {n_layers} layers (L0–L{n_layers - 1})",
         f"A{n_layers}_0": f"layer {n_layers} is out of range",
-        '""': "type some text of a token",
     }
     for query, message in cases.items():
         with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
             find_nodes(graph, query)
+    with pytest.raises(ArgumentError) as quotes:
+        find_nodes(graph, '""')
+    assert str(quotes.value) == "type some text of a token to find it (quotes alone match nothing)"
+
+
+def test_what_was_found_is_said_in_words(graphs):
+    """The line above the matches: a node's kind (its layer unless it is an embedding) and token;
+    token text found at one token names it, found at several counts them."""
+    graph = graphs["llama"]
+    tokens = graph.graph["tokens"]
+    embedding = sorted(at(graph, kind="embedding"))[0]
+    p = graph.nodes[embedding]["position"]
+    assert find_nodes(graph, embedding).message == f"{embedding}: token embedding at token {p} {tokens[p]!r}."
+    attention = sorted(at(graph, kind="resid_mid", layer=1))[0]
+    p = graph.nodes[attention]["position"]
+    expected = f"{attention}: residual after attention (layer 1) at token {p} {tokens[p]!r}."
+    assert find_nodes(graph, attention).message == expected
+    assert find_nodes(graph, attention).query == attention
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    assert find_nodes(graph, missing).query == missing
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    once = next(p for p in reached if len(tokens[p].strip()) > 1 and sum(tokens[p].strip() in t for t in tokens) == 1)
+    count = len(at(graph, position=once))
+    found = find_nodes(graph, tokens[once].strip())
+    assert found.query == tokens[once].strip()
+    nodes = f"{count} node" + ("s" if count > 1 else "")
+    assert found.message == f"{tokens[once].strip()!r}: {nodes} at token {once} {tokens[once]!r}."
+    several = [p for p in reached if "a" in tokens[p].lower()]
+    count = sum(len(at(graph, position=p)) for p in several)
+    assert len(several) > 1 and find_nodes(graph, "a").message == f"'a': {count} nodes at {len(several)} tokens."
+
+
+def test_a_layer_names_its_nodes_and_tokens_and_a_miss_lists_at_most_twelve_tokens(graphs):
+    """``L0``, ``L1`` and ``emb`` count their nodes and tokens; a node off a route that reaches 14
+    tokens lists the first 12 of them and an ellipsis."""
+    graph = graphs["llama"]
+    for query, layer, what in (("L0", 0, "Layer 0"), ("l1", 1, "Layer 1"), ("emb", -1, "The token embeddings")):
+        nodes = at(graph, layer=layer)
+        tokens = {graph.nodes[n]["position"] for n in nodes}
+        found = find_nodes(graph, query)
+        assert found.query == query and len(nodes) > 1
+        at_tokens = f"{len(tokens)} token" + ("s" if len(tokens) > 1 else "")
+        assert found.message == f"{what}: {len(nodes)} nodes at {at_tokens}."
+    last = graph.graph["n_tokens"] - 1
+    assert find_nodes(graph, "-1").query == "-1" and find_nodes(graph, str(last)).nodes
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    assert len(reached) == 14, "the premise: more tokens than the message lists"
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    assert find_nodes(graph, missing).message == (
+        f"{missing} is not on this route at threshold 0.02 (it reaches layers {layers[0]}–{layers[-1]} and tokens "
+        f"{', '.join(map(str, reached[:12]))}, …; a lower threshold keeps more)."
+    )
+
+
+def test_a_line_break_inside_a_token_is_typed_as_the_figure_shows_it(graphs):
+    """Labels draw a line break as ↵ (``display_token``); typed so, it finds the token. The tiny
+    tokenizer keeps every line break a token of its own, so one reached token is given one inside."""
+    graph = graphs["llama"].copy()
+    position = max(data["position"] for _, data in graph.nodes(data=True))
+    graph.graph["tokens"] = [*graph.graph["tokens"][:position], "in\nk", *graph.graph["tokens"][position + 1 :]]
+    assert display_token("in\nk") == "in↵k"
+    assert find_nodes(graph, "in↵k").nodes == tuple(reading_order(graph, at(graph, position=position)))
+
+
+def test_text_the_route_does_not_reach_names_up_to_five_of_its_tokens_and_what_the_route_reaches(tiny_models):
+    """A narrow route (threshold 0.1 reaches 3 tokens): "a" reads as tokens 40 and 42 and is part
+    of 6 more, none on the route. The message lists the exact ones first, five in all, then where
+    the route does go, all read off the graph's attributes."""
+    graph = llm_flow.build_graph(tiny_models("llama").run(PROMPT), target=-1, threshold=0.1)
+    tokens = graph.graph["tokens"]
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    exact = [p for p, token in enumerate(tokens) if token.strip().lower() == "a"]
+    contain = [p for p, token in enumerate(tokens) if "a" in token.lower() and p not in exact]
+    assert len(exact) == 2 and len(exact + contain) > 5 and not set(exact + contain) & set(reached), "the premise"
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    shown = ", ".join(f"token {p} {tokens[p]!r}" for p in (exact + contain)[:5])
+    found = find_nodes(graph, " a ")
+    assert found.query == " a " and found.nodes == ()
+    assert found.message == (
+        f"'a' is {shown}, not reached by this route at threshold 0.1 (it reaches layers {layers[0]}–{layers[-1]} "
+        f"and tokens {', '.join(map(str, reached))}; a lower threshold keeps more)."
+    )
 
 
 def test_focus_ranges_centre_the_node_and_stay_inside_the_graph(graphs):

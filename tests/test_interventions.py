@@ -23,7 +23,7 @@ from llm_flow.interventions import (
 from llm_flow.interventions.route_checks import percentile
 from llm_flow.interventions.route import dropped_parts, kept_parts, random_like, route_nodes
 from tests.conftest import PROMPT
-from tests.hf_interventions import HfModel
+from tests.hf_interventions import HfModel, subtracting
 from tests.tiny_models import FAMILIES
 
 ATOL = 1e-4  # float32 TransformerLens pass vs float64 HF, logits up to ~10 (seen: up to 6.5e-5)
@@ -116,16 +116,25 @@ def test_later_parts_come_from_the_ablated_pass(runs, hf, family):
     second = [(T - 1, j, h) for j in range(T) for h in (1, 2)] + [(5, 4, 0)]
     parts = [AttentionPart(0, *p) for p in first] + [AttentionPart(2, *p) for p in second]
     logits = ablated_logits(run, ablation(run, parts))
+    expected = hf[family].logits(run.tokens.tolist(), attention={0: subtracting(first), 2: subtracting(second)})
+    _close(logits, expected)
+    _changed(logits, run)
 
-    def subtracting(triples):
-        def edit(out, ctx):
-            out = out.clone()
-            for i, j, h in triples:
-                out[i] -= ctx.part(i, j, h)
-            return out
 
-        return edit
-
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_a_model_that_keeps_stored_patterns_is_ablated_from_its_own_pass(tiny_folders, hf, family):
+    """Where the load-time probe keeps stored attention patterns (``recomputed_rows`` off: GPT-Neo,
+    BLOOM, ALiBi), the removed vectors come from the pass's own ``hook_pattern`` and ``hook_v``:
+    parts in two layers, grouped query heads (Llama) and post-norm gains (Gemma 2), against the
+    same edits in plain transformers."""
+    model = llm_flow.load_model(str(tiny_folders[family]))
+    model.recomputed_rows = False
+    run = model.run(PROMPT)
+    T = run.n_tokens
+    first = [(i, j, h) for i in range(2, T) for j in (0, i) for h in (0, 3)]
+    second = [(T - 1, j, 1) for j in range(T)] + [(5, 4, 2)]
+    parts = [AttentionPart(0, *p) for p in first] + [AttentionPart(2, *p) for p in second]
+    logits = ablated_logits(run, ablation(run, parts))
     expected = hf[family].logits(run.tokens.tolist(), attention={0: subtracting(first), 2: subtracting(second)})
     _close(logits, expected)
     _changed(logits, run)
@@ -662,7 +671,7 @@ def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(r
     "parts, message",
     [
         ([AttentionPart(3, 1, 0, 0)], "layer must be 0..2"),
-        ([AttentionPart(0, 99, 0, 0)], "token positions must be"),
+        ([AttentionPart(0, 99, 0, 0)], r"AttentionPart\(layer=0, query=99, source=0, head=0\): token positions must be"),
         ([FfnPart(0, 36)], r"FfnPart\(layer=0, position=36\): token positions must be 0\.\.35 for this 36-token prompt"),
         ([AttentionPart(0, 4, 36, 0)], r"AttentionPart\(layer=0, query=4, source=36, head=0\): token positions"),
         ([AttentionPart(3, 4, 3, 0)], r"AttentionPart\(layer=3, query=4, source=3, head=0\): layer must be"),
@@ -671,8 +680,12 @@ def test_the_threshold_curve_follows_the_models_top_token_at_the_routes_target(r
         ([ResidualPart(0, 1, "M")], "node must be 'A'"),
         ([ResidualPart(5, 1, "A")], r"ResidualPart\(layer=5, position=1, node='A'\): layer must be"),
         ([ResidualPart(0, 99, "I")], r"ResidualPart\(layer=0, position=99, node='I'\): token positions must be"),
-        ([FfnPart(-1, 0)], "layer must be"),
-        ([(0, 1, 0, 0)], "is not a part"),
+        ([FfnPart(-1, 0)], r"FfnPart\(layer=-1, position=0\): layer must be 0\.\.2 \(got -1\)"),
+        (
+            [(0, 1, 0, 0)],
+            r"^\(0, 1, 0, 0\) is not a part: use AttentionPart\(layer, query, source, head\), "
+            r"ResidualPart\(layer, position, 'A' or 'I'\) or FfnPart\(layer, position\)$",
+        ),
     ],
 )
 def test_bad_parts(runs, parts, message):

@@ -108,7 +108,6 @@ class _LayerSurgery:
 
     def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode, capture: "Capture | None") -> None:
         self.model, self.layer, self.removal, self.capture = run.model, layer, removal, capture
-        self.parallel = run.parallel
         self.post_norms = run.model.info.post_norms
         self.seen: dict[str, torch.Tensor] = {}
         self.ffn_mean = run.layer(layer).mlp_out.float().mean(0) if ffn_mode == "mean" else None  # [d]
