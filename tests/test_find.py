@@ -175,6 +175,25 @@ def test_a_line_break_inside_a_token_is_typed_as_the_figure_shows_it(graphs):
     assert find_nodes(graph, "in↵k").nodes == tuple(reading_order(graph, at(graph, position=position)))
 
 
+def test_a_token_that_is_only_a_line_break_or_only_a_space_is_found_as_the_figure_draws_it(graphs):
+    """Code and verse have tokens that are a line break alone (drawn ↵) or a space alone (drawn ·):
+    typing the figure's mark finds exactly those; a word still finds its token with the spaces around
+    it ignored, and a token with a space inside is not spacing. Two reached tokens are given those
+    texts, and a third a space inside. The tiny tokenizer also keeps spaces as tokens of their own:
+    "·" finds those as well, in reading order."""
+    graph = graphs["llama"].copy()
+    inside, first, last = sorted({data["position"] for _, data in graph.nodes(data=True)})[-3:]
+    tokens = list(graph.graph["tokens"])
+    tokens[inside], tokens[first], tokens[last] = " New York", "\n", " "
+    graph.graph["tokens"] = tokens
+    assert (display_token("\n"), display_token(" ")) == ("↵", "·")
+    assert find_nodes(graph, "↵").nodes == tuple(reading_order(graph, at(graph, position=first)))
+    spaces = sorted(p for p in {data["position"] for _, data in graph.nodes(data=True)} if tokens[p] == " ")
+    assert last in spaces and len(spaces) > 1, "the premise: the prompt's own space tokens are reached too"
+    assert find_nodes(graph, "·").nodes == tuple(n for p in spaces for n in reading_order(graph, at(graph, position=p)))
+    assert find_nodes(graph, " new york ").nodes == tuple(reading_order(graph, at(graph, position=inside)))
+
+
 def test_text_the_route_does_not_reach_names_up_to_five_of_its_tokens_and_what_the_route_reaches(tiny_models):
     """A narrow route (threshold 0.1 reaches 3 tokens): "a" reads as tokens 40 and 42 and is part
     of 6 more, none on the route. The message lists the exact ones first, five in all, then where

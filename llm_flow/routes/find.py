@@ -117,6 +117,8 @@ def _by_text(graph: nx.DiGraph, query: str, text: str) -> NodeSearch:
     tokens = [_folded(token) for token in graph.graph["tokens"]]
     exact = [p for p, token in enumerate(tokens) if token == wanted]
     partial = [p for p, token in enumerate(tokens) if wanted in token and token != wanted]
+    if wanted.isspace():  # "·" or "↵": tokens of spacing alone, not every token with a space inside
+        partial = [p for p in partial if tokens[p].isspace()]
     if not exact and not partial:
         return NodeSearch(query, (), f"no token of the prompt reads {text!r}")
     reached = {data["position"] for _, data in graph.nodes(data=True)}
@@ -136,9 +138,11 @@ def _ordered(names) -> tuple[str, ...]:
 
 
 def _folded(text: str) -> str:
-    """Token text as compared: the figure's visible-space dot is a space; case and the spaces
-    around it do not count."""
-    return text.replace("·", " ").replace("↵", "\n").strip().casefold()
+    """Token text as compared: the figure's visible-space dot is a space and its ↵ a line break;
+    case and the spaces around the text do not count, unless spaces are all it is (a search for
+    "·"). Line breaks count: a token that is one (code, poems) is found by typing ↵."""
+    shown = text.replace("·", " ").replace("↵", "\n").casefold()
+    return shown.strip(" ") or shown
 
 
 def _token(graph: nx.DiGraph, position: int) -> str:

@@ -39,5 +39,5 @@ def main(argv: list[str]) -> None:
     freeze_imports()
     navigation = st.navigation(list(pages().values()), position="top")
     starting.empty()
-    with page_run(config):
+    with page_run(config, navigation.url_path):
         navigation.run()

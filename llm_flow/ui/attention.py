@@ -32,7 +32,7 @@ from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.frame import Analysis
 from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.seq2seq_attention import seq2seq_attention_page
-from llm_flow.ui.state import bind, get_state
+from llm_flow.ui.state import HEAD_AGGREGATES, bind, get_state
 from llm_flow.ui.widgets import fit_layer_and_head, token_slider
 from llm_flow.views.attention import attention_table, attention_view, token_window
 from llm_flow.views.attention_scores import neuron_table, neuron_view
@@ -41,7 +41,6 @@ CHART = "attention_chart"  # the plotly chart's selection state (Streamlit's own
 
 VIEWS = {"head": "Head view", "model": "Model view", "neuron": "Neuron view"}
 WEIGHTINGS = {"attention": "Attention weight", "norm": "Norm-based", "alti": "ALTI contribution"}
-AGGREGATES = {"": "each head", "mean": "mean of heads", "max": "max of heads"}
 DEFAULT_WINDOW = {"head": 48, "model": 24, "neuron": 64}
 _HELP = {
     "attention": "Where each head looked: its attention weight A[h, i, j].",
@@ -145,7 +144,7 @@ def _controls(run: Run) -> str:
         )  # fmt: skip
         row[1].number_input("Top-k sources (0 = all)", 0, run.n_tokens, help="Keep the k strongest sources of each query (per head).",
                             **bind("attention.top_k", to_widget=lambda k: min(k, run.n_tokens)))  # fmt: skip
-        row[2].selectbox("Heads as", list(AGGREGATES), format_func=AGGREGATES.get, disabled=view == "neuron",
+        row[2].selectbox("Heads as", list(HEAD_AGGREGATES), format_func=HEAD_AGGREGATES.get, disabled=view == "neuron",
                          **bind("attention.aggregate"))  # fmt: skip
         row[3].multiselect("Heads shown", all_heads, disabled=view == "neuron", **bind(
             "attention.heads", to_widget=lambda h: list(h or all_heads), from_widget=_all_is_none(all_heads)))  # fmt: skip

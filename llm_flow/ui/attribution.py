@@ -139,7 +139,7 @@ def _target_controls(prompt: str, chat_template: bool, encoder: bool) -> _Target
     source, detail = st.columns([1, 3], vertical_alignment="bottom")
     source.segmented_control("Token at the mask" if encoder else "Continuation", ["Generate", "Type"], required=True,
                              format_func={"Generate": "Predicted", "Type": "Type"}.get if encoder else None,
-                             **bind("attribution.source", widget="encoder" if encoder else ""))  # fmt: skip
+                             **bind("attribution.source"))  # fmt: skip
     state = get_state().attribution
     generated = state.source == "Generate"
     if generated and encoder:
@@ -148,7 +148,7 @@ def _target_controls(prompt: str, chat_template: bool, encoder: bool) -> _Target
         detail.number_input("Tokens to generate (greedy)", 1, MAX_GENERATE, **bind("attribution.generate"))
     elif encoder:
         detail.text_input("Token to explain at the mask", placeholder="e.g. 'paris' (one token)",
-                          **bind("attribution.continuation", widget="encoder"))  # fmt: skip
+                          **bind("attribution.continuation"))  # fmt: skip
     else:
         detail.text_input("Continuation to explain", placeholder="e.g. ' Paris' (mind the leading space)",
                           **bind("attribution.continuation"))  # fmt: skip

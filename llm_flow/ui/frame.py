@@ -24,7 +24,7 @@ from llm_flow.ui.analysis import Request, activate, explained_positions, request
 from llm_flow.ui.permalink import link_from_state, state_from_link
 from llm_flow.ui.resources import ModelKey, get_run, settle_caches
 from llm_flow.ui.sidebar import model_controls, prompt_controls, route_controls
-from llm_flow.ui.state import STATE_KEY, SessionState, get_state, init_state
+from llm_flow.ui.state import STATE_KEY, SessionState, drawing_page, get_state, init_state
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,11 @@ _current = threading.local()
 
 
 @contextmanager
-def page_run(config: Config) -> Iterator[Analysis]:
+def page_run(config: Config, page: str) -> Iterator[Analysis]:
     """The frame around one page: prepared before, the URL and caches settled after a page that
     finished (a page that switched to another leaves that to the next run), and this thread's
-    Analysis let go whatever happened."""
+    Analysis let go whatever happened. `page` names the page drawn (its URL path)."""
+    drawing_page(page)
     analysis, link_slot = prepare(config)
     _current.analysis = analysis
     try:

@@ -20,7 +20,7 @@ from llm_flow.figures.attention import head_view_figure, model_view_figure
 from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.seq2seq import pair_header
-from llm_flow.ui.state import PAIR, bind, get_state
+from llm_flow.ui.state import HEAD_AGGREGATES, bind, get_state
 from llm_flow.validation import SEQ2SEQ_STACKS
 from llm_flow.views.attention import attention_table
 from llm_flow.views.seq2seq_attention import seq2seq_views
@@ -28,7 +28,6 @@ from llm_flow.views.seq2seq_attention import seq2seq_views
 CHART = "seq2seq_attention_chart"  # the plotly chart's selection state (Streamlit's own)
 TABS = {"encoder": "Encoder self-attention", "decoder": "Decoder self-attention", "cross": "Cross-attention"}
 VIEWS = {"head": "Head view", "model": "Model view"}
-AGGREGATES = {"": "each head", "mean": "mean of heads", "max": "max of heads"}
 _READS = {
     "encoder": "each source token (left) reading every source token (right), both ways",
     "decoder": "each decoder token (left: the start token, then the target) reading itself and the tokens before it",
@@ -71,19 +70,19 @@ def _controls(run: Seq2SeqRun) -> tuple[str, str, int]:
     row = st.columns([2, 1, 2, 2, 1])
     view = "model" if state.view == "model" else "head"  # the neuron view is for decoder-only and encoder models
     row[0].radio("View", list(VIEWS), format_func=VIEWS.get, horizontal=True,
-                 **bind("attention.view", widget=PAIR, to_widget=lambda _: view))  # fmt: skip
+                 **bind("attention.view", to_widget=lambda _: view))  # fmt: skip
     layer = shown_layer(state.layer, n_layers)
     row[1].selectbox("Layer", range(n_layers), disabled=view == "model",
-                     **bind("attention.layer", widget=PAIR, to_widget=lambda _: layer))  # fmt: skip
+                     **bind("attention.layer", to_widget=lambda _: layer))  # fmt: skip
     everything = tuple(range(n_heads))
     row[2].multiselect("Heads shown", everything, **bind(
-        "attention.heads", widget=PAIR, to_widget=lambda h: list(h or everything),
+        "attention.heads", to_widget=lambda h: list(h or everything),
         from_widget=lambda chosen: None if not chosen or tuple(sorted(chosen)) == everything else tuple(sorted(chosen)),
     ))  # fmt: skip
-    row[3].selectbox("Heads as", list(AGGREGATES), format_func=AGGREGATES.get, **bind("attention.aggregate", widget=PAIR))
+    row[3].selectbox("Heads as", list(HEAD_AGGREGATES), format_func=HEAD_AGGREGATES.get, **bind("attention.aggregate"))
     n_sources = run.patterns(stack).shape[-1]
     row[4].number_input("Top-k sources (0 = all)", 0, n_sources, help="Keep the k strongest sources of each query (per head).",
-                        **bind("attention.top_k", widget=PAIR, to_widget=lambda k: min(k, n_sources)))  # fmt: skip
+                        **bind("attention.top_k", to_widget=lambda k: min(k, n_sources)))  # fmt: skip
     if state.view == "neuron":
         st.caption("The neuron view is for decoder-only and encoder models; showing the head view.")
     return stack, view, layer

@@ -18,7 +18,7 @@ from llm_flow.models.seq2seq_run import Seq2SeqRun
 from llm_flow.ui.attribution import cancel_request, contrast_controls, go_ahead, keep_result, recent_results, show_result
 from llm_flow.ui.long_work import cancellable
 from llm_flow.ui.seq2seq import pair_header
-from llm_flow.ui.state import PAIR, bind, get_state
+from llm_flow.ui.state import bind, get_state
 from llm_flow.wording import sentence
 
 DEFAULT_METHOD = "integrated_gradients"
@@ -76,26 +76,26 @@ def _fit_to_run(run: Seq2SeqRun) -> None:
 
 def _method_controls(run: Seq2SeqRun) -> tuple[str, dict[str, object]]:
     st.segmented_control("Method", list(SEQ2SEQ_METHODS), required=True,
-                         format_func=lambda name: SEQ2SEQ_METHODS[name].label, **bind("attribution.method", widget=PAIR))  # fmt: skip
+                         format_func=lambda name: SEQ2SEQ_METHODS[name].label, **bind("attribution.method"))  # fmt: skip
     state = get_state().attribution
     method = state.method
     options: dict[str, object] = {}
     columns = st.columns(4)
     if method == "integrated_gradients":
-        columns[0].number_input("Integration points", 2, 256, **bind("attribution.ig_steps", widget=PAIR))
+        columns[0].number_input("Integration points", 2, 256, **bind("attribution.ig_steps"))
         columns[1].selectbox("Baseline", BASELINES,
                              help="What a token is compared with, on each side: zero embeddings, the vocabulary's "
                                   "mean embedding, or the end-of-sequence token's embedding.",
-                             **bind("attribution.baseline", widget=PAIR))  # fmt: skip
+                             **bind("attribution.baseline"))  # fmt: skip
         options.update(n_steps=int(state.ig_steps), baseline=state.baseline)
     if method == "occlusion":
-        columns[0].number_input("Window (tokens occluded at once)", 1, 512, **bind("attribution.window", widget=PAIR))
+        columns[0].number_input("Window (tokens occluded at once)", 1, 512, **bind("attribution.window"))
         options["window"] = int(state.window)
     if method == "attention":
         last = run.cross_patterns.shape[0] - 1  # until the user chooses (kept out of links)
         columns[0].number_input("Decoder layer", 0, last,
-                                **bind("attribution.layer", widget=PAIR, to_widget=lambda layer: last if layer is None else layer))  # fmt: skip
-        columns[1].segmented_control("Heads", ["mean", "max"], required=True, **bind("attribution.heads", widget=PAIR))
+                                **bind("attribution.layer", to_widget=lambda layer: last if layer is None else layer))  # fmt: skip
+        columns[1].segmented_control("Heads", ["mean", "max"], required=True, **bind("attribution.heads"))
         options.update(layer=last if state.layer is None else int(state.layer), heads=state.heads)
     st.caption(SEQ2SEQ_METHODS[method].summary)
     return method, options

@@ -27,7 +27,7 @@ from llm_flow.ui.analysis import COMPACT_FROM_TOKENS
 from llm_flow.ui.downloads import figure_downloads, safe_stem
 from llm_flow.ui.panels import describe, edge_weight_text
 from llm_flow.ui.seq2seq import pair_header
-from llm_flow.ui.state import PAIR, bind, get_state
+from llm_flow.ui.state import bind, get_state
 from llm_flow.ui.widgets import clicked_element, token_slider
 from llm_flow.views.route_summary import edges_frame
 from llm_flow.views.seq2seq_lens import pair_logit_lens
@@ -70,7 +70,7 @@ def pair_explorer(run: Seq2SeqRun, threshold: float, renormalize: bool) -> None:
         st.caption(f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges for decoder position {position} "
                    f"{_predicts(run, position)}. Drag to pan, scroll to zoom, double-click to reset.")  # fmt: skip
         st.toggle(
-            "Only the tokens the route reaches", **bind("explorer.compact", widget=PAIR, to_widget=lambda _: compact),
+            "Only the tokens the route reaches", **bind("explorer.compact", to_widget=lambda _: compact),
             help="Leave out the token columns with no node on the route: long pairs stay readable.",
         )  # fmt: skip
         st.plotly_chart(
@@ -83,7 +83,7 @@ def pair_explorer(run: Seq2SeqRun, threshold: float, renormalize: bool) -> None:
     with panel_column:
         st.selectbox(
             "Inspect", elements, placeholder="Click the graph, or choose a node or edge",
-            format_func=lambda e: "(nothing)" if e is None else describe(graph, e), **bind("route.selected", widget=PAIR),
+            format_func=lambda e: "(nothing)" if e is None else describe(graph, e), **bind("route.selected"),
         )  # fmt: skip
         pair_element_panel(run, graph, state.route.selected)
 

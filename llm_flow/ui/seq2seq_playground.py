@@ -20,7 +20,7 @@ from llm_flow.ui.analysis import ask_again
 from llm_flow.ui.playground import settings
 from llm_flow.ui.resources import target_room
 from llm_flow.ui.seq2seq import pair_header
-from llm_flow.ui.state import PAIR, bind, get_state
+from llm_flow.ui.state import bind, get_state
 from llm_flow.views.sampling import sampling_stages, seeded_generator
 from llm_flow.views.seq2seq_generation import TargetGeneration, write_target
 from llm_flow.views.tokens import display_token
@@ -44,13 +44,13 @@ def _write_panel(run: Seq2SeqRun) -> None:
     vocab = run.model.info.vocab_size
     state.top_k = min(state.top_k, vocab)
     temperature, top_k, top_p, seed = st.columns(4)
-    temperature.slider("Temperature", 0.0, 2.0, step=0.05, **bind("playground.temperature", widget=PAIR),
+    temperature.slider("Temperature", 0.0, 2.0, step=0.05, **bind("playground.temperature"),
                        help="Divides the logits before the softmax; 0 is greedy (always the most likely token).")
-    top_k.number_input("Top-k", 0, vocab, step=1, **bind("playground.top_k", widget=PAIR),
+    top_k.number_input("Top-k", 0, vocab, step=1, **bind("playground.top_k"),
                        help="Keep only the k most likely tokens (ties with the k-th stay); 0 is off.")
-    top_p.slider("Top-p", 0.0, 1.0, step=0.01, **bind("playground.top_p", widget=PAIR),
+    top_p.slider("Top-p", 0.0, 1.0, step=0.01, **bind("playground.top_p"),
                  help="Keep the most likely tokens until their probabilities add up to p; 1 is off.")
-    seed.number_input("Seed", 0, 2**31 - 1, step=1, **bind("playground.seed", widget=PAIR),
+    seed.number_input("Seed", 0, 2**31 - 1, step=1, **bind("playground.seed"),
                       help="The same seed repeats the same draws.")  # fmt: skip
     count, button = st.columns([1, 2], vertical_alignment="bottom")
     count.number_input("Target tokens (at most)", 1, 256, **bind("playground.target_tokens"))
@@ -115,7 +115,7 @@ def _step_panel(run: Seq2SeqRun) -> None:
     if n_steps > 1:
         st.select_slider("Target token", options=list(range(n_steps)), format_func=labels.__getitem__,
                          help="The distribution the decoder wrote this token from (after the source and the target before it).",
-                         **bind("attribution.step", widget="playground"))  # fmt: skip
+                         **bind("attribution.step"))  # fmt: skip
     step = state.step
     chosen = run.target_ids[step]
     stages = sampling_stages(run.logits[step], settings())

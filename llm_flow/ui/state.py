@@ -23,9 +23,9 @@ from llm_flow.validation import (
 )  # fmt: skip
 
 STATE_KEY = "llm_flow_state"  # the only session_state key llm-flow's settings live under
-DRAWN_BY_KEY = "llm_flow_drawn_by"  # which of the widgets bound to a setting drew it last (`bind`)
+DRAWN_BY_KEY = "llm_flow_drawn_by"  # the page and model whose widget drew each bound key last (`bind`)
+PAGE_KEY = "llm_flow_page"  # the page this run draws (`drawing_page`); a fragment rerun keeps its page's
 WIDGET_PREFIX = "w:"  # widget keys: "w:" + the field's path, e.g. "w:route.threshold"
-PAIR = "encoder–decoder"  # `bind`'s widget identity for an encoder–decoder page's variant of a decoder page's widget
 
 
 def linked(param: str, default: Any, *, choices: tuple | None = None, low: float | None = None,
@@ -128,6 +128,7 @@ class FaithState:
 
 
 ATTENTION_VIEWS = ("head", "model", "neuron")
+HEAD_AGGREGATES = {"": "each head", "mean": "mean of heads", "max": "max of heads"}  # "Heads as": value -> label
 
 
 @dataclass
@@ -140,7 +141,7 @@ class AttentionState:
     layers: tuple[int, ...] | None = linked("att_layers", None)  # None: all
     window: int | None = linked("att_window", None, low=1)  # None: the view's default
     top_k: int = linked("att_top_k", 0, low=0)
-    aggregate: str = linked("att_aggregate", "", choices=("", "mean", "max"))
+    aggregate: str = linked("att_aggregate", "", choices=tuple(HEAD_AGGREGATES))
     split: int = linked("att_split", 0, low=0)
     part: str = linked("att_part", "all", choices=PAIR_PARTS)
     focus: int | None = linked("att_focus", None, low=0)  # head view: the token whose lines alone show
@@ -256,28 +257,44 @@ def resolve(state: SessionState, path: str) -> tuple[object, str]:
     return owner, name
 
 
+def drawing_page(page: str) -> None:
+    """Record the page this script run draws, for :func:`bind`: widgets on different pages are
+    different widgets to Streamlit even under one key."""
+    st.session_state[PAGE_KEY] = page
+
+
+def _drawer(state: SessionState) -> tuple[str, Any]:
+    """Who draws a bound widget in this run: the page and the model on screen. Streamlit tells
+    widgets apart by key, page and some of their arguments (a slider's range, say, which follows
+    the model's size); a decoder's and an encoder–decoder's variant of a page draw different
+    widgets. A widget is new to Streamlit at most when this pair changes."""
+    active = state.source.active
+    return st.session_state.get(PAGE_KEY, ""), active.model if active is not None else None
+
+
 def bind(path: str, *, to_widget: Callable[[Any], Any] | None = None, from_widget: Callable[[Any], Any] | None = None,
-         then: Callable[[], None] | None = None, widget: str = "") -> dict[str, Any]:  # fmt: skip
+         then: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Keyword arguments that bind a widget to the setting at `path`: ``st.slider(..., **bind(
     "route.threshold"))``. The widget shows the state's value (converted by `to_widget`) and its
     changes are written back (converted by `from_widget`), then `then` runs. For widgets in a
     form, use :func:`widget_key` and copy the value in the submit button's callback instead.
 
-    `widget` tells apart several widgets bound to one setting (say, by their labels): on
-    different pages, or a decoder's and an encoder–decoder's variant of a page (:data:`PAIR`).
-    Streamlit may take the next one drawn for a new widget, which the browser draws at its
-    default although the key still holds the setting's value, so the value is written again
-    for it."""
-    owner, name = resolve(get_state(), path)
+    A widget Streamlit sees for the first time under a key that another widget filled (another
+    page's, or the same page's for another model) is drawn at its default although the key
+    holds the setting's value, so when the drawer (:func:`_drawer`) changes the value is written
+    again."""
+    state = get_state()
+    owner, name = resolve(state, path)
     key = widget_key(path)
     value = getattr(owner, name)
     value = to_widget(value) if to_widget else value
+    drawer = _drawer(state)
     drawn_by = st.session_state.setdefault(DRAWN_BY_KEY, {})
     # Otherwise only a value the widget does not hold is written: a write is sent to the browser
     # and replaces what the user may be changing right now (a slider moved key by key).
-    if key not in st.session_state or st.session_state[key] != value or drawn_by.get(key, widget) != widget:
+    if key not in st.session_state or st.session_state[key] != value or drawn_by.get(key, drawer) != drawer:
         st.session_state[key] = value
-    drawn_by[key] = widget
+    drawn_by[key] = drawer
 
     def changed() -> None:
         target, attribute = resolve(get_state(), path)

@@ -13,12 +13,11 @@ from llm_flow.views.tokens import display_token
 def token_slider(run: Run | Seq2SeqRun, label: str, help: str) -> int:
     """The shared token to explain (``route.position``): the same choice on every page (an
     encoder–decoder's decoder position). Its labels are a plain list, not a closure over the Run:
-    Streamlit keeps widget formatters with the session, and a session must not keep a Run alive.
-    Each page's slider is its own widget to Streamlit (label and help differ), hence `widget=`."""
+    Streamlit keeps widget formatters with the session, and a session must not keep a Run alive."""
     tokens = run.decoder_str_tokens if isinstance(run, Seq2SeqRun) else run.str_tokens
     labels = [f"{i}: {display_token(token)}" for i, token in enumerate(tokens)]
     return st.select_slider(label, options=list(range(len(tokens))), format_func=labels.__getitem__, help=help,
-                            **bind("route.position", widget=label + help))  # fmt: skip
+                            **bind("route.position"))  # fmt: skip
 
 
 def clicked_element(chart_state) -> str | None:
