@@ -20,6 +20,9 @@ from transformers import (
 import llm_flow
 
 SHAPES = ("gpt2-small", "smollm2-135m")
+#: Llama-3.2-1B's shape in bfloat16: memory only (`python -m benchmarks.run_memory --models llama-3.2-1b`),
+#: too slow for the routes benchmark's repeated forward passes on a CPU.
+LLAMA_1B = "llama-3.2-1b"
 #: What the naive reference's memory estimate needs to know, without building the model.
 DIMENSIONS = {
     "gpt2-small": {"n_heads": 12, "d_model": 768, "n_layers": 12},
@@ -33,6 +36,15 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0")
+
+
+def llama_1b_config(attention: str = "eager") -> LlamaConfig:
+    """Llama-3.2-1B's published config (1.24 B parameters, 128k context)."""
+    return LlamaConfig(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=64, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
+        attn_implementation=attention,
+    )  # fmt: skip
 
 
 def hf_model(shape: str, attention: str = "eager") -> PreTrainedModel:
@@ -59,13 +71,15 @@ def hf_model(shape: str, attention: str = "eager") -> PreTrainedModel:
             attn_implementation=attention,
         )
         return LlamaForCausalLM(config).eval()
-    raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+    if shape == LLAMA_1B:  # made in bfloat16 directly: a float32 copy would hold 5 GB first
+        return LlamaForCausalLM._from_config(llama_1b_config(attention), torch_dtype=torch.bfloat16).eval()
+    raise ValueError(f"unknown shape {shape!r}: use one of {', '.join((*SHAPES, LLAMA_1B))}")
 
 
 def load(shape: str) -> llm_flow.TransparentLlm:
     model = hf_model(shape)
     tokenizer = word_tokenizer(model.config.vocab_size)
-    return llm_flow.load_model(model, tokenizer=tokenizer, max_prompt_tokens=None)
+    return llm_flow.load_model(model, tokenizer=tokenizer, max_prompt_tokens=None, dtype=model.dtype)
 
 
 def prompt(n_tokens: int, vocab_size: int) -> str:

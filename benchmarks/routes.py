@@ -333,16 +333,11 @@ def check_targets(cases: list[dict]) -> list[dict]:
 def _llama_1b_at_32k() -> float:
     """Weights plus `estimate_peak_bytes` of a 32,768-token run of Llama-3.2-1B's shape in
     bfloat16 (from its published config; rows rebuilt from queries and keys), in GiB."""
-    from transformers import LlamaConfig
-
+    from benchmarks.models import llama_1b_config
     from llm_flow.models.memory import estimate_peak_bytes
     from llm_flow.models.sizing import info_from_config
 
-    config = LlamaConfig(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=64, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
-    )  # fmt: skip
-    info = info_from_config(config, "Llama-3.2-1B", dtype="bfloat16")
+    info = info_from_config(llama_1b_config(), "Llama-3.2-1B", dtype="bfloat16")
     return (info.n_params * 2 + estimate_peak_bytes(info, 32768)) / 2**30
 
 

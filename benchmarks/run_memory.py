@@ -79,7 +79,8 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T = 128 and 512 only")
-    parser.add_argument("--models", nargs="+", choices=models.SHAPES, default=list(models.SHAPES))
+    parser.add_argument("--models", nargs="+", choices=(*models.SHAPES, models.LLAMA_1B), default=list(models.SHAPES),
+                        help=f"{models.LLAMA_1B}: bfloat16, about 2.3 GiB of weights (not run by default)")  # fmt: skip
     parser.add_argument("--lengths", nargs="+", type=int, help="prompt lengths (overrides --quick)")
     args = parser.parse_args(argv)
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
