@@ -1,7 +1,8 @@
-"""Encoder–decoders (Marian, T5, BART) loaded by llm-flow: a source and a target (typed or written
-greedily) give the three attentions, and they are what plain `transformers` returns for the same
-token ids; everything only decoder-only models have is refused with the reason. Tiny random
-models saved to folders, loaded the way users load them."""
+"""Encoder–decoders (Marian, T5, BART, mBART) loaded by llm-flow: a source and a target (typed or
+written greedily) give the three attentions, rebuilt from the queries and keys a run keeps, and
+they are what plain `transformers` returns (eager attention) for the same token ids; everything
+only decoder-only models have is refused with the reason. Tiny random models saved to folders,
+loaded the way users load them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from llm_flow.notebook import head_view, model_view, neuron_view
 from tests.tiny_models import build_model, save_tiny_model
 
 FAMILIES = ["marian", "t5", "bart"]
+ALL_FAMILIES = [*FAMILIES, "mbart"]
 SOURCE = "The capital of France is Paris."
 TARGET = "Paris is the capital"
 
@@ -25,7 +27,7 @@ TARGET = "Paris is the capital"
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("seq2seq")
-    return {family: save_tiny_model(family, root / family) for family in FAMILIES}
+    return {family: save_tiny_model(family, root / family) for family in ALL_FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,20 @@ def plain(folder, run):
         return model(input_ids=run.source_tokens[None], decoder_input_ids=run.decoder_tokens[None], output_attentions=True)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def assert_transformers_own(folder, run) -> None:
+    """Every layer's rebuilt weights of the three attentions equal plain transformers' eager
+    ``output_attentions`` on the same weights and ids, and so do the logits."""
+    reference = plain(folder, run)
+    for stack, theirs in (("encoder", reference.encoder_attentions), ("decoder", reference.decoder_attentions),
+                          ("cross", reference.cross_attentions)):  # fmt: skip
+        assert run.n_layers_of(stack) == len(theirs)
+        for layer, expected in enumerate(theirs):
+            np.testing.assert_allclose(run.pattern(stack, layer).numpy(), expected[0].numpy(), atol=1e-6)
+    assert run.pattern("cross", 0).shape == (run.n_heads_of("cross"), run.n_decoder, run.n_source)
+    np.testing.assert_allclose(run.logits.numpy(), reference.logits[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_the_three_attentions_and_logits_are_transformers_own(family, folders, loaded):
     model = loaded[family]
     assert isinstance(model, Seq2SeqLlm) and model.info.encoder_layers == 2 and model.info.n_layers == 2
@@ -49,13 +64,55 @@ def test_the_three_attentions_and_logits_are_transformers_own(family, folders, l
     assert run.source_tokens.tolist() == tokenizer(SOURCE).input_ids
     assert run.target_ids == tokenizer(text_target=TARGET).input_ids
     assert run.decoder_tokens[0] == transformers.AutoConfig.from_pretrained(folders[family]).decoder_start_token_id
-    reference = plain(folders[family], run)
-    for mine, theirs in ((run.encoder_patterns, reference.encoder_attentions),
-                         (run.decoder_patterns, reference.decoder_attentions),
-                         (run.cross_patterns, reference.cross_attentions)):  # fmt: skip
-        np.testing.assert_allclose(mine.numpy(), torch.stack([t[0] for t in theirs]).numpy(), atol=1e-6)
-    assert run.cross_patterns.shape[2:] == (run.n_decoder, run.n_source)
-    np.testing.assert_allclose(run.logits.numpy(), reference.logits[0].numpy(), atol=1e-5)
+    assert_transformers_own(folders[family], run)
+    # a longer pair: T5's relative position bias past its exact buckets and its maximum distance (128)
+    assert_transformers_own(folders[family], model.run_pair_ids(list(range(5, 175)), list(range(7, 47))))
+
+
+@pytest.mark.parametrize("family", ["t5", "marian"])
+def test_a_run_keeps_queries_and_keys_that_grow_linearly_with_the_source(family, loaded):
+    model = loaded[family]
+    target = list(range(7, 27))
+    runs = [model.run_pair_ids(list(range(5, 5 + n)), target) for n in (40, 80, 160)]
+    sizes = [run.nbytes for run in runs]
+    assert sizes[2] - sizes[1] == 2 * (sizes[1] - sizes[0]) > 0  # an [S, S] or [T, S] pattern would not be linear
+    heads, d_head, n_source, n_decoder = model.info.n_heads, model.info.d_head, 160, len(target) + 1
+    for stack, n_queries, n_keys in (("encoder", n_source, n_source), ("decoder", n_decoder, n_decoder),
+                                     ("cross", n_decoder, n_source)):  # fmt: skip
+        for layer in runs[2].attention_of(stack):
+            assert (layer.queries.shape, layer.keys.shape) == ((n_queries, heads, d_head), (n_keys, heads, d_head))
+    # a pattern asked for is kept with the run and counted, until three others push it out
+    run = runs[0]
+    first = run.pattern("encoder", 0)
+    assert run.nbytes == sizes[0] + first.numel() * first.element_size()
+    assert run.pattern("encoder", 0) is first
+    others = [run.pattern(stack, 1) for stack in ("encoder", "decoder", "cross")]
+    assert run.nbytes == sizes[0] + sum(p.numel() * p.element_size() for p in others)
+    with pytest.raises(ArgumentError, match="the cross has layers 0..1"):
+        run.pattern("cross", 2)
+    with pytest.raises(ArgumentError, match="unknown attention 'self'"):
+        run.pattern("self", 0)
+
+
+def test_a_run_attends_with_sdpa_and_leaves_the_model_eager(loaded, monkeypatch):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = []
+
+    def counted(module, query, key, *args, **kwargs):
+        calls.append((tuple(query.shape), tuple(key.shape)))
+        return sdpa_attention_forward(module, query, key, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", counted)
+    model = loaded["t5"]
+    run = model.run_pair_ids(list(range(5, 15)), list(range(7, 12)))
+    heads, d_head = model.info.n_heads, model.info.d_head
+    source, decoder = (1, heads, 10, d_head), (1, heads, 6, d_head)  # [batch, heads, tokens, d_head]
+    enc, dec, cross = (source, source), (decoder, decoder), (decoder, source)
+    assert sorted(calls) == sorted([enc, enc, dec, dec, cross, cross])
+    assert model.hf_seq2seq.config._attn_implementation == "eager"  # the route pass reads output_attentions
+    assert run.n_source == 10
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -105,7 +162,8 @@ def test_the_cli_writes_three_tabs_and_their_numbers(folders, tmp_path, capsys):
     model = llm_flow.load_model(str(folders["t5"]))
     run = model.run_pair(SOURCE, TARGET)
     for row in cross.sample(20, random_state=0).itertuples():
-        assert abs(row.weight - float(run.cross_patterns[row.layer, int(row.head.split()[1]), row.query, row.source])) < 1e-6
+        weight = run.pattern("cross", row.layer)[int(row.head.split()[1]), row.query, row.source]
+        assert abs(row.weight - float(weight)) < 1e-6
         assert row.source_token == run.source_str_tokens[row.source]
     for extra, message in ((["--png", str(tmp_path / "x.png")], "choose it with --stack"),
                            (["--weight", "alti"], "leave out --view neuron")):  # fmt: skip

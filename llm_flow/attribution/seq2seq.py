@@ -57,10 +57,10 @@ class CrossAttention(Attention):
 
     def compute(self, problem: Problem) -> MethodOutput:
         run = problem.run()
-        n_layers = run.cross_patterns.shape[0]
+        n_layers = run.n_layers_of("cross")
         if not -n_layers <= self.layer < n_layers:
             raise ArgumentError(f"layer {self.layer} is out of range: the decoder has layers 0..{n_layers - 1}")
-        weights = run.cross_patterns[self.layer]  # [H, T, S]
+        weights = run.pattern("cross", self.layer % n_layers)  # [H, T, S]
         folded = weights.mean(0) if self.heads == "mean" else weights.max(0).values  # [T, S]
         rows = [folded[step] for step in range(problem.n_steps)]  # decoder position t predicts target t
         problem.report(problem.n_steps)

@@ -7,6 +7,10 @@ mask, soft-capping and sliding window they give any row of the pattern exactly, 
 the model's eager attention uses. `QueryKeyPattern` keeps those and answers the questions
 `CausalPattern` answers (one row, several rows, a block, the dense pattern) by recomputing just
 what is asked; the forward pass itself then runs on the model's fast attention (SDPA).
+
+Encoder–decoders keep the same: their encoder's self-attention is one more mask (none), their
+cross-attention has keys of another sequence (the source: `n_sources` differs from `n_tokens`),
+and T5 adds a relative position bias to the scores, kept by distance (`RelativeBias`).
 """
 
 from __future__ import annotations
@@ -30,28 +34,47 @@ class AttentionRule:
     window: int | None = None  # sliding window: query i sees sources j with i - j < window
 
 
+class RelativeBias:
+    """A bias added to the scores that depends only on the distance from query ``i`` to source
+    ``j`` (T5's relative position bias): kept once per stack by distance, [H, Q + K - 1], where the
+    model itself makes an [H, Q, K] tensor in every pass."""
+
+    def __init__(self, by_distance: torch.Tensor, n_queries: int) -> None:
+        self.by_distance = by_distance  # [H, Q + K - 1]: column (j - i) + Q - 1
+        self.n_queries = n_queries
+
+    def rows(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
+        """The bias of query rows `positions` over sources 0..n_sources-1: [H, r, S]."""
+        sources = torch.arange(n_sources, device=positions.device)
+        return self.by_distance[:, sources[None, :] - positions[:, None] + (self.n_queries - 1)]
+
+
 class QueryKeyPattern:
     """One layer's attention weights, kept as queries and keys (same interface as `CausalPattern`).
 
     Rows are computed in the model's dtype as its eager attention computes them: scores in that
-    dtype, scaled, soft-capped, masked, then a float32 softmax cast back."""
+    dtype, scaled, soft-capped, biased, masked, then a float32 softmax cast back."""
 
-    def __init__(self, queries: torch.Tensor, keys: torch.Tensor, rule: AttentionRule) -> None:
+    def __init__(
+        self, queries: torch.Tensor, keys: torch.Tensor, rule: AttentionRule, bias: RelativeBias | None = None
+    ) -> None:
         self.queries = queries  # [T, H, d_head], post-rotary
-        self.keys = keys  # [T, n_kv, d_head], post-rotary
+        self.keys = keys  # [S, n_kv, d_head], post-rotary; S = T but for cross-attention
         self.rule = rule
+        self.bias = bias
         self.n_tokens, self.n_heads, _ = queries.shape
+        self.n_sources = keys.shape[0]
         self.causal = rule.causal
 
     def source_counts(self, positions: torch.Tensor) -> torch.Tensor:
-        """How many sources each query row has: position + 1 under a causal mask, else T. [r] int64."""
+        """How many sources each query row has: position + 1 under a causal mask, else S. [r] int64."""
         if self.causal:
             return positions.to(torch.int64) + 1
-        return torch.full_like(positions, self.n_tokens, dtype=torch.int64)
+        return torch.full_like(positions, self.n_sources, dtype=torch.int64)
 
     def row(self, position: int) -> torch.Tensor:
         """Attention of query `position` to its sources: [H, S]."""
-        n_sources = position + 1 if self.causal else self.n_tokens
+        n_sources = position + 1 if self.causal else self.n_sources
         return self._weights(torch.tensor([position]), n_sources)[:, 0]
 
     def rows(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
@@ -60,7 +83,7 @@ class QueryKeyPattern:
         A view of head-major weights ([H, r, S] in memory, the layout the proximity kernel reads),
         so callers that need contiguous rows copy them themselves."""
         positions = positions.to(torch.int64)
-        width = int(positions.max()) + 1 if self.causal and len(positions) else self.n_tokens
+        width = int(positions.max()) + 1 if self.causal and len(positions) else self.n_sources
         weights = self._weights(positions, width).transpose(0, 1)
         if n_sources <= width:
             return weights[..., :n_sources]
@@ -71,20 +94,20 @@ class QueryKeyPattern:
         return self.rows(torch.arange(start, stop), stop)
 
     def dense(self) -> torch.Tensor:
-        """The full [H, T, T] pattern (zeros where the mask hides a source)."""
-        return self.block(0, self.n_tokens).permute(1, 0, 2)
+        """The full [H, T, S] pattern (zeros where the mask hides a source)."""
+        return self.rows(torch.arange(self.n_tokens), self.n_sources).permute(1, 0, 2)
 
     def attend(self, values: torch.Tensor) -> torch.Tensor:
         """The attention output Σ_j a_ij v_j for every query, in chunks of rows so no [H, T, T]
-        is ever whole: values [T, n_kv, d_head] -> [T, H, d_head]. For layers the fast kernels
+        is ever whole: values [S, n_kv, d_head] -> [T, H, d_head]. For layers the fast kernels
         cannot compute (soft-capping)."""
         n_kv = values.shape[1]
         group = self.n_heads // n_kv
         out = values.new_empty(self.n_tokens, self.n_heads, values.shape[-1])
-        chunk = max(1, _CHUNK_ELEMENTS // (self.n_heads * self.n_tokens))
+        chunk = max(1, _CHUNK_ELEMENTS // (self.n_heads * self.n_sources))
         for start in range(0, self.n_tokens, chunk):
             stop = min(start + chunk, self.n_tokens)
-            width = stop if self.causal else self.n_tokens
+            width = stop if self.causal else self.n_sources
             weights = self._weights(torch.arange(start, stop), width)  # [H, c, S]
             grouped = weights.view(n_kv, group, stop - start, width)
             out[start:stop] = torch.einsum("kgcs,skd->ckgd", grouped, values[:width]).reshape(stop - start, self.n_heads, -1)
@@ -93,7 +116,8 @@ class QueryKeyPattern:
     def _weights(self, positions: torch.Tensor, n_sources: int) -> torch.Tensor:
         """Softmaxed scores of query rows `positions` over sources 0..n_sources-1, head-major:
         [H, r, S]. One matrix product per key/value head for all rows; scaling, capping and
-        masking in place, so the only [H, r, S] tensors made are the scores and the softmax."""
+        masking in place, so the only [H, r, S] tensors made are the scores and the softmax (and
+        the rows of a relative bias)."""
         positions = positions.to(self.queries.device)
         queries = self.queries[positions]  # [r, H, d]
         keys = self.keys[:n_sources]  # [S, n_kv, d]
@@ -106,6 +130,8 @@ class QueryKeyPattern:
         scores.mul_(self.rule.scaling)
         if self.rule.softcap is not None:
             scores.div_(self.rule.softcap).tanh_().mul_(self.rule.softcap)
+        if self.bias is not None:
+            scores.add_(self.bias.rows(positions, n_sources))
         hidden = self._hidden(positions, n_sources)
         if hidden is not None:
             scores.masked_fill_(hidden, float("-inf"))
@@ -126,6 +152,8 @@ class QueryKeyPattern:
     def tensors(self) -> Iterator[torch.Tensor]:
         yield self.queries
         yield self.keys
+        if self.bias is not None:
+            yield self.bias.by_distance
 
     @property
     def nbytes(self) -> int:

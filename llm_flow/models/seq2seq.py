@@ -1,10 +1,12 @@
 """Encoder–decoders (Marian, T5, BART, mBART): a source text read by an encoder and a target text
 written by a decoder that also reads the encoder through cross-attention.
 
-They run as plain ``transformers`` modules with eager attention (TransformerLens 4.3 boots these
-architectures, but its encoder–decoder bridge has no ``blocks`` for ``set_use_attn_result`` and
-none of the hooks llm-flow's decoder engine reads), behind the same `TransparentLlm` interface:
-what only a decoder-only model has (a `Run` of one prompt, the bridge, the causal LM) is refused
+They run as plain ``transformers`` modules (TransformerLens 4.3 boots these architectures, but its
+encoder–decoder bridge has no ``blocks`` for ``set_use_attn_result`` and none of the hooks
+llm-flow's decoder engine reads), behind the same `TransparentLlm` interface. A run's pass attends
+with SDPA and keeps queries and keys (`llm_flow.models.seq2seq_capture`); the model is eager
+otherwise, for the passes that read ``output_attentions`` (the route contributions).
+What only a decoder-only model has (a `Run` of one prompt, the bridge, the causal LM) is refused
 with the reason, so no decoder-only page or command gives a wrong answer on one of these.
 """
 
@@ -19,6 +21,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.models.base import ModelInfo, TransparentLlm
+from llm_flow.models.seq2seq_capture import QueryKeyCapture
 from llm_flow.models.seq2seq_run import Seq2SeqRun
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ MAX_GENERATED = 256
 class Seq2SeqLlm(TransparentLlm):
     """An encoder–decoder: `run_pair(source, target)` is its Run."""
 
-    hf_seq2seq: PreTrainedModel  # the transformers encoder–decoder itself (eager attention): its passes and `generate`
+    hf_seq2seq: PreTrainedModel  # the transformers encoder–decoder (eager but in a run's pass): its passes and `generate`
 
     def __init__(
         self,
@@ -46,7 +49,8 @@ class Seq2SeqLlm(TransparentLlm):
         if hf_model.config.model_type not in SEQ2SEQ_TYPES:
             raise UnsupportedModelError(f"{name}: {seq2seq_refusal(type(hf_model).__name__)}")
         self.hf_seq2seq = hf_model.eval().requires_grad_(False)
-        self.hf_seq2seq.set_attn_implementation("eager")  # the attention weights are returned only by eager attention
+        # the route pass reads output_attentions, which only eager attention returns; a run's pass switches to SDPA
+        self.hf_seq2seq.set_attn_implementation("eager")
         self._tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_run_bytes = max_run_bytes
@@ -145,16 +149,22 @@ class Seq2SeqLlm(TransparentLlm):
     def run_pair_ids(
         self, source_ids: list[int], target_ids: list[int], source: str | None = None, target: str | None = None
     ) -> Seq2SeqRun:
-        """A Seq2SeqRun over token ids as given (the decoder reads the start token, then `target_ids`)."""
+        """A Seq2SeqRun over token ids as given (the decoder reads the start token, then `target_ids`).
+
+        The pass attends with SDPA where the architecture supports it (all four families do in the
+        ``transformers`` versions llm-flow allows; eager otherwise) and keeps each attention's
+        queries and keys, never its weights."""
         if not source_ids or not target_ids:
             raise PromptError("an encoder–decoder run needs at least one source token and one target token")
         device = next(self.hf_seq2seq.parameters()).device
         source_tensor = torch.tensor([source_ids], device=device)
         decoder_tensor = torch.tensor([[self.decoder_start_token_id, *target_ids]], device=device)
-        with self._lock, torch.no_grad():
+        capture = QueryKeyCapture(self.hf_seq2seq)
+        with self._lock, torch.no_grad(), capture.recording():
             outputs = self.hf_seq2seq(
-                input_ids=source_tensor, decoder_input_ids=decoder_tensor, output_attentions=True, return_dict=True
+                input_ids=source_tensor, decoder_input_ids=decoder_tensor, use_cache=False, return_dict=True
             )
+        attention = capture.patterns()
         return Seq2SeqRun(
             model=self,
             source=source,
@@ -164,9 +174,9 @@ class Seq2SeqLlm(TransparentLlm):
             source_str_tokens=self.decode_tokens(source_ids),
             decoder_str_tokens=self.decode_tokens(decoder_tensor[0]),
             logits=outputs.logits[0].float().cpu(),
-            encoder_patterns=_stacked(outputs.encoder_attentions),
-            decoder_patterns=_stacked(outputs.decoder_attentions),
-            cross_patterns=_stacked(outputs.cross_attentions),
+            encoder_attention=attention["encoder"],
+            decoder_attention=attention["decoder"],
+            cross_attention=attention["cross"],
         )
 
     def generate_target(self, source_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -286,8 +296,3 @@ def seq2seq_refusal(architecture: str) -> str:
         f"{architecture} is an encoder–decoder llm-flow has not been checked on; it explains "
         f"{', '.join(SEQ2SEQ_TYPES.values())}"
     )
-
-
-def _stacked(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """[layers, heads, queries, sources] float32 on the CPU from one sequence's per-layer weights."""
-    return torch.stack([layer[0] for layer in attentions]).float().cpu()

@@ -1,16 +1,24 @@
 """A `Seq2SeqRun`: one source and one target through an encoder–decoder, with its three kinds of
-attention. Immutable like a decoder `Run`, so sessions can share it."""
+attention. Immutable like a decoder `Run`, so sessions can share it.
+
+Like a decoder `Run` it keeps no attention pattern: per stack and layer, the queries and keys
+(`llm_flow.models.seq2seq_capture`), from which `pattern(stack, layer)` rebuilds a layer's weights
+exactly when asked: what it keeps grows linearly with the source, where the patterns grew with
+its square (T5 has no position table, so nothing but the configured limit bounds the source)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+import numpy as np
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.models.derived import DerivedStore
+from llm_flow.models.derived import DerivedStore, tensor_bytes
+from llm_flow.models.query_keys import QueryKeyPattern
 from llm_flow.validation import SEQ2SEQ_STACKS as STACKS
 
 if TYPE_CHECKING:
@@ -32,9 +40,10 @@ class Seq2SeqRun:
     source_str_tokens: list[str]
     decoder_str_tokens: list[str]
     logits: torch.Tensor  # [T, vocab] float32
-    encoder_patterns: torch.Tensor  # [encoder layers, heads, S, S]
-    decoder_patterns: torch.Tensor  # [decoder layers, heads, T, T] (causal)
-    cross_patterns: torch.Tensor  # [decoder layers, heads, T, S]: decoder queries reading source tokens
+    # per layer, queries and keys [n, heads, d_head] as the model's attention takes them:
+    encoder_attention: tuple[QueryKeyPattern, ...]  # S queries, S keys, no mask
+    decoder_attention: tuple[QueryKeyPattern, ...]  # T queries, T keys, causal
+    cross_attention: tuple[QueryKeyPattern, ...]  # T decoder queries reading S source keys, no mask
     derived_store: DerivedStore = field(default_factory=DerivedStore, repr=False, compare=False)
 
     @property
@@ -59,21 +68,47 @@ class Seq2SeqRun:
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors the run holds and of what was derived from it so far (the
-        contributions, route graphs): what the app's run cache counts, so it grows with routes."""
-        tensors = (self.source_tokens, self.decoder_tokens, self.logits, self.encoder_patterns,
-                   self.decoder_patterns, self.cross_patterns)  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in tensors) + self.derived_store.nbytes
+        contributions, route graphs, the last patterns asked for): what the app's run cache
+        counts, so it grows with routes."""
+        return self._kept_bytes + self.derived_store.nbytes
+
+    @cached_property
+    def _kept_bytes(self) -> int:
+        kept = [t for stack in STACKS for layer in self.attention_of(stack) for t in layer.tensors()]
+        return tensor_bytes([self.source_tokens, self.decoder_tokens, self.logits, *kept])  # a T5 bias is shared
 
     @property
     def target_ids(self) -> list[int]:
         """The target's token ids (the decoder's tokens after the start token)."""
         return self.decoder_tokens[1:].tolist()
 
-    def patterns(self, stack: str) -> torch.Tensor:
-        """The attention weights of one stack ("encoder", "decoder" or "cross")."""
+    def attention_of(self, stack: str) -> tuple[QueryKeyPattern, ...]:
+        """What rebuilds one stack's ("encoder", "decoder" or "cross") attention, per layer."""
         if stack not in STACKS:
             raise ArgumentError(f"unknown attention {stack!r}: use one of {', '.join(STACKS)}")
-        return {"encoder": self.encoder_patterns, "decoder": self.decoder_patterns, "cross": self.cross_patterns}[stack]
+        by_stack = {"encoder": self.encoder_attention, "decoder": self.decoder_attention, "cross": self.cross_attention}
+        return by_stack[stack]
+
+    def n_layers_of(self, stack: str) -> int:
+        return len(self.attention_of(stack))
+
+    def n_heads_of(self, stack: str) -> int:
+        return self.attention_of(stack)[0].n_heads
+
+    def pattern(self, stack: str, layer: int) -> torch.Tensor:
+        """The attention weights of one layer of one stack, [heads, queries, sources] float32 on
+        the CPU, as the model's eager attention computes them. Kept with the run (counted in
+        `nbytes`) until other patterns push it out (`StackPattern.keep`)."""
+        layers = self.attention_of(stack)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(layers):
+            raise ArgumentError(f"layer {layer!r} is out of range: the {stack} has layers 0..{len(layers) - 1}")
+        return self.derived(StackPattern(stack, int(layer)), lambda: layers[layer].dense().float().cpu())
+
+    def patterns(self, stack: str, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """The attention weights of `layers` (default: all) of one stack, [layers, heads, queries,
+        sources]: for what shows several layers at once (the model view); one layer is `pattern`."""
+        chosen = range(self.n_layers_of(stack)) if layers is None else layers
+        return torch.stack([self.pattern(stack, layer) for layer in chosen])
 
     def tokens_of(self, stack: str) -> tuple[list[str], list[str]]:
         """(query tokens, source tokens) of one stack's attention."""
@@ -81,5 +116,16 @@ class Seq2SeqRun:
             return self.source_str_tokens, self.source_str_tokens
         if stack == "decoder":
             return self.decoder_str_tokens, self.decoder_str_tokens
-        self.patterns(stack)  # checks the name
+        self.attention_of(stack)  # checks the name
         return self.decoder_str_tokens, self.source_str_tokens
+
+
+@dataclass(frozen=True)
+class StackPattern:
+    """Key of one layer's attention weights in a run's derived store. A pattern is [H, Q, K], the
+    size the run avoids keeping, so only the last few asked for stay: one per tab of the attention
+    page, where the head view redraws one layer on every setting."""
+
+    keep: ClassVar[int] = 3
+    stack: str
+    layer: int

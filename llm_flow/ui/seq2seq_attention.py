@@ -1,9 +1,9 @@
 """The Attention page for an encoder–decoder: BertViz's three tabs (the encoder's self-attention,
 the decoder's, and the cross-attention), each in the head or the model view.
 
-The weights are the pair's `Seq2SeqRun` (transformers' own ``output_attentions``); nothing is
-re-run. Cross-attention rows are the decoder's tokens (its start token, then the target),
-columns the source tokens. The tab, view, layer and heads are the session's attention settings,
+The weights are the pair's `Seq2SeqRun`'s, rebuilt from its queries and keys (equal to
+transformers' own ``output_attentions``); nothing is re-run. Cross-attention rows are the
+decoder's tokens (its start token, then the target), columns the source tokens. The tab, view, layer and heads are the session's attention settings,
 so they survive a page switch and travel in links.
 """
 
@@ -64,7 +64,7 @@ def _controls(run: Seq2SeqRun) -> tuple[str, str, int]:
     state = get_state().attention
     st.segmented_control("Attention", list(TABS), format_func=TABS.get, required=True, **bind("attention.stack"))
     stack = state.stack
-    n_layers, n_heads = run.patterns(stack).shape[:2]
+    n_layers, n_heads = run.n_layers_of(stack), run.n_heads_of(stack)
     if state.heads is not None:
         state.heads = tuple(h for h in state.heads if 0 <= h < n_heads) or None
     row = st.columns([2, 1, 2, 2, 1])
@@ -80,7 +80,7 @@ def _controls(run: Seq2SeqRun) -> tuple[str, str, int]:
         from_widget=lambda chosen: None if not chosen or tuple(sorted(chosen)) == everything else tuple(sorted(chosen)),
     ))  # fmt: skip
     row[3].selectbox("Heads as", list(HEAD_AGGREGATES), format_func=HEAD_AGGREGATES.get, **bind("attention.aggregate"))
-    n_sources = run.patterns(stack).shape[-1]
+    n_sources = len(run.tokens_of(stack)[1])
     row[4].number_input("Top-k sources (0 = all)", 0, n_sources, help="Keep the k strongest sources of each query (per head).",
                         **bind("attention.top_k", to_widget=lambda k: min(k, n_sources)))  # fmt: skip
     if state.view == "neuron":

@@ -66,7 +66,7 @@ def _fit_to_run(run: Seq2SeqRun) -> None:
         state.method = DEFAULT_METHOD
     if state.baseline not in BASELINES:
         state.baseline = "zeros"
-    n_layers = run.cross_patterns.shape[0]
+    n_layers = run.n_layers_of("cross")
     if state.layer is not None and not 0 <= state.layer < n_layers:
         notices.append(f"The decoder of {run.model.name} has no layer {state.layer}; using its last layer.")
         state.layer = None
@@ -92,7 +92,7 @@ def _method_controls(run: Seq2SeqRun) -> tuple[str, dict[str, object]]:
         columns[0].number_input("Window (tokens occluded at once)", 1, 512, **bind("attribution.window"))
         options["window"] = int(state.window)
     if method == "attention":
-        last = run.cross_patterns.shape[0] - 1  # until the user chooses (kept out of links)
+        last = run.n_layers_of("cross") - 1  # until the user chooses (kept out of links)
         columns[0].number_input("Decoder layer", 0, last,
                                 **bind("attribution.layer", to_widget=lambda layer: last if layer is None else layer))  # fmt: skip
         columns[1].segmented_control("Heads", ["mean", "max"], required=True, **bind("attribution.heads"))

@@ -36,14 +36,14 @@ def seq2seq_views(
         raise ArgumentError(f"choose attentions among {', '.join(STACKS)} (got {list(stacks)})")
     views = []
     for stack in stacks:
-        weights = run.patterns(stack)
+        n_layers = run.n_layers_of(stack)
         queries, sources = run.tokens_of(stack)
-        chosen = list(range(weights.shape[0])) if layers is None else list(layers)
-        bad = [l for l in chosen if not (isinstance(l, (int, np.integer)) and 0 <= l < weights.shape[0])]
+        chosen = list(range(n_layers)) if layers is None else list(layers)
+        bad = [l for l in chosen if not (isinstance(l, (int, np.integer)) and 0 <= l < n_layers)]
         if bad or not chosen:
-            raise ArgumentError(f"the {stack} has layers 0..{weights.shape[0] - 1} (got {chosen})")
+            raise ArgumentError(f"the {stack} has layers 0..{n_layers - 1} (got {chosen})")
         view = attention_view_of(
-            weights[chosen], queries, layers=chosen, heads=heads, top_k=top_k, aggregate=aggregate,
+            run.patterns(stack, chosen), queries, layers=chosen, heads=heads, top_k=top_k, aggregate=aggregate,
             source_tokens=sources if stack == "cross" else None,
         )  # fmt: skip
         views.append((STACK_NAMES[stack], view))
