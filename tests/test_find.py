@@ -263,3 +263,48 @@ def test_the_exported_svg_shows_the_focused_node_in_the_middle(smollm2):
     index = next(i for i, t in enumerate(figure.data) if t.customdata is not None and node in list(t.customdata))
     drawn = svg_trace_points(root)[index][list(figure.data[index].customdata).index(node)]
     assert drawn == pytest.approx(centre, abs=1.0)
+
+
+def test_a_layer_or_token_the_route_misses_says_so_and_where_the_route_goes(graphs, tiny_models):
+    """``emb`` on a route that stops above the embeddings (threshold 0.5 reaches one token, layers
+    0–2 only), and a token position the generous route skips: no nodes, and the miss in words."""
+    narrow = llm_flow.build_graph(tiny_models("llama").run(PROMPT), target=-1, threshold=0.5)
+    assert not at(narrow, kind="embedding"), "the premise: the route stops above the embeddings"
+    layers = sorted({data["layer"] for _, data in narrow.nodes(data=True)})
+    reached = sorted({data["position"] for _, data in narrow.nodes(data=True)})
+    found = find_nodes(narrow, "emb")
+    assert found.query == "emb" and found.nodes == ()
+    assert found.message == (
+        f"No node of the token embeddings is on this route at threshold 0.5 (it reaches layers {layers[0]}–{layers[-1]} "
+        f"and tokens {', '.join(map(str, reached))}; a lower threshold keeps more)."
+    )
+    graph = graphs["llama"]
+    tokens, n_tokens = graph.graph["tokens"], graph.graph["n_tokens"]
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    missed = next(p for p in range(n_tokens) if p not in reached)
+    for query in (str(missed), str(missed - n_tokens)):  # counted from the start or from the end
+        found = find_nodes(graph, query)
+        assert found.query == query and found.nodes == ()
+        assert found.message == (
+            f"Token {missed} {tokens[missed]!r} is not reached by this route at threshold 0.02 (it reaches layers "
+            f"{layers[0]}–{layers[-1]} and tokens {', '.join(map(str, reached[:12]))}, …; a lower threshold keeps more)."
+        )
+
+
+@pytest.mark.parametrize("n_reached, ellipsis", [(13, ", …"), (12, "")])
+def test_a_miss_lists_twelve_reached_tokens_and_an_ellipsis_only_when_there_are_more(graphs, n_reached, ellipsis):
+    """The hint after a miss reads the route's nodes only: the 14-token route with the nodes of its
+    first tokens taken out reaches exactly 13 or 12 tokens."""
+    graph = graphs["llama"].copy()
+    reached = sorted({data["position"] for _, data in graph.nodes(data=True)})
+    for position in reached[: len(reached) - n_reached]:
+        graph.remove_nodes_from(at(graph, position=position))
+    reached = reached[len(reached) - n_reached :]
+    assert sorted({data["position"] for _, data in graph.nodes(data=True)}) == reached
+    layers = sorted({data["layer"] for _, data in graph.nodes(data=True) if data["layer"] >= 0})
+    missing = next(f"M0_{p}" for p in range(graph.graph["n_tokens"]) if f"M0_{p}" not in graph)
+    assert find_nodes(graph, missing).message == (
+        f"{missing} is not on this route at threshold 0.02 (it reaches layers {layers[0]}–{layers[-1]} and tokens "
+        f"{', '.join(map(str, reached[:12]))}{ellipsis}; a lower threshold keeps more)."
+    )

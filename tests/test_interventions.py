@@ -24,7 +24,7 @@ from llm_flow.interventions.route_checks import percentile
 from llm_flow.interventions.route import dropped_parts, kept_parts, random_like, route_nodes
 from tests.conftest import PROMPT
 from tests.hf_interventions import HfModel, subtracting
-from tests.tiny_models import FAMILIES
+from tests.tiny_models import FAMILIES, save_tiny_model
 
 ATOL = 1e-4  # float32 TransformerLens pass vs float64 HF, logits up to ~10 (seen: up to 6.5e-5)
 
@@ -250,6 +250,19 @@ def test_route_only_rebuilds_each_node_from_its_route_edges(runs, hf, family):
     graph = llm_flow.build_graph(run, threshold=0.06)
     logits = ablated_logits(run, dropped_parts(run, route_nodes(run, graph), "zero"))
     _close(logits, _hf_route_only_logits(run, hf[family], graph))
+    _changed(logits, run)
+
+
+def test_route_only_of_a_node_that_keeps_no_attention_edge(runs, hf):
+    """A high threshold can leave a node with attention parts on the route but none of its
+    attention edges kept (``I0_29`` of GPT-NeoX at 0.1 for token 34, rebuilt from its FFN alone):
+    route only removes every head of every source there."""
+    run = runs["gpt_neox"]
+    graph = llm_flow.build_graph(run, target=34, threshold=0.1)
+    nodes = route_nodes(run, graph)
+    assert any(n.attention and not n.sources for n in nodes), "the premise: a node keeps no attention edge"
+    logits = ablated_logits(run, dropped_parts(run, nodes, "zero"))
+    _close(logits, _hf_route_only_logits(run, hf["gpt_neox"], graph))
     _changed(logits, run)
 
 
@@ -702,13 +715,20 @@ def test_bad_arguments(runs):
         ablation(run, [], ffn_mode="half")
     with pytest.raises(llm_flow.ArgumentError, match="draws"):
         check_route(run, graph, draws=0)
-    with pytest.raises(llm_flow.ArgumentError, match="another prompt or model"):
-        check_route(other, graph)
     import networkx as nx
 
+    elsewhere = llm_flow.build_graph(run.model.run("The capital of France is"), threshold=0.04)  # same model
+    untokenised = nx.DiGraph(target=-1, n_layers=run.n_layers, model=run.model.name)
+    for foreign in (graph, elsewhere, untokenised):
+        with pytest.raises(llm_flow.ArgumentError) as error:
+            check_route(other if foreign is graph else run, foreign)
+        assert str(error.value) == (
+            "this route graph was built for another prompt or model: build it from the same run (llm_flow.build_graph(run, ...))"
+        )
     for foreign in (nx.DiGraph(), nx.DiGraph(n_layers=run.n_layers)):
-        with pytest.raises(llm_flow.ArgumentError, match=r"this is not a route graph: build one with llm_flow\.build_graph"):
+        with pytest.raises(llm_flow.ArgumentError) as error:
             check_route(run, foreign)
+        assert str(error.value) == "this is not a route graph: build one with llm_flow.build_graph(run, ...)"
     with pytest.raises(llm_flow.ArgumentError, match="token id"):
         check_route(run, graph, token=10**6)
     with pytest.raises(llm_flow.ArgumentError, match="no edge"):
@@ -718,6 +738,33 @@ def test_bad_arguments(runs):
     short = run.model.run("The capital")
     with pytest.raises(llm_flow.ArgumentError, match="token prompt"):
         ablated_logits(short, ablation(run, []))
+
+
+def test_an_encoder_decoder_is_refused_by_name(tmp_path, runs):
+    """An encoder–decoder's run (a source and a target) has no TransformerLens hooks in llm-flow:
+    every intervention refuses it with llm-flow's error naming the model and what it has instead,
+    and something that is not a run at all is refused as such."""
+    model = llm_flow.load_model(str(save_tiny_model("t5", tmp_path / "t5")))
+    pair = model.run_pair("The capital of France is Paris.", "Paris is the capital")
+    graph = llm_flow.seq2seq_route(pair, -1)
+    decoder = runs["gpt2"]
+    calls = {
+        "ablation": lambda run: ablation(run, [FfnPart(0, 0)]),
+        "ablated_logits": lambda run: ablated_logits(run, ablation(decoder, [])),
+        "check_route": lambda run: check_route(run, graph, draws=1),
+        "check_edge": lambda run: check_edge(run, graph, *next(iter(graph.edges))),
+        "threshold_curve": lambda run: threshold_curve(run, graph),
+    }
+    for name, call in calls.items():
+        with pytest.raises(llm_flow.UnsupportedModelError) as error:
+            call(pair)
+        assert str(error.value) == (
+            f"{model.name}: T5ForConditionalGeneration is an encoder–decoder: interventions and route checks re-run "
+            "one prompt through TransformerLens hooks, which llm-flow has for decoder-only and encoder models only "
+            "so far; its routes across the two stacks are llm_flow.seq2seq_route(run, position)"
+        ), name
+        with pytest.raises(llm_flow.ArgumentError, match=r"^interventions take a Run \(model.run\(prompt\)\), not str$"):
+            call("The capital of France is")
 
 
 @pytest.mark.real_model

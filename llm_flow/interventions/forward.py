@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_flow.errors import ArgumentError, UnsupportedModelError
-from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval
+from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, check_run
 from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.fast_attention import Capture
 from llm_flow.models.run import Run
@@ -69,14 +69,12 @@ def outcome(logits: torch.Tensor, token: int) -> Outcome:
 
 def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
     """Logits [T, vocab] (float32) of `run`'s prompt with `removal`'s parts taken out."""
+    check_run(run)
     if removal.n_tokens != run.n_tokens:
         raise ArgumentError(
             f"this ablation was made for a {removal.n_tokens}-token prompt; the run has {run.n_tokens} tokens"
         )
     model = run.model
-    bridge = getattr(model, "bridge", None)
-    if bridge is None:
-        raise UnsupportedModelError(f"{model.name}: interventions need a model loaded through TransformerLens")
     surgery = _PostLnSurgery if model.info.post_ln else _LayerSurgery
     final: dict[str, torch.Tensor] = {}
     # The lock: hooks live on the shared module. The pass attends as `model.run` does, and gives
@@ -89,7 +87,7 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
             hooks += surgery(run, layer, layer_removal, removal.ffn_mode, capture).hooks()
         if model.info.no_lm_head:  # the bridge's logits would come from a head the checkpoint lacks
             hooks.append((f"blocks.{run.n_layers - 1}.hook_resid_post", lambda x, hook: final.update(state=x[0].clone())))
-        logits = bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **_segments(run))
+        logits = model.bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **_segments(run))
     if final:
         return model.unembed(final["state"])
     return logits[0].float()

@@ -24,8 +24,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from llm_flow.errors import ArgumentError
+from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.run import Run
+from llm_flow.models.seq2seq_run import Seq2SeqRun
 
 FfnMode = Literal["zero", "mean"]
 FFN_MODES: tuple[str, ...] = ("zero", "mean")
@@ -91,8 +92,23 @@ class Ablation:
         return sum(removal.n_parts for removal in self.layers.values())
 
 
+def check_run(run: object) -> None:
+    """Interventions re-run one prompt through the model's TransformerLens hooks: a `Run` of a
+    decoder-only or encoder model. An encoder–decoder's run of a source and a target has neither."""
+    if isinstance(run, Seq2SeqRun):
+        model = run.model
+        raise UnsupportedModelError(
+            f"{model.name}: {model.info.architecture} is an encoder–decoder: interventions and route checks "
+            "re-run one prompt through TransformerLens hooks, which llm-flow has for decoder-only and encoder "
+            "models only so far; its routes across the two stacks are llm_flow.seq2seq_route(run, position)"
+        )
+    if not isinstance(run, Run):
+        raise ArgumentError(f"interventions take a Run (model.run(prompt)), not {type(run).__name__}")
+
+
 def ablation(run: Run, parts: Iterable[Part], ffn_mode: FfnMode = "zero") -> Ablation:
     """Validate `parts` against `run`'s model and prompt; duplicates count once."""
+    check_run(run)
     check_ffn_mode(ffn_mode)
     attention: dict[int, list[tuple[int, int, int]]] = {}
     sets: dict[int, tuple[set[int], set[int], set[int]]] = {}

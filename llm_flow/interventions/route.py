@@ -21,7 +21,7 @@ import networkx as nx
 import torch
 
 from llm_flow.errors import ArgumentError
-from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, n_heads, n_sources
+from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, check_run, n_heads, n_sources
 from llm_flow.models.run import Run
 from llm_flow.routes.nodes import NodeId
 
@@ -59,6 +59,7 @@ class _Removal:
 
 def check_graph(run: Run, graph: nx.DiGraph) -> None:
     """A route graph must come from this run's prompt and model."""
+    check_run(run)
     attrs = graph.graph
     if "target" not in attrs or "n_layers" not in attrs:
         raise ArgumentError("this is not a route graph: build one with llm_flow.build_graph(run, ...)")

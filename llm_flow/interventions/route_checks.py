@@ -185,9 +185,9 @@ def check_edge(
 ) -> EdgeRemoval:
     """Remove one route edge's parts (an edge into an FFN node: the FFN itself) and re-run."""
     check_ffn_mode(ffn_mode)
+    nodes = edge_nodes(run, graph, source, dest)
     position = graph.graph["target"]
     token = _token(run, position, token)
-    nodes = edge_nodes(run, graph, source, dest)
     if not nodes:  # A -> M (input -> M for parallel blocks) carries the flow of M -> I
         ffn = NodeId.parse(dest)
         nodes = edge_nodes(run, graph, dest, str(NodeId("I", ffn.layer, ffn.position)))
