@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from llm_flow.models.query_keys import AttentionRule, QueryKeyPattern, RelativeBias
 from llm_flow.validation import SEQ2SEQ_STACKS as STACKS
 
+
 def attention_modules(hf: PreTrainedModel) -> dict[str, list[torch.nn.Module]]:
     """Each stack's attention module per layer ("encoder", "decoder", "cross")."""
     encoder, decoder = hf.get_encoder(), hf.get_decoder()

@@ -3,8 +3,9 @@ the decoder's, and the cross-attention), each in the head or the model view.
 
 The weights are the pair's `Seq2SeqRun`'s, rebuilt from its queries and keys (equal to
 transformers' own ``output_attentions``); nothing is re-run. Cross-attention rows are the
-decoder's tokens (its start token, then the target), columns the source tokens. The tab, view, layer and heads are the session's attention settings,
-so they survive a page switch and travel in links.
+decoder's tokens (its start token, then the target), columns the source tokens. The tab, view,
+layer and heads are the session's attention settings, so they survive a page switch and travel
+in links.
 """
 
 from __future__ import annotations
