@@ -266,6 +266,23 @@ def test_route_only_of_a_node_that_keeps_no_attention_edge(runs, hf):
     _changed(logits, run)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_route_only_of_a_route_whose_first_node_keeps_nothing(runs, hf, family):
+    """At threshold 0.5 these routes are one chain whose first node keeps no part: in exact
+    arithmetic that node is the attention bias, and the chain above it reads only that (the
+    float64 reference's logits are 0 for the bias-free tiny models). Subtracting the removed
+    parts from the whole left float32 rounding there, which the next norm scaled to a full-size
+    state: logits 4 to 7 off. Rows losing most of their parts are rebuilt from what they keep."""
+    run = runs[family]
+    graph = llm_flow.build_graph(run, threshold=0.5)
+    nodes = route_nodes(run, graph)
+    assert any(not (n.sources or n.residual or n.ffn) for n in nodes), "the premise: a node keeps nothing"
+    logits = ablated_logits(run, dropped_parts(run, nodes, "zero"))
+    expected = _hf_route_only_logits(run, hf[family], graph)
+    _close(logits, expected)
+    _changed(logits, run)
+
+
 def test_pairs_are_numbered_row_by_row():
     """Random removals draw a number and turn it into (query, source): row by row, over the causal
     triangle in a decoder and over all T × T pairs in an encoder, exactly at row boundaries even

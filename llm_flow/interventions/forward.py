@@ -6,7 +6,11 @@ What "remove" means (and what the tests check against plain `transformers`):
   position: attention parts and the residual part of ``A{l}_i`` from the attention output
   (``hook_attn_out``), the FFN part and the residual part of ``I{l}_i`` from the FFN output
   (``hook_mlp_out``). Whatever reads that residual afterwards (the FFN of the same layer, later
-  layers' queries, keys and values, the final norm) is recomputed.
+  layers' queries, keys and values, the final norm) is recomputed. Where a removal takes most of
+  a sum, the sum is rebuilt from what it keeps instead (a query row from its kept parts and the
+  bias, a node without its residual from what its sublayers added, at ``hook_resid_post``): the
+  same value in exact arithmetic, without the float32 rounding that subtracting a state from
+  itself leaves where a route keeps nothing, and the next RMSNorm would scale to full size.
 * Removed vectors are computed *in the ablated pass itself*, from its own attention pattern,
   values and residual states: once an earlier removal has changed a later layer's input, that
   layer's parts are what the changed model actually computes. Removing every attention part of
@@ -102,30 +106,36 @@ def _segments(run: Run) -> dict[str, torch.Tensor]:
 
 
 class _LayerSurgery:
-    """The hooks of one layer: capture what the removed vectors are made of, then subtract them."""
+    """The hooks of one layer: capture what the removed vectors are made of, then take them out.
+
+    Where a removal would subtract most of a sum, the sum is rebuilt from what it keeps instead:
+    a query row that loses most of its attention parts is its kept parts plus the output bias, and
+    a node that loses its residual is what its sublayers added (``hook_resid_post``). Subtracting
+    nearly a whole state from itself leaves float32 rounding that the next RMSNorm would scale up
+    to a full-size state where the route keeps (almost) nothing."""
 
     def __init__(self, run: Run, layer: int, removal: LayerRemoval, ffn_mode: FfnMode, capture: "Capture | None") -> None:
         self.model, self.layer, self.removal, self.capture = run.model, layer, removal, capture
-        self.post_norms = run.model.info.post_norms
+        self.post_norms, self.parallel = run.model.info.post_norms, run.parallel
         self.seen: dict[str, torch.Tensor] = {}
         self.ffn_mean = run.layer(layer).mlp_out.float().mean(0) if ffn_mode == "mean" else None  # [d]
+        self.n_sources = run.layer(0).pattern.source_counts(torch.arange(run.n_tokens))  # [T] per query row
 
     def hooks(self) -> list[tuple[str, Callable]]:
         block, r = f"blocks.{self.layer}", self.removal
         hooks = []
         if len(r.attention) and self.capture is None:  # else the pass's rows come from the capture
             hooks += [(f"{block}.attn.hook_pattern", self._keep("pattern")), (f"{block}.attn.hook_v", self._keep("v"))]
-        if len(r.attention):
-            if self.post_norms:
-                hooks.append((f"{block}.ln1_post.hook_scale", self._keep("scale")))
-        if r.residual_attention:
-            hooks.append((f"{block}.hook_resid_pre", self._keep("resid_pre")))
-        if r.residual_ffn:
-            hooks.append((f"{block}.hook_resid_mid", self._keep("resid_mid")))
+        if len(r.attention) and self.post_norms:
+            hooks.append((f"{block}.ln1_post.hook_scale", self._keep("scale")))
         if len(r.attention) or r.residual_attention or r.attention_added is not None:
             hooks.append((f"{block}.hook_attn_out", self._attention_out))
-        if r.ffn or r.residual_ffn or r.ffn_added is not None:
+        if r.ffn or r.ffn_added is not None or r.residual_attention or r.residual_ffn:
             hooks.append((f"{block}.hook_mlp_out", self._ffn_out))
+        if r.residual_attention and not self.parallel:
+            hooks.append((f"{block}.hook_resid_mid", self._resid_mid))
+        if r.residual_attention or r.residual_ffn:
+            hooks.append((f"{block}.hook_resid_post", self._resid_post))
         return hooks
 
     def _keep(self, name: str) -> Callable:
@@ -137,17 +147,19 @@ class _LayerSurgery:
     def _attention_out(self, out: torch.Tensor, hook) -> torch.Tensor:
         out = out.clone()  # [1, T, d]
         if len(self.removal.attention):
-            rows, removed = self._removed_heads()
-            out[0, rows] -= removed.to(out.dtype)
-        if self.removal.residual_attention:
-            positions = sorted(self.removal.residual_attention)
-            out[0, positions] -= self.seen.pop("resid_pre")[positions]
+            rows, vectors, rebuilt = self._attention_rows()
+            out[0, rows[~rebuilt]] -= vectors[~rebuilt].to(out.dtype)
+            out[0, rows[rebuilt]] = vectors[rebuilt].to(out.dtype)
         if self.removal.attention_added is not None:
             out[0] += self.removal.attention_added.to(out)
+        if self.removal.residual_attention:
+            self.seen["attention"] = out[0]
         return out
 
-    def _removed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of the removed parts per touched query row: (rows [r], vectors [r, d])."""
+    def _attention_rows(self, rebuild: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each query row the removal touches (rows [r]) and its vector [r, d]: the sum of its
+        removed parts, or, for a row that loses more than half of them (rebuilt [r] bool), the
+        sum of its kept parts plus the output bias — what attention adds there after the removal."""
         index = self.removal.attention  # [n, 3] (i, j, h)
         rows, row_of = torch.unique(index[:, 0], return_inverse=True)
         if self.capture is not None:  # this pass's own rows, rebuilt for the touched queries only
@@ -157,30 +169,57 @@ class _LayerSurgery:
         else:
             touched = self.seen.pop("pattern").float()[:, rows.to(torch.int64)].transpose(0, 1)  # [r, H, T]
             values = self.seen.pop("v").float()
-        n_heads, n_tokens = touched.shape[1], touched.shape[2]
+        n_heads = touched.shape[1]
         index, row_of = index.to(touched.device), row_of.to(touched.device)
-        weights = touched.new_zeros(len(rows), n_heads, n_tokens)  # [r, H, T]: A of removed parts only
-        weights[row_of, index[:, 2], index[:, 1]] = touched[row_of, index[:, 2], index[:, 1]]
+        removed = torch.zeros_like(touched, dtype=torch.bool)  # [r, H, T]
+        removed[row_of, index[:, 2], index[:, 1]] = True
+        every = self.n_sources.to(touched.device)[rows.to(torch.int64)] * n_heads  # [r] parts per row
+        rebuilt = removed.sum((1, 2)) * 2 > every if rebuild else torch.zeros_like(rows, dtype=torch.bool)
+        weights = touched * torch.where(rebuilt[:, None, None], ~removed, removed)  # [r, H, T]
         values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, d_head]
         mixed = torch.einsum("rhj,jhk->rhk", weights, values)  # [r, H, d_head]
         w_o = self.model.attention_output_weight(self.layer).float()  # [H, d_head, d]
-        removed = torch.einsum("rhk,hkd->rd", mixed, w_o)  # [r, d]
+        vectors = torch.einsum("rhk,hkd->rd", mixed, w_o)  # [r, d]
+        bias = self.model.attention_output_bias(self.layer)
+        if bias is not None:
+            vectors[rebuilt] += bias.float().to(vectors.device)
         if self.post_norms:
             scale = self.seen.pop("scale")[rows]  # [r, 1], rms of the whole attention output
-            removed = removed * self.model.post_norm_gain(self.layer, "ln1_post", scale)
-        return rows, removed
+            vectors = vectors * self.model.post_norm_gain(self.layer, "ln1_post", scale)
+        return rows, vectors, rebuilt
 
     def _ffn_out(self, out: torch.Tensor, hook) -> torch.Tensor:
         out = out.clone()  # [1, T, d]
         if self.removal.ffn:
             positions = sorted(self.removal.ffn)
             out[0, positions] = 0.0 if self.ffn_mean is None else self.ffn_mean.to(out)
-        if self.removal.residual_ffn:
-            positions = sorted(self.removal.residual_ffn)
-            out[0, positions] -= self.seen.pop("resid_mid")[positions]
         if self.removal.ffn_added is not None:
             out[0] += self.removal.ffn_added.to(out)
+        self.seen["ffn"] = out[0]
         return out
+
+    def _resid_mid(self, state: torch.Tensor, hook) -> torch.Tensor:
+        """``A{l}`` [1, T, d] as the FFN reads it where its residual is removed: attention's output
+        alone. (The bridge's hook feeds the FFN only; `_resid_post` mends the residual sum.)"""
+        return _replaced(state, self.removal.residual_attention, self.seen["attention"])
+
+    def _resid_post(self, state: torch.Tensor, hook) -> torch.Tensor:
+        """``I{l}`` [1, T, d] rebuilt from its kept parts where a residual is removed."""
+        r, ffn = self.removal, self.seen.pop("ffn")
+        attention = self.seen.pop("attention", None)
+        if self.parallel:
+            return _replaced(state, r.residual_attention, attention + ffn)
+        if attention is not None:  # A{l} lost its residual: I{l} = A{l} alone + FFN
+            state = _replaced(state, r.residual_attention - r.residual_ffn, attention + ffn)
+        return _replaced(state, r.residual_ffn, ffn)
+
+
+def _replaced(state: torch.Tensor, positions: frozenset[int], rows: torch.Tensor) -> torch.Tensor:
+    """`state` [1, T, d] with the rows at `positions` taken from `rows` [T, d]."""
+    state = state.clone()
+    positions = sorted(positions)
+    state[0, positions] = rows[positions].to(state.dtype)
+    return state
 
 
 class _PostLnSurgery(_LayerSurgery):
@@ -224,7 +263,7 @@ class _PostLnSurgery(_LayerSurgery):
         if len(r.attention) or r.residual_attention:
             removed = state.new_zeros(state.shape[1:], dtype=torch.float32)  # [T, d], before the norm
             if len(r.attention):
-                rows, vectors = self._removed_heads()
+                rows, vectors, _ = self._attention_rows(rebuild=False)
                 removed[rows] += vectors
             if r.residual_attention:
                 positions = sorted(r.residual_attention)
