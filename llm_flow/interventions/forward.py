@@ -170,11 +170,11 @@ class _LayerSurgery:
             touched = self.seen.pop("pattern").float()[:, rows.to(torch.int64)].transpose(0, 1)  # [r, H, T]
             values = self.seen.pop("v").float()
         n_heads = touched.shape[1]
-        index, row_of = index.to(touched.device), row_of.to(touched.device)
+        index, row_of, rows = index.to(touched.device), row_of.to(touched.device), rows.to(touched.device)
         removed = torch.zeros_like(touched, dtype=torch.bool)  # [r, H, T]
         removed[row_of, index[:, 2], index[:, 1]] = True
         every = self.n_sources.to(touched.device)[rows.to(torch.int64)] * n_heads  # [r] parts per row
-        rebuilt = removed.sum((1, 2)) * 2 > every if rebuild else torch.zeros_like(rows, dtype=torch.bool)
+        rebuilt = removed.sum((1, 2)) * 2 > every if rebuild else torch.zeros_like(every, dtype=torch.bool)
         weights = touched * torch.where(rebuilt[:, None, None], ~removed, removed)  # [r, H, T]
         values = values.repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, d_head]
         mixed = torch.einsum("rhj,jhk->rhk", weights, values)  # [r, H, d_head]
