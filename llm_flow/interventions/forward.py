@@ -45,7 +45,6 @@ import torch
 
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.interventions.parts import Ablation, FfnMode, LayerRemoval, check_run
-from llm_flow.models.encoders import segment_inputs
 from llm_flow.models.fast_attention import Capture
 from llm_flow.models.run import Run
 from llm_flow.views.tokens import ranks
@@ -91,18 +90,11 @@ def ablated_logits(run: Run, removal: Ablation) -> torch.Tensor:
             hooks += surgery(run, layer, layer_removal, removal.ffn_mode, capture).hooks()
         if model.info.no_lm_head:  # the bridge's logits would come from a head the checkpoint lacks
             hooks.append((f"blocks.{run.n_layers - 1}.hook_resid_post", lambda x, hook: final.update(state=x[0].clone())))
-        logits = model.bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **_segments(run))
+        inputs = model.segments(run.tokens.tolist(), run.tokens.device)  # an encoder's token types
+        logits = model.bridge.run_with_hooks(run.tokens[None], fwd_hooks=hooks, return_type="logits", **inputs)
     if final:
         return model.unembed(final["state"])
     return logits[0].float()
-
-
-def _segments(run: Run) -> dict[str, torch.Tensor]:
-    """The token types the run's own pass read (an encoder's sentence pair: ``A [SEP] B``)."""
-    model = run.model
-    if not model.info.bidirectional:
-        return {}
-    return segment_inputs(model.hf_model.config, model.tokenizer.sep_token_id, run.tokens.tolist(), run.tokens.device)
 
 
 class _LayerSurgery:

@@ -108,6 +108,12 @@ class TransparentLlm(ABC):
         ``run_with_hooks``: interventions and attention views run hooked passes through it."""
 
     @abstractmethod
+    def segments(self, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        """Extra inputs of a pass over `ids` besides the ids: an encoder that knows sentence
+        pairs reads "A [SEP] B" with B's token types set (``token_type_ids``); {} for others.
+        Every pass over a run's tokens passes them, so a re-run reads what the run read."""
+
+    @abstractmethod
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         """Wrap any hooked pass over `bridge`: drops the full attention patterns some modules keep
         after they return, which would otherwise pile up over the layers of a long prompt."""

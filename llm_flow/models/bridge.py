@@ -195,7 +195,7 @@ class BridgeLlm(TransparentLlm):
                 # the Run keeps no logits (Run.position_logits): the head runs on the last token only
                 self._bridge.run_with_hooks(
                     tokens[None], fwd_hooks=self._hooks(store), return_type=None, **self._last_logits_only(),
-                    **self._segments(ids, device),
+                    **self.segments(ids, device),
                 )  # fmt: skip
                 for layer, moe in self._moe.items():
                     store[f"{layer}.neuron_acts"], store[f"{layer}.experts"] = moe.activations(routed[layer])
@@ -279,9 +279,7 @@ class BridgeLlm(TransparentLlm):
             for handle in handles:
                 handle.remove()
 
-    def _segments(self, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """An encoder that knows sentence pairs (BERT) reads "A [SEP] B" with B's token types
-        set, as its tokenizer's pair encoding gives them; nothing for other models."""
+    def segments(self, ids: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         if not self._bidirectional:
             return {}
         return segment_inputs(self.hf_model.config, self._tokenizer.sep_token_id, ids, device)

@@ -234,6 +234,9 @@ class Seq2SeqLlm(TransparentLlm):
     def no_kept_patterns(self) -> AbstractContextManager[None]:
         self._refuse("TransformerLens hooked passes (interventions, route checks)")
 
+    def segments(self, ids: list[int], device: torch.device) -> NoReturn:
+        self._refuse("TransformerLens hooked passes (interventions, route checks)")
+
     def rows_pass(self) -> NoReturn:
         self._refuse("TransformerLens hooked passes (interventions, route checks)")
 
