@@ -283,6 +283,29 @@ def test_route_only_of_a_route_whose_first_node_keeps_nothing(runs, hf, family):
     _changed(logits, run)
 
 
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory):
+    """GPT-2 and GPT-NeoX with random biases: `transformers` initialises b_O to zero, and a row
+    rebuilt from its kept parts must add it back."""
+    root = tmp_path_factory.mktemp("biased")
+
+    def make(family):
+        folder = save_tiny_model(family, root / family, random_biases=True)
+        return llm_flow.load_model(str(folder)).run(PROMPT), HfModel(str(folder))
+
+    return PerFamily(make)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_route_only_keeps_the_attention_bias_of_every_rebuilt_row(biased, family):
+    run, hf_model = biased[family]
+    assert run.model.attention_output_bias(0).abs().max() > 0.1, "the premise: a bias to keep"
+    graph = llm_flow.build_graph(run, threshold=0.06)
+    logits = ablated_logits(run, dropped_parts(run, route_nodes(run, graph), "zero"))
+    _close(logits, _hf_route_only_logits(run, hf_model, graph))
+    _changed(logits, run)
+
+
 def test_pairs_are_numbered_row_by_row():
     """Random removals draw a number and turn it into (query, source): row by row, over the causal
     triangle in a decoder and over all T × T pairs in an encoder, exactly at row boundaries even
