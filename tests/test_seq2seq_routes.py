@@ -350,8 +350,11 @@ def test_bad_positions_and_an_empty_source_are_refused_with_the_reason(runs):
     run = runs["marian"]
     for bad in (run.n_decoder, -run.n_decoder - 1, 2.5, True):
         with pytest.raises(ArgumentError, match=rf"target position {bad!r} is out of range: the decoder reads "
-                                                rf"{run.n_decoder} tokens .*use 0\.\.{run.n_decoder - 1}"):  # fmt: skip
+                                                rf"{run.n_decoder} tokens \(the start token and {run.n_decoder - 1} "
+                                                rf"target tokens\); use 0\.\.{run.n_decoder - 1}, where position t "
+                                                rf"predicts target token t, or -1 for the last$"):  # fmt: skip
             seq2seq_route(run, bad)
+    assert seq2seq_route(run, -run.n_decoder).graph["target"] == 0  # the first position, counted from the end
     with pytest.raises(PromptError, match="the source text is empty: type the text the encoder reads"):
         run.model.run_pair("   ", TARGET)
 
