@@ -205,3 +205,28 @@ def test_an_in_memory_model_loads_too():
     model, tokenizer = build_model("t5")
     loaded = llm_flow.load_model(model, tokenizer=tokenizer)
     assert isinstance(loaded, Seq2SeqLlm) and loaded.run_pair(SOURCE, TARGET).n_source == len(tokenizer(SOURCE).input_ids)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_model_panel_says_where_the_layer_norms_sit(family, folders, loaded):
+    """Post-LN (Marian, BART) when a decoder layer's output is its last LayerNorm's output, as
+    plain `transformers` runs it; mBART and T5 normalise before each block."""
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folders[family]).eval()
+    layer = model.get_decoder().block[0] if family == "t5" else model.get_decoder().layers[0]
+    norm = layer.layer[-1].layer_norm if family == "t5" else layer.final_layer_norm
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = out[0] if isinstance(out, tuple) else out  # returns None: the output stays the model's
+        return hook
+
+    hooks = [norm.register_forward_hook(keep("norm")), layer.register_forward_hook(keep("layer"))]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7, 2]]), decoder_input_ids=torch.tensor([[0, 8, 9]]))
+    for hook in hooks:
+        hook.remove()
+    post_ln = torch.equal(seen["norm"], seen["layer"])
+    assert loaded[family].info.post_ln == post_ln == (family in ("marian", "bart"))
+    wording = "LayerNorm after each residual add" if post_ln else "normalised before each block"
+    assert wording in llm_flow.wording.block_kind(loaded[family].info)

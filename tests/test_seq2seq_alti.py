@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+import llm_flow
 from llm_flow.attribution import attribute
-from llm_flow.routes.seq2seq import seq2seq_contributions
+from llm_flow.errors import UnsupportedModelError
+from llm_flow.routes.seq2seq import _check_sum, _ffn_block, _FfnSpec, seq2seq_contributions
 from tests.reference import l1_proximity
 from tests.test_seq2seq import FAMILIES, SOURCE, TARGET, folders, loaded  # noqa: F401  (fixtures)
+from tests.tiny_models import build_model
 
 
 def heads_parts(attention, query_input, value_input, pattern):
@@ -132,3 +135,42 @@ def test_alti_plus_rollout_is_the_formula_and_attributes_each_target_token(famil
         assert np.isnan(result.scores[step, visible:]).all()
     np.testing.assert_allclose(np.nansum(result.scores, 1), 1.0, atol=1e-9)
     assert result.scale == "share"
+
+
+def test_the_rollout_of_one_layer_stacks_is_the_formula(tmp_path):
+    """The smallest encoder–decoder, one layer per stack: nothing may read a second layer."""
+    model, tokenizer = build_model("marian")
+    model.config.encoder_layers = model.config.decoder_layers = 1
+    torch.manual_seed(0)
+    transformers.MarianMTModel(model.config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    seq2seq = llm_flow.load_model(str(tmp_path))
+    run = seq2seq.run_pair(SOURCE, TARGET)
+    contributions = seq2seq_contributions(seq2seq, run.source_tokens.tolist(), run.target_ids)
+    assert len(contributions.encoder) == len(contributions.cross) == 1
+    rollout = contributions.rollout()
+    assert rollout.shape == (run.n_decoder, run.n_source + run.n_decoder)
+    np.testing.assert_allclose(rollout, rollout_by_the_formula(contributions), atol=1e-12)
+
+
+def test_ffn_shares_of_a_small_state_and_of_cancelling_parts_are_the_proximity_formula():
+    """Shares are proximities over their total however small the state; a state neither part is
+    close to (the parts cancel) gets 0 and 0, not 0 / 0. By hand: y = (0.3, 0) from residual
+    (0.2, 0) and FFN (0.1, 0): proximities 0.3 − 0.2 = 0.1 (FFN), 0.3 − 0.1 = 0.2 (residual)."""
+    residual = torch.tensor([[[0.2, 0.0], [2.0, 0.0]]], dtype=torch.float64)
+    mlp_out = torch.tensor([[[0.1, 0.0], [-2.0, 0.0]]], dtype=torch.float64)
+    record = {"residual": residual, "mlp_out": mlp_out, "whole": residual + mlp_out}
+    plain = torch.nn.Identity()
+    shares = _ffn_block(_FfnSpec(plain, plain, plain, None), record, "FFN")
+    np.testing.assert_allclose(shares.ffn, [1 / 3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(shares.residual, [2 / 3, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [0.0, 100.0])
+def test_parts_are_refused_past_a_tolerance_relative_to_the_state(size):
+    """Allowed: 1e-4 × (1 + max |state|), so float32 rounding on large states passes."""
+    whole = torch.tensor([[0.0, -size]], dtype=torch.float64)
+    allowed = 1e-4 * (1 + size)
+    _check_sum(whole, whole + 0.9 * allowed, "block")
+    with pytest.raises(UnsupportedModelError, match=r"^block: the parts do not add up .* \(off by "):
+        _check_sum(whole, whole + 1.1 * allowed, "block")

@@ -24,11 +24,11 @@ import transformers
 
 import llm_flow
 from llm_flow.cli import main
-from llm_flow.errors import ArgumentError, PromptError
+from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.routes.graph import build_graph, graph_json
 from llm_flow.routes.nodes import EdgeId, NodeId, parse_element
-from llm_flow.routes.seq2seq import run_contributions
-from llm_flow.routes.seq2seq_graph import seq2seq_route
+from llm_flow.routes.seq2seq import run_contributions, seq2seq_contributions
+from llm_flow.routes.seq2seq_graph import default_decoder_position, seq2seq_route
 from tests.reference import l1_proximity
 from tests.test_seq2seq_alti import heads_parts
 from tests.tiny_models import build_model, save_tiny_model
@@ -38,11 +38,13 @@ SOURCE = "The capital of France is Paris."
 TARGET = "Paris is the capital"
 
 
-def save_strong_model(family: str, folder) -> str:
-    """The family's tiny model with every projection drawn at unit gain (std 1/sqrt(fan-in)) and
-    random biases: at `transformers`' default 0.02 the post-LN residual takes > 99 % of every
-    state and the blocks' shares would be too small to test anything."""
+def save_strong_model(family: str, folder, **config) -> str:
+    """The family's tiny model (its config changed by `config`) with every projection drawn at
+    unit gain (std 1/sqrt(fan-in)) and random biases: at `transformers`' default 0.02 the post-LN
+    residual takes > 99 % of every state and the blocks' shares would be too small to test anything."""
     model, tokenizer = build_model(family)
+    if config:
+        model = type(model)(type(model.config)(**{**model.config.to_dict(), **config}))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -348,8 +350,11 @@ def test_bad_positions_and_an_empty_source_are_refused_with_the_reason(runs):
     run = runs["marian"]
     for bad in (run.n_decoder, -run.n_decoder - 1, 2.5, True):
         with pytest.raises(ArgumentError, match=rf"target position {bad!r} is out of range: the decoder reads "
-                                                rf"{run.n_decoder} tokens .*use 0\.\.{run.n_decoder - 1}"):  # fmt: skip
+                                                rf"{run.n_decoder} tokens \(the start token and {run.n_decoder - 1} "
+                                                rf"target tokens\); use 0\.\.{run.n_decoder - 1}, where position t "
+                                                rf"predicts target token t, or -1 for the last$"):  # fmt: skip
             seq2seq_route(run, bad)
+    assert seq2seq_route(run, -run.n_decoder).graph["target"] == 0  # the first position, counted from the end
     with pytest.raises(PromptError, match="the source text is empty: type the text the encoder reads"):
         run.model.run_pair("   ", TARGET)
 
@@ -481,3 +486,63 @@ def test_routes_are_kept_with_the_run_and_counted_in_its_bytes(folders):
     assert run_contributions(run) is kept
     blocks = kept.encoder + kept.decoder_self + kept.cross
     assert run.nbytes - before >= sum(block.heads.nbytes + block.residual.nbytes for block in blocks)
+
+
+def _doubled(module, args, output):
+    """A forward hook's output times 2: a block that no longer is what its weights compute (a
+    constant added would vanish in a post-LN block's centring)."""
+    return (output[0] * 2, *output[1:]) if isinstance(output, tuple) else output * 2
+
+
+@pytest.mark.parametrize(
+    "where, block",
+    [(lambda hf: hf.get_encoder().layers[0].final_layer_norm, "MarianMTModel encoder layer 0 FFN"),
+     (lambda hf: hf.get_decoder().layers[1].encoder_attn, "MarianMTModel decoder layer 1 cross-attention")],
+)  # fmt: skip
+def test_a_block_whose_parts_do_not_add_up_is_refused_by_name(runs, where, block):
+    """A module that is not what llm-flow reads (here: one whose output is doubled after the fact)
+    is refused with the block it is in, not drawn."""
+    run = runs["marian"]
+    handle = where(run.model.hf_seq2seq).register_forward_hook(_doubled)
+    try:
+        with pytest.raises(UnsupportedModelError) as refused:
+            seq2seq_contributions(run.model, run.source_tokens.tolist(), run.target_ids)
+    finally:
+        handle.remove()
+    assert str(refused.value).startswith(f"{block}: the parts do not add up to the state the model produced (off by ")
+    assert str(refused.value).endswith("so llm-flow cannot decompose this architecture")
+
+
+def assert_the_formulas_shares(folder: str, run) -> None:
+    """`run`'s contributions equal the reference shares of the folder's model in float64."""
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+    _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+    assert_shares_match(run_contributions(run), layers)
+
+
+@pytest.mark.parametrize("family", ["marian", "t5"])
+def test_a_source_shorter_than_the_decoder_gives_the_formulas_shares(family, folders):
+    """Cross-attention reads fewer sources than it has query rows: every row keeps its own count."""
+    run = llm_flow.load_model(folders[family]).run_pair("Paris.", "Paris is the capital of France and of the French")
+    assert run.n_source < run.n_decoder
+    assert_the_formulas_shares(folders[family], run)
+
+
+def test_t5_heads_narrower_than_the_model_give_the_formulas_shares(tmp_path):
+    """T5's heads need not fill d_model (mT5-small: 6 heads × 64 = 384 of 512); here 4 × 8 of 64."""
+    folder = save_strong_model("t5", tmp_path / "t5", d_kv=8)
+    model = llm_flow.load_model(folder)
+    assert model.info.n_heads * model.info.d_head < model.info.d_model
+    assert_the_formulas_shares(folder, model.run_pair(SOURCE, TARGET))
+
+
+def test_the_default_position_predicts_the_last_token_before_the_end_of_sequence(runs):
+    """Position t predicts target token t: a target ending in eos is explained at its last word
+    (n - 3), one without eos at its last token (n - 2), an eos alone at position 0."""
+    run = runs["marian"]
+    eos, source = run.model.tokenizer.eos_token_id, run.source_tokens.tolist()
+    assert eos not in run.target_ids
+    assert default_decoder_position(run) == run.n_decoder - 2
+    with_eos = run.model.run_pair_ids(source, [*run.target_ids, eos])
+    assert default_decoder_position(with_eos) == with_eos.n_decoder - 3 == run.n_decoder - 2
+    assert default_decoder_position(run.model.run_pair_ids(source, [eos])) == 0

@@ -80,7 +80,7 @@ class Seq2SeqLlm(TransparentLlm):
             parallel_blocks=False,
             device=str(parameter.device),
             dtype=str(parameter.dtype).removeprefix("torch."),
-            post_ln=config.model_type in ("marian", "bart", "mbart") and not getattr(config, "normalize_before", False),
+            post_ln=config.model_type in ("marian", "bart") and not getattr(config, "normalize_before", False),  # mBART: pre-LN
             encoder_layers=getattr(config, "encoder_layers", None) or config.num_layers,
         )
 
