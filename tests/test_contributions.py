@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import llm_flow
-from llm_flow.routes.contributions import attention_parts, ffn_parts
+from llm_flow.routes.contributions import attention_parts, contribution_rows, ffn_parts
 from tests.conftest import PROMPT
-from tests.reference import assert_layer_matches, reference_layers, reference_neurons
+from tests.reference import assert_layer_matches, reference_contributions, reference_layers, reference_neurons
 from tests.tiny_models import FAMILIES
 
 ATOL = 1e-4
@@ -78,7 +78,67 @@ def test_neuron_contributions_match_independent_reference(runs, references, fami
             assert abs(float(c_neurons.sum()) + c_rest - 1) < 1e-5
 
 
-BIASED = ["gpt2", "gpt_neox", "qwen2"]  # the families with biases (Qwen2: on q, k and v only)
+def assert_rows_match(rows, positions, run, ref) -> None:
+    """Rows of the given positions equal the reference's: the row's own sources only, and an FFN
+    share in parallel blocks alone."""
+    c_heads, c_res, c_ffn, _ = reference_contributions(ref, run.parallel)
+    for row, position in zip(rows, positions, strict=True):
+        sources = run.n_tokens if run.model.info.bidirectional else position + 1
+        assert row.position == position and row.heads.shape == (sources, c_heads.shape[-1])
+        torch.testing.assert_close(row.heads.double(), c_heads[position, :sources], atol=ATOL, rtol=0)
+        assert abs(row.residual - float(c_res[position])) < ATOL
+        assert (row.ffn is None) == (not run.parallel)
+        if run.parallel:
+            assert abs(row.ffn - float(c_ffn[position])) < ATOL
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
+def test_rows_and_chosen_positions_match_the_reference(tiny_models, references, family):
+    """What a route reads (rows and FFN shares of a few positions, in any order), computed row by
+    row and read from the whole-layer table, against the direct formula."""
+    positions = [5, 0, 2]
+    run, tabled = tiny_models(family).run(PROMPT), tiny_models(family).run(PROMPT)
+    llm_flow.full_contributions(tabled)
+    for layer, ref in enumerate(references[family]):
+        for rows in (contribution_rows(run, layer, positions), contribution_rows(tabled, layer, positions)):
+            assert_rows_match(rows, positions, run, ref)
+        _, _, c_ffn, c_res2 = reference_contributions(ref, run.parallel)
+        ffn, residual = llm_flow.ffn_contributions(run, layer, positions)
+        torch.testing.assert_close(ffn.double(), c_ffn[positions], atol=ATOL, rtol=0)
+        torch.testing.assert_close(residual.double(), c_res2[positions], atol=ATOL, rtol=0)
+
+
+def scaled(run, scale: float):
+    """The run with every residual vector and value multiplied by `scale` (a model without biases:
+    its parts still add up to its wholes), and nothing computed on it yet."""
+    from dataclasses import replace
+
+    from llm_flow.models.derived import DerivedStore
+
+    names = ("resid_pre", "resid_mid", "resid_post", "values", "mlp_out", "neuron_acts")
+    layers = tuple(replace(a, **{n: getattr(a, n) * scale for n in names}) for a in run.layers)
+    return replace(run, layers=layers, derived_store=DerivedStore())
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.0])
+def test_shares_do_not_depend_on_the_size_of_the_residual_stream(runs, scale):
+    """A proximity scales with its whole and parts, so shares do not; where every proximity is 0
+    (a stream of zeros) every share is 0, not NaN."""
+    run = runs["llama"]
+    small = scaled(run, scale)
+    for layer in range(run.n_layers):
+        for ours, theirs in zip(
+            (*llm_flow.attention_contributions(small, layer), *llm_flow.ffn_contributions(small, layer)),
+            (*llm_flow.attention_contributions(run, layer), *llm_flow.ffn_contributions(run, layer)),
+        ):
+            torch.testing.assert_close(ours, theirs * (scale > 0), atol=1e-5, rtol=0)
+        neurons, rest = llm_flow.neuron_contributions(small, layer, 3)
+        ref_neurons, ref_rest = llm_flow.neuron_contributions(run, layer, 3)
+        torch.testing.assert_close(neurons, ref_neurons * (scale > 0), atol=1e-5, rtol=0)
+        assert rest == pytest.approx(ref_rest * (scale > 0), abs=1e-5)
+
+
+BIASED = ["gpt2", "gpt_neox", "qwen2", "bert"]  # the families with biases (Qwen2: on q, k and v only)
 
 
 @pytest.fixture(scope="module")
