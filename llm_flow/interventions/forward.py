@@ -2,15 +2,15 @@
 
 What "remove" means (and what the tests check against plain `transformers`):
 
-* Every removal subtracts a vector from what a block adds to the residual stream at one
-  position: attention parts and the residual part of ``A{l}_i`` from the attention output
-  (``hook_attn_out``), the FFN part and the residual part of ``I{l}_i`` from the FFN output
-  (``hook_mlp_out``). Whatever reads that residual afterwards (the FFN of the same layer, later
-  layers' queries, keys and values, the final norm) is recomputed. Where a removal takes most of
-  a sum, the sum is rebuilt from what it keeps instead (a query row from its kept parts and the
-  bias, a node without its residual from what its sublayers added, at ``hook_resid_post``): the
-  same value in exact arithmetic, without the float32 rounding that subtracting a state from
-  itself leaves where a route keeps nothing, and the next RMSNorm would scale to full size.
+* A removal takes a vector out of what a block adds to the residual stream at one position:
+  attention parts from the attention output (``hook_attn_out``), the FFN part from the FFN
+  output (``hook_mlp_out``); a node that loses its residual part is set to what its sublayers
+  added (``hook_resid_post``, and ``hook_resid_mid`` for the FFN's input). Whatever reads that
+  residual afterwards (the FFN of the same layer, later layers' queries, keys and values, the
+  final norm) is recomputed. A query row that loses most of its attention parts is rebuilt from
+  the parts it keeps plus the bias rather than by subtraction: the same value in exact
+  arithmetic, without the float32 rounding that subtracting a state from itself leaves where a
+  route keeps nothing, and that the next RMSNorm would scale to full size.
 * Removed vectors are computed *in the ablated pass itself*, from its own attention pattern,
   values and residual states: once an earlier removal has changed a later layer's input, that
   layer's parts are what the changed model actually computes. Removing every attention part of
