@@ -28,6 +28,21 @@ def test_small_row_blocks_give_the_same_contributions(tiny_models, monkeypatch, 
         torch.testing.assert_close(blocked_residual, residual, atol=1e-6, rtol=0)
 
 
+def test_row_blocks_are_whole_rows_when_the_budget_is_not_a_multiple(tiny_models, monkeypatch):
+    """A budget of 2.5 rows gives blocks of 2 rows (a long prompt's budget is rarely a multiple
+    of one row's size), and those blocks give the all-rows contributions."""
+    model = tiny_models("gpt2")
+    heads, residual = llm_flow.attention_contributions(model.run(PROMPT), 1)
+    run = model.run(PROMPT)
+    row_elements = run.n_tokens * run.layer(0).pattern.n_heads
+    monkeypatch.setattr(contributions, "_ROW_BLOCK_ELEMENTS", row_elements * 5 // 2)
+    block = contributions._rows_per_block(run, run.n_tokens)
+    assert block == 2 and isinstance(block, int)
+    blocked_heads, blocked_residual = llm_flow.attention_contributions(run, 1)
+    torch.testing.assert_close(blocked_heads, heads, atol=1e-6, rtol=0)
+    torch.testing.assert_close(blocked_residual, residual, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("block_elements", [50, 1 << 24])
 @pytest.mark.parametrize("few_coordinates", [0.0, 1.0])

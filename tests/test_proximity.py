@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import llm_flow
+from llm_flow.errors import ArgumentError
 from llm_flow.routes import proximity
 from llm_flow.models.run import CausalPattern
 from llm_flow.routes.proximity import AttentionLayer, attention_proximities, head_proximities, vector_proximity
@@ -178,3 +179,96 @@ def test_fast_path_equals_straightforward_path_on_models(tiny_models, monkeypatc
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown proximity method"):
         head_proximities(*random_case(0), method="cuda-magic")
+
+
+def test_tensors_off_the_cpu_take_the_torch_path():
+    """`auto` (the default) must not hand a GPU tensor to the numba kernel, which reads CPU
+    memory only. The meta device stands in for CUDA here: it has shapes but no data, so any
+    attempt to read it as a NumPy array fails."""
+    whole, gain, layer, positions, vectors, weights = factored_case(0, n_kv=2, with_gain=True)
+    meta = torch.device("meta")
+    meta_layer = AttentionLayer.build(layer.values.to(meta), layer.w_o.to(meta), CausalPattern(layer.pattern.dense().to(meta)))
+    result = attention_proximities(whole.to(meta), gain.to(meta), meta_layer, positions)
+    assert result.device == meta and result.shape == (len(positions), int(positions.max()) + 1, 4)
+    result = head_proximities(whole.to(meta), gain.to(meta), vectors.to(meta), weights.to(meta), positions)
+    assert result.device == meta and result.shape == (len(positions), vectors.shape[0], 4)
+    with pytest.raises(ArgumentError, match="the numba kernel runs on the CPU only; use 'torch' or 'auto' for meta tensors"):
+        attention_proximities(whole.to(meta), gain.to(meta), meta_layer, positions, method="numba")
+
+
+def test_the_kernel_variable_chooses_the_path_unless_a_method_is_given(monkeypatch):
+    """LLM_FLOW_KERNEL replaces `auto` only: a value it cannot use is refused by name, and a method
+    the caller names explicitly is not overridden."""
+    whole, gain, layer, positions, vectors, weights = factored_case(1, n_kv=1, with_gain=False)
+    monkeypatch.setenv(proximity.METHOD_ENV, "fast")
+    for compute in (
+        lambda method: attention_proximities(whole, gain, layer, positions, method=method),
+        lambda method: head_proximities(whole, gain, vectors, weights, positions, method=method),
+    ):
+        with pytest.raises(ArgumentError, match=r"^unknown proximity method 'fast': use 'auto', 'numba' or 'torch'$"):
+            compute("auto")
+        expected = direct(whole, gain, vectors, weights, positions)
+        for method in ("numba", "torch"):
+            torch.testing.assert_close(compute(method).double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_an_unknown_method_is_refused_by_attention_proximities():
+    whole, gain, layer, positions, _, _ = factored_case(0, n_kv=2, with_gain=False)
+    with pytest.raises(ArgumentError, match="unknown proximity method 'cuda-magic'"):
+        attention_proximities(whole, gain, layer, positions, method="cuda-magic")
+
+
+def test_parts_that_never_exceed_their_whole_need_no_coordinate():
+    """Wholes far larger than any part in every coordinate (an attention output small beside the
+    residual stream, as in trained models): no coordinate is needed for the correction, and the
+    proximities are the linear term alone, as the definition gives."""
+    whole, gain, values, w_o, pattern, positions = late_rows_case(0, n_kv=1, with_gain=False)
+    whole = whole.sign() * (whole.abs() + 1e3)
+    layer = AttentionLayer.build(values, w_o, pattern)
+    weights = pattern.rows(positions, pattern.n_tokens)
+    coords, vectors_t, vmax = layer.correction_vectors(proximity._key(whole, gain), weights)
+    assert len(coords) == 0 and vectors_t.shape == (4, 0, pattern.n_tokens)
+    assert vmax.shape == (4, pattern.n_tokens) and not vmax.any()
+    result = attention_proximities(whole, gain, layer, positions, method="numba")
+    full = AttentionLayer.build(values, w_o, pattern)
+    expected = direct(whole, gain, full.vectors, weights, positions)
+    torch.testing.assert_close(result.double(), expected, atol=1e-4, rtol=1e-6)
+    assert (expected > 0).float().mean() > 0.3
+
+
+def test_large_post_norm_gains_keep_every_coordinate_that_counts(monkeypatch):
+    """With a post-norm gain above 1 a part can exceed its whole where |y_d| alone says it cannot
+    (the part is scaled by the gain, the whole is not): the coordinates a route's rows need are
+    chosen by |y_d| / |g_d|."""
+    monkeypatch.setattr(proximity, "_FEW_COORDINATES", 1.0)
+    whole, gain, values, w_o, pattern, positions = late_rows_case(2, n_kv=4, with_gain=True)
+    gain, whole = gain.abs() * 20 + 1, whole * 20
+    layer = AttentionLayer.build(values, w_o, pattern)
+    weights = pattern.rows(positions, pattern.n_tokens)
+    coords, _, _ = layer.correction_vectors(proximity._key(whole, gain), weights)
+    assert 0 < len(coords) < whole.shape[1], "the case leaves coordinates out"
+    result = attention_proximities(whole, gain, layer, positions, method="numba")
+    expected = direct(whole, gain, AttentionLayer.build(values, w_o, pattern).vectors, weights, positions)
+    torch.testing.assert_close(result.double(), expected, atol=2e-5, rtol=1e-6)
+
+
+def test_the_bound_holds_where_cauchy_schwarz_is_tight():
+    """With one-dimensional heads |v . W_O[:, d]| is exactly |v| |W_O[:, d]|: the bound on max |vo|
+    equals it, and a coordinate where a part exceeds its whole by less than 0.1 % still counts."""
+    gen = torch.Generator().manual_seed(3)
+    n_sources, d_model = 5, 16
+    values = torch.rand(n_sources, 1, 1, generator=gen) + 0.5
+    w_o = torch.randn(1, 1, d_model, generator=gen)
+    pattern = CausalPattern(torch.ones(1, n_sources, n_sources).tril() / torch.arange(1, n_sources + 1)[:, None])
+    layer = AttentionLayer.build(values, w_o, pattern)
+    full = AttentionLayer.build(values, w_o, pattern)
+    torch.testing.assert_close(layer.bound, full.vmax * proximity._BOUND_MARGIN)
+    positions = torch.tensor([n_sources - 1])
+    weights = pattern.rows(positions, n_sources)  # [1, 1, S]
+    top = int(full.vectors[-1, 0].abs().argmax())
+    part = weights[0, 0, -1] * full.vectors[-1, 0]  # the last source's part
+    whole = 100 * part.abs().max() * torch.ones(1, d_model)
+    whole[0, top] = part[top] * (1 - 4e-4)  # the part exceeds the whole here by 0.04 %
+    result = attention_proximities(whole, None, layer, positions, method="numba")
+    expected = direct(whole, None, full.vectors, weights, positions)
+    torch.testing.assert_close(result.double(), expected, atol=1e-6, rtol=1e-6)
