@@ -206,6 +206,27 @@ def test_model_that_fails_to_load_keeps_the_previous_state(app, monkeypatch):
     assert attempts == ["./no/such/folder"], "a failed model is not reloaded on every interaction"
 
 
+def test_a_prompt_after_a_model_that_failed_is_analysed_on_the_model_shown(app, tiny_config):
+    """A model typed in the box that fails to load must not be asked for again by the next
+    prompt: the prompt is analysed (or refused for itself) on the model on screen, and the box
+    keeps what was typed."""
+    before = state(app).source.active
+    load_custom_model(app, "./no/such/folder")
+    app.text_area(key=widget_key("source.new_prompt")).input("One, two, three, four")
+    analyse_button(app).click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert state(app).source.active.model == before.model
+    assert state(app).source.active.prompt == "One, two, three, four"
+    assert app.text_input(key=widget_key("source.custom_model_input")).value == "./no/such/folder"
+    limit = load_config(tiny_config).max_prompt_tokens
+    load_custom_model(app, "./no/such/folder")
+    app.text_area(key=widget_key("source.new_prompt")).input("word " * (2 * limit))
+    analyse_button(app).click().run()
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "Unknown model" not in errors[0] and f"{limit}" in errors[0], errors
+    assert state(app).source.active.prompt == "One, two, three, four"
+
+
 def test_switching_models(app):
     app.selectbox(key=widget_key("source.model_choice")).select("tiny-gpt_neox").run()
     assert state(app).source.active.model.source == "tiny-gpt_neox"

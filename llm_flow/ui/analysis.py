@@ -184,8 +184,11 @@ def _refuse(request: Request, active: Request | None, message: str) -> None:
     source.error = f"{sentence(message)}{shown}"
     if active is None:
         return
-    if request.model.source != active.model.source and not source.custom_model.strip():
-        source.model_choice = active.model.source
+    if request.model.source != active.model.source:
+        if source.custom_model.strip():  # the typed model failed: its box keeps the text, requests the model shown
+            source.custom_model = "" if active.model.source == source.model_choice else active.model.source
+        else:
+            source.model_choice = active.model.source
     source.device, source.dtype = active.model.device, active.model.dtype
     if request.prompt != active.prompt and active.prompt in source.prompts:
         source.prompt_choice = active.prompt
