@@ -260,6 +260,13 @@ def test_the_layout_is_decided_from_the_config_as_the_modules_are_built(family):
     assert seq2seq_layout(model.config) == Seq2SeqLayout(t5_blocks=t5_style(model), post_ln=post_ln(model))
 
 
+def test_a_key_transformers_does_not_read_leaves_bart_post_ln():
+    """Some BART configs carry fairseq's ``normalize_before``; transformers' BART layers ignore it."""
+    model, _ = build_model("bart")
+    model = type(model)(type(model.config)(**{**model.config.to_dict(), "normalize_before": True})).eval()
+    assert post_ln(model) and seq2seq_layout(model.config).post_ln
+
+
 def test_an_unchecked_model_type_is_refused_by_every_reader_of_the_modules():
     """Not read as the nearest family (Pegasus has BART's module names, not its layout checks),
     and never an AttributeError."""
