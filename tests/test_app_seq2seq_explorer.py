@@ -136,7 +136,8 @@ def test_a_cross_edge_panel_shows_its_weight_and_heads_and_its_node_the_lens(fam
     u, v = max(crosses(expected), key=lambda e: expected.edges[e]["weight"])
     data = expected.edges[u, v]
     select(app, f"{u}->{v}")
-    assert f"cross edge, weight {data['weight']:.3f} (after threshold and renormalisation)" in " ".join(c.value for c in app.caption)
+    captions = " ".join(c.value for c in app.caption)
+    assert f"cross edge, weight {data['weight']:.3f} (after threshold and renormalisation)" in captions
     assert any("Cross-attention" in m.value and f"source token {int(u.split('_')[1])}" in m.value for m in app.markdown)
     heads = next(df.value for df in app.dataframe if list(df.value.columns) == ["head", "contribution"])
     shown = dict(zip(heads["head"], heads["contribution"]))

@@ -275,7 +275,8 @@ def test_an_unchecked_model_type_is_refused_by_every_reader_of_the_modules():
     config = PegasusConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)  # fmt: skip
     model = PegasusForConditionalGeneration(config)
-    message = "model type 'pegasus' is an encoder–decoder llm-flow has not been checked on; it explains Marian, T5, mT5, BART, mBART"
+    message = ("model type 'pegasus' is an encoder–decoder llm-flow has not been checked on; "
+               "it explains Marian, T5, mT5, BART, mBART")  # fmt: skip
     # the layout, then a run's query/key capture and the route contributions' blocks
     for read in (lambda: seq2seq_layout(config), lambda: QueryKeyCapture(model), lambda: _blocks(model)):
         with pytest.raises(UnsupportedModelError) as refused:

@@ -422,7 +422,8 @@ def test_routes_command_on_an_encoder_decoder(folders, tmp_path, capsys):
     # what the file says was explained: the model as named, the texts as typed, their tokens as
     # the tokenizer decodes them, the settings (the figure's title says them too)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folders["t5"])
-    assert (graph.graph["model"], graph.graph["source_text"], graph.graph["target_text"]) == (folders["t5"], SOURCE, TARGET)
+    said = (graph.graph["model"], graph.graph["source_text"], graph.graph["target_text"])
+    assert said == (folders["t5"], SOURCE, TARGET)
     assert graph.graph["source_tokens"] == [tokenizer.decode([i]) for i in tokenizer(SOURCE).input_ids]
     assert graph.graph["tokens"][1:] == [tokenizer.decode([i]) for i in tokenizer(text_target=TARGET).input_ids]
     assert (graph.graph["threshold"], graph.graph["renormalize"]) == (0.02, True)
