@@ -426,7 +426,7 @@ def test_routes_command_on_an_encoder_decoder(folders, tmp_path, capsys):
     assert said == (folders["t5"], SOURCE, TARGET)
     assert graph.graph["source_tokens"] == [tokenizer.decode([i]) for i in tokenizer(SOURCE).input_ids]
     assert graph.graph["tokens"][1:] == [tokenizer.decode([i]) for i in tokenizer(text_target=TARGET).input_ids]
-    assert (graph.graph["threshold"], graph.graph["renormalize"]) == (0.02, True)
+    assert (graph.graph["threshold"], graph.graph["renormalize"], graph.graph["parallel"]) == (0.02, True, False)
     assert "threshold 0.02 (renormalised)" in html.read_text()
     assert any(d["kind"] == "cross" for _, _, d in graph.edges(data=True))
     assert html.stat().st_size > 10_000
@@ -594,17 +594,31 @@ def test_every_node_is_reached_from_the_start_node_by_edges(decoder_layers, tmp_
         assert nx.ancestors(graph, start) == set(graph) - {start}
 
 
-def test_the_ffn_split_is_renormalised_when_one_part_falls_below_the_threshold(runs, references):
+@pytest.mark.parametrize("ffn_gain", [1.0, 3.0])
+def test_the_ffn_split_is_renormalised_when_one_part_falls_below_the_threshold(ffn_gain, runs, references, tmp_path):
     """docs/method.md#threshold-and-renormalisation: with the residual's and the FFN's shares of the
-    explained state on either side of the threshold, the kept part's edge carries 1, not its share."""
+    explained state on either side of the threshold, the kept part's edge carries 1, not its share.
+    As drawn, the residual carries more; the last decoder FFN's output scaled by 3 carries more itself."""
     run, (_, layers) = runs["marian"], references["marian"]
+    if ffn_gain != 1.0:
+        folder = save_strong_model("marian", tmp_path / "marian")
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder)
+        with torch.no_grad():
+            model.get_decoder().layers[-1].fc2.weight.mul_(ffn_gain)
+        model.save_pretrained(folder)
+        run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+        _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
     last = max(layer for stack, layer in layers if stack == "decoder")
     ffn, residual = shares(layers[("decoder", last)]["I"])  # the reference's shares of dec:I{last}_t
     target = max(range(run.n_decoder), key=lambda t: min(ffn[t], residual[t]))
     low = min(ffn[target], residual[target])
     assert low > 0.02  # the unrenormalised kept share is visibly below 1
+    assert (ffn[target] > residual[target]) == (ffn_gain > 1)
     threshold = (low + 0.5) / 2
     graph = seq2seq_route(run, target, threshold, renormalize=True)
-    kept = f"dec:M{last}_{target}" if ffn[target] > residual[target] else f"dec:C{last}_{target}"
-    start = f"dec:I{last}_{target}"
+    after_cross, ffn_node, start = (f"dec:{kind}{last}_{target}" for kind in "CMI")
+    kept = ffn_node if ffn[target] > residual[target] else after_cross
     assert {u: d["weight"] for u, _, d in graph.in_edges(start, data=True)} == pytest.approx({kept: 1.0}, abs=1e-12)
+    if kept == ffn_node:  # the FFN node's one edge repeats its weight in the state after the layer
+        assert {u: d["weight"] for u, _, d in graph.in_edges(ffn_node, data=True)} == pytest.approx({after_cross: 1.0})
