@@ -136,7 +136,8 @@ def test_a_cross_edge_panel_shows_its_weight_and_heads_and_its_node_the_lens(fam
     u, v = max(crosses(expected), key=lambda e: expected.edges[e]["weight"])
     data = expected.edges[u, v]
     select(app, f"{u}->{v}")
-    assert f"cross edge, weight {data['weight']:.3f}" in " ".join(c.value for c in app.caption)
+    captions = " ".join(c.value for c in app.caption)
+    assert f"cross edge, weight {data['weight']:.3f} (after threshold and renormalisation)" in captions
     assert any("Cross-attention" in m.value and f"source token {int(u.split('_')[1])}" in m.value for m in app.markdown)
     heads = next(df.value for df in app.dataframe if list(df.value.columns) == ["head", "contribution"])
     shown = dict(zip(heads["head"], heads["contribution"]))
@@ -218,6 +219,10 @@ def test_the_exports_hold_the_route(config, fresh, monkeypatch):
     name, make = files["Graph as JSON (node-link)"]
     data = json.loads(make())
     assert {n["id"] for n in data["nodes"]} == set(graph.nodes) and data["graph"]["encoder_decoder"] is True
+    # what the file says was explained: the model as the page names it, the texts as typed, the settings
+    settings = data["graph"]
+    assert (settings["model"], settings["source_text"], settings["target_text"]) == ("tiny-marian", SOURCE, TARGET)
+    assert (settings["threshold"], settings["renormalize"], settings["parallel"]) == (0.04, True, False)
 
 
 def test_each_target_token_of_an_attribution_opens_its_route(config, fresh, monkeypatch):

@@ -15,11 +15,14 @@ import llm_flow
 from llm_flow.cli import main
 from llm_flow.errors import ArgumentError, UnsupportedModelError
 from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.models.seq2seq_capture import QueryKeyCapture
+from llm_flow.models.seq2seq_layout import Seq2SeqLayout, seq2seq_layout
+from llm_flow.routes.seq2seq import _blocks
 from llm_flow.notebook import head_view, model_view, neuron_view
 from tests.tiny_models import build_model, save_tiny_model
 
 FAMILIES = ["marian", "t5", "bart"]
-ALL_FAMILIES = [*FAMILIES, "mbart"]
+ALL_FAMILIES = [*FAMILIES, "mbart", "mt5"]
 SOURCE = "The capital of France is Paris."
 TARGET = "Paris is the capital"
 
@@ -52,7 +55,8 @@ def assert_transformers_own(folder, run) -> None:
         for layer, expected in enumerate(theirs):
             np.testing.assert_allclose(run.pattern(stack, layer).numpy(), expected[0].numpy(), atol=1e-6)
     assert run.pattern("cross", 0).shape == (run.n_heads_of("cross"), run.n_decoder, run.n_source)
-    np.testing.assert_allclose(run.logits.numpy(), reference.logits[0].numpy(), atol=1e-5)
+    # float32 SDPA against eager: logits of mT5's size (tens) differ in their last bits
+    np.testing.assert_allclose(run.logits.numpy(), reference.logits[0].numpy(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -207,13 +211,23 @@ def test_an_in_memory_model_loads_too():
     assert isinstance(loaded, Seq2SeqLlm) and loaded.run_pair(SOURCE, TARGET).n_source == len(tokenizer(SOURCE).input_ids)
 
 
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_the_model_panel_says_where_the_layer_norms_sit(family, folders, loaded):
-    """Post-LN (Marian, BART) when a decoder layer's output is its last LayerNorm's output, as
-    plain `transformers` runs it; mBART and T5 normalise before each block."""
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folders[family]).eval()
-    layer = model.get_decoder().block[0] if family == "t5" else model.get_decoder().layers[0]
-    norm = layer.layer[-1].layer_norm if family == "t5" else layer.final_layer_norm
+def t5_style(model) -> bool:
+    """T5-style ``block[l]`` of sublayers (projections q, k, v, o) rather than BART-style
+    ``layers[l]`` (q_proj, k_proj, v_proj, out_proj), as the model's own modules are built."""
+    encoder = model.get_encoder()
+    t5 = hasattr(encoder, "block")
+    attention = encoder.block[0].layer[0].SelfAttention if t5 else encoder.layers[0].self_attn
+    children = {name for name, _ in attention.named_children()}
+    assert children >= ({"q", "k", "v", "o"} if t5 else {"q_proj", "k_proj", "v_proj", "out_proj"}), children
+    assert hasattr(encoder, "layers") != t5
+    return t5
+
+
+def post_ln(model) -> bool:
+    """Whether a decoder layer's output is its last LayerNorm's output, as plain `transformers` runs it."""
+    t5 = t5_style(model)
+    layer = model.get_decoder().block[0] if t5 else model.get_decoder().layers[0]
+    norm = layer.layer[-1].layer_norm if t5 else layer.final_layer_norm
     seen = {}
 
     def keep(name):
@@ -226,7 +240,45 @@ def test_the_model_panel_says_where_the_layer_norms_sit(family, folders, loaded)
         model(input_ids=torch.tensor([[5, 6, 7, 2]]), decoder_input_ids=torch.tensor([[0, 8, 9]]))
     for hook in hooks:
         hook.remove()
-    post_ln = torch.equal(seen["norm"], seen["layer"])
-    assert loaded[family].info.post_ln == post_ln == (family in ("marian", "bart"))
-    wording = "LayerNorm after each residual add" if post_ln else "normalised before each block"
+    return torch.equal(seen["norm"], seen["layer"])
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_model_panel_says_where_the_layer_norms_sit(family, folders, loaded):
+    """Post-LN (Marian, BART) as plain `transformers` runs the saved model; mBART, T5 and mT5
+    normalise before each block."""
+    after = post_ln(transformers.AutoModelForSeq2SeqLM.from_pretrained(folders[family]).eval())
+    assert loaded[family].info.post_ln == after == (family in ("marian", "bart"))
+    wording = "LayerNorm after each residual add" if after else "normalised before each block"
     assert wording in llm_flow.wording.block_kind(loaded[family].info)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_layout_is_decided_from_the_config_as_the_modules_are_built(family):
+    """One decision, from the model type alone, that every reader of the modules shares."""
+    model, _ = build_model(family)
+    assert seq2seq_layout(model.config) == Seq2SeqLayout(t5_blocks=t5_style(model), post_ln=post_ln(model))
+
+
+def test_a_key_transformers_does_not_read_leaves_bart_post_ln():
+    """Some BART configs carry fairseq's ``normalize_before``; transformers' BART layers ignore it."""
+    model, _ = build_model("bart")
+    model = type(model)(type(model.config)(**{**model.config.to_dict(), "normalize_before": True})).eval()
+    assert post_ln(model) and seq2seq_layout(model.config).post_ln
+
+
+def test_an_unchecked_model_type_is_refused_by_every_reader_of_the_modules():
+    """Not read as the nearest family (Pegasus has BART's module names, not its layout checks),
+    and never an AttributeError."""
+    from transformers import PegasusConfig, PegasusForConditionalGeneration
+
+    config = PegasusConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)  # fmt: skip
+    model = PegasusForConditionalGeneration(config)
+    message = ("model type 'pegasus' is an encoder–decoder llm-flow has not been checked on; "
+               "it explains Marian, T5, mT5, BART, mBART")  # fmt: skip
+    # the layout, then a run's query/key capture and the route contributions' blocks
+    for read in (lambda: seq2seq_layout(config), lambda: QueryKeyCapture(model), lambda: _blocks(model)):
+        with pytest.raises(UnsupportedModelError) as refused:
+            read()
+        assert str(refused.value) == message

@@ -2,7 +2,7 @@
 cross-attention blocks equal a float64 re-computation of that layer from the plain
 `transformers` weights (which must reproduce the layer's output as `output_hidden_states` gives
 it, so the parts are the model's own), and the rollout equals the formula of docs/method.md
-composed here in float64. Tiny random Marian, BART (post-LN) and T5 (pre-RMSNorm)."""
+composed here in float64. Tiny random Marian, BART (post-LN), T5 and mT5 (pre-RMSNorm)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def first_decoder_layer(model, out, decoder_ids):
     x = out.decoder_hidden_states[0][0]
     encoded = out.encoder_last_hidden_state[0]
     self_pattern, cross_pattern = out.decoder_attentions[0][0], out.cross_attentions[0][0]
-    if model.config.model_type == "t5":
+    if model.config.model_type in ("t5", "mt5"):
         block = model.get_decoder().block[0]
 
         def rms(norm, h):
@@ -62,7 +62,7 @@ def first_decoder_layer(model, out, decoder_ids):
         h1 = x + z_self.sum((1, 2))
         z_cross = heads_parts(ca.EncDecAttention, rms(ca.layer_norm, h1), encoded, cross_pattern)
         h2 = h1 + z_cross.sum((1, 2))
-        h3 = h2 + ff.DenseReluDense.wo(F.relu(ff.DenseReluDense.wi(rms(ff.layer_norm, h2))))
+        h3 = h2 + ff.DenseReluDense(rms(ff.layer_norm, h2))  # T5's ReLU, mT5's gated GELU
         torch.testing.assert_close(h3, out.decoder_hidden_states[1][0], atol=1e-6, rtol=1e-6)
         return shares(h1, x, z_self), shares(h2, h1, z_cross)
     layer = model.get_decoder().layers[0]
@@ -85,7 +85,7 @@ def first_decoder_layer(model, out, decoder_ids):
     return shares(h1, r1, p1), shares(h2, r2, p2)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "mt5"])
 def test_decoder_blocks_equal_a_float64_recomputation_from_the_weights(family, folders, loaded):
     seq2seq = loaded[family]
     run = seq2seq.run_pair(SOURCE, TARGET)

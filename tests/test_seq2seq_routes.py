@@ -318,6 +318,8 @@ def test_the_route_graph_is_the_brute_force_walk_over_the_formula(family, runs, 
     expected = brute_force(layers, run.n_source, run.n_decoder, target % run.n_decoder, threshold, renormalize)
     got = {(u, v): d["weight"] for u, v, d in graph.edges(data=True)}
     assert got.keys() == expected.keys()
+    start = f"dec:I{max(layer for stack, layer in layers if stack == 'decoder')}_{target % run.n_decoder}"
+    assert set(graph.nodes) == {start, *(node for edge in expected for node in edge)}  # no node the walk did not reach
     for edge, weight in expected.items():
         assert got[edge] == pytest.approx(weight, abs=1e-5), edge
     for u, v, data in graph.edges(data=True):  # the per-head split adds up to its edge
@@ -399,6 +401,13 @@ def test_the_figure_draws_both_stacks_with_clickable_names(runs):
     y_of = {c: y for trace in figure.data if trace.mode == "markers" for c, y in zip(trace.customdata, trace.y)}
     top_encoder = max(y for name, y in y_of.items() if name.startswith("enc:") and "->" not in name)
     assert min(y for name, y in y_of.items() if name.startswith("dec:") and "->" not in name) > top_encoder
+    # the encoder's layers are sequential blocks, two levels a layer (A at 2l + 1, the FFN square
+    # at 2l + 1.5, I at 2l + 2), never drawn as parallel ones (one level a layer)
+    encoder = [NodeId.parse(name) for name in graph if name.startswith("enc:")]
+    assert {node.kind for node in encoder} == {"X", "A", "M", "I"}
+    for node in encoder:
+        expected = 0.0 if node.kind == "X" else 2 * node.layer + {"A": 1.0, "M": 1.5, "I": 2.0}[node.kind]
+        assert y_of[str(node)] == expected, node
 
 
 def test_routes_command_on_an_encoder_decoder(folders, tmp_path, capsys):
@@ -410,6 +419,15 @@ def test_routes_command_on_an_encoder_decoder(folders, tmp_path, capsys):
     assert "Source" in printed and "cross-attention" in printed
     graph = nx.node_link_graph(json.loads(out.read_text()), edges="edges")
     assert graph.graph["encoder_decoder"] and graph.graph["target"] == 3
+    # what the file says was explained: the model as named, the texts as typed, their tokens as
+    # the tokenizer decodes them, the settings (the figure's title says them too)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["t5"])
+    said = (graph.graph["model"], graph.graph["source_text"], graph.graph["target_text"])
+    assert said == (folders["t5"], SOURCE, TARGET)
+    assert graph.graph["source_tokens"] == [tokenizer.decode([i]) for i in tokenizer(SOURCE).input_ids]
+    assert graph.graph["tokens"][1:] == [tokenizer.decode([i]) for i in tokenizer(text_target=TARGET).input_ids]
+    assert (graph.graph["threshold"], graph.graph["renormalize"], graph.graph["parallel"]) == (0.02, True, False)
+    assert "threshold 0.02 (renormalised)" in html.read_text()
     assert any(d["kind"] == "cross" for _, _, d in graph.edges(data=True))
     assert html.stat().st_size > 10_000
     assert graph_json(graph) == out.read_text()
@@ -546,3 +564,61 @@ def test_the_default_position_predicts_the_last_token_before_the_end_of_sequence
     with_eos = run.model.run_pair_ids(source, [*run.target_ids, eos])
     assert default_decoder_position(with_eos) == with_eos.n_decoder - 3 == run.n_decoder - 2
     assert default_decoder_position(run.model.run_pair_ids(source, [eos])) == 0
+
+
+def test_mt5_gives_the_formulas_shares_and_their_route(tmp_path):
+    """mT5 (gated-GELU FFN, its own model type) is read as T5 is, end to end: loaded from a
+    folder, every block's shares are the formulas', and its route is the brute-force walk."""
+    folder = save_strong_model("mt5", tmp_path / "mt5")
+    run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+    assert type(model).__name__ == "MT5ForConditionalGeneration"
+    _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+    assert_shares_match(run_contributions(run), layers)
+    graph = seq2seq_route(run, 3, 0.02)
+    expected = brute_force(layers, run.n_source, run.n_decoder, 3, 0.02, True)
+    assert {(u, v): d["weight"] for u, v, d in graph.edges(data=True)} == pytest.approx(expected, abs=1e-5)
+    assert any(d["kind"] == "cross" for _, _, d in graph.edges(data=True))
+
+
+@pytest.mark.parametrize("decoder_layers", [1, 2])
+def test_every_node_is_reached_from_the_start_node_by_edges(decoder_layers, tmp_path):
+    """The walk starts at the decoder's last layer, ``dec:I{L-1}_t``: the one node no edge leaves,
+    and every other node leads to it (one decoder layer: the layer before it is the embedding)."""
+    folder = save_strong_model("marian", tmp_path / "marian", decoder_layers=decoder_layers)
+    run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
+    for target in (0, 3):
+        graph = seq2seq_route(run, target, 0.05)
+        start = f"dec:I{decoder_layers - 1}_{target}"
+        assert [node for node in graph if graph.out_degree(node) == 0] == [start]
+        assert nx.ancestors(graph, start) == set(graph) - {start}
+
+
+@pytest.mark.parametrize("ffn_gain", [1.0, 3.0])
+def test_the_ffn_split_is_renormalised_when_one_part_falls_below_the_threshold(ffn_gain, runs, references, tmp_path):
+    """docs/method.md#threshold-and-renormalisation: with the residual's and the FFN's shares of the
+    explained state on either side of the threshold, the kept part's edge carries 1, not its share.
+    As drawn, the residual carries more; the last decoder FFN's output scaled by 3 carries more itself."""
+    run, (_, layers) = runs["marian"], references["marian"]
+    if ffn_gain != 1.0:
+        folder = save_strong_model("marian", tmp_path / "marian")
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder)
+        with torch.no_grad():
+            model.get_decoder().layers[-1].fc2.weight.mul_(ffn_gain)
+        model.save_pretrained(folder)
+        run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+        _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+    last = max(layer for stack, layer in layers if stack == "decoder")
+    ffn, residual = shares(layers[("decoder", last)]["I"])  # the reference's shares of dec:I{last}_t
+    target = max(range(run.n_decoder), key=lambda t: min(ffn[t], residual[t]))
+    low = min(ffn[target], residual[target])
+    assert low > 0.02  # the unrenormalised kept share is visibly below 1
+    assert (ffn[target] > residual[target]) == (ffn_gain > 1)
+    threshold = (low + 0.5) / 2
+    graph = seq2seq_route(run, target, threshold, renormalize=True)
+    after_cross, ffn_node, start = (f"dec:{kind}{last}_{target}" for kind in "CMI")
+    kept = ffn_node if ffn[target] > residual[target] else after_cross
+    assert {u: d["weight"] for u, _, d in graph.in_edges(start, data=True)} == pytest.approx({kept: 1.0}, abs=1e-12)
+    if kept == ffn_node:  # the FFN node's one edge repeats its weight in the state after the layer
+        assert {u: d["weight"] for u, _, d in graph.in_edges(ffn_node, data=True)} == pytest.approx({after_cross: 1.0})

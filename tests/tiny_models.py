@@ -118,9 +118,9 @@ def other_configs(vocab: int) -> dict[str, object]:
     """Families beyond the decoders above: encoders, mixtures of experts, encoder–decoders."""
     from transformers import (
         BartConfig, BartForConditionalGeneration, BertConfig, BertForMaskedLM, BertModel, MarianConfig, MarianMTModel,
-        MBartConfig, MBartForConditionalGeneration, MixtralConfig, MixtralForCausalLM,
-        Qwen2MoeConfig, Qwen2MoeForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config,
-        T5ForConditionalGeneration,
+        MBartConfig, MBartForConditionalGeneration, MixtralConfig, MixtralForCausalLM, MT5Config,
+        MT5ForConditionalGeneration, Qwen2MoeConfig, Qwen2MoeForCausalLM, RobertaConfig, RobertaForMaskedLM,
+        T5Config, T5ForConditionalGeneration,
     )  # fmt: skip
 
     encoder = dict(
@@ -138,6 +138,10 @@ def other_configs(vocab: int) -> dict[str, object]:
             Qwen2MoeConfig(**_small(vocab, num_experts=4, moe_intermediate_size=48, shared_expert_intermediate_size=64, **experts)),
         ),
         "t5": (T5ForConditionalGeneration, T5Config(
+            vocab_size=vocab, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+            decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
+        )),  # fmt: skip
+        "mt5": (MT5ForConditionalGeneration, MT5Config(  # T5's layout with a gated-GELU FFN
             vocab_size=vocab, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
             decoder_start_token_id=2, pad_token_id=2, eos_token_id=1,
         )),  # fmt: skip

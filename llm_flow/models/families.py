@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from llm_flow.errors import UnsupportedModelError
-from llm_flow.models.seq2seq import SEQ2SEQ_TYPES, seq2seq_refusal
+from llm_flow.models.seq2seq_layout import SEQ2SEQ_TYPES, seq2seq_refusal
 
 _OTHER_MODALITY = re.compile(r"vision|audio|image|speech|video|vq")
 

@@ -22,13 +22,12 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from llm_flow.errors import ArgumentError, PromptError, UnsupportedModelError
 from llm_flow.models.base import ModelInfo, TransparentLlm
 from llm_flow.models.seq2seq_capture import QueryKeyCapture
+from llm_flow.models.seq2seq_layout import SEQ2SEQ_TYPES, seq2seq_layout, seq2seq_refusal
 from llm_flow.models.seq2seq_run import Seq2SeqRun
 
 if TYPE_CHECKING:
     from transformers import LogitsProcessor
 
-#: transformers model types llm-flow explains as encoder–decoders (checked on tiny random models).
-SEQ2SEQ_TYPES = {"marian": "Marian", "t5": "T5", "mt5": "mT5", "bart": "BART", "mbart": "mBART"}
 #: The most target tokens `run_pair` generates when no target is given.
 MAX_GENERATED = 256
 
@@ -80,7 +79,7 @@ class Seq2SeqLlm(TransparentLlm):
             parallel_blocks=False,
             device=str(parameter.device),
             dtype=str(parameter.dtype).removeprefix("torch."),
-            post_ln=config.model_type in ("marian", "bart") and not getattr(config, "normalize_before", False),  # mBART: pre-LN
+            post_ln=seq2seq_layout(config).post_ln,
             encoder_layers=getattr(config, "encoder_layers", None) or config.num_layers,
         )
 
@@ -291,11 +290,3 @@ class Seq2SeqLlm(TransparentLlm):
 
 _ROUTES_INSTEAD = "llm_flow.seq2seq_route(run, position) its routes across the encoder and the decoder"
 _LENS_INSTEAD = "llm_flow.views.seq2seq_lens.pair_logit_lens(run, kind, layer, position) the logit lens of its decoder's states"
-
-
-def seq2seq_refusal(architecture: str) -> str:
-    """Why an encoder–decoder outside `SEQ2SEQ_TYPES` is refused."""
-    return (
-        f"{architecture} is an encoder–decoder llm-flow has not been checked on; it explains "
-        f"{', '.join(SEQ2SEQ_TYPES.values())}"
-    )

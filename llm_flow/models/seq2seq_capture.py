@@ -23,13 +23,14 @@ import torch
 from transformers import PreTrainedModel
 
 from llm_flow.models.query_keys import AttentionRule, QueryKeyPattern, RelativeBias
+from llm_flow.models.seq2seq_layout import Seq2SeqLayout, seq2seq_layout
 from llm_flow.validation import SEQ2SEQ_STACKS as STACKS
 
 
 def attention_modules(hf: PreTrainedModel) -> dict[str, list[torch.nn.Module]]:
     """Each stack's attention module per layer ("encoder", "decoder", "cross")."""
     encoder, decoder = hf.get_encoder(), hf.get_decoder()
-    if hasattr(encoder, "block"):  # T5, mT5: [self-attention, (cross-attention,) FFN] per block
+    if seq2seq_layout(hf.config).t5_blocks:  # [self-attention, (cross-attention,) FFN] per block
         return {
             "encoder": [block.layer[0].SelfAttention for block in encoder.block],
             "decoder": [block.layer[0].SelfAttention for block in decoder.block],
@@ -48,6 +49,7 @@ class QueryKeyCapture:
 
     def __init__(self, hf: PreTrainedModel) -> None:
         self.hf = hf
+        self.layout = seq2seq_layout(hf.config)
         self.modules = attention_modules(hf)
         self._kept: dict[tuple[str, int, str], torch.Tensor] = {}  # (stack, layer, "q" or "k") -> [n, H, d_head]
 
@@ -62,7 +64,7 @@ class QueryKeyCapture:
         try:
             for stack, modules in self.modules.items():
                 for layer, attention in enumerate(modules):
-                    query, key, n_heads = _projections(attention)
+                    query, key, n_heads = _projections(attention, self.layout)
                     handles.append(query.register_forward_hook(self._keeper((stack, layer, "q"), n_heads)))
                     handles.append(key.register_forward_hook(self._keeper((stack, layer, "k"), n_heads)))
             with _sdpa(self.hf):
@@ -94,11 +96,11 @@ class QueryKeyCapture:
         return out
 
 
-def _projections(attention: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, int]:
-    """The query and key projections of a BART-like or T5 attention, and its head count."""
-    if hasattr(attention, "q_proj"):
-        return attention.q_proj, attention.k_proj, attention.num_heads
-    return attention.q, attention.k, attention.n_heads
+def _projections(attention: torch.nn.Module, layout: Seq2SeqLayout) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """The query and key projections of a T5 or BART-like attention, and its head count."""
+    if layout.t5_blocks:
+        return attention.q, attention.k, attention.n_heads
+    return attention.q_proj, attention.k_proj, attention.num_heads
 
 
 def _relative_bias(attention: torch.nn.Module, n_queries: int, n_keys: int) -> RelativeBias | None:

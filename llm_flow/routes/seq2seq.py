@@ -25,6 +25,7 @@ import torch
 
 from llm_flow.errors import UnsupportedModelError
 from llm_flow.models.seq2seq import Seq2SeqLlm
+from llm_flow.models.seq2seq_layout import Seq2SeqLayout, seq2seq_layout
 from llm_flow.routes.proximity import head_proximities
 
 if TYPE_CHECKING:
@@ -169,7 +170,11 @@ class _Spec:
     attention: torch.nn.Module
     norm: torch.nn.Module | None  # post-LN: the LayerNorm after the residual add; pre-norm BART-like: before
     sublayer: torch.nn.Module | None  # T5: the sublayer whose input is the residual and output the state
-    post_ln: bool
+    layout: Seq2SeqLayout
+
+    @property
+    def post_ln(self) -> bool:
+        return self.layout.post_ln
 
 
 @dataclass(frozen=True)
@@ -184,26 +189,25 @@ class _FfnSpec:
 
 
 def _blocks(hf) -> dict[tuple[str, int, str], _Spec | _FfnSpec]:
-    kind = hf.config.model_type
+    layout = seq2seq_layout(hf.config)
     out: dict[tuple[str, int, str], _Spec | _FfnSpec] = {}
-    if kind in ("t5", "mt5"):
+    if layout.t5_blocks:
         for stack, owner in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
             for layer, block in enumerate(owner.block):
-                out[(stack, layer, "self")] = _Spec(block.layer[0].SelfAttention, None, block.layer[0], False)
+                out[(stack, layer, "self")] = _Spec(block.layer[0].SelfAttention, None, block.layer[0], layout)
                 if stack == "decoder":
-                    out[(stack, layer, "cross")] = _Spec(block.layer[1].EncDecAttention, None, block.layer[1], False)
+                    out[(stack, layer, "cross")] = _Spec(block.layer[1].EncDecAttention, None, block.layer[1], layout)
                 ff = block.layer[-1]
                 out[(stack, layer, "ffn")] = _FfnSpec(ff, ff.DenseReluDense, ff, None)
         return out
-    post_ln = not getattr(hf.config, "normalize_before", False) and kind in ("marian", "bart")
     for stack, owner in (("encoder", hf.get_encoder()), ("decoder", hf.get_decoder())):
         for layer, block in enumerate(owner.layers):
-            out[(stack, layer, "self")] = _Spec(block.self_attn, block.self_attn_layer_norm, None, post_ln)
+            out[(stack, layer, "self")] = _Spec(block.self_attn, block.self_attn_layer_norm, None, layout)
             if stack == "decoder":
-                out[(stack, layer, "cross")] = _Spec(block.encoder_attn, block.encoder_attn_layer_norm, None, post_ln)
+                out[(stack, layer, "cross")] = _Spec(block.encoder_attn, block.encoder_attn_layer_norm, None, layout)
             norm = block.final_layer_norm
             out[(stack, layer, "ffn")] = (
-                _FfnSpec(block.fc1, block.fc2, norm, norm) if post_ln else _FfnSpec(norm, block.fc2, block, None)
+                _FfnSpec(block.fc1, block.fc2, norm, norm) if layout.post_ln else _FfnSpec(norm, block.fc2, block, None)
             )
     return out
 
@@ -252,12 +256,13 @@ def _recording(blocks: dict, records: dict) -> Iterator[None]:
             handle.remove()
 
 
-def _projections(attention) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, int]:
-    """W_V [H·dh, d], b_V, W_O [d, H·dh], b_O and the head count of a BART-like or T5 attention."""
-    if hasattr(attention, "v_proj"):
-        return (attention.v_proj.weight, attention.v_proj.bias, attention.out_proj.weight, attention.out_proj.bias,
-                attention.num_heads)  # fmt: skip
-    return attention.v.weight, None, attention.o.weight, None, attention.n_heads
+def _projections(spec: _Spec) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, int]:
+    """W_V [H·dh, d], b_V, W_O [d, H·dh], b_O and the head count of a T5 or BART-like attention."""
+    attention = spec.attention
+    if spec.layout.t5_blocks:
+        return attention.v.weight, None, attention.o.weight, None, attention.n_heads
+    return (attention.v_proj.weight, attention.v_proj.bias, attention.out_proj.weight, attention.out_proj.bias,
+            attention.num_heads)  # fmt: skip
 
 
 def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> BlockContributions:
@@ -266,7 +271,7 @@ def _block(spec: _Spec, record: dict, pattern: torch.Tensor, name: str) -> Block
     The parts ``z[q, k, h] = A[h, q, k] · g[q] ⊙ C(moved[k, h])`` (post-LN; ``moved`` alone
     otherwise) go to the factored proximity kernel (routes/proximity.py) in float32, which is exact
     without cancellation; the sum check stays in float64."""
-    w_v, b_v, w_o, b_o, n_heads = (t if not isinstance(t, torch.Tensor) else t.double() for t in _projections(spec.attention))
+    w_v, b_v, w_o, b_o, n_heads = (t if not isinstance(t, torch.Tensor) else t.double() for t in _projections(spec))
     query_input = record["query_input"][0].double()
     value_input = (record["kv"] if record["kv"] is not None else record["query_input"])[0].double()
     d_head = w_v.shape[0] // n_heads
