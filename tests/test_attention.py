@@ -128,6 +128,18 @@ def test_norm_weighting_is_attention_times_l2_norm_of_value_through_w_o(family_r
         np.testing.assert_allclose(view.weights[layer], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_the_output_gram_is_made_once_per_model_from_its_w_o(family_runs, family):
+    """``W_O[h] W_O[h]ᵀ`` as plain transformers' weights give it, kept by the model that owns them:
+    the next prompt's norm weighting reads the same tensor instead of making it again."""
+    run, model, _ = family_runs(family)
+    for layer, (_, w_o) in enumerate(_values_and_w_o(model, family, run.tokens.tolist())):
+        gram = run.model.attention_output_gram(layer)
+        w_o = w_o.double()
+        torch.testing.assert_close(gram.double(), w_o @ w_o.transpose(1, 2), rtol=1e-5, atol=1e-6)
+        assert run.model.attention_output_gram(layer) is gram
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])
 def test_alti_weighting_is_the_contribution_of_each_source_through_each_head(family_runs, tiny_folders, family):
     """Against the float64 reference of tests/reference.py: part vectors from hooks on the

@@ -178,7 +178,8 @@ def test_the_cli_writes_three_tabs_and_their_numbers(folders, tmp_path, capsys):
 def test_decoder_only_capabilities_are_refused_with_the_reason(loaded):
     model = loaded["bart"]
     for call in (lambda: model.run(SOURCE), lambda: model.hf_model, lambda: model.bridge,
-                 lambda: model.unembed(torch.zeros(64)), lambda: neuron_view(model, SOURCE)):  # fmt: skip
+                 lambda: model.unembed(torch.zeros(64)), lambda: model.attention_output_gram(0),
+                 lambda: neuron_view(model, SOURCE)):  # fmt: skip
         with pytest.raises(UnsupportedModelError, match="BartForConditionalGeneration is an encoder–decoder"):
             call()
     with pytest.raises(llm_flow.PromptError, match="target text is empty"):

@@ -164,6 +164,12 @@ class TransparentLlm(ABC):
         """b_O of `layer` [d_model], or None when the model has no such bias."""
 
     @abstractmethod
+    def attention_output_gram(self, layer: int) -> torch.Tensor:
+        """``W_O[h] W_O[h]ᵀ`` of `layer`: [n_heads, d_head, d_head] float32, accumulated in float64.
+        Kept by the model (its weights never change): the attention views' value norms read it
+        for every window of every prompt."""
+
+    @abstractmethod
     def neuron_output_weight(self, layer: int) -> torch.Tensor:
         """W_out of the FFN of `layer`: [d_mlp, d_model]."""
 

@@ -52,6 +52,8 @@ class BridgeLlm(TransparentLlm):
         self.max_prompt_tokens = max_prompt_tokens
         self.max_run_bytes = max_run_bytes
         self._lock = threading.Lock()
+        self._grams: dict[int, torch.Tensor] = {}  # attention_output_gram, by layer
+        self._grams_lock = threading.Lock()  # not `lock`: callers may hold it during a pass
         cfg = bridge.cfg
         self._parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         self._post_norms = hasattr(bridge.blocks[0], "ln1_post")
@@ -390,6 +392,13 @@ class BridgeLlm(TransparentLlm):
     def attention_output_bias(self, layer: int) -> torch.Tensor | None:
         bias = self._bridge.blocks[layer].attn.b_O
         return None if bias is None else bias.detach()
+
+    def attention_output_gram(self, layer: int) -> torch.Tensor:
+        with self._grams_lock:
+            if layer not in self._grams:
+                w_o = self.attention_output_weight(layer).double()  # [H, d_head, d_model]
+                self._grams[layer] = (w_o @ w_o.transpose(1, 2)).float()
+            return self._grams[layer]
 
     def neuron_output_weight(self, layer: int) -> torch.Tensor:
         if layer in self._moe:

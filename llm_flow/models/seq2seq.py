@@ -260,6 +260,9 @@ class Seq2SeqLlm(TransparentLlm):
     def attention_output_bias(self, layer) -> NoReturn:
         self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 
+    def attention_output_gram(self, layer) -> NoReturn:
+        self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
+
     def neuron_output_weight(self, layer) -> NoReturn:
         self._refuse("the decoder-only route engine", _ROUTES_INSTEAD)
 

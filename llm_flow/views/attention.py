@@ -19,8 +19,6 @@ as one number per row (``outside``).
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,25 +153,10 @@ def value_norms(run: Run, layers: Sequence[int], n_sources: int) -> torch.Tensor
     no [T, H, d_model] tensor, ~10x less work at d_head 64. In float32 it agrees with the direct
     float64 norm to 5e-7 (relative) on every layer of SmolLM2: W_O has full row rank."""
     values = torch.stack([run.layer(layer).values[:n_sources] for layer in layers]).float()  # [L, S, kv, d_head]
-    grams = torch.stack([_gram(run.model, layer) for layer in layers]).to(values.device)  # [L, H, d_head, d_head]
+    grams = torch.stack([run.model.attention_output_gram(layer) for layer in layers]).to(values.device)  # [L, H, d_head, d_head]
     values = values.repeat_interleave(grams.shape[1] // values.shape[2], dim=2)  # [L, S, H, d_head]
     squared = (torch.einsum("lshk,lhkm->lshm", values, grams) * values).sum(-1)
     return squared.clamp_min_(0).sqrt_()
-
-
-_GRAMS: "weakref.WeakKeyDictionary[object, dict[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
-_GRAMS_LOCK = threading.Lock()
-
-
-def _gram(model, layer: int) -> torch.Tensor:
-    """``W_O[h] W_O[h]ᵀ`` of one layer, [H, d_head, d_head] float32 (accumulated in float64), kept
-    per loaded model: the weights never change, and it is 4 MB for SmolLM2."""
-    with _GRAMS_LOCK:
-        known = _GRAMS.setdefault(model, {})
-        if layer not in known:
-            w_o = model.attention_output_weight(layer).double()  # [H, d_head, d_model]
-            known[layer] = (w_o @ w_o.transpose(1, 2)).float()
-        return known[layer]
 
 
 def _alti_rows(run: Run, layers: list[int], window: TokenWindow) -> torch.Tensor:
