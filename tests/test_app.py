@@ -284,6 +284,25 @@ def test_compact_figure_keeps_every_element_and_only_route_columns(tiny_models):
     assert len(route_figure(graph).layout.xaxis.ticktext) == run.n_tokens
 
 
+@pytest.mark.parametrize(("family", "columns"), [("gpt_neox", 1), ("llama", 2)])
+def test_a_route_that_reaches_few_tokens_is_not_stretched_over_the_figure(tiny_models, family, columns):
+    """A compact figure of one or two token columns: its edge markers, a fraction of a column
+    beside their nodes, stay close to their column (not a tenth of the figure away, like a
+    column of their own), and every node and marker is inside the axis."""
+    run = tiny_models(family).run("When Mary and John went to the store, John gave a drink to")
+    figure = route_figure(llm_flow.build_graph(run, -1, 0.5), compact=True)
+    assert len(figure.layout.xaxis.ticktext) == columns, "the case is a route that reaches few tokens"
+    low, high = figure.layout.xaxis.range
+    xs = [x for trace in figure.data for x in trace.x if x is not None]
+    assert low < min(xs) and max(xs) < high
+    node_x = {name: x for trace in figure.data if trace.mode == "markers" and trace.name != "edge (midpoint)"
+              for name, x in zip(trace.customdata, trace.x)}  # fmt: skip
+    markers = next(trace for trace in figure.data if trace.name == "edge (midpoint)")
+    offsets = [abs(x - node_x[edge.split("->")[0]]) for edge, x in zip(markers.customdata, markers.x)
+               if node_x[edge.split("->")[0]] == node_x[edge.split("->")[1]]]  # edges up a node column
+    assert offsets and max(offsets) / (high - low) <= 0.05
+
+
 def test_residual_and_ffn_edges_show_their_node_panels(app):
     run = active_run(app)
     edge = inspect(app, lambda o: o.startswith("A") and "->I" in o)

@@ -24,6 +24,7 @@ from llm_flow.views.tokens import display_token
 
 _BUCKETS = 6
 _VERTICAL_MARKER_SHIFT = 0.12
+_MIN_X_SPAN = 3.0  # token columns: the narrowest x axis a figure gets
 _COLORS = {"attention": "#4c78a8", "residual": "#9a9a9a", "ffn": "#d6608f", "cross": "#f58518"}
 _LEGEND_ORDER = "XAIMC"  # node traces drawn (and listed) in this order
 _LEGEND_SIZE = 11
@@ -160,7 +161,12 @@ def _window(centre: float, size: float, low: float, high: float) -> list[float]:
 
 
 def _x_extent(n_columns: int) -> tuple[float, float]:
-    return -0.6, n_columns - 0.4
+    """Every column with a margin, and at least `_MIN_X_SPAN` columns wide: a compact route that
+    reaches one or two tokens is not stretched over the figure, where its edge markers (shifted
+    a fraction of a column) would look like a column of their own."""
+    low, high = -0.6, n_columns - 0.4
+    pad = max(0.0, _MIN_X_SPAN - (high - low)) / 2
+    return low - pad, high + pad
 
 
 def figure_height(graph: nx.DiGraph) -> int:
