@@ -27,10 +27,10 @@ from llm_flow.models.seq2seq_layout import Seq2SeqLayout, seq2seq_layout
 from llm_flow.validation import SEQ2SEQ_STACKS as STACKS
 
 
-def attention_modules(hf: PreTrainedModel) -> dict[str, list[torch.nn.Module]]:
+def attention_modules(hf: PreTrainedModel, layout: Seq2SeqLayout) -> dict[str, list[torch.nn.Module]]:
     """Each stack's attention module per layer ("encoder", "decoder", "cross")."""
     encoder, decoder = hf.get_encoder(), hf.get_decoder()
-    if seq2seq_layout(hf.config).t5_blocks:  # [self-attention, (cross-attention,) FFN] per block
+    if layout.t5_blocks:  # [self-attention, (cross-attention,) FFN] per block
         return {
             "encoder": [block.layer[0].SelfAttention for block in encoder.block],
             "decoder": [block.layer[0].SelfAttention for block in decoder.block],
@@ -50,7 +50,7 @@ class QueryKeyCapture:
     def __init__(self, hf: PreTrainedModel) -> None:
         self.hf = hf
         self.layout = seq2seq_layout(hf.config)
-        self.modules = attention_modules(hf)
+        self.modules = attention_modules(hf, self.layout)
         self._kept: dict[tuple[str, int, str], torch.Tensor] = {}  # (stack, layer, "q" or "k") -> [n, H, d_head]
 
     @contextmanager
