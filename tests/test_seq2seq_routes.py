@@ -226,9 +226,14 @@ def references(folders, runs):
     """Per family: (recorded states, {(stack, layer): reference nodes})."""
     out = {}
     for family, folder in folders.items():
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
-        out[family] = reference_nodes(model.eval().double().requires_grad_(False), runs[family])
+        out[family] = reference_nodes(reference_model(folder), runs[family])
     return out
+
+
+def reference_model(folder: str):
+    """The saved model as plain `transformers` runs it, eager and in float64, for `reference_nodes`."""
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+    return model.eval().double().requires_grad_(False)
 
 
 # --- the parts and their shares ----------------------------------------------------------------
@@ -533,8 +538,7 @@ def test_a_block_whose_parts_do_not_add_up_is_refused_by_name(runs, where, block
 
 def assert_the_formulas_shares(folder: str, run) -> None:
     """`run`'s contributions equal the reference shares of the folder's model in float64."""
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
-    _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+    _, layers = reference_nodes(reference_model(folder), run)
     assert_shares_match(run_contributions(run), layers)
 
 
@@ -571,9 +575,9 @@ def test_mt5_gives_the_formulas_shares_and_their_route(tmp_path):
     folder, every block's shares are the formulas', and its route is the brute-force walk."""
     folder = save_strong_model("mt5", tmp_path / "mt5")
     run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
+    model = reference_model(folder)
     assert type(model).__name__ == "MT5ForConditionalGeneration"
-    _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+    _, layers = reference_nodes(model, run)
     assert_shares_match(run_contributions(run), layers)
     graph = seq2seq_route(run, 3, 0.02)
     expected = brute_force(layers, run.n_source, run.n_decoder, 3, 0.02, True)
@@ -607,8 +611,7 @@ def test_the_ffn_split_is_renormalised_when_one_part_falls_below_the_threshold(f
             model.get_decoder().layers[-1].fc2.weight.mul_(ffn_gain)
         model.save_pretrained(folder)
         run = llm_flow.load_model(folder).run_pair(SOURCE, TARGET)
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager")
-        _, layers = reference_nodes(model.eval().double().requires_grad_(False), run)
+        _, layers = reference_nodes(reference_model(folder), run)
     last = max(layer for stack, layer in layers if stack == "decoder")
     ffn, residual = shares(layers[("decoder", last)]["I"])  # the reference's shares of dec:I{last}_t
     target = max(range(run.n_decoder), key=lambda t: min(ffn[t], residual[t]))
